@@ -1,0 +1,35 @@
+from llama_post.apis.datasets.api import Datasets
+from llama_post.apis.datasets.models import (
+    AppendRowsRequest,
+    AppendRowsResponse,
+    DataSource,
+    Dataset,
+    DatasetFormat,
+    DatasetPurpose,
+    FileDataSource,
+    IterRowsRequest,
+    IterRowsResponse,
+    ListDatasetsResponse,
+    RegisterDatasetRequest,
+    RowsDataSource,
+    UnregisterDatasetResponse,
+    UriDataSource,
+)
+
+__all__ = [
+    "AppendRowsRequest",
+    "AppendRowsResponse",
+    "DataSource",
+    "Dataset",
+    "DatasetFormat",
+    "DatasetPurpose",
+    "Datasets",
+    "FileDataSource",
+    "IterRowsRequest",
+    "IterRowsResponse",
+    "ListDatasetsResponse",
+    "RegisterDatasetRequest",
+    "RowsDataSource",
+    "UnregisterDatasetResponse",
+    "UriDataSource",
+]

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, JsonValue, field_validator
+
+from llama_post.schema import StrictModel
+
+Row = dict[str, JsonValue]
+
+DATASET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class DatasetPurpose(StrEnum):
+    """What the rows are for; it fixes their schema.
+
+    - `instruct`: `prompt`, `completion` (strings)
+    - `dialog`: `messages`, a list of `{role, content}` with at least one assistant turn
+    - `preference`: `prompt` or `messages`, then `chosen` and `rejected`
+    """
+
+    instruct = "instruct"
+    dialog = "dialog"
+    preference = "preference"
+
+
+_PURPOSE_ALIASES = {"post-training/messages": "dialog", "post-training/instruct": "instruct"}
+
+
+class DatasetFormat(StrEnum):
+    jsonl = "jsonl"
+    json = "json"
+    csv = "csv"
+    parquet = "parquet"
+
+
+class UriDataSource(StrictModel):
+    """A local file: a path or `file://` URI under a directory the provider allows."""
+
+    type: Literal["uri"] = "uri"
+    uri: str
+    format: DatasetFormat | None = Field(None, description="Inferred from the extension if unset.")
+
+
+class FileDataSource(StrictModel):
+    """A file uploaded through the Files API."""
+
+    type: Literal["file"] = "file"
+    file_id: str
+    format: DatasetFormat | None = Field(None, description="Inferred from the filename if unset.")
+
+
+class RowsDataSource(StrictModel):
+    """Rows given inline."""
+
+    type: Literal["rows"] = "rows"
+    rows: list[Row] = Field(min_length=1)
+
+
+DataSource = Annotated[
+    UriDataSource | FileDataSource | RowsDataSource, Field(discriminator="type")
+]
+
+
+class RegisterDatasetRequest(StrictModel):
+    purpose: DatasetPurpose
+    source: DataSource
+    dataset_id: str | None = Field(None, pattern=DATASET_ID_PATTERN)
+    metadata: dict[str, JsonValue] = {}
+    provider_id: str | None = Field(None, description="Needed only when several serve datasets.")
+
+    @field_validator("purpose", mode="before")
+    @classmethod
+    def _alias(cls, value: Any) -> Any:
+        return _PURPOSE_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+class DatasetOrigin(BaseModel):
+    """Where a dataset's rows first came from: a URI, a file id, or inline rows."""
+
+    type: Literal["uri", "file", "rows"]
+    uri: str | None = None
+    file_id: str | None = None
+    format: DatasetFormat | None = None
+
+
+class Dataset(BaseModel):
+    identifier: str
+    provider_id: str
+    type: Literal["dataset"] = "dataset"
+    purpose: DatasetPurpose
+    source: DatasetOrigin
+    metadata: dict[str, JsonValue]
+    row_count: int
+    created_at: int
+
+
+class ListDatasetsResponse(BaseModel):
+    data: list[Dataset]
+
+
+class UnregisterDatasetResponse(BaseModel):
+    identifier: str
+    deleted: bool
+
+
+class IterRowsRequest(StrictModel):
+    start_index: int = Field(0, ge=0)
+    limit: int = Field(100, ge=1, le=10000)
+
+
+class IterRowsResponse(BaseModel):
+    data: list[Row]
+    has_more: bool
+    next_start_index: int | None
+
+
+class AppendRowsRequest(StrictModel):
+    rows: list[Row] = Field(min_length=1)
+
+
+class AppendRowsResponse(BaseModel):
+    identifier: str
+    appended: int
+    row_count: int

@@ -1,0 +1,72 @@
+"""The row schema each dataset purpose fixes. Post-training reads rows through these too."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llama_post.apis.datasets.models import DatasetPurpose
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class InstructRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str
+    completion: str
+
+
+class DialogRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[Message] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _has_assistant_turn(self) -> DialogRow:
+        if not any(m.role == "assistant" for m in self.messages):
+            raise ValueError("messages has no assistant turn to learn from")
+        return self
+
+
+class PreferenceRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None = None
+    messages: list[Message] | None = Field(None, min_length=1)
+    chosen: str | list[Message]
+    rejected: str | list[Message]
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> PreferenceRow:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+ROW_MODELS: dict[DatasetPurpose, type[BaseModel]] = {
+    DatasetPurpose.instruct: InstructRow,
+    DatasetPurpose.dialog: DialogRow,
+    DatasetPurpose.preference: PreferenceRow,
+}
+
+# Columns a tabular file (CSV, Parquet) must have; each inner tuple means "one of these".
+REQUIRED_COLUMNS: dict[DatasetPurpose, list[tuple[str, ...]]] = {
+    DatasetPurpose.instruct: [("prompt",), ("completion",)],
+    DatasetPurpose.dialog: [("messages",)],
+    DatasetPurpose.preference: [("prompt", "messages"), ("chosen",), ("rejected",)],
+}
+
+# Columns that hold lists of messages; a CSV cell carries them as JSON text.
+STRUCTURED_COLUMNS = frozenset({"messages", "chosen", "rejected"})
+
+
+def missing_columns(purpose: DatasetPurpose, columns: list[str]) -> list[str]:
+    return [" or ".join(need) for need in REQUIRED_COLUMNS[purpose]
+            if not any(c in columns for c in need)]

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from llama_post.schema import MultipartRequest, StrictModel, Upload
+
+
+class FilePurpose(StrEnum):
+    fine_tune = "fine-tune"
+    assistants = "assistants"
+    batch = "batch"
+    vision = "vision"
+    user_data = "user_data"
+    evals = "evals"
+
+
+class UploadFileRequest(MultipartRequest):
+    file: Upload
+    purpose: FilePurpose
+
+
+class FileObject(BaseModel):
+    """An uploaded file, in the shape of OpenAI's file object (plus its sha256)."""
+
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: FilePurpose
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    sha256: str
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class ListFilesRequest(StrictModel):
+    after: str | None = Field(None, description="Return files after this file id.")
+    limit: int = Field(10000, ge=1, le=10000)
+    order: Literal["asc", "desc"] = "desc"
+    purpose: FilePurpose | None = None
+
+
+class ListFilesResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class DeleteFileResponse(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, JsonValue
+
+from llama_post.schema import webmethod
+
+
+class HealthInfo(BaseModel):
+    status: Literal["OK"] = "OK"
+
+
+class VersionInfo(BaseModel):
+    version: str
+
+
+class RouteInfo(BaseModel):
+    route: str
+    method: str
+    api: str
+    name: str
+    streaming: bool
+    provider_types: list[str]
+
+
+class ListRoutesResponse(BaseModel):
+    data: list[RouteInfo]
+
+
+class ProviderInfo(BaseModel):
+    api: str
+    provider_id: str
+    provider_type: str
+    config: dict[str, JsonValue]
+
+
+class ListProvidersResponse(BaseModel):
+    data: list[ProviderInfo]
+
+
+class Inspect(Protocol):
+    """The running stack: health, version, routes and providers."""
+
+    @webmethod(route="/v1/health", method="GET")
+    async def health(self) -> HealthInfo:
+        """Answer OK while the server is up."""
+        ...
+
+    @webmethod(route="/v1/version", method="GET")
+    async def version(self) -> VersionInfo:
+        """The llama-post version."""
+        ...
+
+    @webmethod(route="/v1/inspect/routes", method="GET")
+    async def list_routes(self) -> ListRoutesResponse:
+        """Every route served, with the API and provider types behind it."""
+        ...
+
+    @webmethod(route="/v1/inspect/providers", method="GET")
+    async def list_providers(self) -> ListProvidersResponse:
+        """Every provider of the distribution; secret config values are masked."""
+        ...

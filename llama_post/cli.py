@@ -1,0 +1,63 @@
+"""The `llama-post` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from llama_post.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Self-hosted post-training behind typed APIs.")
+err = Console(stderr=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="The distribution to serve.")] = Path("run.yaml"),
+    host: Annotated[str | None, typer.Option(help="Overrides server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides server.port.")] = None,
+) -> None:
+    """Serve a distribution over HTTP until SIGINT or SIGTERM."""
+    import logging
+
+    from llama_post.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config, host=host, port=port))
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def openapi(
+    output_dir: Annotated[Path, typer.Option(help="Where to write the spec and its HTML.")] = Path(
+        "docs/openapi"),
+    check: Annotated[bool, typer.Option(help="Fail if the files there are out of date.")] = False,
+) -> None:
+    """Write the OpenAPI spec (YAML) and its HTML reference."""
+    from llama_post.openapi import writer
+
+    if check:
+        stale = [name for name, text in writer.generated_files().items()
+                 if not (output_dir / name).is_file()
+                 or (output_dir / name).read_text(encoding="utf-8") != text]
+        if stale:
+            err.print(f"out of date: {', '.join(stale)}; run `llama-post openapi`")
+            raise typer.Exit(1)
+        return
+    for path in writer.write(output_dir):
+        print(path)
+
+
+def main() -> None:  # pragma: no cover - the console script
+    sys.exit(app())

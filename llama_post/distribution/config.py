@@ -1,0 +1,145 @@
+"""run.yaml: reading it, substituting `${env.NAME:=default}`, and validating all of it at once."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from llama_post.apis import BUILTIN_APIS, Api
+from llama_post.errors import ConfigError, ErrorDetail, _join_loc
+from llama_post.schema import StrictModel
+
+_ENV = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)(?::=([^}]*))?\}")
+PROVIDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class ProviderConfig(StrictModel):
+    provider_id: str = Field(pattern=PROVIDER_ID_PATTERN)
+    provider_type: str
+    config: dict[str, Any] = {}
+
+
+class ServerConfig(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8321, ge=0, le=65535)
+
+
+class RunConfig(StrictModel):
+    version: Literal[1] = 1
+    distribution: str
+    server: ServerConfig = ServerConfig()
+    providers: dict[Api, list[ProviderConfig]]
+
+
+class ResolvedProvider(BaseModel):
+    """A provider entry whose `config` has been validated by its registered config class."""
+
+    api: Api
+    provider_id: str
+    provider_type: str
+    config: BaseModel
+
+
+def substitute_env(node: Any, env: dict[str, str], path: str, errors: list[ErrorDetail]) -> Any:
+    """Replace `${env.NAME}` and `${env.NAME:=default}` in every string of a YAML tree."""
+    if isinstance(node, dict):
+        return {k: substitute_env(v, env, _join_loc(path, [k]), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute_env(v, env, _join_loc(path, [i]), errors) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        errors.append(ErrorDetail(field=path, message=f"environment variable {name} is not set"))
+        return ""
+
+    return _ENV.sub(replace, node)
+
+
+def load_run_config(
+    source: Path | str | dict[str, Any], env: dict[str, str] | None = None
+) -> tuple[RunConfig, list[ResolvedProvider]]:
+    """Read, substitute and validate a distribution; raise ConfigError listing every problem."""
+    from providers.registry import REGISTRY
+
+    raw = _read(source) if not isinstance(source, dict) else source
+    where = str(source) if not isinstance(source, dict) else "run config"
+    errors: list[ErrorDetail] = []
+    data = substitute_env(raw, dict(os.environ) if env is None else env, "", errors)
+    try:
+        run = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        errors += [ErrorDetail(field=_join_loc("", e["loc"]), message=e["msg"]) for e in exc.errors()]
+        raise ConfigError(f"{where} is not a valid distribution", details=errors) from None
+
+    resolved: list[ResolvedProvider] = []
+    for api, entries in run.providers.items():
+        if api in BUILTIN_APIS:
+            errors.append(ErrorDetail(field=f"providers.{api}", message="served by the stack itself"))
+            continue
+        ids = [e.provider_id for e in entries]
+        for dup in sorted({i for i in ids if ids.count(i) > 1}):
+            errors.append(ErrorDetail(field=f"providers.{api}", message=f"duplicate {dup!r}"))
+        for i, entry in enumerate(entries):
+            path = f"providers.{api}[{i}]"
+            spec = REGISTRY.get((api, entry.provider_type))
+            if spec is None:
+                known = ", ".join(sorted(t for a, t in REGISTRY if a == api)) or "none"
+                errors.append(
+                    ErrorDetail(
+                        field=f"{path}.provider_type",
+                        message=f"unknown provider type {entry.provider_type!r} for {api} "
+                        f"(known: {known})",
+                    )
+                )
+                continue
+            try:
+                config = spec.config_class.model_validate(entry.config)
+            except ValidationError as exc:
+                errors += [
+                    ErrorDetail(field=_join_loc(f"{path}.config", e["loc"]), message=e["msg"])
+                    for e in exc.errors()
+                ]
+                continue
+            resolved.append(ResolvedProvider(api=api, provider_id=entry.provider_id,
+                                             provider_type=entry.provider_type, config=config))
+
+    served = set(run.providers)
+    for provider in resolved:
+        for dep in REGISTRY[(provider.api, provider.provider_type)].deps:
+            if dep not in served:
+                errors.append(
+                    ErrorDetail(
+                        field=f"providers.{provider.api}",
+                        message=f"{provider.provider_type} needs the {dep} API, "
+                        f"which this distribution does not provide",
+                    )
+                )
+    if errors:
+        raise ConfigError(f"{where} has {len(errors)} problem(s)", details=errors)
+    return run, resolved
+
+
+def _read(path: Path | str) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read distribution {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping with `distribution` and `providers`")
+    return data

@@ -1,0 +1,149 @@
+"""The running stack: providers built from run.yaml in dependency order, and the routes they serve."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from llama_post.apis import Api
+from llama_post.apis.inspect import (
+    HealthInfo,
+    ListProvidersResponse,
+    ListRoutesResponse,
+    ProviderInfo,
+    RouteInfo,
+    VersionInfo,
+)
+from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
+from llama_post.distribution.routers import ROUTERS
+from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
+from llama_post.routes import Route, all_routes
+from llama_post.version import __version__
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProviderInstance:
+    api: Api
+    provider_id: str
+    provider_type: str
+    config: BaseModel
+    impl: Any
+
+
+class Stack:
+    def __init__(
+        self, run: RunConfig, providers: list[ProviderInstance], impls: dict[Api, Any]
+    ) -> None:
+        self.run = run
+        self.providers = providers
+        self.impls = dict(impls)
+        self.impls[Api.inspect] = InspectImpl(self)
+        self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
+
+    @classmethod
+    async def build(cls, source: Path | str | dict[str, Any],
+                    env: dict[str, str] | None = None) -> Stack:
+        """Validate `source` (a run.yaml path or its parsed content) and start its providers."""
+        from providers.registry import REGISTRY
+
+        run, resolved = load_run_config(source, env)
+        built: list[ProviderInstance] = []
+        impls: dict[Api, Any] = {}
+        try:
+            for api in _dependency_order(resolved):
+                group: dict[str, Any] = {}
+                for entry in (r for r in resolved if r.api == api):
+                    spec = REGISTRY[(api, entry.provider_type)]
+                    impl = await _start(spec.factory, entry, {d: impls[d] for d in spec.deps})
+                    built.append(ProviderInstance(api, entry.provider_id, entry.provider_type,
+                                                  entry.config, impl))
+                    group[entry.provider_id] = impl
+                impls[api] = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
+        except BaseException:
+            await _shutdown(built)
+            raise
+        return cls(run, built, impls)
+
+    def call(self, route: Route) -> Any:
+        """The bound implementation method a route dispatches to."""
+        return getattr(self.impls[Api(route.api)], route.name)
+
+    async def shutdown(self) -> None:
+        await _shutdown(self.providers)
+
+
+async def _start(factory: Any, entry: ResolvedProvider, deps: dict[Api, Any]) -> Any:
+    try:
+        return await factory(entry.config, deps)
+    except LlamaPostError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"provider {entry.provider_id!r} ({entry.provider_type}) for {entry.api} "
+            f"failed to start: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+async def _shutdown(providers: list[ProviderInstance]) -> None:
+    for p in reversed(providers):
+        close = getattr(p.impl, "shutdown", None)
+        if close is None:
+            continue
+        try:
+            await close()
+        except Exception:
+            log.exception("provider %s failed to shut down", p.provider_id)
+
+
+def _dependency_order(resolved: list[ResolvedProvider]) -> list[Api]:
+    from providers.registry import REGISTRY
+
+    needs: dict[Api, set[Api]] = {}
+    for r in resolved:
+        needs.setdefault(r.api, set()).update(REGISTRY[(r.api, r.provider_type)].deps)
+    order: list[Api] = []
+    while len(order) < len(needs):
+        ready = [a for a in needs if a not in order and needs[a] <= set(order)]
+        if not ready:
+            stuck = sorted(a.value for a in needs if a not in order)
+            raise ConfigError("providers depend on each other in a cycle",
+                              details=[ErrorDetail(field=f"providers.{a}", message="in the cycle")
+                                       for a in stuck])
+        order += ready
+    return order
+
+
+class InspectImpl:
+    """The Inspect API, served by the stack itself."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    async def health(self) -> HealthInfo:
+        return HealthInfo()
+
+    async def version(self) -> VersionInfo:
+        return VersionInfo(version=__version__)
+
+    async def list_routes(self) -> ListRoutesResponse:
+        types: dict[str, list[str]] = {}
+        for p in self.stack.providers:
+            types.setdefault(p.api.value, []).append(p.provider_type)
+        return ListRoutesResponse(data=[
+            RouteInfo(route=r.openapi_path, method=r.method, api=r.api, name=r.name,
+                      streaming=r.response_kind == "sse", provider_types=types.get(r.api, []))
+            for r in self.stack.routes
+        ])
+
+    async def list_providers(self) -> ListProvidersResponse:
+        return ListProvidersResponse(data=[
+            ProviderInfo(api=p.api.value, provider_id=p.provider_id, provider_type=p.provider_type,
+                         config=p.config.model_dump(mode="json"))
+            for p in self.stack.providers
+        ])

@@ -1,0 +1,118 @@
+"""The OpenAPI 3.1 spec, generated from the route table and the pydantic models it names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from llama_post.errors import ErrorResponse
+from llama_post.routes import Route
+from llama_post.version import __version__
+
+REF = "#/components/schemas/{model}"
+ERRORS = {
+    "400": "The request is wrong: the message names the field, row or value.",
+    "404": "No such resource.",
+    "409": "The id is taken, or the resource's state forbids this.",
+    "413": "Over a configured size limit.",
+    "422": "The request does not match its schema.",
+    "500": "An unexpected server error; the server log has the details.",
+}
+
+
+def build_spec(routes: list[Route]) -> dict[str, Any]:
+    refs, schemas = _schemas(routes)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, refs)
+    tags = sorted({t for r in routes for t in r.tags})
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "llama-post",
+            "version": __version__,
+            "description": "Self-hosted post-training: files, datasets, fine-tuning and inference.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8321"}],
+        "tags": [{"name": t} for t in tags],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": {
+                f"Error{code}": {
+                    "description": text,
+                    "content": {"application/json": {"schema": {"$ref": REF.format(
+                        model="ErrorResponse")}}},
+                }
+                for code, text in ERRORS.items()
+            },
+        },
+    }
+
+
+def _schemas(
+    routes: list[Route],
+) -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
+    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(ErrorResponse, "serialization"): None}
+    for r in routes:
+        if r.request_model is not None:
+            wanted[(r.request_model, "validation")] = None
+        if r.response_model is not None:
+            wanted[(r.response_model, "serialization")] = None
+    mapping, top = models_json_schema(list(wanted), ref_template=REF)
+    refs = {(model, mode): dict(schema) for (model, mode), schema in mapping.items()}
+    return refs, dict(sorted(top.get("$defs", {}).items()))
+
+
+def _operation(route: Route, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": route.operation_id,
+        "tags": list(route.tags),
+        "summary": route.summary,
+    }
+    if route.description:
+        op["description"] = route.description
+    params: list[dict[str, Any]] = [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        for p in route.path_params
+    ]
+    model = route.request_model
+    if model is not None and route.request_kind == "query":
+        params += _query_params(model)
+    elif model is not None:
+        media = "multipart/form-data" if route.request_kind == "multipart" else "application/json"
+        op["requestBody"] = {"required": True,
+                             "content": {media: {"schema": refs[(model, "validation")]}}}
+    if params:
+        op["parameters"] = params
+    op["responses"] = {"200": _success(route, refs)} | {
+        code: {"$ref": f"#/components/responses/Error{code}"} for code in ERRORS
+    }
+    return op
+
+
+def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", []))
+    out = []
+    for name, prop in schema.get("properties", {}).items():
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
+                                 "schema": {k: v for k, v in prop.items() if k != "description"}}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        out.append(param)
+    return out
+
+
+def _success(route: Route, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any]:
+    if route.response_kind == "binary":
+        return {"description": "The file's bytes.", "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    assert route.response_model is not None
+    schema = refs[(route.response_model, "serialization")]
+    if route.response_kind == "sse":
+        return {"description": "Server-sent events, one `data:` line of this schema each.",
+                "content": {"text/event-stream": {"schema": schema}}}
+    return {"description": "OK", "content": {"application/json": {"schema": schema}}}

@@ -1,0 +1,141 @@
+"""Compile the API Protocols into the one route table.
+
+The table drives the HTTP server (`llama_post.server`), the OpenAPI spec (`llama_post.openapi`)
+and the library client (`llama_post.library_client`); nothing else describes the routes.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import re
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel
+
+from llama_post.schema import FileContent, MultipartRequest, webmethods_of
+
+RequestKind = Literal["none", "json", "query", "multipart"]
+ResponseKind = Literal["json", "sse", "binary"]
+
+_PARAM = re.compile(r"{(\w+)(?::(\w+))?}")
+
+
+@dataclass(frozen=True)
+class Route:
+    api: str
+    name: str  # the Protocol method, looked up on the provider implementation
+    method: str
+    path: str  # Starlette form: `/v1/models/{model_id:path}`
+    path_params: tuple[str, ...]
+    request_model: type[BaseModel] | None
+    request_kind: RequestKind
+    response_model: type[BaseModel] | None  # for `sse`, the model of one event
+    response_kind: ResponseKind
+    tags: tuple[str, ...]
+    summary: str
+    description: str
+
+    @property
+    def openapi_path(self) -> str:
+        return _PARAM.sub(lambda m: "{" + m.group(1) + "}", self.path)
+
+    @property
+    def operation_id(self) -> str:
+        return self.name if self.primary else f"{self.name}_{self.method.lower()}_alias"
+
+    @property
+    def primary(self) -> bool:
+        return "compat" not in self.tags
+
+
+class RouteError(TypeError):
+    """A Protocol method does not fit the route rules; raised when the table is compiled."""
+
+
+def compile_routes(protocols: Iterable[tuple[str, type]]) -> list[Route]:
+    routes: list[Route] = []
+    seen: dict[tuple[str, str], str] = {}
+    for api, protocol in protocols:
+        for name, fn in vars(protocol).items():  # in the order they are written
+            if not inspect.isfunction(fn):
+                continue
+            for declared in webmethods_of(fn):
+                route = _compile_one(api, name, fn, declared.route, declared.method, declared.tags)
+                key = (route.method, route.openapi_path)
+                if key in seen:
+                    raise RouteError(f"{route.method} {route.path} is declared by {seen[key]} too")
+                seen[key] = f"{api}.{name}"
+                routes.append(route)
+    return routes
+
+
+def _compile_one(
+    api: str, name: str, fn: object, path: str, method: str, tags: tuple[str, ...]
+) -> Route:
+    where = f"{api}.{name} ({method} {path})"
+    hints = typing.get_type_hints(fn)
+    params = [p for p in inspect.signature(fn).parameters if p != "self"]  # type: ignore[arg-type]
+    path_params = tuple(m.group(1) for m in _PARAM.finditer(path))
+    for p in path_params:
+        if p not in params or hints.get(p) is not str:
+            raise RouteError(f"{where}: path parameter {p!r} must be a `str` argument")
+    rest = [p for p in params if p not in path_params]
+    if rest not in ([], ["request"]):
+        raise RouteError(f"{where}: besides path parameters, only one `request` argument is allowed")
+
+    request_model: type[BaseModel] | None = None
+    request_kind: RequestKind = "none"
+    if rest:
+        request_model = hints["request"]
+        if not (isinstance(request_model, type) and issubclass(request_model, BaseModel)):
+            raise RouteError(f"{where}: `request` must be a pydantic model")
+        if issubclass(request_model, MultipartRequest):
+            request_kind = "multipart"
+        elif method in ("GET", "DELETE"):
+            request_kind = "query"
+        else:
+            request_kind = "json"
+
+    response_model, response_kind = _response_of(where, hints.get("return"))
+    doc = inspect.getdoc(fn) or name.replace("_", " ").capitalize()
+    summary, _, description = doc.partition("\n")
+    return Route(
+        api=api,
+        name=name,
+        method=method,
+        path=path,
+        path_params=path_params,
+        request_model=request_model,
+        request_kind=request_kind,
+        response_model=response_model,
+        response_kind=response_kind,
+        tags=tags or (api,),
+        summary=summary.strip(),
+        description=description.strip(),
+    )
+
+
+def _response_of(where: str, returned: object) -> tuple[type[BaseModel] | None, ResponseKind]:
+    if returned is FileContent:
+        return None, "binary"
+    if typing.get_origin(returned) is collections.abc.AsyncIterator:
+        (item,) = typing.get_args(returned)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item, "sse"
+    if isinstance(returned, type) and issubclass(returned, BaseModel):
+        return returned, "json"
+    raise RouteError(
+        f"{where}: must return a pydantic model, AsyncIterator[model] or FileContent, "
+        f"not {returned!r}"
+    )
+
+
+def all_routes() -> list[Route]:
+    """The route table of every API llama-post declares."""
+    from llama_post.apis import PROTOCOLS
+
+    return compile_routes((api.value, protocol) for api, protocol in PROTOCOLS.items())

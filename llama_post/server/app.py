@@ -1,0 +1,180 @@
+"""The HTTP server: one generic endpoint per route of the table, bound to the stack."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from llama_post.codec import build_request
+from llama_post.distribution.stack import Stack
+from llama_post.errors import (
+    ErrorBody,
+    ErrorResponse,
+    InvalidRequestError,
+    LlamaPostError,
+    PayloadTooLargeError,
+    RequestValidationError,
+)
+from llama_post.openapi.generator import build_spec
+from llama_post.routes import Route
+from llama_post.schema import FileContent, UploadedFile
+
+log = logging.getLogger("llama_post.server")
+
+MAX_JSON_BODY = 64 << 20
+
+
+def create_app(stack: Stack) -> FastAPI:
+    app = FastAPI(title="llama-post", docs_url="/docs", redoc_url=None)
+    spec = build_spec(stack.routes)
+    app.openapi = lambda: spec  # type: ignore[method-assign]
+    for route in stack.routes:
+        app.router.add_route(route.path, _endpoint(route, stack.call(route)),
+                             methods=[route.method], name=route.operation_id,
+                             include_in_schema=False)
+    app.add_exception_handler(LlamaPostError, _on_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _on_unexpected)
+    app.state.stack = stack
+    return app
+
+
+def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        kwargs: dict[str, Any] = {p: request.path_params[p] for p in route.path_params}
+        form = None
+        if route.request_kind == "multipart":
+            form, data = await _read_form(request)
+        elif route.request_kind == "json":
+            data = await _read_json(request)
+        elif route.request_kind == "query":
+            data = dict(request.query_params)
+        try:
+            if route.request_model is not None:
+                kwargs["request"] = build_request(route, data)
+            result = await call(**kwargs)
+        finally:
+            if form is not None:
+                await form.close()
+        return _respond(route, result)
+
+    return endpoint
+
+
+async def _read_json(request: Request) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_JSON_BODY:
+        raise PayloadTooLargeError(f"the body is over the {MAX_JSON_BODY}-byte limit")
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}", param="body") from None
+
+
+async def _read_form(request: Request) -> tuple[Any, dict[str, Any]]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise RequestValidationError(
+            "Invalid request: send multipart/form-data with the file in the `file` part",
+            param="file",
+        )
+    try:
+        form = await request.form(max_files=1, max_fields=32)
+    except HTTPException as exc:  # malformed multipart, or too many parts
+        raise InvalidRequestError(f"the multipart body cannot be read: {exc.detail}") from None
+    data: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            data[key] = UploadedFile(filename=value.filename or "", file=value.file,
+                                     content_type=value.content_type or "application/octet-stream")
+        else:
+            data[key] = value
+    return form, data
+
+
+def _respond(route: Route, result: Any) -> Response:
+    if route.response_kind == "binary":
+        assert isinstance(result, FileContent)
+        headers = {}
+        if result.size is not None:
+            headers["content-length"] = str(result.size)
+        if result.filename:
+            headers["content-disposition"] = _attachment(result.filename)
+        return StreamingResponse(result.chunks, media_type=result.media_type, headers=headers)
+    if route.response_kind == "sse":
+        return StreamingResponse(_sse(result), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
+    assert isinstance(result, BaseModel)
+    return Response(result.model_dump_json(), media_type="application/json")
+
+
+async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    try:
+        async for event in events:
+            yield f"data: {event.model_dump_json()}\n\n"
+    except LlamaPostError as exc:
+        yield f"event: error\ndata: {ErrorResponse(error=exc.to_body()).model_dump_json()}\n\n"
+    except Exception:
+        log.exception("stream failed")
+        body = ErrorResponse(error=LlamaPostError("internal error").to_body())
+        yield f"event: error\ndata: {body.model_dump_json()}\n\n"
+
+
+def _attachment(filename: str) -> str:
+    from urllib.parse import quote
+
+    return f"attachment; filename*=UTF-8''{quote(filename)}"
+
+
+def error_response(exc: LlamaPostError) -> JSONResponse:
+    body = ErrorResponse(error=exc.to_body()).model_dump(mode="json")
+    return JSONResponse(body, status_code=exc.status)
+
+
+async def _on_error(request: Request, exc: LlamaPostError) -> Response:
+    if exc.status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc)
+    return error_response(exc)
+
+
+async def _on_http_error(request: Request, exc: HTTPException) -> Response:
+    messages = {
+        404: f"no route {request.method} {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    body = ErrorBody(message=messages.get(exc.status_code, str(exc.detail)), type="http_error",
+                     code=str(exc.status_code))
+    return JSONResponse(ErrorResponse(error=body).model_dump(mode="json"),
+                        status_code=exc.status_code)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("%s %s raised", request.method, request.url.path)
+    return error_response(LlamaPostError("internal server error; the server log has the details"))
+
+
+async def serve(config: Path | str, host: str | None = None, port: int | None = None) -> None:
+    """Build the stack from `config` and serve it until SIGINT or SIGTERM."""
+    stack = await Stack.build(config)
+    app = create_app(stack)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host or stack.run.server.host, port=stack.run.server.port if port is None
+        else port, log_level="info", timeout_graceful_shutdown=10,
+    ))
+    try:
+        await server.serve()
+    finally:
+        await stack.shutdown()

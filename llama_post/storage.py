@@ -1,0 +1,82 @@
+"""Local state: SQLite files and paths that stay inside their storage root."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from llama_post.errors import InvalidRequestError, NotFoundError
+
+
+class Database:
+    """One SQLite file, shared by a provider's coroutines and the threads it hands work to."""
+
+    def __init__(self, path: Path, schema: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(schema)
+
+    def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+            return row
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._lock:
+            return self._conn.execute(sql, params).rowcount
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def check_id(value: str, pattern: re.Pattern[str], what: str) -> str:
+    """An id that names something on disk: anything else than `pattern` is simply not there."""
+    if not pattern.fullmatch(value):
+        raise NotFoundError(f"no {what} with id {value!r}", param=f"{what}_id")
+    return value
+
+
+def resolve_under(path: str | Path, roots: Sequence[Path], field: str) -> Path:
+    """Resolve `path` (symlinks followed) and insist it lies under one of `roots`."""
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        if not roots:
+            raise InvalidRequestError(f"{field}: no directory is allowed to read from", param=field)
+        candidate = roots[0] / candidate
+    resolved = candidate.resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        allowed = ", ".join(str(r) for r in roots) or "none"
+        raise InvalidRequestError(
+            f"{field}: {path} is outside the directories this provider may read "
+            f"(allowed_dirs: {allowed})",
+            param=field,
+        )
+    if not resolved.is_file():
+        raise InvalidRequestError(f"{field}: no file at {path}", param=field)
+    return resolved

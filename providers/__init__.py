@@ -1,0 +1,1 @@
+"""Provider implementations of the llama-post APIs; `providers.registry` lists them all."""

@@ -1,0 +1,26 @@
+"""Every provider type llama-post knows, with its config class and factory."""
+
+from llama_post.apis import Api
+from llama_post.distribution.spec import ProviderSpec, build_registry
+from providers.inline.datasets import localfs as localfs_datasets
+from providers.inline.files import localfs as localfs_files
+
+REGISTRY = build_registry(
+    [
+        ProviderSpec(
+            api=Api.files,
+            provider_type="inline::localfs",
+            config_class=localfs_files.LocalFilesConfig,
+            factory=localfs_files.create,
+            description="Files on the local disk, metadata in SQLite.",
+        ),
+        ProviderSpec(
+            api=Api.datasets,
+            provider_type="inline::localfs",
+            config_class=localfs_datasets.LocalDatasetsConfig,
+            factory=localfs_datasets.create,
+            deps=(Api.files,),
+            description="Validated rows as JSONL on the local disk, metadata in SQLite.",
+        ),
+    ]
+)
