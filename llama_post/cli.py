@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +30,8 @@ def run(
     from llama_post.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; end with 0 then.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         asyncio.run(serve(config, host=host, port=port))
     except ConfigError as exc:
@@ -36,6 +39,10 @@ def run(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()

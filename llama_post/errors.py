@@ -118,6 +118,8 @@ class ConfigError(LlamaPostError):
 def _join_loc(prefix: str, loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [prefix] if prefix else []
     for item in loc:
+        if item == "[key]":  # pydantic's marker for a bad mapping key: the key itself is named
+            continue
         if isinstance(item, int) and parts:
             parts[-1] = f"{parts[-1]}[{item}]"
         else:

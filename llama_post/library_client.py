@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from llama_post.apis import Api
 from llama_post.codec import build_request
 from llama_post.distribution.stack import Stack
 from llama_post.routes import Route
@@ -37,9 +36,9 @@ T = TypeVar("T")
 class ApiProxy:
     """One API of the stack, its methods dispatched through the route table."""
 
-    def __init__(self, stack: Stack, api: Api) -> None:
+    def __init__(self, stack: Stack, api: str) -> None:
         self._stack = stack
-        self._routes = {r.name: r for r in stack.routes if r.api == api.value and r.primary}
+        self._routes = {r.name: r for r in stack.routes if r.api == api and r.primary}
         self._api = api
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:

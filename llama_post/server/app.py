@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI
@@ -23,6 +23,7 @@ from llama_post.errors import (
     ErrorResponse,
     InvalidRequestError,
     LlamaPostError,
+    NotFoundError,
     PayloadTooLargeError,
     RequestValidationError,
 )
@@ -35,7 +36,15 @@ log = logging.getLogger("llama_post.server")
 MAX_JSON_BODY = 64 << 20
 
 
-def create_app(stack: Stack) -> FastAPI:
+class Dispatcher(Protocol):
+    """What the app serves: a route table and the implementation behind each route."""
+
+    routes: list[Route]
+
+    def call(self, route: Route) -> Any: ...
+
+
+def create_app(stack: Dispatcher) -> FastAPI:
     app = FastAPI(title="llama-post", docs_url="/docs", redoc_url=None)
     spec = build_spec(stack.routes)
     app.openapi = lambda: spec  # type: ignore[method-assign]
@@ -46,7 +55,6 @@ def create_app(stack: Stack) -> FastAPI:
     app.add_exception_handler(LlamaPostError, _on_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _on_unexpected)
-    app.state.stack = stack
     return app
 
 
@@ -155,7 +163,8 @@ async def _on_http_error(request: Request, exc: HTTPException) -> Response:
         404: f"no route {request.method} {request.url.path}",
         405: f"{request.method} is not allowed on {request.url.path}",
     }
-    body = ErrorBody(message=messages.get(exc.status_code, str(exc.detail)), type="http_error",
+    kind = NotFoundError.type if exc.status_code == 404 else "http_error"
+    body = ErrorBody(message=messages.get(exc.status_code, str(exc.detail)), type=kind,
                      code=str(exc.status_code))
     return JSONResponse(ErrorResponse(error=body).model_dump(mode="json"),
                         status_code=exc.status_code)

@@ -180,13 +180,13 @@ class LocalDatasets:
     async def _download(self, source: FileDataSource, staging: Path) -> tuple[Path, DatasetFormat]:
         try:
             meta = await self.files.retrieve_file(source.file_id)
-            content = await self.files.retrieve_file_content(source.file_id)
         except NotFoundError:
             raise InvalidRequestError(
                 f"source.file_id: no uploaded file with id {source.file_id!r}",
                 param="source.file_id",
             ) from None
         fmt = source.format or infer_format(meta.filename, "source.format")
+        content = await self.files.retrieve_file_content(source.file_id)
         path = staging / "source"
         with path.open("wb") as out:
             async for chunk in content.chunks:

@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 from llama_post.apis.files import (
@@ -121,8 +121,8 @@ class LocalFiles:
 
     async def retrieve_file_content(self, file_id: str) -> FileContent:
         meta = await self.retrieve_file(file_id)
-        handle = (self.blobs / file_id).open("rb")
-        return FileContent(chunks=_read_chunks(handle), filename=meta.filename, size=meta.bytes)
+        return FileContent(chunks=_read_chunks(self.blobs / file_id), filename=meta.filename,
+                           size=meta.bytes)
 
     async def delete_file(self, file_id: str) -> DeleteFileResponse:
         await self.retrieve_file(file_id)
@@ -134,12 +134,10 @@ class LocalFiles:
         self.db.close()
 
 
-async def _read_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
-    try:
+async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, CHUNK):
             yield chunk
-    finally:
-        handle.close()
 
 
 def _display_name(name: str) -> str:

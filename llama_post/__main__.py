@@ -1,0 +1,3 @@
+from llama_post.cli import app
+
+app()

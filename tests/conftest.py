@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llama_post import LlamaPostClient
+from tests.support import Driver, HttpDriver, LibraryDriver, Server, distribution
+
+
+@pytest.fixture(scope="session")
+def server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server")
+
+
+@pytest.fixture(scope="session")
+def server(server_home: Path) -> Iterator[Server]:
+    """One real server for the session; tests keep apart by using ids of their own."""
+    srv = Server(distribution(server_home), server_home).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def library_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("library")
+
+
+@pytest.fixture(scope="session")
+def library(library_home: Path) -> Iterator[LlamaPostClient]:
+    with LlamaPostClient(distribution(library_home)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def http_driver(server: Server) -> Iterator[HttpDriver]:
+    driver = HttpDriver(server.url)
+    yield driver
+    driver.http.close()
+
+
+@pytest.fixture(params=["http", "library"])
+def api(request: pytest.FixtureRequest) -> Driver:
+    """The same API calls, over HTTP to the real server and through the library client."""
+    if request.param == "http":
+        driver: Driver = request.getfixturevalue("http_driver")
+        return driver
+    return LibraryDriver(request.getfixturevalue("library"))
+
+
+@pytest.fixture
+def import_dir(request: pytest.FixtureRequest, api: Driver) -> Path:
+    """The folder the datasets provider of `api`'s stack may read local files from."""
+    home: Path = request.getfixturevalue("server_home" if api.name == "http" else "library_home")
+    return home / "import"

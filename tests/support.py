@@ -1,0 +1,177 @@
+"""What the tests share: a distribution in a temporary folder, a real server, and two drivers
+that run the same API calls over HTTP and through the library client."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import yaml
+
+from llama_post import LlamaPostClient, LlamaPostError
+from llama_post.routes import Route, all_routes
+from llama_post.schema import UploadedFile
+
+ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes() if r.primary}
+
+
+def distribution(home: Path, **overrides: Any) -> dict[str, Any]:
+    """The embedded default's providers, with all state under `home`."""
+    imports = home / "import"
+    imports.mkdir(parents=True, exist_ok=True)
+    files = {"storage_dir": str(home / "files"), **overrides.pop("files", {})}
+    datasets = {"storage_dir": str(home / "datasets"), "allowed_dirs": [str(imports)],
+                **overrides.pop("datasets", {})}
+    return {
+        "version": 1,
+        "distribution": "test",
+        "providers": {
+            "files": [{"provider_id": "localfs", "provider_type": "inline::localfs",
+                       "config": files}],
+            "datasets": [{"provider_id": "localfs", "provider_type": "inline::localfs",
+                          "config": datasets}],
+        },
+        **overrides,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`llama-post run` in its own process, on a loopback port."""
+
+    def __init__(self, config: dict[str, Any] | Path, folder: Path) -> None:
+        if isinstance(config, dict):
+            path = folder / "run.yaml"
+            path.write_text(yaml.safe_dump(config))
+            config = path
+        self.config = config
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"server-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> Server:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "llama_post", "run", str(self.config),
+                 "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server did not start:\n{self.output()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_peak_kib(self) -> int:
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+
+@contextmanager
+def running(config: dict[str, Any] | Path, folder: Path) -> Iterator[Server]:
+    server = Server(config, folder).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Result:
+    status: int
+    body: Any
+
+    @property
+    def error(self) -> dict[str, Any]:
+        assert self.status >= 400, f"expected an error, got {self.status}: {self.body}"
+        error: dict[str, Any] = self.body["error"]
+        return error
+
+
+class Driver(Protocol):
+    name: str
+
+    def call(self, api: str, method: str, *path: str, body: dict[str, Any] | None = None,
+             upload: tuple[str, bytes] | None = None) -> Result: ...
+
+
+class HttpDriver:
+    name = "http"
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=60)
+
+    def call(self, api: str, method: str, *path: str, body: dict[str, Any] | None = None,
+             upload: tuple[str, bytes] | None = None) -> Result:
+        route = ROUTES[(api, method)]
+        url = route.openapi_path.format(**dict(zip(route.path_params, path, strict=True)))
+        kwargs: dict[str, Any] = {}
+        if route.request_kind == "query":
+            kwargs["params"] = body or {}
+        elif route.request_kind == "json":
+            kwargs["json"] = body or {}
+        elif route.request_kind == "multipart":
+            kwargs["data"] = body or {}
+            if upload is not None:
+                kwargs["files"] = {"file": upload}
+        response = self.http.request(route.method, url, **kwargs)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return Result(response.status_code, response.json())
+        return Result(response.status_code, response.content)
+
+
+class LibraryDriver:
+    name = "library"
+
+    def __init__(self, client: LlamaPostClient) -> None:
+        self.client = client
+
+    def call(self, api: str, method: str, *path: str, body: dict[str, Any] | None = None,
+             upload: tuple[str, bytes] | None = None) -> Result:
+        request = dict(body or {})
+        if upload is not None:
+            request["file"] = UploadedFile(filename=upload[0], file=io.BytesIO(upload[1]))
+        route = ROUTES[(api, method)]
+        args: list[Any] = list(path)
+        if route.request_model is not None:
+            args.append(request)
+        try:
+            result = getattr(getattr(self.client, api), method)(*args)
+        except LlamaPostError as exc:
+            return Result(exc.status, {"error": json.loads(exc.to_body().model_dump_json())})
+        if isinstance(result, bytes):
+            return Result(200, result)
+        return Result(200, json.loads(result.model_dump_json()))
