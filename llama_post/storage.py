@@ -64,12 +64,13 @@ def check_id(value: str, pattern: re.Pattern[str], what: str) -> str:
 
 def resolve_under(path: str | Path, roots: Sequence[Path], field: str) -> Path:
     """Resolve `path` (symlinks followed) and insist it lies under one of `roots`."""
-    candidate = Path(path).expanduser()
-    if not candidate.is_absolute():
-        if not roots:
-            raise InvalidRequestError(f"{field}: no directory is allowed to read from", param=field)
-        candidate = roots[0] / candidate
-    resolved = candidate.resolve()
+    if not roots:
+        raise InvalidRequestError(f"{field}: no directory is allowed to read from", param=field)
+    try:
+        resolved = (roots[0] / path).resolve()  # an absolute `path` replaces the root
+    except (OSError, ValueError) as exc:
+        raise InvalidRequestError(f"{field}: {path!r} is not a usable path ({exc})",
+                                  param=field) from None
     if not any(resolved.is_relative_to(root.resolve()) for root in roots):
         allowed = ", ".join(str(r) for r in roots) or "none"
         raise InvalidRequestError(

@@ -54,12 +54,21 @@ def create_app(stack: Dispatcher) -> FastAPI:
                              include_in_schema=False)
     app.add_exception_handler(LlamaPostError, _on_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _on_unexpected)
     return app
 
 
 def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
+        try:
+            return await handle(request)
+        except LlamaPostError:
+            raise
+        except Exception:
+            log.exception("%s %s raised", request.method, request.url.path)
+            return error_response(
+                LlamaPostError("internal server error; the server log has the details"))
+
+    async def handle(request: Request) -> Response:
         kwargs: dict[str, Any] = {p: request.path_params[p] for p in route.path_params}
         form = None
         if route.request_kind == "multipart":
@@ -167,12 +176,7 @@ async def _on_http_error(request: Request, exc: HTTPException) -> Response:
     body = ErrorBody(message=messages.get(exc.status_code, str(exc.detail)), type=kind,
                      code=str(exc.status_code))
     return JSONResponse(ErrorResponse(error=body).model_dump(mode="json"),
-                        status_code=exc.status_code)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("%s %s raised", request.method, request.url.path)
-    return error_response(LlamaPostError("internal server error; the server log has the details"))
+                        status_code=exc.status_code, headers=exc.headers)
 
 
 async def serve(config: Path | str, host: str | None = None, port: int | None = None) -> None:

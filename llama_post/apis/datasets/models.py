@@ -38,7 +38,7 @@ class DatasetFormat(StrEnum):
 class UriDataSource(StrictModel):
     """A local file: a path or `file://` URI under a directory the provider allows."""
 
-    type: Literal["uri"] = "uri"
+    type: Literal["uri"]
     uri: str
     format: DatasetFormat | None = Field(None, description="Inferred from the extension if unset.")
 
@@ -46,7 +46,7 @@ class UriDataSource(StrictModel):
 class FileDataSource(StrictModel):
     """A file uploaded through the Files API."""
 
-    type: Literal["file"] = "file"
+    type: Literal["file"]
     file_id: str
     format: DatasetFormat | None = Field(None, description="Inferred from the filename if unset.")
 
@@ -54,7 +54,7 @@ class FileDataSource(StrictModel):
 class RowsDataSource(StrictModel):
     """Rows given inline."""
 
-    type: Literal["rows"] = "rows"
+    type: Literal["rows"]
     rows: list[Row] = Field(min_length=1)
 
 

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from openapi_spec_validator import validate
+
+from llama_post.openapi.writer import HTML_NAME, SPEC_NAME, generated_files
+from llama_post.routes import all_routes
+from tests.support import Server
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "openapi"
+
+
+def test_the_committed_spec_is_what_the_code_generates() -> None:
+    for name, text in generated_files().items():
+        committed = (DOCS / name).read_text(encoding="utf-8")
+        assert committed == text, f"docs/openapi/{name} is stale: run `llama-post openapi`"
+
+
+def test_the_spec_is_valid_openapi() -> None:
+    spec = yaml.safe_load((DOCS / SPEC_NAME).read_text(encoding="utf-8"))
+    validate(spec)
+    operations = {(m.upper(), p) for p, ms in spec["paths"].items() for m in ms}
+    assert operations == {(r.method, r.openapi_path) for r in all_routes()}
+
+
+def test_the_html_reference_names_every_operation() -> None:
+    html = (DOCS / HTML_NAME).read_text(encoding="utf-8")
+    for route in all_routes():
+        assert f'id="{route.operation_id}"' in html
+        assert f"<code>{route.openapi_path}</code>" in html
+
+
+@pytest.fixture(scope="module")
+def generated_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    out = tmp_path_factory.mktemp("client")
+    bin_dir = str(Path(sys.executable).parent)
+    subprocess.run(
+        [os.path.join(bin_dir, "openapi-python-client"), "generate", "--path",
+         str(DOCS / SPEC_NAME), "--meta", "none", "--output-path", str(out / "lp_client")],
+        check=True, capture_output=True, timeout=120,
+        env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")},
+    )
+    sys.path.insert(0, str(out))
+    try:
+        yield importlib.import_module("lp_client")
+    finally:
+        sys.path.remove(str(out))
+        for name in [m for m in sys.modules if m == "lp_client" or m.startswith("lp_client.")]:
+            del sys.modules[name]
+
+
+def test_a_generated_client_drives_the_server(generated_client: ModuleType,
+                                              server: Server) -> None:
+    def use(name: str) -> Any:
+        return importlib.import_module(f"lp_client.{name}")
+
+    models, types = use("models"), use("types")
+    upload, register = use("api.files.upload_file"), use("api.datasets.register_dataset")
+    iterrows = use("api.datasets.iterrows")
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(7)]
+    content = "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+    with use("client").Client(base_url=server.url, raise_on_unexpected_status=True) as client:
+        file = upload.sync(client=client, body=models.UploadFileRequest(
+            file=types.File(payload=BytesIO(content), file_name="rows.jsonl"),
+            purpose=models.FilePurpose.FINE_TUNE))
+        assert isinstance(file, models.FileObject) and file.bytes_ == len(content)
+
+        dataset = register.sync(client=client, body=models.RegisterDatasetRequest(
+            purpose=models.DatasetPurpose.INSTRUCT,
+            source=models.FileDataSource(type_="file", file_id=file.id)))
+        assert isinstance(dataset, models.Dataset) and dataset.row_count == 7
+
+        seen: list[dict[str, Any]] = []
+        start = 0
+        while True:
+            page = iterrows.sync(dataset.identifier, client=client, start_index=start, limit=3)
+            assert isinstance(page, models.IterRowsResponse)
+            seen += [item.to_dict() for item in page.data]
+            if not page.has_more:
+                break
+            start = page.next_start_index
+        assert seen == rows
+
+        missing = use("api.datasets.get_dataset").sync("no-such-dataset", client=client)
+        assert isinstance(missing, models.ErrorResponse)
+        assert missing.error.type_ == "not_found_error"
