@@ -13,8 +13,9 @@ from rich.console import Console
 
 from llama_post.errors import ConfigError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Self-hosted post-training behind typed APIs.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Self-hosted post-training behind typed APIs."
+)
 err = Console(stderr=True)
 
 
@@ -48,16 +49,20 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 @app.command()
 def openapi(
     output_dir: Annotated[Path, typer.Option(help="Where to write the spec and its HTML.")] = Path(
-        "docs/openapi"),
+        "docs/openapi"
+    ),
     check: Annotated[bool, typer.Option(help="Fail if the files there are out of date.")] = False,
 ) -> None:
     """Write the OpenAPI spec (YAML) and its HTML reference."""
     from llama_post.openapi import writer
 
     if check:
-        stale = [name for name, text in writer.generated_files().items()
-                 if not (output_dir / name).is_file()
-                 or (output_dir / name).read_text(encoding="utf-8") != text]
+        stale = [
+            name
+            for name, text in writer.generated_files().items()
+            if not (output_dir / name).is_file()
+            or (output_dir / name).read_text(encoding="utf-8") != text
+        ]
         if stale:
             err.print(f"out of date: {', '.join(stale)}; run `llama-post openapi`")
             raise typer.Exit(1)

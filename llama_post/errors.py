@@ -10,8 +10,8 @@ catch `LookupError` or `ValueError` without importing ours.
     ├── NotFoundError(LookupError)      404  no such file, dataset, route
     ├── ConflictError                   409  the id is taken, the state forbids it
     ├── PayloadTooLargeError            413  upload or row over a configured limit
-    ├── NotSupportedError(NotImplementedError)  501  the provider cannot do this
-    └── ConfigError                     500  run.yaml is wrong; raised at startup, all errors at once
+    ├── NotSupportedError(NotImplementedError)  501  the provider cannot do it
+    └── ConfigError                     500  run.yaml is wrong; all its errors, at startup
 
 Messages say what to do: which field, which row, which value was expected.
 """

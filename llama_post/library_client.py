@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_post.codec import build_request
 from llama_post.distribution.stack import Stack
@@ -41,7 +41,7 @@ class ApiProxy:
         self._routes = {r.name: r for r in stack.routes if r.api == api and r.primary}
         self._api = api
 
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+    def __getattr__(self, name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
         route = self._routes.get(name)
         if route is None:
             raise AttributeError(f"the {self._api} API has no method {name!r}")
@@ -69,13 +69,18 @@ def _arguments(route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]) -> d
             raise TypeError(f"{route.name}() needs {name}")
     if route.request_model is None:
         if positional or kwargs:
-            raise TypeError(f"{route.name}() takes only {', '.join(route.path_params) or 'nothing'}")
+            raise TypeError(
+                f"{route.name}() takes only {', '.join(route.path_params) or 'nothing'}"
+            )
         return bound
     if len(positional) > 1:
         raise TypeError(f"{route.name}() takes one request after its path parameters")
     data = kwargs.pop("request", positional[0] if positional else {})
     if kwargs:
-        data = {**(data if isinstance(data, dict) else data.model_dump(exclude_unset=True)), **kwargs}
+        data = {
+            **(data if isinstance(data, dict) else data.model_dump(exclude_unset=True)),
+            **kwargs,
+        }
     bound["request"] = build_request(route, data)
     return bound
 
@@ -91,8 +96,9 @@ class AsyncLlamaPostClient:
             setattr(self, api.value, ApiProxy(stack, api))
 
     @classmethod
-    async def from_config(cls, config: Path | str | dict[str, Any],
-                          env: dict[str, str] | None = None) -> AsyncLlamaPostClient:
+    async def from_config(
+        cls, config: Path | str | dict[str, Any], env: dict[str, str] | None = None
+    ) -> AsyncLlamaPostClient:
         return cls(await Stack.build(config, env))
 
     async def close(self) -> None:
@@ -110,8 +116,9 @@ class LlamaPostClient:
 
     def __init__(self, config: Path | str | dict[str, Any], env: dict[str, str] | None = None):
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="llama-post-library")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="llama-post-library"
+        )
         self._thread.start()
         try:
             self._async = self._run(AsyncLlamaPostClient.from_config(config, env))
@@ -167,7 +174,7 @@ class _SyncProxy:
             if isinstance(result, FileContent):
                 return self._client._run(result.read())
             if isinstance(result, AsyncIterator):
-                return self._client._iterate(cast(AsyncIterator[Any], result))
+                return self._client._iterate(result)
             return result
 
         call.__name__ = name

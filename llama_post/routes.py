@@ -85,7 +85,9 @@ def _compile_one(
             raise RouteError(f"{where}: path parameter {p!r} must be a `str` argument")
     rest = [p for p in params if p not in path_params]
     if rest not in ([], ["request"]):
-        raise RouteError(f"{where}: besides path parameters, only one `request` argument is allowed")
+        raise RouteError(
+            f"{where}: besides path parameters, only one `request` argument is allowed"
+        )
 
     request_model: type[BaseModel] | None = None
     request_kind: RequestKind = "none"

@@ -69,8 +69,9 @@ def resolve_under(path: str | Path, roots: Sequence[Path], field: str) -> Path:
     try:
         resolved = (roots[0] / path).resolve()  # an absolute `path` replaces the root
     except (OSError, ValueError) as exc:
-        raise InvalidRequestError(f"{field}: {path!r} is not a usable path ({exc})",
-                                  param=field) from None
+        raise InvalidRequestError(
+            f"{field}: {path!r} is not a usable path ({exc})", param=field
+        ) from None
     if not any(resolved.is_relative_to(root.resolve()) for root in roots):
         allowed = ", ".join(str(r) for r in roots) or "none"
         raise InvalidRequestError(

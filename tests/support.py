@@ -32,16 +32,21 @@ def distribution(home: Path, **overrides: Any) -> dict[str, Any]:
     imports = home / "import"
     imports.mkdir(parents=True, exist_ok=True)
     files = {"storage_dir": str(home / "files"), **overrides.pop("files", {})}
-    datasets = {"storage_dir": str(home / "datasets"), "allowed_dirs": [str(imports)],
-                **overrides.pop("datasets", {})}
+    datasets = {
+        "storage_dir": str(home / "datasets"),
+        "allowed_dirs": [str(imports)],
+        **overrides.pop("datasets", {}),
+    }
     return {
         "version": 1,
         "distribution": "test",
         "providers": {
-            "files": [{"provider_id": "localfs", "provider_type": "inline::localfs",
-                       "config": files}],
-            "datasets": [{"provider_id": "localfs", "provider_type": "inline::localfs",
-                          "config": datasets}],
+            "files": [
+                {"provider_id": "localfs", "provider_type": "inline::localfs", "config": files}
+            ],
+            "datasets": [
+                {"provider_id": "localfs", "provider_type": "inline::localfs", "config": datasets}
+            ],
         },
         **overrides,
     }
@@ -70,9 +75,18 @@ class Server:
     def start(self, timeout: float = 30) -> Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llama_post", "run", str(self.config),
-                 "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_post",
+                    "run",
+                    str(self.config),
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -97,7 +111,9 @@ class Server:
     def rss_peak_kib(self) -> int:
         assert self.proc is not None
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+        return int(
+            next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+        )
 
 
 @contextmanager
@@ -124,8 +140,14 @@ class Result:
 class Driver(Protocol):
     name: str
 
-    def call(self, api: str, method: str, *path: str, body: dict[str, Any] | None = None,
-             upload: tuple[str, bytes] | None = None) -> Result: ...
+    def call(
+        self,
+        api: str,
+        method: str,
+        *path: str,
+        body: dict[str, Any] | None = None,
+        upload: tuple[str, bytes] | None = None,
+    ) -> Result: ...
 
 
 class HttpDriver:
@@ -134,8 +156,14 @@ class HttpDriver:
     def __init__(self, url: str) -> None:
         self.http = httpx.Client(base_url=url, timeout=60)
 
-    def call(self, api: str, method: str, *path: str, body: dict[str, Any] | None = None,
-             upload: tuple[str, bytes] | None = None) -> Result:
+    def call(
+        self,
+        api: str,
+        method: str,
+        *path: str,
+        body: dict[str, Any] | None = None,
+        upload: tuple[str, bytes] | None = None,
+    ) -> Result:
         route = ROUTES[(api, method)]
         url = route.openapi_path.format(**dict(zip(route.path_params, path, strict=True)))
         kwargs: dict[str, Any] = {}
@@ -159,8 +187,14 @@ class LibraryDriver:
     def __init__(self, client: LlamaPostClient) -> None:
         self.client = client
 
-    def call(self, api: str, method: str, *path: str, body: dict[str, Any] | None = None,
-             upload: tuple[str, bytes] | None = None) -> Result:
+    def call(
+        self,
+        api: str,
+        method: str,
+        *path: str,
+        body: dict[str, Any] | None = None,
+        upload: tuple[str, bytes] | None = None,
+    ) -> Result:
         request = dict(body or {})
         if upload is not None:
             request["file"] = UploadedFile(filename=upload[0], file=io.BytesIO(upload[1]))

@@ -80,7 +80,9 @@ def test_one_method_may_carry_several_routes(client: TestClient) -> None:
     ]
     for path in ["/v1/echo/a", "/v1/legacy/echo/a"]:
         assert client.post(path, json={"text": "hi", "times": 2}).json() == {
-            "name": "a", "text": "hihi"}
+            "name": "a",
+            "text": "hihi",
+        }
 
 
 def test_streams_are_server_sent_events(client: TestClient) -> None:
@@ -97,10 +99,16 @@ def test_path_ids_may_contain_slashes(client: TestClient) -> None:
 def test_the_spec_and_library_come_from_the_same_table() -> None:
     stack = EchoStack()
     spec = build_spec(stack.routes)
-    assert set(spec["paths"]) == {"/v1/echo/{name}", "/v1/legacy/echo/{name}", "/v1/echo-stream",
-                                  "/v1/things/{thing_id}"}
-    assert "text/event-stream" in spec["paths"]["/v1/echo-stream"]["post"]["responses"]["200"][
-        "content"]
+    assert set(spec["paths"]) == {
+        "/v1/echo/{name}",
+        "/v1/legacy/echo/{name}",
+        "/v1/echo-stream",
+        "/v1/things/{thing_id}",
+    }
+    assert (
+        "text/event-stream"
+        in spec["paths"]["/v1/echo-stream"]["post"]["responses"]["200"]["content"]
+    )
 
     import asyncio
 
@@ -135,7 +143,11 @@ def test_bad_protocols_are_refused_when_compiled() -> None:
         @webmethod(route="/v1/x", method="GET")
         async def y(self) -> Echoed: ...
 
-    for bad, message in [(TwoBodies, "only one `request`"), (PathMismatch, "path parameter"),
-                         (NoModel, "must return"), (Twice, "declared by")]:
+    for bad, message in [
+        (TwoBodies, "only one `request`"),
+        (PathMismatch, "path parameter"),
+        (NoModel, "must return"),
+        (Twice, "declared by"),
+    ]:
         with pytest.raises(RouteError, match=message):
             compile_routes([("bad", bad)])

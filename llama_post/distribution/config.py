@@ -79,13 +79,17 @@ def load_run_config(
     try:
         run = RunConfig.model_validate(data)
     except ValidationError as exc:
-        errors += [ErrorDetail(field=_join_loc("", e["loc"]), message=e["msg"]) for e in exc.errors()]
+        errors += [
+            ErrorDetail(field=_join_loc("", e["loc"]), message=e["msg"]) for e in exc.errors()
+        ]
         raise ConfigError(f"{where} is not a valid distribution", details=errors) from None
 
     resolved: list[ResolvedProvider] = []
     for api, entries in run.providers.items():
         if api in BUILTIN_APIS:
-            errors.append(ErrorDetail(field=f"providers.{api}", message="served by the stack itself"))
+            errors.append(
+                ErrorDetail(field=f"providers.{api}", message="served by the stack itself")
+            )
             continue
         ids = [e.provider_id for e in entries]
         for dup in sorted({i for i in ids if ids.count(i) > 1}):
@@ -111,8 +115,14 @@ def load_run_config(
                     for e in exc.errors()
                 ]
                 continue
-            resolved.append(ResolvedProvider(api=api, provider_id=entry.provider_id,
-                                             provider_type=entry.provider_type, config=config))
+            resolved.append(
+                ResolvedProvider(
+                    api=api,
+                    provider_id=entry.provider_id,
+                    provider_type=entry.provider_type,
+                    config=config,
+                )
+            )
 
     served = set(run.providers)
     for provider in resolved:

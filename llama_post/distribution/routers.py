@@ -50,8 +50,9 @@ class DatasetsRouter:
         self.providers = providers
 
     async def _for(self, dataset_id: str) -> Datasets:
-        return await _owner(self.providers, lambda p: p.get_dataset(dataset_id),
-                            f"dataset {dataset_id!r}")
+        return await _owner(
+            self.providers, lambda p: p.get_dataset(dataset_id), f"dataset {dataset_id!r}"
+        )
 
     async def register_dataset(self, request: RegisterDatasetRequest) -> Dataset:
         if request.provider_id is None:
@@ -70,8 +71,9 @@ class DatasetsRouter:
                     await impl.get_dataset(request.dataset_id)
                 except NotFoundError:
                     continue
-                raise ConflictError(f"dataset {request.dataset_id!r} already exists",
-                                    param="dataset_id")
+                raise ConflictError(
+                    f"dataset {request.dataset_id!r} already exists", param="dataset_id"
+                )
         return await self.providers[request.provider_id].register_dataset(request)
 
     async def list_datasets(self) -> ListDatasetsResponse:
@@ -110,12 +112,17 @@ class FilesRouter:
         if request.after is not None:
             ids = [f.id for f in files]
             if request.after not in ids:
-                raise InvalidRequestError(f"after: no file with id {request.after!r}", param="after")
+                raise InvalidRequestError(
+                    f"after: no file with id {request.after!r}", param="after"
+                )
             files = files[ids.index(request.after) + 1 :]
         page = files[: request.limit]
-        return ListFilesResponse(data=page, has_more=len(files) > len(page),
-                                 first_id=page[0].id if page else None,
-                                 last_id=page[-1].id if page else None)
+        return ListFilesResponse(
+            data=page,
+            has_more=len(files) > len(page),
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
+        )
 
     async def retrieve_file(self, file_id: str) -> FileObject:
         return await (await self._for(file_id)).retrieve_file(file_id)

@@ -32,6 +32,8 @@ def build_registry(specs: list[ProviderSpec]) -> dict[tuple[Api, str], ProviderS
     for spec in specs:
         key = (spec.api, spec.provider_type)
         if key in registry:
-            raise ValueError(f"provider type {spec.provider_type!r} is registered twice for {spec.api}")
+            raise ValueError(
+                f"provider type {spec.provider_type!r} is registered twice for {spec.api}"
+            )
         registry[key] = spec
     return registry

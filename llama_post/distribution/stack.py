@@ -1,4 +1,4 @@
-"""The running stack: providers built from run.yaml in dependency order, and the routes they serve."""
+"""The running stack: providers built from run.yaml in dependency order, and their routes."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ class Stack:
         self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
 
     @classmethod
-    async def build(cls, source: Path | str | dict[str, Any],
-                    env: dict[str, str] | None = None) -> Stack:
+    async def build(
+        cls, source: Path | str | dict[str, Any], env: dict[str, str] | None = None
+    ) -> Stack:
         """Validate `source` (a run.yaml path or its parsed content) and start its providers."""
         from providers.registry import REGISTRY
 
@@ -61,8 +62,11 @@ class Stack:
                 for entry in (r for r in resolved if r.api == api):
                     spec = REGISTRY[(api, entry.provider_type)]
                     impl = await _start(spec.factory, entry, {d: impls[d] for d in spec.deps})
-                    built.append(ProviderInstance(api, entry.provider_id, entry.provider_type,
-                                                  entry.config, impl))
+                    built.append(
+                        ProviderInstance(
+                            api, entry.provider_id, entry.provider_type, entry.config, impl
+                        )
+                    )
                     group[entry.provider_id] = impl
                 impls[api] = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
         except BaseException:
@@ -112,9 +116,12 @@ def _dependency_order(resolved: list[ResolvedProvider]) -> list[Api]:
         ready = [a for a in needs if a not in order and needs[a] <= set(order)]
         if not ready:
             stuck = sorted(a.value for a in needs if a not in order)
-            raise ConfigError("providers depend on each other in a cycle",
-                              details=[ErrorDetail(field=f"providers.{a}", message="in the cycle")
-                                       for a in stuck])
+            raise ConfigError(
+                "providers depend on each other in a cycle",
+                details=[
+                    ErrorDetail(field=f"providers.{a}", message="in the cycle") for a in stuck
+                ],
+            )
         order += ready
     return order
 
@@ -135,15 +142,29 @@ class InspectImpl:
         types: dict[str, list[str]] = {}
         for p in self.stack.providers:
             types.setdefault(p.api.value, []).append(p.provider_type)
-        return ListRoutesResponse(data=[
-            RouteInfo(route=r.openapi_path, method=r.method, api=r.api, name=r.name,
-                      streaming=r.response_kind == "sse", provider_types=types.get(r.api, []))
-            for r in self.stack.routes
-        ])
+        return ListRoutesResponse(
+            data=[
+                RouteInfo(
+                    route=r.openapi_path,
+                    method=r.method,
+                    api=r.api,
+                    name=r.name,
+                    streaming=r.response_kind == "sse",
+                    provider_types=types.get(r.api, []),
+                )
+                for r in self.stack.routes
+            ]
+        )
 
     async def list_providers(self) -> ListProvidersResponse:
-        return ListProvidersResponse(data=[
-            ProviderInfo(api=p.api.value, provider_id=p.provider_id, provider_type=p.provider_type,
-                         config=p.config.model_dump(mode="json"))
-            for p in self.stack.providers
-        ])
+        return ListProvidersResponse(
+            data=[
+                ProviderInfo(
+                    api=p.api.value,
+                    provider_id=p.provider_id,
+                    provider_type=p.provider_type,
+                    config=p.config.model_dump(mode="json"),
+                )
+                for p in self.stack.providers
+            ]
+        )

@@ -12,6 +12,7 @@ from llama_post.routes import Route
 from llama_post.version import __version__
 
 REF = "#/components/schemas/{model}"
+Refs = dict[tuple[Any, str], dict[str, Any]]  # (model, mode) -> its $ref
 ERRORS = {
     "400": "The request is wrong: the message names the field, row or value.",
     "404": "No such resource.",
@@ -43,8 +44,9 @@ def build_spec(routes: list[Route]) -> dict[str, Any]:
             "responses": {
                 f"Error{code}": {
                     "description": text,
-                    "content": {"application/json": {"schema": {"$ref": REF.format(
-                        model="ErrorResponse")}}},
+                    "content": {
+                        "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}
+                    },
                 }
                 for code, text in ERRORS.items()
             },
@@ -54,19 +56,21 @@ def build_spec(routes: list[Route]) -> dict[str, Any]:
 
 def _schemas(
     routes: list[Route],
-) -> tuple[dict[tuple[type[BaseModel], str], dict[str, Any]], dict[str, Any]]:
-    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {(ErrorResponse, "serialization"): None}
+) -> tuple[Refs, dict[str, Any]]:
+    wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {
+        (ErrorResponse, "serialization"): None
+    }
     for r in routes:
         if r.request_model is not None:
             wanted[(r.request_model, "validation")] = None
         if r.response_model is not None:
             wanted[(r.response_model, "serialization")] = None
     mapping, top = models_json_schema(list(wanted), ref_template=REF)
-    refs = {(model, mode): dict(schema) for (model, mode), schema in mapping.items()}
+    refs: Refs = {(model, mode): dict(schema) for (model, mode), schema in mapping.items()}
     return refs, dict(sorted(top.get("$defs", {}).items()))
 
 
-def _operation(route: Route, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any]:
+def _operation(route: Route, refs: Refs) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": route.operation_id,
         "tags": list(route.tags),
@@ -83,8 +87,10 @@ def _operation(route: Route, refs: dict[tuple[type[BaseModel], str], dict[str, A
         params += _query_params(model)
     elif model is not None:
         media = "multipart/form-data" if route.request_kind == "multipart" else "application/json"
-        op["requestBody"] = {"required": True,
-                             "content": {media: {"schema": refs[(model, "validation")]}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": refs[(model, "validation")]}},
+        }
     if params:
         op["parameters"] = params
     op["responses"] = {"200": _success(route, refs)} | {
@@ -98,21 +104,31 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
     required = set(schema.get("required", []))
     out = []
     for name, prop in schema.get("properties", {}).items():
-        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
-                                 "schema": {k: v for k, v in prop.items() if k != "description"}}
+        param: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": {k: v for k, v in prop.items() if k != "description"},
+        }
         if "description" in prop:
             param["description"] = prop["description"]
         out.append(param)
     return out
 
 
-def _success(route: Route, refs: dict[tuple[type[BaseModel], str], dict[str, Any]]) -> dict[str, Any]:
+def _success(route: Route, refs: Refs) -> dict[str, Any]:
     if route.response_kind == "binary":
-        return {"description": "The file's bytes.", "content": {
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+        return {
+            "description": "The file's bytes.",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
     assert route.response_model is not None
     schema = refs[(route.response_model, "serialization")]
     if route.response_kind == "sse":
-        return {"description": "Server-sent events, one `data:` line of this schema each.",
-                "content": {"text/event-stream": {"schema": schema}}}
+        return {
+            "description": "Server-sent events, one `data:` line of this schema each.",
+            "content": {"text/event-stream": {"schema": schema}},
+        }
     return {"description": "OK", "content": {"application/json": {"schema": schema}}}

@@ -35,8 +35,9 @@ def render_html(spec: dict[str, Any]) -> str:
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             operations.setdefault(op["tags"][0], []).append({"path": path, "method": method, **op})
-    return env.get_template("reference.html.j2").render(spec=spec, operations=operations,
-                                                        ref_name=_ref_name)
+    return env.get_template("reference.html.j2").render(
+        spec=spec, operations=operations, ref_name=_ref_name
+    )
 
 
 def _ref_name(schema: dict[str, Any] | None) -> str:

@@ -49,9 +49,13 @@ def create_app(stack: Dispatcher) -> FastAPI:
     spec = build_spec(stack.routes)
     app.openapi = lambda: spec  # type: ignore[method-assign]
     for route in stack.routes:
-        app.router.add_route(route.path, _endpoint(route, stack.call(route)),
-                             methods=[route.method], name=route.operation_id,
-                             include_in_schema=False)
+        app.router.add_route(
+            route.path,
+            _endpoint(route, stack.call(route)),
+            methods=[route.method],
+            name=route.operation_id,
+            include_in_schema=False,
+        )
     app.add_exception_handler(LlamaPostError, _on_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
     return app
@@ -66,7 +70,8 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
         except Exception:
             log.exception("%s %s raised", request.method, request.url.path)
             return error_response(
-                LlamaPostError("internal server error; the server log has the details"))
+                LlamaPostError("internal server error; the server log has the details")
+            )
 
     async def handle(request: Request) -> Response:
         kwargs: dict[str, Any] = {p: request.path_params[p] for p in route.path_params}
@@ -115,8 +120,11 @@ async def _read_form(request: Request) -> tuple[Any, dict[str, Any]]:
     data: dict[str, Any] = {}
     for key, value in form.multi_items():
         if isinstance(value, UploadFile):
-            data[key] = UploadedFile(filename=value.filename or "", file=value.file,
-                                     content_type=value.content_type or "application/octet-stream")
+            data[key] = UploadedFile(
+                filename=value.filename or "",
+                file=value.file,
+                content_type=value.content_type or "application/octet-stream",
+            )
         else:
             data[key] = value
     return form, data
@@ -132,8 +140,9 @@ def _respond(route: Route, result: Any) -> Response:
             headers["content-disposition"] = _attachment(result.filename)
         return StreamingResponse(result.chunks, media_type=result.media_type, headers=headers)
     if route.response_kind == "sse":
-        return StreamingResponse(_sse(result), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache"})
+        return StreamingResponse(
+            _sse(result), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+        )
     assert isinstance(result, BaseModel)
     return Response(result.model_dump_json(), media_type="application/json")
 
@@ -173,20 +182,29 @@ async def _on_http_error(request: Request, exc: HTTPException) -> Response:
         405: f"{request.method} is not allowed on {request.url.path}",
     }
     kind = NotFoundError.type if exc.status_code == 404 else "http_error"
-    body = ErrorBody(message=messages.get(exc.status_code, str(exc.detail)), type=kind,
-                     code=str(exc.status_code))
-    return JSONResponse(ErrorResponse(error=body).model_dump(mode="json"),
-                        status_code=exc.status_code, headers=exc.headers)
+    body = ErrorBody(
+        message=messages.get(exc.status_code, str(exc.detail)), type=kind, code=str(exc.status_code)
+    )
+    return JSONResponse(
+        ErrorResponse(error=body).model_dump(mode="json"),
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 async def serve(config: Path | str, host: str | None = None, port: int | None = None) -> None:
     """Build the stack from `config` and serve it until SIGINT or SIGTERM."""
     stack = await Stack.build(config)
     app = create_app(stack)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host or stack.run.server.host, port=stack.run.server.port if port is None
-        else port, log_level="info", timeout_graceful_shutdown=10,
-    ))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host or stack.run.server.host,
+            port=stack.run.server.port if port is None else port,
+            log_level="info",
+            timeout_graceful_shutdown=10,
+        )
+    )
     try:
         await server.serve()
     finally:

@@ -14,11 +14,16 @@ from tests.apis.test_files import upload
 from tests.support import Driver, Result
 
 INSTRUCT = [{"prompt": f"What is {i}+{i}?", "completion": str(2 * i)} for i in range(25)]
-DIALOG = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+DIALOG = [
+    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+]
 PREFERENCE = [
     {"prompt": "Say hi", "chosen": "Hello!", "rejected": "Go away."},
-    {"messages": [{"role": "user", "content": "hi"}],
-     "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": "no"},
+    {
+        "messages": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "Hello!"}],
+        "rejected": "no",
+    },
 ]
 
 
@@ -27,8 +32,11 @@ def new_id() -> str:
 
 
 def register(api: Driver, purpose: str, source: dict[str, Any], **extra: Any) -> Result:
-    return api.call("datasets", "register_dataset",
-                    body={"purpose": purpose, "source": source, "dataset_id": new_id(), **extra})
+    return api.call(
+        "datasets",
+        "register_dataset",
+        body={"purpose": purpose, "source": source, "dataset_id": new_id(), **extra},
+    )
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:
@@ -45,8 +53,9 @@ def all_rows(api: Driver, dataset_id: str, limit: int = 10) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     start: int | None = 0
     while start is not None:
-        page = api.call("datasets", "iterrows", dataset_id,
-                        body={"start_index": start, "limit": limit})
+        page = api.call(
+            "datasets", "iterrows", dataset_id, body={"start_index": start, "limit": limit}
+        )
         assert page.status == 200, page.body
         rows += page.body["data"]
         assert page.body["has_more"] == (page.body["next_start_index"] is not None)
@@ -55,8 +64,9 @@ def all_rows(api: Driver, dataset_id: str, limit: int = 10) -> list[dict[str, An
 
 
 def test_register_inline_rows_get_list_iterate_unregister(api: Driver) -> None:
-    created = register(api, "instruct", {"type": "rows", "rows": INSTRUCT},
-                       metadata={"owner": "tests"})
+    created = register(
+        api, "instruct", {"type": "rows", "rows": INSTRUCT}, metadata={"owner": "tests"}
+    )
     assert created.status == 200, created.body
     ds = created.body
     assert ds["row_count"] == 25 and ds["purpose"] == "instruct"
@@ -89,8 +99,9 @@ def test_llama_stack_purpose_name_is_accepted(api: Driver) -> None:
 
 
 def test_every_file_format_from_an_upload(api: Driver) -> None:
-    csv_text = "prompt,completion\n" + "".join(f'"{r["prompt"]}",{r["completion"]}\n'
-                                                 for r in INSTRUCT)
+    csv_text = "prompt,completion\n" + "".join(
+        f'"{r["prompt"]}",{r["completion"]}\n' for r in INSTRUCT
+    )
     contents = {
         "rows.jsonl": jsonl(INSTRUCT),
         "rows.json": json.dumps(INSTRUCT).encode(),
@@ -133,8 +144,14 @@ def test_paths_outside_the_allowed_dirs_are_refused(
     secret.write_bytes(jsonl(INSTRUCT[:1]))
     link = import_dir / f"{uuid.uuid4().hex}.jsonl"
     link.symlink_to(secret)
-    for uri in [str(secret), f"file://{secret}", f"../{secret.name}", "../../../../etc/passwd",
-                str(link), "/etc/passwd"]:
+    for uri in [
+        str(secret),
+        f"file://{secret}",
+        f"../{secret.name}",
+        "../../../../etc/passwd",
+        str(link),
+        "/etc/passwd",
+    ]:
         refused = register(api, "instruct", {"type": "uri", "uri": uri, "format": "jsonl"})
         assert refused.status == 400, uri
         assert refused.error["param"] == "source.uri"
@@ -144,13 +161,21 @@ def test_paths_outside_the_allowed_dirs_are_refused(
 
 
 def test_bad_rows_are_all_reported_with_row_and_field(api: Driver) -> None:
-    rows: list[Any] = [*INSTRUCT[:3], {"prompt": "x"}, INSTRUCT[4], {"prompt": 1, "completion": "y"},
-                       {"completion": "z"}]
+    rows: list[Any] = [
+        *INSTRUCT[:3],
+        {"prompt": "x"},
+        INSTRUCT[4],
+        {"prompt": 1, "completion": "y"},
+        {"completion": "z"},
+    ]
     refused = register(api, "instruct", {"type": "rows", "rows": rows})
     assert refused.status == 400
     details = refused.error["details"]
-    assert {(d["row"], d["field"]) for d in details} == {(4, "completion"), (6, "prompt"),
-                                                         (7, "prompt")}
+    assert {(d["row"], d["field"]) for d in details} == {
+        (4, "completion"),
+        (6, "prompt"),
+        (7, "prompt"),
+    }
     assert "3 of 7 rows are invalid" in refused.error["message"]
     assert "row 4 field completion" in refused.error["message"]
 
@@ -169,16 +194,22 @@ def test_dialog_and_preference_rules(api: Driver) -> None:
     assert "assistant" in refused.error["details"][0]["message"]
     assert refused.error["details"][1]["field"] == "messages[0].role"
 
-    both = {"prompt": "p", "messages": [{"role": "user", "content": "u"}], "chosen": "a",
-            "rejected": "b"}
+    both = {
+        "prompt": "p",
+        "messages": [{"role": "user", "content": "u"}],
+        "chosen": "a",
+        "rejected": "b",
+    }
     refused = register(api, "preference", {"type": "rows", "rows": [both]})
     assert "exactly one of prompt or messages" in refused.error["message"]
 
 
 def test_file_level_problems(api: Driver) -> None:
     cases: dict[str, tuple[bytes, str]] = {
-        "latin1.jsonl": ('{"prompt": "caf\xe9", "completion": "x"}\n'.encode("latin-1"),
-                         "row 1: not valid UTF-8"),
+        "latin1.jsonl": (
+            '{"prompt": "caf\xe9", "completion": "x"}\n'.encode("latin-1"),
+            "row 1: not valid UTF-8",
+        ),
         "latin1.csv": ("prompt,completion\ncaf\xe9,x\n".encode("latin-1"), "not valid UTF-8"),
         "empty.jsonl": (b"", "no rows"),
         "empty.csv": (b"", "no rows"),
@@ -232,8 +263,12 @@ def test_append_rows_validates_all_or_nothing(api: Driver) -> None:
     added = api.call("datasets", "append_rows", ds["identifier"], body={"rows": INSTRUCT[2:5]})
     assert added.body == {"identifier": ds["identifier"], "appended": 3, "row_count": 5}
 
-    refused = api.call("datasets", "append_rows", ds["identifier"],
-                       body={"rows": [INSTRUCT[5], {"prompt": "only"}]})
+    refused = api.call(
+        "datasets",
+        "append_rows",
+        ds["identifier"],
+        body={"rows": [INSTRUCT[5], {"prompt": "only"}]},
+    )
     assert refused.status == 400 and refused.error["details"][0]["row"] == 2
     assert all_rows(api, ds["identifier"]) == INSTRUCT[:5]
     assert api.call("datasets", "get_dataset", ds["identifier"]).body["row_count"] == 5
@@ -258,12 +293,21 @@ def test_ids_are_checked(api: Driver) -> None:
 
 
 def test_schema_errors_name_the_field(api: Driver) -> None:
-    refused = api.call("datasets", "register_dataset",
-                       body={"purpose": "instruct", "source": {"type": "rows", "rows": INSTRUCT},
-                             "extra_field": 1})
+    refused = api.call(
+        "datasets",
+        "register_dataset",
+        body={
+            "purpose": "instruct",
+            "source": {"type": "rows", "rows": INSTRUCT},
+            "extra_field": 1,
+        },
+    )
     assert refused.status == 422 and refused.error["param"] == "extra_field"
-    refused = api.call("datasets", "register_dataset",
-                       body={"purpose": "chat", "source": {"type": "rows", "rows": INSTRUCT}})
+    refused = api.call(
+        "datasets",
+        "register_dataset",
+        body={"purpose": "chat", "source": {"type": "rows", "rows": INSTRUCT}},
+    )
     assert refused.error["param"] == "purpose"
     refused = api.call("datasets", "iterrows", "x", body={"limit": -1})
     assert refused.status in (404, 422)

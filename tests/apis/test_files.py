@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from typing import Any
 
 from tests.support import Driver
 
 
-def upload(api: Driver, content: bytes, name: str = "data.jsonl", purpose: str = "fine-tune") -> dict:
+def upload(
+    api: Driver, content: bytes, name: str = "data.jsonl", purpose: str = "fine-tune"
+) -> dict[str, Any]:
     result = api.call("files", "upload_file", body={"purpose": purpose}, upload=(name, content))
     assert result.status == 200, result.body
-    return result.body
+    body: dict[str, Any] = result.body
+    return body
 
 
 def test_upload_retrieve_content_delete(api: Driver) -> None:
@@ -42,8 +46,9 @@ def test_list_pages_with_after_and_limit(api: Driver) -> None:
     seen = [f["id"] for f in first["data"]]
     after = first["last_id"]
     while True:
-        page = api.call("files", "list_files",
-                        body={"limit": 2, "after": after, "purpose": "batch"}).body
+        page = api.call(
+            "files", "list_files", body={"limit": 2, "after": after, "purpose": "batch"}
+        ).body
         seen += [f["id"] for f in page["data"]]
         if not page["has_more"]:
             break

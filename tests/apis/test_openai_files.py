@@ -45,4 +45,4 @@ def test_the_sdk_pages_through_files(client: openai.OpenAI) -> None:
 def test_sdk_errors_carry_the_field(client: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         client.files.create(file=("a.jsonl", b"{}"), purpose="nonsense")  # type: ignore[arg-type]
-    assert caught.value.param == "purpose"  # type: ignore[attr-defined]
+    assert caught.value.param == "purpose"

@@ -18,7 +18,7 @@ DISTRIBUTIONS = sorted([ROOT / "run.yaml", *(ROOT / "distributions").glob("**/*.
 @pytest.mark.parametrize("path", DISTRIBUTIONS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_distribution_loads_and_starts(path: Path, tmp_path: Path) -> None:
     env = {"LLAMA_POST_HOME": str(tmp_path), "LLAMA_POST_IMPORT_DIR": str(tmp_path / "import")}
-    run, providers = load_run_config(path, env)
+    _, providers = load_run_config(path, env)
     assert providers, path
 
     async def start() -> None:
@@ -42,8 +42,10 @@ def test_env_substitution(tmp_path: Path) -> None:
     assert files.model_dump() == {"storage_dir": tmp_path / "files", "max_upload_bytes": 1234}
 
     _, providers = load_run_config(raw, {"HOME_DIR": str(tmp_path), "LIMIT": "99"})
-    assert next(p for p in providers if p.api == Api.files).config.model_dump()[
-        "max_upload_bytes"] == 99
+    assert (
+        next(p for p in providers if p.api == Api.files).config.model_dump()["max_upload_bytes"]
+        == 99
+    )
 
 
 def test_every_problem_is_reported_at_once_with_its_path(tmp_path: Path) -> None:

@@ -47,9 +47,19 @@ def generated_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Modul
     out = tmp_path_factory.mktemp("client")
     bin_dir = str(Path(sys.executable).parent)
     subprocess.run(
-        [os.path.join(bin_dir, "openapi-python-client"), "generate", "--path",
-         str(DOCS / SPEC_NAME), "--meta", "none", "--output-path", str(out / "lp_client")],
-        check=True, capture_output=True, timeout=120,
+        [
+            str(Path(bin_dir) / "openapi-python-client"),
+            "generate",
+            "--path",
+            str(DOCS / SPEC_NAME),
+            "--meta",
+            "none",
+            "--output-path",
+            str(out / "lp_client"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
         env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")},
     )
     sys.path.insert(0, str(out))
@@ -61,8 +71,7 @@ def generated_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Modul
             del sys.modules[name]
 
 
-def test_a_generated_client_drives_the_server(generated_client: ModuleType,
-                                              server: Server) -> None:
+def test_a_generated_client_drives_the_server(generated_client: ModuleType, server: Server) -> None:
     def use(name: str) -> Any:
         return importlib.import_module(f"lp_client.{name}")
 
@@ -73,14 +82,22 @@ def test_a_generated_client_drives_the_server(generated_client: ModuleType,
     content = "".join(json.dumps(r) + "\n" for r in rows).encode()
 
     with use("client").Client(base_url=server.url, raise_on_unexpected_status=True) as client:
-        file = upload.sync(client=client, body=models.UploadFileRequest(
-            file=types.File(payload=BytesIO(content), file_name="rows.jsonl"),
-            purpose=models.FilePurpose.FINE_TUNE))
+        file = upload.sync(
+            client=client,
+            body=models.UploadFileRequest(
+                file=types.File(payload=BytesIO(content), file_name="rows.jsonl"),
+                purpose=models.FilePurpose.FINE_TUNE,
+            ),
+        )
         assert isinstance(file, models.FileObject) and file.bytes_ == len(content)
 
-        dataset = register.sync(client=client, body=models.RegisterDatasetRequest(
-            purpose=models.DatasetPurpose.INSTRUCT,
-            source=models.FileDataSource(type_="file", file_id=file.id)))
+        dataset = register.sync(
+            client=client,
+            body=models.RegisterDatasetRequest(
+                purpose=models.DatasetPurpose.INSTRUCT,
+                source=models.FileDataSource(type_="file", file_id=file.id),
+            ),
+        )
         assert isinstance(dataset, models.Dataset) and dataset.row_count == 7
 
         seen: list[dict[str, Any]] = []

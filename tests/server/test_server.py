@@ -21,19 +21,28 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     config = distribution(tmp_path)
     content = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
     with running(config, tmp_path) as server:
-        file = httpx.post(f"{server.url}/v1/files", data={"purpose": "fine-tune"},
-                          files={"file": ("rows.jsonl", content)}).json()
-        ds = httpx.post(f"{server.url}/v1/datasets", json={
-            "purpose": "instruct", "dataset_id": "kept",
-            "source": {"type": "file", "file_id": file["id"]}}).json()
+        file = httpx.post(
+            f"{server.url}/v1/files",
+            data={"purpose": "fine-tune"},
+            files={"file": ("rows.jsonl", content)},
+        ).json()
+        ds = httpx.post(
+            f"{server.url}/v1/datasets",
+            json={
+                "purpose": "instruct",
+                "dataset_id": "kept",
+                "source": {"type": "file", "file_id": file["id"]},
+            },
+        ).json()
         httpx.post(f"{server.url}/v1/datasetio/append-rows/kept", json={"rows": ROWS[:2]})
     with running(config, tmp_path) as server:
         assert httpx.get(f"{server.url}/v1/files/{file['id']}").json() == file
         assert httpx.get(f"{server.url}/v1/files/{file['id']}/content").content == content
         again = httpx.get(f"{server.url}/v1/datasets/kept").json()
         assert again == {**ds, "row_count": 12}
-        rows = httpx.get(f"{server.url}/v1/datasetio/iterrows/kept",
-                         params={"limit": 100}).json()["data"]
+        rows = httpx.get(f"{server.url}/v1/datasetio/iterrows/kept", params={"limit": 100}).json()[
+            "data"
+        ]
         assert rows == ROWS + ROWS[:2]
 
 
@@ -53,8 +62,12 @@ def test_a_large_upload_streams_to_disk(tmp_path: Path) -> None:
     with running(distribution(tmp_path), tmp_path) as server:
         before = server.rss_peak_kib()
         with big.open("rb") as f:
-            created = httpx.post(f"{server.url}/v1/files", data={"purpose": "batch"},
-                                 files={"file": ("big.bin", f)}, timeout=120).json()
+            created = httpx.post(
+                f"{server.url}/v1/files",
+                data={"purpose": "batch"},
+                files={"file": ("big.bin", f)},
+                timeout=120,
+            ).json()
         assert created["bytes"] == 200 << 20
         grown_mib = (server.rss_peak_kib() - before) / 1024
         assert grown_mib < 64, f"the server's peak memory grew {grown_mib:.0f} MiB"
@@ -63,15 +76,22 @@ def test_a_large_upload_streams_to_disk(tmp_path: Path) -> None:
 def test_uploads_over_the_limit_get_413_and_leave_nothing(tmp_path: Path) -> None:
     config = distribution(tmp_path, files={"max_upload_bytes": 1000})
     with running(config, tmp_path) as server:
-        refused = httpx.post(f"{server.url}/v1/files", data={"purpose": "batch"},
-                             files={"file": ("x.bin", b"x" * 1001)})
+        refused = httpx.post(
+            f"{server.url}/v1/files",
+            data={"purpose": "batch"},
+            files={"file": ("x.bin", b"x" * 1001)},
+        )
         assert refused.status_code == 413
         assert refused.json()["error"]["message"].endswith("(max_upload_bytes)")
-        ok = httpx.post(f"{server.url}/v1/files", data={"purpose": "batch"},
-                        files={"file": ("x.bin", b"x" * 1000)})
+        ok = httpx.post(
+            f"{server.url}/v1/files",
+            data={"purpose": "batch"},
+            files={"file": ("x.bin", b"x" * 1000)},
+        )
         assert ok.status_code == 200
         assert [f["id"] for f in httpx.get(f"{server.url}/v1/files").json()["data"]] == [
-            ok.json()["id"]]
+            ok.json()["id"]
+        ]
     assert list((tmp_path / "files" / "tmp").iterdir()) == []
 
 
@@ -84,8 +104,9 @@ def test_bodies_that_are_not_requests(tmp_path: Path) -> None:
         assert not_object.status_code == 422
         empty = httpx.post(url)
         assert empty.status_code == 422 and empty.json()["error"]["param"] == "purpose"
-        assert _raw_status(server.port, "POST /v1/datasets", {"content-length": str(1 << 40)}) \
-            == 413
+        assert (
+            _raw_status(server.port, "POST /v1/datasets", {"content-length": str(1 << 40)}) == 413
+        )
         not_multipart = httpx.post(f"{server.url}/v1/files", json={"purpose": "batch"})
         assert not_multipart.status_code == 422
         wrong_method = httpx.put(url)
@@ -103,8 +124,14 @@ def _raw_status(port: int, request_line: str, headers: dict[str, str]) -> int:
 
 def test_an_unexpected_failure_is_a_logged_500_and_the_server_goes_on(tmp_path: Path) -> None:
     with running(distribution(tmp_path), tmp_path) as server:
-        httpx.post(f"{server.url}/v1/datasets", json={
-            "purpose": "instruct", "dataset_id": "broken", "source": {"type": "rows", "rows": ROWS}})
+        httpx.post(
+            f"{server.url}/v1/datasets",
+            json={
+                "purpose": "instruct",
+                "dataset_id": "broken",
+                "source": {"type": "rows", "rows": ROWS},
+            },
+        )
         (tmp_path / "datasets" / "data" / "broken" / "rows.jsonl").unlink()
         failed = httpx.get(f"{server.url}/v1/datasetio/iterrows/broken")
         assert failed.status_code == 500
@@ -116,11 +143,19 @@ def test_an_unexpected_failure_is_a_logged_500_and_the_server_goes_on(tmp_path: 
 
 def test_inspection_routes(server: Server) -> None:
     routes = httpx.get(f"{server.url}/v1/inspect/routes").json()["data"]
-    assert {"route": "/v1/files", "method": "POST", "api": "files", "name": "upload_file",
-            "streaming": False, "provider_types": ["inline::localfs"]} in routes
+    assert {
+        "route": "/v1/files",
+        "method": "POST",
+        "api": "files",
+        "name": "upload_file",
+        "streaming": False,
+        "provider_types": ["inline::localfs"],
+    } in routes
     providers = httpx.get(f"{server.url}/v1/inspect/providers").json()["data"]
     assert [(p["api"], p["provider_type"]) for p in providers] == [
-        ("files", "inline::localfs"), ("datasets", "inline::localfs")]
+        ("files", "inline::localfs"),
+        ("datasets", "inline::localfs"),
+    ]
     assert httpx.get(f"{server.url}/v1/version").json()["version"]
     assert httpx.get(f"{server.url}/openapi.json").json()["openapi"] == "3.1.0"
 
@@ -130,8 +165,12 @@ def test_a_bad_distribution_is_a_clear_startup_error(tmp_path: Path) -> None:
     config["providers"]["files"][0]["provider_type"] = "inline::nope"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = subprocess.run([sys.executable, "-m", "llama_post", "run", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "llama_post", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "providers.files[0].provider_type" in done.stderr
     assert "Traceback" not in done.stderr
@@ -139,8 +178,11 @@ def test_a_bad_distribution_is_a_clear_startup_error(tmp_path: Path) -> None:
 
 def test_two_providers_of_one_api_route_by_id(tmp_path: Path) -> None:
     config = distribution(tmp_path)
-    second = {"provider_id": "second", "provider_type": "inline::localfs",
-              "config": {"storage_dir": str(tmp_path / "datasets2")}}
+    second = {
+        "provider_id": "second",
+        "provider_type": "inline::localfs",
+        "config": {"storage_dir": str(tmp_path / "datasets2")},
+    }
     config["providers"]["datasets"].append(second)
     rows = {"type": "rows", "rows": ROWS}
     with running(config, tmp_path) as server:
@@ -148,14 +190,30 @@ def test_two_providers_of_one_api_route_by_id(tmp_path: Path) -> None:
         unnamed = httpx.post(url, json={"purpose": "instruct", "source": rows})
         assert unnamed.status_code == 400 and unnamed.json()["error"]["param"] == "provider_id"
         for provider in ("localfs", "second"):
-            made = httpx.post(url, json={"purpose": "instruct", "source": rows,
-                                         "dataset_id": f"in-{provider}", "provider_id": provider})
+            made = httpx.post(
+                url,
+                json={
+                    "purpose": "instruct",
+                    "source": rows,
+                    "dataset_id": f"in-{provider}",
+                    "provider_id": provider,
+                },
+            )
             assert made.status_code == 200, made.text
-        taken = httpx.post(url, json={"purpose": "instruct", "source": rows,
-                                      "dataset_id": "in-localfs", "provider_id": "second"})
+        taken = httpx.post(
+            url,
+            json={
+                "purpose": "instruct",
+                "source": rows,
+                "dataset_id": "in-localfs",
+                "provider_id": "second",
+            },
+        )
         assert taken.status_code == 409
-        assert [d["identifier"] for d in httpx.get(url).json()["data"]] == ["in-localfs",
-                                                                            "in-second"]
+        assert [d["identifier"] for d in httpx.get(url).json()["data"]] == [
+            "in-localfs",
+            "in-second",
+        ]
         page = httpx.get(f"{server.url}/v1/datasetio/iterrows/in-second").json()
         assert page["data"] == ROWS
     assert (tmp_path / "datasets2" / "data" / "in-second").is_dir()

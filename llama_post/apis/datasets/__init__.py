@@ -2,10 +2,10 @@ from llama_post.apis.datasets.api import Datasets
 from llama_post.apis.datasets.models import (
     AppendRowsRequest,
     AppendRowsResponse,
-    DataSource,
     Dataset,
     DatasetFormat,
     DatasetPurpose,
+    DataSource,
     FileDataSource,
     IterRowsRequest,
     IterRowsResponse,

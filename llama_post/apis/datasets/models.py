@@ -58,9 +58,7 @@ class RowsDataSource(StrictModel):
     rows: list[Row] = Field(min_length=1)
 
 
-DataSource = Annotated[
-    UriDataSource | FileDataSource | RowsDataSource, Field(discriminator="type")
-]
+DataSource = Annotated[UriDataSource | FileDataSource | RowsDataSource, Field(discriminator="type")]
 
 
 class RegisterDatasetRequest(StrictModel):

@@ -68,5 +68,8 @@ STRUCTURED_COLUMNS = frozenset({"messages", "chosen", "rejected"})
 
 
 def missing_columns(purpose: DatasetPurpose, columns: list[str]) -> list[str]:
-    return [" or ".join(need) for need in REQUIRED_COLUMNS[purpose]
-            if not any(c in columns for c in need)]
+    return [
+        " or ".join(need)
+        for need in REQUIRED_COLUMNS[purpose]
+        if not any(c in columns for c in need)
+    ]

@@ -104,8 +104,15 @@ class LocalDatasets:
             self.db.execute(
                 "INSERT INTO datasets (id, purpose, origin, metadata, row_count, byte_size, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (dataset_id, request.purpose.value, origin.model_dump_json(),
-                 json.dumps(request.metadata), count, size, created),
+                (
+                    dataset_id,
+                    request.purpose.value,
+                    origin.model_dump_json(),
+                    json.dumps(request.metadata),
+                    count,
+                    size,
+                    created,
+                ),
             )
         return await self.get_dataset(dataset_id)
 
@@ -142,8 +149,12 @@ class LocalDatasets:
             row = self._existing(dataset_id)
             purpose = DatasetPurpose(row["purpose"])
             count, size = await asyncio.to_thread(
-                self._write_rows, enumerate(request.rows, start=1), purpose,
-                self.data / dataset_id, row["row_count"], row["byte_size"],
+                self._write_rows,
+                enumerate(request.rows, start=1),
+                purpose,
+                self.data / dataset_id,
+                row["row_count"],
+                row["byte_size"],
             )
             self.db.execute(
                 "UPDATE datasets SET row_count = ?, byte_size = ? WHERE id = ?",
@@ -194,8 +205,12 @@ class LocalDatasets:
         return path, fmt
 
     def _write_rows(
-        self, rows: Iterable[RowOrProblem], purpose: DatasetPurpose, folder: Path,
-        count: int, size: int,
+        self,
+        rows: Iterable[RowOrProblem],
+        purpose: DatasetPurpose,
+        folder: Path,
+        count: int,
+        size: int,
     ) -> tuple[int, int]:
         """Validate rows and append them after the committed `count` rows (`size` bytes).
 
@@ -275,7 +290,9 @@ class LocalDatasets:
         )
 
 
-def _check(item: dict[str, Any] | str, model: Any, number: int, limit: int) -> bytes | list[ErrorDetail]:
+def _check(
+    item: dict[str, Any] | str, model: Any, number: int, limit: int
+) -> bytes | list[ErrorDetail]:
     """The row's stored line, or what is wrong with it."""
     if isinstance(item, str):
         return [ErrorDetail(row=number, message=item)]
@@ -289,7 +306,11 @@ def _check(item: dict[str, Any] | str, model: Any, number: int, limit: int) -> b
     line = json.dumps(valid.model_dump(mode="json", exclude_unset=True), ensure_ascii=False)
     encoded = line.encode("utf-8") + b"\n"
     if len(encoded) > limit:
-        return [ErrorDetail(row=number, message=f"row is {len(encoded)} bytes, over the {limit}-byte limit")]
+        return [
+            ErrorDetail(
+                row=number, message=f"row is {len(encoded)} bytes, over the {limit}-byte limit"
+            )
+        ]
     return encoded
 
 

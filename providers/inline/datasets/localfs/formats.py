@@ -131,8 +131,9 @@ def _csv(path: Path, max_row_bytes: int, check_columns: ColumnCheck) -> Iterator
         except UnicodeDecodeError as exc:
             raise InvalidRequestError(f"the file is not valid UTF-8 (byte {exc.start})") from None
         except csv.Error as exc:
-            raise InvalidRequestError(f"the CSV cannot be read at line {reader.line_num}: {exc}") \
-                from None
+            raise InvalidRequestError(
+                f"the CSV cannot be read at line {reader.line_num}: {exc}"
+            ) from None
 
 
 def _csv_row(record: dict[str | Any, Any]) -> dict[str, Any] | str:
@@ -189,8 +190,12 @@ def _fits(name: str, type_: Any) -> bool:
     if name == "messages":
         return bool(pa.types.is_list(type_) or pa.types.is_large_list(type_))
     if name in ("chosen", "rejected"):
-        return bool(pa.types.is_string(type_) or pa.types.is_large_string(type_)
-                    or pa.types.is_list(type_) or pa.types.is_large_list(type_))
+        return bool(
+            pa.types.is_string(type_)
+            or pa.types.is_large_string(type_)
+            or pa.types.is_list(type_)
+            or pa.types.is_large_list(type_)
+        )
     return True
 
 

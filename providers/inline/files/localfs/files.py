@@ -61,8 +61,14 @@ class LocalFiles:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (file_id, filename, request.purpose.value, size, digest, created),
         )
-        return FileObject(id=file_id, bytes=size, created_at=created, filename=filename,
-                          purpose=request.purpose, sha256=digest)
+        return FileObject(
+            id=file_id,
+            bytes=size,
+            created_at=created,
+            filename=filename,
+            purpose=request.purpose,
+            sha256=digest,
+        )
 
     def _store(self, source: BinaryIO, file_id: str) -> tuple[int, str]:
         """Copy the upload chunk by chunk to a temporary file, then move it into place."""
@@ -96,7 +102,9 @@ class LocalFiles:
         if request.after is not None:
             cursor = self.db.one("SELECT seq FROM files WHERE id = ?", (request.after,))
             if cursor is None:
-                raise InvalidRequestError(f"after: no file with id {request.after!r}", param="after")
+                raise InvalidRequestError(
+                    f"after: no file with id {request.after!r}", param="after"
+                )
             where.append("seq < ?" if request.order == "desc" else "seq > ?")
             params.append(cursor["seq"])
         sql = "SELECT * FROM files"
@@ -121,8 +129,9 @@ class LocalFiles:
 
     async def retrieve_file_content(self, file_id: str) -> FileContent:
         meta = await self.retrieve_file(file_id)
-        return FileContent(chunks=_read_chunks(self.blobs / file_id), filename=meta.filename,
-                           size=meta.bytes)
+        return FileContent(
+            chunks=_read_chunks(self.blobs / file_id), filename=meta.filename, size=meta.bytes
+        )
 
     async def delete_file(self, file_id: str) -> DeleteFileResponse:
         await self.retrieve_file(file_id)
@@ -150,5 +159,11 @@ def _display_name(name: str) -> str:
 
 def _to_object(row: object) -> FileObject:
     r = dict(row)  # type: ignore[call-overload]
-    return FileObject(id=r["id"], bytes=r["bytes"], created_at=r["created_at"],
-                      filename=r["filename"], purpose=FilePurpose(r["purpose"]), sha256=r["sha256"])
+    return FileObject(
+        id=r["id"],
+        bytes=r["bytes"],
+        created_at=r["created_at"],
+        filename=r["filename"],
+        purpose=FilePurpose(r["purpose"]),
+        sha256=r["sha256"],
+    )

@@ -1,0 +1,42 @@
+"""The examples in docs/ run as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.support import Server, distribution
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+
+
+def test_the_curl_walkthrough(server: Server) -> None:
+    done = subprocess.run(
+        ["bash", str(EXAMPLES / "walkthrough.sh"), server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"row_count":3' in done.stdout
+    assert '"has_more":true' in done.stdout
+    assert "row 1 field completion: Field required" in done.stdout
+
+
+def test_the_library_quickstart(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(distribution(tmp_path)))
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "library_quickstart.py"), str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "registered" in done.stdout and "with 1 row(s)" in done.stdout
+    assert "refused: 1 of 1 rows are invalid: row 1 field completion" in done.stdout
