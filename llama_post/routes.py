@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import re
+import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 from llama_post.schema import FileContent, MultipartRequest, webmethods_of
 
 RequestKind = Literal["none", "json", "query", "multipart"]
-ResponseKind = Literal["json", "sse", "binary"]
+ResponseKind = Literal["json", "sse", "json_or_sse", "binary"]
 
 _PARAM = re.compile(r"{(\w+)(?::(\w+))?}")
 
@@ -34,6 +35,7 @@ class Route:
     request_model: type[BaseModel] | None
     request_kind: RequestKind
     response_model: type[BaseModel] | None  # for `sse`, the model of one event
+    stream_model: type[BaseModel] | None  # for `json_or_sse`, the model of one event
     response_kind: ResponseKind
     tags: tuple[str, ...]
     summary: str
@@ -102,7 +104,7 @@ def _compile_one(
         else:
             request_kind = "json"
 
-    response_model, response_kind = _response_of(where, hints.get("return"))
+    response_model, stream_model, response_kind = _response_of(where, hints.get("return"))
     doc = inspect.getdoc(fn) or name.replace("_", " ").capitalize()
     summary, _, description = doc.partition("\n")
     return Route(
@@ -114,6 +116,7 @@ def _compile_one(
         request_model=request_model,
         request_kind=request_kind,
         response_model=response_model,
+        stream_model=stream_model,
         response_kind=response_kind,
         tags=tags or (api,),
         summary=summary.strip(),
@@ -121,19 +124,39 @@ def _compile_one(
     )
 
 
-def _response_of(where: str, returned: object) -> tuple[type[BaseModel] | None, ResponseKind]:
+def _response_of(
+    where: str, returned: object
+) -> tuple[type[BaseModel] | None, type[BaseModel] | None, ResponseKind]:
+    """A model (JSON), `AsyncIterator[Model]` (SSE), `FileContent`, or both a model and a stream
+    (`Model | AsyncIterator[Event]`) for a method that streams when asked (`stream: true`)."""
     if returned is FileContent:
-        return None, "binary"
-    if typing.get_origin(returned) is collections.abc.AsyncIterator:
-        (item,) = typing.get_args(returned)
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            return item, "sse"
-    if isinstance(returned, type) and issubclass(returned, BaseModel):
-        return returned, "json"
+        return None, None, "binary"
+    if _is_model(returned):
+        return returned, None, "json"  # type: ignore[return-value]
+    event = _stream_item(returned)
+    if event is not None:
+        return event, None, "sse"
+    options = typing.get_args(returned) if isinstance(returned, types.UnionType) else ()
+    models = [o for o in options if _is_model(o)]
+    events = [e for e in map(_stream_item, options) if e is not None]
+    if len(options) == 2 and len(models) == 1 and len(events) == 1:
+        return models[0], events[0], "json_or_sse"
     raise RouteError(
-        f"{where}: must return a pydantic model, AsyncIterator[model] or FileContent, "
+        f"{where}: must return a pydantic model, AsyncIterator[model], both, or FileContent, "
         f"not {returned!r}"
     )
+
+
+def _is_model(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseModel)
+
+
+def _stream_item(value: object) -> type[BaseModel] | None:
+    if typing.get_origin(value) is collections.abc.AsyncIterator:
+        (item,) = typing.get_args(value)
+        if _is_model(item):
+            return item  # type: ignore[no-any-return]
+    return None
 
 
 def all_routes() -> list[Route]:

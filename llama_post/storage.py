@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from llama_post.errors import InvalidRequestError, NotFoundError
 
@@ -62,8 +62,10 @@ def check_id(value: str, pattern: re.Pattern[str], what: str) -> str:
     return value
 
 
-def resolve_under(path: str | Path, roots: Sequence[Path], field: str) -> Path:
-    """Resolve `path` (symlinks followed) and insist it lies under one of `roots`."""
+def resolve_under(
+    path: str | Path, roots: Sequence[Path], field: str, kind: Literal["file", "dir"] = "file"
+) -> Path:
+    """Resolve `path` (symlinks followed) and insist it is a `kind` under one of `roots`."""
     if not roots:
         raise InvalidRequestError(f"{field}: no directory is allowed to read from", param=field)
     try:
@@ -75,10 +77,9 @@ def resolve_under(path: str | Path, roots: Sequence[Path], field: str) -> Path:
     if not any(resolved.is_relative_to(root.resolve()) for root in roots):
         allowed = ", ".join(str(r) for r in roots) or "none"
         raise InvalidRequestError(
-            f"{field}: {path} is outside the directories this provider may read "
-            f"(allowed_dirs: {allowed})",
+            f"{field}: {path} is outside the directories this provider may read ({allowed})",
             param=field,
         )
-    if not resolved.is_file():
-        raise InvalidRequestError(f"{field}: no file at {path}", param=field)
+    if not (resolved.is_file() if kind == "file" else resolved.is_dir()):
+        raise InvalidRequestError(f"{field}: no {kind} at {path}", param=field)
     return resolved

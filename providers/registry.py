@@ -4,6 +4,7 @@ from llama_post.apis import Api
 from llama_post.distribution.spec import ProviderSpec, build_registry
 from providers.inline.datasets import localfs as localfs_datasets
 from providers.inline.files import localfs as localfs_files
+from providers.inline.inference import transformers
 
 REGISTRY = build_registry(
     [
@@ -21,6 +22,13 @@ REGISTRY = build_registry(
             factory=localfs_datasets.create,
             deps=(Api.files,),
             description="Validated rows as JSONL on the local disk, metadata in SQLite.",
+        ),
+        ProviderSpec(
+            api=Api.inference,
+            provider_type="inline::transformers",
+            config_class=transformers.TransformersInferenceConfig,
+            factory=transformers.create,
+            description="transformers on CPU or CUDA, continuous batching, LoRA adapters.",
         ),
     ]
 )

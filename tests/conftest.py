@@ -2,11 +2,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llama_post import LlamaPostClient
 from tests.support import Driver, HttpDriver, LibraryDriver, Server, distribution
+from tests.tiny import build_tiny_model, smollm2_tokenizer
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tiny models and adapters are built; the inference provider may read it."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(pytestconfig: pytest.Config) -> Any:
+    return smollm2_tokenizer(pytestconfig.cache.mkdir("smollm2-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(models_dir: Path, tokenizer: Any) -> Path:
+    return build_tiny_model(models_dir / "tiny", tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -15,9 +33,9 @@ def server_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(server_home: Path) -> Iterator[Server]:
+def server(server_home: Path, tiny_model: Path) -> Iterator[Server]:
     """One real server for the session; tests keep apart by using ids of their own."""
-    srv = Server(distribution(server_home), server_home).start()
+    srv = Server(distribution(server_home, tiny_model), server_home).start()
     yield srv
     srv.stop()
 
@@ -28,8 +46,8 @@ def library_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def library(library_home: Path) -> Iterator[LlamaPostClient]:
-    with LlamaPostClient(distribution(library_home)) as client:
+def library(library_home: Path, tiny_model: Path) -> Iterator[LlamaPostClient]:
+    with LlamaPostClient(distribution(library_home, tiny_model)) as client:
         yield client
 
 

@@ -27,8 +27,14 @@ from llama_post.schema import UploadedFile
 ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes() if r.primary}
 
 
-def distribution(home: Path, **overrides: Any) -> dict[str, Any]:
-    """The embedded default's providers, with all state under `home`."""
+TINY = "tiny/llama"
+
+
+def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """The embedded default's providers, with all state under `home`.
+
+    With `model` (a tiny model folder), inference serves it as `tiny/llama`.
+    """
     imports = home / "import"
     imports.mkdir(parents=True, exist_ok=True)
     files = {"storage_dir": str(home / "files"), **overrides.pop("files", {})}
@@ -37,19 +43,33 @@ def distribution(home: Path, **overrides: Any) -> dict[str, Any]:
         "allowed_dirs": [str(imports)],
         **overrides.pop("datasets", {}),
     }
-    return {
+    localfs = {"provider_id": "localfs", "provider_type": "inline::localfs"}
+    config: dict[str, Any] = {
         "version": 1,
         "distribution": "test",
+        "storage_dir": str(home / "stack"),
         "providers": {
-            "files": [
-                {"provider_id": "localfs", "provider_type": "inline::localfs", "config": files}
-            ],
-            "datasets": [
-                {"provider_id": "localfs", "provider_type": "inline::localfs", "config": datasets}
-            ],
+            "files": [{**localfs, "config": files}],
+            "datasets": [{**localfs, "config": datasets}],
         },
-        **overrides,
     }
+    if model is not None:
+        inference = {
+            "cache_dir": str(home / "cache"),
+            "model_dirs": [str(model.parent)],
+            **overrides.pop("inference", {}),
+        }
+        config["providers"]["inference"] = [
+            {
+                "provider_id": "transformers",
+                "provider_type": "inline::transformers",
+                "config": inference,
+            }
+        ]
+        config["models"] = [
+            {"model_id": TINY, "source": {"type": "huggingface", "path": str(model)}}
+        ]
+    return {**config, **overrides}
 
 
 def free_port() -> int:

@@ -89,7 +89,7 @@ def test_streams_are_server_sent_events(client: TestClient) -> None:
     with client.stream("POST", "/v1/echo-stream", json={"text": "x", "times": 3}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
-    assert lines == [f'data: {{"name":"{i}","text":"x"}}' for i in range(3)]
+    assert lines == [f'data: {{"name":"{i}","text":"x"}}' for i in range(3)] + ["data: [DONE]"]
 
 
 def test_path_ids_may_contain_slashes(client: TestClient) -> None:

@@ -4,20 +4,26 @@ from enum import StrEnum
 
 from llama_post.apis.datasets import Datasets
 from llama_post.apis.files import Files
+from llama_post.apis.inference import Inference
 from llama_post.apis.inspect import Inspect
+from llama_post.apis.models import Models
 
 
 class Api(StrEnum):
     files = "files"
     datasets = "datasets"
+    models = "models"
+    inference = "inference"
     inspect = "inspect"
 
 
 PROTOCOLS: dict[Api, type] = {
     Api.files: Files,
     Api.datasets: Datasets,
+    Api.models: Models,
+    Api.inference: Inference,
     Api.inspect: Inspect,
 }
 
 # APIs the stack implements itself; run.yaml names providers only for the others.
-BUILTIN_APIS = frozenset({Api.inspect})
+BUILTIN_APIS = frozenset({Api.inspect, Api.models})

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from llama_post.apis import BUILTIN_APIS, Api
+from llama_post.apis.models import RegisterModelRequest
 from llama_post.errors import ConfigError, ErrorDetail, _join_loc
 from llama_post.schema import StrictModel
 
@@ -32,8 +33,15 @@ class ServerConfig(StrictModel):
 class RunConfig(StrictModel):
     version: Literal[1] = 1
     distribution: str
+    storage_dir: Path = Field(Path("~/.llama-post"), description="The stack's own state.")
     server: ServerConfig = ServerConfig()
     providers: dict[Api, list[ProviderConfig]]
+    models: list[RegisterModelRequest] = Field([], description="Registered at every start.")
+
+    @field_validator("storage_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 class ResolvedProvider(BaseModel):
@@ -124,7 +132,27 @@ def load_run_config(
                 )
             )
 
-    served = set(run.providers)
+    served = set(run.providers) | BUILTIN_APIS
+    inference_ids = [e.provider_id for e in run.providers.get(Api.inference, [])]
+    for i, declared in enumerate(run.models):
+        if not inference_ids:
+            errors.append(
+                ErrorDetail(field=f"models[{i}]", message="no inference provider serves it")
+            )
+        elif declared.provider_id is None and len(inference_ids) > 1:
+            errors.append(
+                ErrorDetail(
+                    field=f"models[{i}].provider_id",
+                    message=f"name one of {', '.join(inference_ids)}",
+                )
+            )
+        elif declared.provider_id is not None and declared.provider_id not in inference_ids:
+            errors.append(
+                ErrorDetail(
+                    field=f"models[{i}].provider_id",
+                    message=f"no inference provider {declared.provider_id!r}",
+                )
+            )
     for provider in resolved:
         for dep in REGISTRY[(provider.api, provider.provider_type)].deps:
             if dep not in served:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llama_post.apis import Api
+from llama_post.apis import BUILTIN_APIS, Api
 from llama_post.apis.inspect import (
     HealthInfo,
     ListProvidersResponse,
@@ -19,6 +19,7 @@ from llama_post.apis.inspect import (
     VersionInfo,
 )
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
+from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.routers import ROUTERS
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
 from llama_post.routes import Route, all_routes
@@ -54,8 +55,9 @@ class Stack:
         from providers.registry import REGISTRY
 
         run, resolved = load_run_config(source, env)
+        registry = ModelRegistry(run.storage_dir)
         built: list[ProviderInstance] = []
-        impls: dict[Api, Any] = {}
+        impls: dict[Api, Any] = {Api.models: registry}
         try:
             for api in _dependency_order(resolved):
                 group: dict[str, Any] = {}
@@ -68,9 +70,17 @@ class Stack:
                         )
                     )
                     group[entry.provider_id] = impl
-                impls[api] = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
+                if api == Api.inference:
+                    registry.providers = group
+                    impls[api] = InferenceRouter(registry)
+                elif len(group) == 1:
+                    impls[api] = next(iter(group.values()))
+                else:
+                    impls[api] = ROUTERS[api](group)
+            await registry.restore(run.models)
         except BaseException:
             await _shutdown(built)
+            await registry.shutdown()
             raise
         return cls(run, built, impls)
 
@@ -80,6 +90,7 @@ class Stack:
 
     async def shutdown(self) -> None:
         await _shutdown(self.providers)
+        await self.impls[Api.models].shutdown()
 
 
 async def _start(factory: Any, entry: ResolvedProvider, deps: dict[Api, Any]) -> Any:
@@ -110,7 +121,8 @@ def _dependency_order(resolved: list[ResolvedProvider]) -> list[Api]:
 
     needs: dict[Api, set[Api]] = {}
     for r in resolved:
-        needs.setdefault(r.api, set()).update(REGISTRY[(r.api, r.provider_type)].deps)
+        deps = set(REGISTRY[(r.api, r.provider_type)].deps) - BUILTIN_APIS
+        needs.setdefault(r.api, set()).update(deps)
     order: list[Api] = []
     while len(order) < len(needs):
         ready = [a for a in needs if a not in order and needs[a] <= set(order)]

@@ -65,6 +65,8 @@ def _schemas(
             wanted[(r.request_model, "validation")] = None
         if r.response_model is not None:
             wanted[(r.response_model, "serialization")] = None
+        if r.stream_model is not None:
+            wanted[(r.stream_model, "serialization")] = None
     mapping, top = models_json_schema(list(wanted), ref_template=REF)
     refs: Refs = {(model, mode): dict(schema) for (model, mode), schema in mapping.items()}
     return refs, dict(sorted(top.get("$defs", {}).items()))
@@ -127,8 +129,15 @@ def _success(route: Route, refs: Refs) -> dict[str, Any]:
     assert route.response_model is not None
     schema = refs[(route.response_model, "serialization")]
     if route.response_kind == "sse":
+        return {"description": SSE, "content": {"text/event-stream": {"schema": schema}}}
+    content = {"application/json": {"schema": schema}}
+    if route.stream_model is not None:
+        content["text/event-stream"] = {"schema": refs[(route.stream_model, "serialization")]}
         return {
-            "description": "Server-sent events, one `data:` line of this schema each.",
-            "content": {"text/event-stream": {"schema": schema}},
+            "description": f"JSON; with `stream: true`, {SSE[0].lower()}{SSE[1:]}",
+            "content": content,
         }
-    return {"description": "OK", "content": {"application/json": {"schema": schema}}}
+    return {"description": "OK", "content": content}
+
+
+SSE = "Server-sent events: one `data:` line of this schema each, then `data: [DONE]`."

@@ -139,24 +139,29 @@ def _respond(route: Route, result: Any) -> Response:
         if result.filename:
             headers["content-disposition"] = _attachment(result.filename)
         return StreamingResponse(result.chunks, media_type=result.media_type, headers=headers)
-    if route.response_kind == "sse":
-        return StreamingResponse(
-            _sse(result), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
-    assert isinstance(result, BaseModel)
-    return Response(result.model_dump_json(), media_type="application/json")
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), media_type="application/json")
+    return StreamingResponse(
+        _sse(result), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
 
 
 async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    """Each event as a `data:` line; then `data: [DONE]`, as OpenAI's streams end.
+
+    An error after the stream has begun arrives as a `data:` line holding `{"error": ...}`, which
+    OpenAI's SDKs raise as an API error.
+    """
     try:
         async for event in events:
             yield f"data: {event.model_dump_json()}\n\n"
     except LlamaPostError as exc:
-        yield f"event: error\ndata: {ErrorResponse(error=exc.to_body()).model_dump_json()}\n\n"
+        yield f"data: {ErrorResponse(error=exc.to_body()).model_dump_json()}\n\n"
     except Exception:
         log.exception("stream failed")
         body = ErrorResponse(error=LlamaPostError("internal error").to_body())
-        yield f"event: error\ndata: {body.model_dump_json()}\n\n"
+        yield f"data: {body.model_dump_json()}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 def _attachment(filename: str) -> str:

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from llama_post.apis.inference.models import (
+    BatchChatCompletionRequest,
+    BatchChatCompletionResponse,
+    BatchCompletionRequest,
+    BatchCompletionResponse,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+)
+from llama_post.apis.models import Model, ModelInfo, ModelSource
+from llama_post.schema import webmethod
+
+
+class Inference(Protocol):
+    """Chat and text completions, OpenAI-compatible: its SDK works against these routes."""
+
+    @webmethod(route="/v1/chat/completions", method="POST")
+    async def chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
+        """Answer a conversation with the model's own chat template.
+
+        With `stream: true` the answer arrives as server-sent chunks.
+        """
+        ...
+
+    @webmethod(route="/v1/completions", method="POST")
+    async def completion(
+        self, request: CompletionRequest
+    ) -> Completion | AsyncIterator[Completion]:
+        """Continue a prompt (or a list of prompts, one choice each)."""
+        ...
+
+    @webmethod(route="/v1/inference/batch-chat-completion", method="POST")
+    async def batch_chat_completion(
+        self, request: BatchChatCompletionRequest
+    ) -> BatchChatCompletionResponse:
+        """Answer many conversations at once; they are decoded together."""
+        ...
+
+    @webmethod(route="/v1/inference/batch-completion", method="POST")
+    async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
+        """Continue many prompts at once; they are decoded together."""
+        ...
+
+
+class InferenceProvider(Inference, Protocol):
+    """What an inference provider implements besides the routes: loading the models it serves."""
+
+    async def load_model(self, model: Model, base: Model | None) -> ModelInfo: ...
+
+    async def unload_model(self, model_id: str) -> None: ...
+
+    async def check_source(self, source: ModelSource) -> None:
+        """Refuse (InvalidRequestError) a source this provider may not or cannot read."""
+        ...

@@ -1,0 +1,211 @@
+"""The model registry: the Models API, served by the stack, and the router of inference calls.
+
+Models live in the stack's SQLite file, so models registered through the API (and checkpoints
+that post-training registers) are loaded again when the server restarts. Each model belongs to one
+inference provider; a call names a model and goes to that provider.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from pydantic import TypeAdapter
+
+from llama_post.apis.inference import (
+    BatchChatCompletionRequest,
+    BatchChatCompletionResponse,
+    BatchCompletionRequest,
+    BatchCompletionResponse,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    InferenceProvider,
+)
+from llama_post.apis.models import (
+    AdapterSource,
+    DeleteModelResponse,
+    ListModelsResponse,
+    Model,
+    ModelSource,
+    RegisterModelRequest,
+)
+from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
+from llama_post.storage import Database
+
+log = logging.getLogger(__name__)
+SOURCE: TypeAdapter[ModelSource] = TypeAdapter(ModelSource)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT UNIQUE NOT NULL,
+    record TEXT NOT NULL
+);
+"""
+
+
+class ModelRegistry:
+    def __init__(self, storage_dir: Path) -> None:
+        self.db = Database(storage_dir / "registry.db", SCHEMA)
+        self.providers: dict[str, InferenceProvider] = {}
+        self.loaded: set[str] = set()
+
+    async def restore(self, declared: list[RegisterModelRequest]) -> None:
+        """Register run.yaml's models if new, then load every stored model, bases first."""
+        stored = {m.id: m for m in self._all()}
+        for request in declared:
+            old = stored.get(request.model_id)
+            if (
+                old is None
+                or old.source != request.source
+                or old.provider_id != (request.provider_id or old.provider_id)
+            ):
+                if old is not None:
+                    self.db.execute("DELETE FROM models WHERE id = ?", (old.id,))
+                await self.register_model(request)
+        for model in sorted(self._all(), key=lambda m: m.kind != "base"):
+            if model.id in self.loaded:
+                continue
+            try:
+                await self._load(model)
+            except LlamaPostError as exc:
+                log.error("model %s could not be loaded and is not served: %s", model.id, exc)
+
+    # -- the Models API ------------------------------------------------------------------------
+
+    async def list_models(self) -> ListModelsResponse:
+        return ListModelsResponse(data=self._all())
+
+    async def get_model(self, model_id: str) -> Model:
+        row = self.db.one("SELECT record FROM models WHERE id = ?", (model_id,))
+        if row is None:
+            raise NotFoundError(f"no model {model_id!r}", param="model")
+        return Model.model_validate_json(row["record"])
+
+    async def register_model(self, request: RegisterModelRequest) -> Model:
+        if self.db.one("SELECT 1 FROM models WHERE id = ?", (request.model_id,)) is not None:
+            raise ConflictError(f"model {request.model_id!r} already exists", param="model_id")
+        provider_id = self._provider_id(request.provider_id)
+        base = None
+        if isinstance(request.source, AdapterSource):
+            base = await self._base_of(request.source, provider_id)
+        await self.providers[provider_id].check_source(request.source)
+        model = Model(
+            id=request.model_id,
+            created=int(time.time()),
+            provider_id=provider_id,
+            kind="adapter" if base else "base",
+            base_model=base.id if base else None,
+            context_length=0,
+            parameter_count=0,
+            has_chat_template=False,
+            source=request.source,
+            metadata=request.metadata,
+        )
+        model = await self._load(model)
+        self.db.execute(
+            "INSERT INTO models (id, record) VALUES (?, ?)", (model.id, model.model_dump_json())
+        )
+        return model
+
+    async def unregister_model(self, model_id: str) -> DeleteModelResponse:
+        model = await self.get_model(model_id)
+        adapters = [m.id for m in self._all() if m.base_model == model_id]
+        if adapters:
+            raise ConflictError(
+                f"model {model_id!r} is the base of {', '.join(adapters)}; unregister those first"
+            )
+        if model_id in self.loaded:
+            await self.providers[model.provider_id].unload_model(model_id)
+            self.loaded.discard(model_id)
+        self.db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        return DeleteModelResponse(id=model_id, deleted=True)
+
+    async def shutdown(self) -> None:
+        self.db.close()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def provider_for(self, model_id: str) -> InferenceProvider:
+        model = await self.get_model(model_id)
+        if model_id not in self.loaded:
+            raise NotFoundError(
+                f"model {model_id!r} is registered but could not be loaded; see the server log",
+                param="model",
+            )
+        return self.providers[model.provider_id]
+
+    async def _load(self, model: Model) -> Model:
+        provider = self.providers.get(model.provider_id)
+        if provider is None:
+            raise InvalidRequestError(f"provider_id: no inference provider {model.provider_id!r}")
+        base = await self.get_model(model.base_model) if model.base_model else None
+        info = await provider.load_model(model, base)
+        self.loaded.add(model.id)
+        return model.model_copy(update=info.model_dump())
+
+    async def _base_of(self, source: AdapterSource, provider_id: str) -> Model:
+        try:
+            base = await self.get_model(source.base_model)
+        except NotFoundError:
+            raise InvalidRequestError(
+                f"source.base_model: no model {source.base_model!r}", param="source.base_model"
+            ) from None
+        if base.kind != "base" or base.provider_id != provider_id:
+            raise InvalidRequestError(
+                f"source.base_model: {base.id!r} must be a base model of provider {provider_id}",
+                param="source.base_model",
+            )
+        return base
+
+    def _provider_id(self, requested: str | None) -> str:
+        if requested is not None:
+            if requested not in self.providers:
+                raise InvalidRequestError(
+                    f"provider_id: no inference provider {requested!r}", param="provider_id"
+                )
+            return requested
+        if len(self.providers) != 1:
+            names = ", ".join(self.providers) or "none configured"
+            raise InvalidRequestError(
+                f"provider_id: name the inference provider ({names})", param="provider_id"
+            )
+        return next(iter(self.providers))
+
+    def _all(self) -> list[Model]:
+        rows = self.db.all("SELECT record FROM models ORDER BY seq")
+        return [Model.model_validate(json.loads(r["record"])) for r in rows]
+
+
+class InferenceRouter:
+    """The Inference API: each call goes to the provider of the model it names."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
+        if not request.messages:
+            raise InvalidRequestError("messages: give at least one message", param="messages")
+        return await (await self.registry.provider_for(request.model)).chat_completion(request)
+
+    async def completion(
+        self, request: CompletionRequest
+    ) -> Completion | AsyncIterator[Completion]:
+        return await (await self.registry.provider_for(request.model)).completion(request)
+
+    async def batch_chat_completion(
+        self, request: BatchChatCompletionRequest
+    ) -> BatchChatCompletionResponse:
+        provider = await self.registry.provider_for(request.model)
+        return await provider.batch_chat_completion(request)
+
+    async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
+        provider = await self.registry.provider_for(request.model)
+        return await provider.batch_completion(request)

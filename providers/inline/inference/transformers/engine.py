@@ -1,0 +1,310 @@
+"""Continuous batching over one base model: the sequences in flight are decoded together.
+
+One thread owns the model. Each turn it admits waiting sequences (prefilled together, left-padded),
+then decodes one token for every active sequence in a single forward pass. The batch's KV cache is
+right-aligned: shorter sequences are padded on the left and masked, so a sequence can join or
+leave between any two steps. A LoRA adapter is chosen per sequence (PEFT's mixed-adapter batches),
+so requests for the base and for several adapters share the same forward pass.
+
+The asyncio side talks to the thread through `generate()`, an async iterator of `Event`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from providers.inline.inference.transformers.sampling import Sampler, SamplingParams
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class TokenInfo:
+    id: int
+    text: str
+    logprob: float | None
+    top: list[tuple[str, float]]
+
+
+@dataclass
+class Event:
+    """What one step added to a sequence: new text (maybe none yet), its tokens, and the end."""
+
+    text: str
+    tokens: list[TokenInfo]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Detokenizer:
+    """Turns the growing list of ids into text deltas, holding back what may still change:
+    a partial UTF-8 character, or the start of a stop sequence."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.ids: list[int] = []
+        self.sent = 0
+
+    def push(self, token: int | None) -> tuple[str, bool]:
+        """Add a token (None: the end) and return the new safe text and whether a stop matched."""
+        if token is not None:
+            self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        longest = max((len(s) for s in self.stop), default=0)
+        hits = [i for s in self.stop if (i := text.find(s, max(0, self.sent - longest))) >= 0]
+        if hits:
+            return self._emit(text[: min(hits)]), True
+        if token is None:
+            return self._emit(text), False
+        held = len(text)
+        while held > self.sent and text[held - 1] == "\ufffd":
+            held -= 1
+        for s in self.stop:
+            for k in range(min(len(s) - 1, held - self.sent), 0, -1):
+                if text[held - k : held] == s[:k]:
+                    held -= k
+                    break
+        return self._emit(text[:held]), False
+
+    def _emit(self, text: str) -> str:
+        delta = text[self.sent :] if len(text) > self.sent else ""
+        self.sent = max(self.sent, len(text))
+        return delta
+
+
+@dataclass
+class Sequence:
+    prompt: list[int]
+    params: SamplingParams
+    adapter: str | None
+    sampler: Sampler
+    detok: Detokenizer
+    sink: Callable[[Event | BaseException], None]
+    generated: list[int] = field(default_factory=list)
+    finished: bool = False
+    cancelled: bool = False
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, device: str, max_batch: int) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_batch = max_batch
+        self.vocab = int(model.config.vocab_size)
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = tokenizer.eos_token_id or 0
+        self.adapters: set[str] = set()  # names loaded into the (then PEFT-wrapped) model
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._active: list[Sequence] = []
+        self._controls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
+        self._controls = collections.deque()
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="llama-post-engine", daemon=True)
+        self._thread.start()
+
+    # -- the asyncio side ----------------------------------------------------------------------
+
+    async def generate(
+        self, prompt: list[int], params: SamplingParams, adapter: str | None
+    ) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        seq = Sequence(
+            prompt=prompt,
+            params=params,
+            adapter=adapter,
+            sampler=Sampler(params, prompt, self.vocab, self.device),
+            detok=Detokenizer(self.tokenizer, params.stop),
+            sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
+        )
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify()
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            seq.cancelled = True  # a caller that leaves early frees its slot at the next step
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread between two steps (to change the model safely)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._cond:
+            self._controls.append((fn, future))
+            self._cond.notify()
+        return await asyncio.wrap_future(future)
+
+    def busy_with(self, adapter: str) -> int:
+        with self._cond:
+            return sum(1 for s in [*self._waiting, *self._active] if s.adapter == adapter)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    # -- the engine thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._stopping or self._waiting or self._active or self._controls):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    controls = list(self._controls)
+                    self._controls.clear()
+                    room = self.max_batch - len(self._active)
+                    admitted = [
+                        self._waiting.popleft() for _ in range(min(room, len(self._waiting)))
+                    ]
+                for fn, future in controls:
+                    try:
+                        future.set_result(fn())
+                    except Exception as exc:
+                        future.set_exception(exc)
+                try:
+                    self._drop_done()
+                    admitted = [s for s in admitted if not s.cancelled]
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._active:
+                        self._decode()
+                except Exception as exc:  # a failed forward fails its batch, not the server
+                    log.exception("generation step failed")
+                    for seq in [*self._active, *admitted]:
+                        if not seq.finished:
+                            seq.sink(exc)
+                    self._active, self._cache, self._mask = [], None, None
+
+    def _prefill(self, new: list[Sequence]) -> None:
+        longest = max(len(s.prompt) for s in new)
+        ids = torch.tensor(
+            [[self.pad_id] * (longest - len(s.prompt)) + s.prompt for s in new], device=self.device
+        )
+        mask = torch.tensor(
+            [[0] * (longest - len(s.prompt)) + [1] * len(s.prompt) for s in new], device=self.device
+        )
+        cache = DynamicCache(config=self.model.config)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self._forward(ids, mask, positions, cache, new, logits_to_keep=1)
+        self._join(cache, mask)
+        self._active.extend(new)
+        for seq, row in zip(new, logits[:, -1, :], strict=True):
+            self._advance(seq, row)
+        self._drop_done()
+
+    def _decode(self) -> None:
+        assert self._mask is not None and self._cache is not None
+        ids = torch.tensor([[s.generated[-1]] for s in self._active], device=self.device)
+        positions = self._mask.sum(-1, keepdim=True)
+        mask = F.pad(self._mask, (0, 1), value=1)
+        logits = self._forward(ids, mask, positions, self._cache, self._active)
+        self._mask = mask
+        for seq, row in zip(self._active, logits[:, -1, :], strict=True):
+            self._advance(seq, row)
+        self._drop_done()
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        seqs: list[Sequence],
+        **extra: Any,
+    ) -> torch.Tensor:
+        if self.adapters:
+            extra["adapter_names"] = [s.adapter or BASE for s in seqs]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **extra,
+        )
+        return out.logits  # type: ignore[no-any-return]
+
+    def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
+        choice = seq.sampler.choose(logits)
+        seq.generated.append(choice.token)
+        eos = choice.token in seq.params.eos_ids
+        text, stopped = seq.detok.push(None if eos else choice.token)
+        finish = None
+        if eos or stopped:
+            finish = "stop"
+        elif len(seq.generated) >= seq.params.max_tokens:
+            finish = "length"
+            text += seq.detok.push(None)[0]
+        decode = self.tokenizer.decode
+        info = TokenInfo(
+            id=choice.token,
+            text=decode([choice.token]),
+            logprob=choice.logprob,
+            top=[(decode([t]), lp) for t, lp in choice.top],
+        )
+        seq.finished = finish is not None
+        seq.sink(Event(text, [info], finish, len(seq.prompt), len(seq.generated)))
+
+    def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add freshly prefilled rows to the batch, right-aligning both sides."""
+        if self._cache is None or self._mask is None:
+            self._cache, self._mask = cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)])
+            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)])
+        self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
+
+    def _drop_done(self) -> None:
+        keep = [i for i, s in enumerate(self._active) if not (s.finished or s.cancelled)]
+        if len(keep) == len(self._active):
+            return
+        self._active = [self._active[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        assert self._cache is not None and self._mask is not None
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, index)
+        start = int(mask.any(0).nonzero()[0])  # columns that are padding for every row left
+        self._mask = mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad the sequence dimension (-2 for K/V, -1 for a mask) on the left up to `width`."""
+    if t.dim() == 2:
+        return F.pad(t, (width - t.shape[1], 0), value=0)
+    return F.pad(t, (0, 0, width - t.shape[-2], 0))

@@ -1,0 +1,485 @@
+"""Inference with transformers on CPU or CUDA: one continuous-batching engine per base model,
+LoRA adapters served over their base without loading it again."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llama_post.apis.inference import (
+    BatchChatCompletionRequest,
+    BatchChatCompletionResponse,
+    BatchCompletionRequest,
+    BatchCompletionResponse,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessage,
+    ChoiceLogprobs,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    SamplingFields,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from llama_post.apis.inference.models import AssistantMessage
+from llama_post.apis.models import GGUFSource, Model, ModelInfo, ModelSource
+from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
+from providers.inline.inference.transformers.config import TransformersInferenceConfig
+from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
+from providers.inline.inference.transformers.loading import converted_gguf, load_base, source_path
+from providers.inline.inference.transformers.sampling import SamplingParams
+
+
+@dataclass
+class Base:
+    engine: Engine
+    tokenizer: Any
+    info: ModelInfo
+    eos_ids: frozenset[int]
+    adapters: dict[str, str] = field(default_factory=dict)  # model id -> PEFT adapter name
+
+
+@dataclass
+class Target:
+    model_id: str
+    base: Base
+    adapter: str | None
+
+
+class TransformersInference:
+    def __init__(self, config: TransformersInferenceConfig) -> None:
+        self.config = config
+        cuda = torch.cuda.is_available()
+        self.device = (
+            "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
+        )
+        dtype = config.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device == "cuda" else "float32"
+        self.dtype = getattr(torch, dtype)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.bases: dict[str, Base] = {}
+        self.targets: dict[str, Target] = {}
+        self._adapter_names = 0
+
+    # -- models --------------------------------------------------------------------------------
+
+    async def check_source(self, source: ModelSource) -> None:
+        await asyncio.to_thread(source_path, source, self.config.model_dirs)
+
+    async def load_model(self, model: Model, base: Model | None) -> ModelInfo:
+        if base is not None:
+            return await self._load_adapter(model, base)
+        path = await asyncio.to_thread(source_path, model.source, self.config.model_dirs)
+        if isinstance(model.source, GGUFSource):
+            path = await asyncio.to_thread(converted_gguf, path, self.config.cache_dir)
+        hf_model, tokenizer = await asyncio.to_thread(load_base, path, self.device, self.dtype)
+        context = int(getattr(hf_model.config, "max_position_embeddings", 2048))
+        if self.config.max_context_length:
+            context = min(context, self.config.max_context_length)
+        info = ModelInfo(
+            context_length=context,
+            parameter_count=sum(p.numel() for p in hf_model.parameters()),
+            has_chat_template=bool(tokenizer.chat_template),
+        )
+        eos = {tokenizer.eos_token_id, *_as_list(hf_model.generation_config.eos_token_id)}
+        engine = Engine(hf_model, tokenizer, self.device, self.config.max_batch_size)
+        loaded = Base(engine, tokenizer, info, frozenset(e for e in eos if e is not None))
+        self.bases[model.id] = loaded
+        self.targets[model.id] = Target(model.id, loaded, None)
+        return info
+
+    async def _load_adapter(self, model: Model, base_model: Model) -> ModelInfo:
+        base = self.bases.get(base_model.id)
+        if base is None:
+            raise InvalidRequestError(
+                f"source.base_model: {base_model.id!r} is not loaded", param="source.base_model"
+            )
+        path = await asyncio.to_thread(source_path, model.source, self.config.model_dirs)
+        self._adapter_names += 1
+        name = f"adapter{self._adapter_names}"
+        engine = base.engine
+
+        def attach() -> int:
+            from peft import PeftModel
+
+            before = sum(p.numel() for p in engine.model.parameters())
+            if engine.adapters:
+                engine.model.load_adapter(str(path), adapter_name=name)
+            else:
+                engine.model = PeftModel.from_pretrained(engine.model, str(path), adapter_name=name)
+            engine.model.eval()
+            engine.adapters.add(name)
+            return sum(p.numel() for p in engine.model.parameters()) - before
+
+        try:
+            added = await engine.call(attach)
+        except (ValueError, OSError, RuntimeError, KeyError) as exc:
+            raise InvalidRequestError(
+                f"source.path: the adapter does not fit {base_model.id}: {exc}", param="source.path"
+            ) from None
+        base.adapters[model.id] = name
+        self.targets[model.id] = Target(model.id, base, name)
+        return base.info.model_copy(update={"parameter_count": base.info.parameter_count + added})
+
+    async def unload_model(self, model_id: str) -> None:
+        target = self.targets.get(model_id)
+        if target is None:
+            return
+        if target.adapter is None:
+            del self.targets[model_id]
+            self.bases.pop(model_id)
+            await asyncio.to_thread(target.base.engine.stop)
+            return
+        engine, name = target.base.engine, target.adapter
+        if engine.busy_with(name):
+            raise ConflictError(f"model {model_id!r} is answering requests; try again shortly")
+        del self.targets[model_id]
+        del target.base.adapters[model_id]
+
+        def detach() -> None:
+            engine.model.delete_adapter(name)
+            engine.adapters.discard(name)
+
+        await engine.call(detach)
+
+    async def shutdown(self) -> None:
+        for base in self.bases.values():
+            await asyncio.to_thread(base.engine.stop)
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    async def chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
+        target = self._target(request.model)
+        prompt = self._chat_prompt(target, request.messages)
+        top = request.top_logprobs or 0
+        params = self._params(
+            request,
+            target,
+            len(prompt),
+            request.max_completion_tokens or request.max_tokens,
+            top if request.logprobs else None,
+        )
+        events = target.base.engine.generate(prompt, params, target.adapter)
+        if request.stream:
+            return self._chat_chunks(request, events)
+        return await self._chat_result(request, events)
+
+    async def batch_chat_completion(
+        self, request: BatchChatCompletionRequest
+    ) -> BatchChatCompletionResponse:
+        target = self._target(request.model)
+        top = request.top_logprobs if request.logprobs else None
+        jobs = []
+        for i, messages in enumerate(request.messages_batch):
+            prompt = self._chat_prompt(target, messages, f"messages_batch[{i}]")
+            params = self._params(
+                request,
+                target,
+                len(prompt),
+                request.max_completion_tokens or request.max_tokens,
+                (top or 0) if top is not None else None,
+            )
+            jobs.append(
+                self._chat_result(
+                    request, target.base.engine.generate(prompt, params, target.adapter)
+                )
+            )
+        return BatchChatCompletionResponse(data=list(await asyncio.gather(*jobs)))
+
+    async def _chat_result(
+        self, request: SamplingFields, events: AsyncIterator[Event]
+    ) -> ChatCompletion:
+        text, tokens, last = await _collect(events)
+        logprobs = _chat_logprobs(tokens) if tokens and tokens[0].logprob is not None else None
+        return ChatCompletion(
+            id=f"chatcmpl-{secrets.token_hex(12)}",
+            created=int(time.time()),
+            model=request.model,
+            choices=[
+                ChatChoice(
+                    index=0,
+                    message=AssistantMessage(content=text),
+                    finish_reason=last.finish_reason,
+                    logprobs=logprobs,
+                )
+            ],  # type: ignore[arg-type]
+            usage=_usage(last),
+        )
+
+    async def _chat_chunks(
+        self, request: ChatCompletionRequest, events: AsyncIterator[Event]
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        chunk_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+
+        def chunk(
+            choice: ChatChunkChoice | None, usage: Usage | None = None
+        ) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=chunk_id,
+                created=created,
+                model=request.model,
+                choices=[choice] if choice else [],
+                usage=usage,
+            )
+
+        yield chunk(ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content="")))
+        pending: list[TokenInfo] = []
+        last: Event | None = None
+        async for event in events:
+            last = event
+            pending += event.tokens
+            if not event.text and event.finish_reason is None:
+                continue
+            logprobs = _chat_logprobs(pending) if request.logprobs else None
+            pending = []
+            yield chunk(
+                ChatChunkChoice(
+                    index=0,
+                    delta=ChatDelta(content=event.text or None),
+                    finish_reason=event.finish_reason,  # type: ignore[arg-type]
+                    logprobs=logprobs,
+                )
+            )
+        if last is not None and request.stream_options and request.stream_options.include_usage:
+            yield chunk(None, _usage(last))
+
+    # -- completions ---------------------------------------------------------------------------
+
+    async def completion(
+        self, request: CompletionRequest
+    ) -> Completion | AsyncIterator[Completion]:
+        target = self._target(request.model)
+        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        if not prompts:
+            raise InvalidRequestError("prompt: give at least one prompt", param="prompt")
+        streams = []
+        for i, text in enumerate(prompts):
+            ids = self._encode(target, text, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+            params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
+            streams.append(target.base.engine.generate(ids, params, target.adapter))
+        if request.stream:
+            return self._completion_chunks(request, streams)
+        results = await asyncio.gather(*(_collect(s) for s in streams))
+        return _completion(request, [(i, *r) for i, r in enumerate(results)])
+
+    async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
+        target = self._target(request.model)
+        jobs = []
+        for i, text in enumerate(request.prompts):
+            ids = self._encode(target, text, f"prompts[{i}]")
+            params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
+            jobs.append(_collect(target.base.engine.generate(ids, params, target.adapter)))
+        results = await asyncio.gather(*jobs)
+        return BatchCompletionResponse(data=[_completion(request, [(0, *r)]) for r in results])
+
+    async def _completion_chunks(
+        self, request: CompletionRequest, streams: list[AsyncIterator[Event]]
+    ) -> AsyncIterator[Completion]:
+        chunk_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        want_logprobs = request.logprobs is not None
+        async for index, event in _merge(streams):
+            if not event.text and event.finish_reason is None:
+                continue
+            logprobs = _completion_logprobs(event.tokens, 0) if want_logprobs else None
+            yield Completion(
+                id=chunk_id,
+                created=created,
+                model=request.model,
+                choices=[
+                    CompletionChoice(
+                        index=index,
+                        text=event.text,
+                        logprobs=logprobs,
+                        finish_reason=event.finish_reason,
+                    )
+                ],
+            )  # type: ignore[arg-type]
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _target(self, model_id: str) -> Target:
+        target = self.targets.get(model_id)
+        if target is None:
+            raise NotFoundError(f"model {model_id!r} is not loaded", param="model")
+        return target
+
+    def _chat_prompt(
+        self, target: Target, messages: list[ChatMessage], field: str = "messages"
+    ) -> list[int]:
+        if not messages:
+            raise InvalidRequestError(f"{field}: give at least one message", param=field)
+        if not target.base.info.has_chat_template:
+            raise InvalidRequestError(
+                f"model: {target.model_id!r} has no chat template; use /v1/completions",
+                param="model",
+            )
+        turns = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in messages
+        ]
+        text = target.base.tokenizer.apply_chat_template(
+            turns, add_generation_prompt=turns[-1]["role"] != "assistant", tokenize=False
+        )
+        return self._encode(target, text, field)
+
+    def _encode(self, target: Target, text: str, field: str) -> list[int]:
+        ids: list[int] = target.base.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise InvalidRequestError(f"{field}: the prompt is empty", param=field)
+        return ids
+
+    def _params(
+        self,
+        request: SamplingFields,
+        target: Target,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        logprobs: int | None,
+    ) -> SamplingParams:
+        context = target.base.info.context_length
+        if prompt_tokens >= context:
+            raise InvalidRequestError(
+                f"the prompt is {prompt_tokens} tokens; {target.model_id}'s context is {context} "
+                "tokens, and at least one must be left to generate",
+                param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
+            )
+        if max_tokens is not None and prompt_tokens + max_tokens > context:
+            raise InvalidRequestError(
+                f"max_tokens: {prompt_tokens} prompt tokens + {max_tokens} to generate is over "
+                f"{target.model_id}'s context of {context} tokens",
+                param="max_tokens",
+            )
+        return SamplingParams(
+            max_tokens=max_tokens or context - prompt_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            seed=request.seed,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            repetition_penalty=request.repetition_penalty,
+            logprobs=logprobs,
+            stop=tuple(request.stop_sequences()),
+            eos_ids=target.base.eos_ids,
+        )
+
+
+async def _collect(events: AsyncIterator[Event]) -> tuple[str, list[TokenInfo], Event]:
+    text, tokens, last = [], [], None
+    async for event in events:
+        text.append(event.text)
+        tokens += event.tokens
+        last = event
+    assert last is not None
+    return "".join(text), tokens, last
+
+
+async def _merge(streams: list[AsyncIterator[Event]]) -> AsyncIterator[tuple[int, Event]]:
+    queue: asyncio.Queue[tuple[int, Event | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[Event]) -> None:
+        try:
+            async for event in stream:
+                await queue.put((index, event))
+        except Exception as exc:
+            await queue.put((index, exc))
+        await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _usage(last: Event) -> Usage:
+    return Usage(
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        total_tokens=last.prompt_tokens + last.completion_tokens,
+    )
+
+
+def _chat_logprobs(tokens: list[TokenInfo]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=t.text,
+                logprob=t.logprob or 0.0,
+                bytes=list(t.text.encode()),
+                top_logprobs=[
+                    TopLogprob(token=s, logprob=lp, bytes=list(s.encode())) for s, lp in t.top
+                ],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def _completion_logprobs(tokens: list[TokenInfo], offset: int) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for t in tokens:
+        out.tokens.append(t.text)
+        out.token_logprobs.append(t.logprob or 0.0)
+        out.top_logprobs.append(dict(t.top))
+        out.text_offset.append(offset)
+        offset += len(t.text)
+    return out
+
+
+def _completion(
+    request: SamplingFields, results: list[tuple[int, str, list[TokenInfo], Event]]
+) -> Completion:
+    want = getattr(request, "logprobs", None) is not None
+    choices = [
+        CompletionChoice(
+            index=i,
+            text=text,
+            finish_reason=last.finish_reason,  # type: ignore[arg-type]
+            logprobs=_completion_logprobs(tokens, 0) if want else None,
+        )
+        for i, text, tokens, last in results
+    ]
+    prompt = sum(r[3].prompt_tokens for r in results)
+    completion = sum(r[3].completion_tokens for r in results)
+    return Completion(
+        id=f"cmpl-{secrets.token_hex(12)}",
+        created=int(time.time()),
+        model=request.model,
+        choices=choices,
+        usage=Usage(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        ),
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]

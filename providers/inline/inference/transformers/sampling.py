@@ -1,0 +1,97 @@
+"""Choosing the next token of one sequence: penalties, temperature, top-k, top-p, seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logprobs: int | None = None  # None: none; k: the chosen token's and k alternatives
+    stop: tuple[str, ...] = ()
+    eos_ids: frozenset[int] = field(default_factory=frozenset)
+
+
+@dataclass
+class Choice:
+    token: int
+    logprob: float | None
+    top: list[tuple[int, float]]
+
+
+class Sampler:
+    """Per-sequence state: its RNG and the counts the penalties read."""
+
+    def __init__(self, params: SamplingParams, prompt: list[int], vocab: int, device: str) -> None:
+        self.params = params
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(params.seed)
+        self.counts: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+        if params.presence_penalty or params.frequency_penalty:
+            self.counts = torch.zeros(vocab, device=device)
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            self.seen[torch.tensor(prompt, dtype=torch.long, device=device)] = True
+
+    def choose(self, logits: torch.Tensor) -> Choice:
+        p = self.params
+        logits = logits.float()
+        logprob, top = None, []
+        if p.logprobs is not None:
+            raw = torch.log_softmax(logits, dim=-1)
+        logits = self._penalized(logits)
+        if p.temperature == 0:
+            token = int(torch.argmax(logits))
+        else:
+            token = self._draw(logits / p.temperature)
+        if p.logprobs is not None:
+            logprob = float(raw[token])
+            if p.logprobs:
+                values, ids = raw.topk(p.logprobs)
+                top = list(zip(ids.tolist(), values.tolist(), strict=True))
+        self._count(token)
+        return Choice(token, logprob, top)
+
+    def _penalized(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if self.seen is not None:
+            picked = logits[self.seen]
+            logits = logits.clone()
+            logits[self.seen] = torch.where(
+                picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty
+            )
+        if self.counts is not None:
+            logits = logits - p.frequency_penalty * self.counts
+            logits = logits - p.presence_penalty * (self.counts > 0).float()
+        return logits
+
+    def _draw(self, logits: torch.Tensor) -> int:
+        p = self.params
+        if p.top_k is not None and p.top_k < logits.numel():
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if p.top_p < 1.0:
+            ordered, order = torch.sort(logits, descending=True)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(ordered, dim=-1) >= p.top_p  # keeps the first
+            logits = logits.scatter(0, order[drop], float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def _count(self, token: int) -> None:
+        if self.counts is not None:
+            self.counts[token] += 1
+        if self.seen is not None:
+            self.seen[token] = True
