@@ -196,9 +196,24 @@ class HttpDriver:
             if upload is not None:
                 kwargs["files"] = {"file": upload}
         response = self.http.request(route.method, url, **kwargs)
-        if response.headers.get("content-type", "").startswith("application/json"):
+        kind = response.headers.get("content-type", "")
+        if kind.startswith("application/json"):
             return Result(response.status_code, response.json())
+        if kind.startswith("text/event-stream"):
+            events = parse_sse(response.content)
+            assert events[-1] == "[DONE]", events
+            return Result(response.status_code, events[:-1])
         return Result(response.status_code, response.content)
+
+
+def parse_sse(body: bytes) -> list[Any]:
+    """The `data:` payloads of a server-sent event stream; `[DONE]` stays a string."""
+    events: list[Any] = []
+    for line in body.decode().splitlines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
 
 
 class LibraryDriver:
@@ -228,4 +243,9 @@ class LibraryDriver:
             return Result(exc.status, {"error": json.loads(exc.to_body().model_dump_json())})
         if isinstance(result, bytes):
             return Result(200, result)
+        if isinstance(result, Iterator):
+            try:
+                return Result(200, [json.loads(chunk.model_dump_json()) for chunk in result])
+            except LlamaPostError as exc:
+                return Result(exc.status, {"error": json.loads(exc.to_body().model_dump_json())})
         return Result(200, json.loads(result.model_dump_json()))

@@ -289,6 +289,10 @@ class Engine:
         keep = [i for i, s in enumerate(self._active) if not (s.finished or s.cancelled)]
         if len(keep) == len(self._active):
             return
+        for seq in self._active:
+            if seq.cancelled and not seq.finished:
+                log.info("a request left after %d of %d tokens; its slot is free",
+                         len(seq.generated), seq.params.max_tokens)
         self._active = [self._active[i] for i in keep]
         if not keep:
             self._cache, self._mask = None, None

@@ -118,7 +118,7 @@ class TransformersInference:
             from peft import PeftModel
 
             before = sum(p.numel() for p in engine.model.parameters())
-            if engine.adapters:
+            if isinstance(engine.model, PeftModel):
                 engine.model.load_adapter(str(path), adapter_name=name)
             else:
                 engine.model = PeftModel.from_pretrained(engine.model, str(path), adapter_name=name)
@@ -152,7 +152,10 @@ class TransformersInference:
         del target.base.adapters[model_id]
 
         def detach() -> None:
-            engine.model.delete_adapter(name)
+            if engine.adapters == {name}:  # the last one: give back the plain base model
+                engine.model = engine.model.unload()
+            else:
+                engine.model.delete_adapter(name)
             engine.adapters.discard(name)
 
         await engine.call(detach)

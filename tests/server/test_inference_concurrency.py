@@ -1,0 +1,68 @@
+"""Requests that arrive together are decoded together; leaving early frees a slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from llama_post import AsyncLlamaPostClient
+from tests.support import TINY, distribution, running
+
+HI = [{"role": "user", "content": "Tell me a long story."}]
+
+
+def test_a_long_stream_does_not_hold_up_a_short_request(tmp_path: Path, tiny_model: Path) -> None:
+    async def scenario() -> tuple[int, str | None]:
+        client = await AsyncLlamaPostClient.from_config(distribution(tmp_path, tiny_model), {})
+        try:
+            long = await client.inference.chat_completion(
+                model=TINY, messages=HI, max_tokens=200, temperature=0, stream=True
+            )
+            assert not isinstance(long, dict)
+            chunks = aiter(long)  # type: ignore[arg-type]
+            await anext(chunks)
+            short = asyncio.create_task(
+                client.inference.chat_completion(
+                    model=TINY, messages=HI, max_tokens=3, temperature=0
+                )
+            )
+            received, finish = 0, None
+            while not short.done():
+                chunk = await anext(chunks)
+                received += 1
+                finish = chunk.choices[0].finish_reason
+            async for chunk in chunks:
+                finish = chunk.choices[0].finish_reason if chunk.choices else finish
+            return received, finish
+        finally:
+            await client.close()
+
+    received, finish = asyncio.run(scenario())
+    assert finish == "length"  # the long one really ran to 200 tokens
+    assert received < 50, f"the short request waited for {received} chunks of the long stream"
+
+
+def test_a_client_that_disconnects_frees_its_slot(tmp_path: Path, tiny_model: Path) -> None:
+    config = distribution(tmp_path, tiny_model, inference={"max_batch_size": 1})
+    with running(config, tmp_path) as server:
+        body = {"model": TINY, "messages": HI, "max_tokens": 200, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # the first chunk, then hang up
+        started = time.monotonic()
+        quick = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            timeout=30,
+            json={"model": TINY, "messages": HI, "max_tokens": 2},
+        )
+        assert quick.status_code == 200
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while "a request left after" not in server.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    line = next(x for x in server.output().splitlines() if "a request left after" in x)
+    generated = int(line.split("after ")[1].split(" of")[0])
+    assert generated < 200, line
