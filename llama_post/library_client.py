@@ -28,7 +28,9 @@ from llama_post.schema import FileContent
 if TYPE_CHECKING:
     from llama_post.apis.datasets import Datasets
     from llama_post.apis.files import Files
+    from llama_post.apis.inference import Inference
     from llama_post.apis.inspect import Inspect
+    from llama_post.apis.models import Models
 
 T = TypeVar("T")
 
@@ -88,6 +90,8 @@ def _arguments(route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]) -> d
 class AsyncLlamaPostClient:
     files: Files
     datasets: Datasets
+    models: Models
+    inference: Inference
     inspect: Inspect
 
     def __init__(self, stack: Stack) -> None:

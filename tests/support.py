@@ -81,7 +81,9 @@ def free_port() -> int:
 class Server:
     """`llama-post run` in its own process, on a loopback port."""
 
-    def __init__(self, config: dict[str, Any] | Path, folder: Path) -> None:
+    def __init__(
+        self, config: dict[str, Any] | Path, folder: Path, env: dict[str, str] | None = None
+    ) -> None:
         if isinstance(config, dict):
             path = folder / "run.yaml"
             path.write_text(yaml.safe_dump(config))
@@ -91,6 +93,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
 
     def start(self, timeout: float = 30) -> Server:
         with self.log.open("ab") as log:
@@ -106,7 +109,7 @@ class Server:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -64,5 +64,5 @@ def build_tiny_adapter(out: Path, base: Path, seed: int) -> Path:
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
                 param.mul_(3.0)
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     return out

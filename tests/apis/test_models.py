@@ -127,10 +127,10 @@ def _fresh_peft(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    out = []
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(base))
+    out: list[str] = []
     for model_id, prompt in jobs:
-        model = AutoModelForCausalLM.from_pretrained(str(base))
+        model: Any = AutoModelForCausalLM.from_pretrained(str(base))
         path = adapters[model_id]
         if path is not None:
             model = PeftModel.from_pretrained(model, str(path))

@@ -9,9 +9,10 @@ from pathlib import Path
 import httpx
 
 from llama_post import AsyncLlamaPostClient
+from llama_post.apis.inference import ChatCompletion, ChatCompletionRequest, ChatMessage
 from tests.support import TINY, distribution, running
 
-HI = [{"role": "user", "content": "Tell me a long story."}]
+HI = [ChatMessage(role="user", content="Tell me a long story.")]
 
 
 def test_a_long_stream_does_not_hold_up_a_short_request(tmp_path: Path, tiny_model: Path) -> None:
@@ -19,14 +20,16 @@ def test_a_long_stream_does_not_hold_up_a_short_request(tmp_path: Path, tiny_mod
         client = await AsyncLlamaPostClient.from_config(distribution(tmp_path, tiny_model), {})
         try:
             long = await client.inference.chat_completion(
-                model=TINY, messages=HI, max_tokens=200, temperature=0, stream=True
+                ChatCompletionRequest(
+                    model=TINY, messages=HI, max_tokens=200, temperature=0, stream=True
+                )
             )
-            assert not isinstance(long, dict)
-            chunks = aiter(long)  # type: ignore[arg-type]
+            assert not isinstance(long, ChatCompletion)
+            chunks = aiter(long)
             await anext(chunks)
             short = asyncio.create_task(
                 client.inference.chat_completion(
-                    model=TINY, messages=HI, max_tokens=3, temperature=0
+                    ChatCompletionRequest(model=TINY, messages=HI, max_tokens=3, temperature=0)
                 )
             )
             received, finish = 0, None
@@ -48,7 +51,13 @@ def test_a_long_stream_does_not_hold_up_a_short_request(tmp_path: Path, tiny_mod
 def test_a_client_that_disconnects_frees_its_slot(tmp_path: Path, tiny_model: Path) -> None:
     config = distribution(tmp_path, tiny_model, inference={"max_batch_size": 1})
     with running(config, tmp_path) as server:
-        body = {"model": TINY, "messages": HI, "max_tokens": 200, "temperature": 0, "stream": True}
+        body = {
+            "model": TINY,
+            "messages": [m.model_dump() for m in HI],
+            "max_tokens": 200,
+            "temperature": 0,
+            "stream": True,
+        }
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
             next(response.iter_lines())  # the first chunk, then hang up
@@ -56,7 +65,7 @@ def test_a_client_that_disconnects_frees_its_slot(tmp_path: Path, tiny_model: Pa
         quick = httpx.post(
             f"{server.url}/v1/chat/completions",
             timeout=30,
-            json={"model": TINY, "messages": HI, "max_tokens": 2},
+            json={"model": TINY, "messages": body["messages"], "max_tokens": 2},
         )
         assert quick.status_code == 200
         assert time.monotonic() - started < 10

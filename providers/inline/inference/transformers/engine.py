@@ -94,7 +94,7 @@ class Sequence:
     adapter: str | None
     sampler: Sampler
     detok: Detokenizer
-    sink: Callable[[Event | BaseException], None]
+    sink: Callable[[Event | BaseException], object]
     generated: list[int] = field(default_factory=list)
     finished: bool = False
     cancelled: bool = False
@@ -280,7 +280,7 @@ class Engine:
             self._cache, self._mask = cache, mask
             return
         width = max(self._mask.shape[1], mask.shape[1])
-        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+        for old, new in zip(_layers(self._cache), _layers(cache), strict=True):
             old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)])
             old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)])
         self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)])
@@ -291,8 +291,11 @@ class Engine:
             return
         for seq in self._active:
             if seq.cancelled and not seq.finished:
-                log.info("a request left after %d of %d tokens; its slot is free",
-                         len(seq.generated), seq.params.max_tokens)
+                log.info(
+                    "a request left after %d of %d tokens; its slot is free",
+                    len(seq.generated),
+                    seq.params.max_tokens,
+                )
         self._active = [self._active[i] for i in keep]
         if not keep:
             self._cache, self._mask = None, None
@@ -302,9 +305,14 @@ class Engine:
         mask = self._mask.index_select(0, index)
         start = int(mask.any(0).nonzero()[0])  # columns that are padding for every row left
         self._mask = mask[:, start:]
-        for layer in self._cache.layers:
+        for layer in _layers(self._cache):
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's per-layer K/V holders (`keys`, `values`: [batch, heads, length, dim])."""
+    return list(cache.layers)
 
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -117,14 +117,14 @@ class TransformersInference:
         def attach() -> int:
             from peft import PeftModel
 
-            before = sum(p.numel() for p in engine.model.parameters())
+            before = int(sum(p.numel() for p in engine.model.parameters()))
             if isinstance(engine.model, PeftModel):
                 engine.model.load_adapter(str(path), adapter_name=name)
             else:
                 engine.model = PeftModel.from_pretrained(engine.model, str(path), adapter_name=name)
             engine.model.eval()
             engine.adapters.add(name)
-            return sum(p.numel() for p in engine.model.parameters()) - before
+            return int(sum(p.numel() for p in engine.model.parameters())) - before
 
         try:
             added = await engine.call(attach)
@@ -222,7 +222,7 @@ class TransformersInference:
                     finish_reason=last.finish_reason,
                     logprobs=logprobs,
                 )
-            ],  # type: ignore[arg-type]
+            ],
             usage=_usage(last),
         )
 
@@ -256,7 +256,7 @@ class TransformersInference:
                 ChatChunkChoice(
                     index=0,
                     delta=ChatDelta(content=event.text or None),
-                    finish_reason=event.finish_reason,  # type: ignore[arg-type]
+                    finish_reason=event.finish_reason,
                     logprobs=logprobs,
                 )
             )
@@ -313,7 +313,7 @@ class TransformersInference:
                         finish_reason=event.finish_reason,
                     )
                 ],
-            )  # type: ignore[arg-type]
+            )
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -464,7 +464,7 @@ def _completion(
         CompletionChoice(
             index=i,
             text=text,
-            finish_reason=last.finish_reason,  # type: ignore[arg-type]
+            finish_reason=last.finish_reason,
             logprobs=_completion_logprobs(tokens, 0) if want else None,
         )
         for i, text, tokens, last in results

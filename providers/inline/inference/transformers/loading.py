@@ -85,7 +85,7 @@ def _convert(gguf: Path, out: Path) -> None:
     config = type(quantized.config).from_dict(
         {k: v for k, v in quantized.config.to_dict().items() if k != "quantization_config"}
     )
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(out)
@@ -96,7 +96,7 @@ def load_base(folder: Path, device: str, dtype: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     model.to(device)
     model.eval()
     return model, tokenizer
