@@ -47,6 +47,7 @@ class SamplingFields(StrictModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
+    ignore_eos: bool = Field(False, description="Generate past end-of-sequence (as vLLM's).")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

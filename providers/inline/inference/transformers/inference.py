@@ -380,7 +380,7 @@ class TransformersInference:
             repetition_penalty=request.repetition_penalty,
             logprobs=logprobs,
             stop=tuple(request.stop_sequences()),
-            eos_ids=target.base.eos_ids,
+            eos_ids=frozenset() if request.ignore_eos else target.base.eos_ids,
         )
 
 
