@@ -1,0 +1,225 @@
+"""Post-training requests and job records, following Llama Stack's post-training API.
+
+Every field is honoured or refused by name: a value the trainer cannot honour (a quantized base,
+activation offloading, a hyperparameter search) is a 400 naming the field, never ignored.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, JsonValue, model_validator
+
+from llama_post.schema import StrictModel
+
+JOB_UUID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class DataConfig(StrictModel):
+    dataset_id: str
+    batch_size: int = Field(ge=1, le=1024)
+    shuffle: bool = True
+    data_format: Literal["instruct", "dialog"] = "instruct"
+    validation_dataset_id: str | None = None
+    validation_split: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Held out for validation when no validation dataset."
+    )
+    packed: bool = Field(False, description="Pack examples; attention never crosses examples.")
+    train_on_input: bool = Field(False, description="Also learn the prompt / user turns.")
+    max_seq_len: int = Field(1024, ge=16, le=131072, description="Longer examples are truncated.")
+
+
+class OptimizerConfig(StrictModel):
+    optimizer_type: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    num_warmup_steps: int = Field(0, ge=0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="After warm-up: keep, or decay linearly or by cosine to zero."
+    )
+
+
+class EfficiencyConfig(StrictModel):
+    enable_activation_checkpointing: bool = False
+    enable_activation_offloading: bool = False
+    memory_efficient_fsdp_wrap: bool = False
+    fsdp_cpu_offload: bool = False
+
+
+class LoggerConfig(StrictModel):
+    log_every_n_steps: int = Field(1, ge=1, description="Optimizer steps between metric lines.")
+
+
+class TrainingConfig(StrictModel):
+    n_epochs: int = Field(1, ge=1, le=10000)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="Optimizer steps.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
+    max_validation_steps: int | None = Field(None, ge=1, description="Batches per validation.")
+    data_config: DataConfig
+    optimizer_config: OptimizerConfig
+    efficiency_config: EfficiencyConfig | None = None
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="fp32 is faster on most CPUs.")
+    seed: int = 42
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every this many steps.")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip gradients; null: never.")
+
+
+class LoraFinetuningConfig(StrictModel):
+    type: Literal["LoRA"] = "LoRA"
+    lora_attn_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1)
+    apply_lora_to_mlp: bool = False
+    apply_lora_to_output: bool = False
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    use_dora: bool = False
+    quantize_base: bool = False
+
+
+class FullFinetuningConfig(StrictModel):
+    type: Literal["full"] = "full"
+
+
+AlgorithmConfig = Annotated[
+    LoraFinetuningConfig | FullFinetuningConfig, Field(discriminator="type")
+]
+
+
+class SupervisedFineTuneRequest(StrictModel):
+    job_uuid: str | None = Field(None, pattern=JOB_UUID_PATTERN)
+    model: str
+    training_config: TrainingConfig
+    algorithm_config: AlgorithmConfig
+    checkpoint_dir: str | None = Field(
+        None, description="A folder under the provider's checkpoint root; default: the job's own."
+    )
+    hyperparam_search_config: dict[str, JsonValue] | None = Field(
+        None, description="Not supported; must be null."
+    )
+    logger_config: LoggerConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_by_default(cls, data: Any) -> Any:
+        # llama-stack-client sends LoRA configs without `type`.
+        algo = data.get("algorithm_config") if isinstance(data, dict) else None
+        if isinstance(algo, dict) and "type" not in algo:
+            data = {**data, "algorithm_config": {**algo, "type": "LoRA"}}
+        return data
+
+
+class JobStatus(StrEnum):
+    scheduled = "scheduled"
+    in_progress = "in_progress"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class TrainingMetrics(BaseModel):
+    epoch: int
+    train_loss: float | None = None
+    validation_loss: float | None = None
+    perplexity: float | None = None
+
+
+class Checkpoint(BaseModel):
+    identifier: str
+    created_at: int
+    epoch: int
+    step: int
+    post_training_job_id: str
+    path: str
+    training_metrics: TrainingMetrics | None = None
+    model_id: str | None = Field(None, description="The model it is served as, once registered.")
+
+
+class PostTrainingJob(BaseModel):
+    job_uuid: str
+
+
+class ListPostTrainingJobsResponse(BaseModel):
+    data: list[PostTrainingJob]
+
+
+class JobProgress(BaseModel):
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+
+
+class PostTrainingJobStatusResponse(BaseModel):
+    job_uuid: str
+    status: JobStatus
+    model: str
+    algorithm: Literal["LoRA", "full"]
+    scheduled_at: int | None = None
+    started_at: int | None = None
+    completed_at: int | None = None
+    resources_allocated: dict[str, JsonValue] | None = None
+    checkpoints: list[Checkpoint] = []
+    progress: JobProgress = JobProgress()
+    error: str | None = None
+    fine_tuned_model: str | None = None
+
+
+class PostTrainingJobArtifactsResponse(BaseModel):
+    job_uuid: str
+    checkpoints: list[Checkpoint]
+
+
+class StepMetrics(BaseModel):
+    step: int
+    epoch: int
+    loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    validation_loss: float | None = None
+    timestamp: float
+
+
+class JobMetricsResponse(BaseModel):
+    job_uuid: str
+    data: list[StepMetrics]
+
+
+class JobLogsResponse(BaseModel):
+    job_uuid: str
+    lines: list[str]
+
+
+class JobEvent(BaseModel):
+    """One event of a job's stream: a log line, a metrics line, or its status."""
+
+    type: Literal["log", "metrics", "status"]
+    log: str | None = None
+    metrics: StepMetrics | None = None
+    status: PostTrainingJobStatusResponse | None = None
+
+
+class RowProblem(BaseModel):
+    row: int
+    message: str
+
+
+class TokenStats(BaseModel):
+    min: int
+    max: int
+    mean: float
+    p50: int
+    p95: int
+
+
+class PreflightResponse(BaseModel):
+    rows: int
+    validation_rows: int
+    token_lengths: TokenStats
+    trained_tokens: int
+    truncated_rows: int
+    max_seq_len: int
+    steps_per_epoch: int
+    total_steps: int
+    example: str = Field(description="One rendered example; trained tokens are inside [[ ]].")
+    errors: list[RowProblem]
