@@ -5,6 +5,7 @@ from llama_post.distribution.spec import ProviderSpec, build_registry
 from providers.inline.datasets import localfs as localfs_datasets
 from providers.inline.files import localfs as localfs_files
 from providers.inline.inference import transformers
+from providers.inline.post_training import peft
 
 REGISTRY = build_registry(
     [
@@ -29,6 +30,14 @@ REGISTRY = build_registry(
             config_class=transformers.TransformersInferenceConfig,
             factory=transformers.create,
             description="transformers on CPU or CUDA, continuous batching, LoRA adapters.",
+        ),
+        ProviderSpec(
+            api=Api.post_training,
+            provider_type="inline::peft",
+            config_class=peft.PeftPostTrainingConfig,
+            factory=peft.create,
+            deps=(Api.datasets, Api.models),
+            description="LoRA and full fine-tuning with transformers + peft, in worker processes.",
         ),
     ]
 )

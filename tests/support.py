@@ -56,9 +56,18 @@ def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dic
     if model is not None:
         inference = {
             "cache_dir": str(home / "cache"),
-            "model_dirs": [str(model.parent)],
+            "model_dirs": [str(model.parent), str(home / "checkpoints")],
             **overrides.pop("inference", {}),
         }
+        training = {
+            "storage_dir": str(home / "post-training"),
+            "checkpoint_root": str(home / "checkpoints"),
+            "torch_threads": 1,
+            **overrides.pop("post_training", {}),
+        }
+        config["providers"]["post_training"] = [
+            {"provider_id": "peft", "provider_type": "inline::peft", "config": training}
+        ]
         config["providers"]["inference"] = [
             {
                 "provider_id": "transformers",

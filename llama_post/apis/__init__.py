@@ -7,6 +7,7 @@ from llama_post.apis.files import Files
 from llama_post.apis.inference import Inference
 from llama_post.apis.inspect import Inspect
 from llama_post.apis.models import Models
+from llama_post.apis.post_training import PostTraining
 
 
 class Api(StrEnum):
@@ -14,6 +15,7 @@ class Api(StrEnum):
     datasets = "datasets"
     models = "models"
     inference = "inference"
+    post_training = "post_training"
     inspect = "inspect"
 
 
@@ -22,6 +24,7 @@ PROTOCOLS: dict[Api, type] = {
     Api.datasets: Datasets,
     Api.models: Models,
     Api.inference: Inference,
+    Api.post_training: PostTraining,
     Api.inspect: Inspect,
 }
 

@@ -131,6 +131,10 @@ class ModelRegistry:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    async def model_folders(self, model_id: str) -> tuple[Path, Path | None]:
+        """Where a served model's files are: its base folder, and its adapter folder if any."""
+        return (await self.provider_for(model_id)).model_folders(model_id)
+
     async def provider_for(self, model_id: str) -> InferenceProvider:
         model = await self.get_model(model_id)
         if model_id not in self.loaded:

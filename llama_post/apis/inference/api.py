@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Protocol
 
 from llama_post.apis.inference.models import (
@@ -57,6 +58,10 @@ class InferenceProvider(Inference, Protocol):
     async def load_model(self, model: Model, base: Model | None) -> ModelInfo: ...
 
     async def unload_model(self, model_id: str) -> None: ...
+
+    def model_folders(self, model_id: str) -> tuple[Path, Path | None]:
+        """The base model's Hugging Face folder, and the adapter's folder for an adapter."""
+        ...
 
     async def check_source(self, source: ModelSource) -> None:
         """Refuse (InvalidRequestError) a source this provider may not or cannot read."""

@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ class Base:
     tokenizer: Any
     info: ModelInfo
     eos_ids: frozenset[int]
+    folder: Path
     adapters: dict[str, str] = field(default_factory=dict)  # model id -> PEFT adapter name
 
 
@@ -57,6 +59,7 @@ class Target:
     model_id: str
     base: Base
     adapter: str | None
+    adapter_folder: Path | None = None
 
 
 class TransformersInference:
@@ -98,7 +101,7 @@ class TransformersInference:
         )
         eos = {tokenizer.eos_token_id, *_as_list(hf_model.generation_config.eos_token_id)}
         engine = Engine(hf_model, tokenizer, self.device, self.config.max_batch_size)
-        loaded = Base(engine, tokenizer, info, frozenset(e for e in eos if e is not None))
+        loaded = Base(engine, tokenizer, info, frozenset(e for e in eos if e is not None), path)
         self.bases[model.id] = loaded
         self.targets[model.id] = Target(model.id, loaded, None)
         return info
@@ -133,8 +136,12 @@ class TransformersInference:
                 f"source.path: the adapter does not fit {base_model.id}: {exc}", param="source.path"
             ) from None
         base.adapters[model.id] = name
-        self.targets[model.id] = Target(model.id, base, name)
+        self.targets[model.id] = Target(model.id, base, name, path)
         return base.info.model_copy(update={"parameter_count": base.info.parameter_count + added})
+
+    def model_folders(self, model_id: str) -> tuple[Path, Path | None]:
+        target = self._target(model_id)
+        return target.base.folder, target.adapter_folder
 
     async def unload_model(self, model_id: str) -> None:
         target = self.targets.get(model_id)

@@ -1,0 +1,116 @@
+"""The pre-flight check: what a job would train on, computed without training.
+
+It runs for `POST /v1/post-training/preflight` and again when a job is created, so a bad
+request fails in seconds with the rows and fields at fault.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from llama_post.apis.post_training import (
+    LoraFinetuningConfig,
+    PreflightResponse,
+    RowProblem,
+    TokenStats,
+)
+from llama_post.errors import InvalidRequestError
+from providers.inline.post_training.peft.data import marked, render, steps_per_epoch
+from providers.inline.post_training.peft.job import JobSpec
+
+
+@dataclass
+class Prepared:
+    spec: JobSpec
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    report: PreflightResponse
+
+
+def prepare(
+    spec: JobSpec, rows: list[dict[str, Any]], validation: list[dict[str, Any]] | None
+) -> Prepared:
+    from transformers import AutoTokenizer
+
+    request = spec.request
+    data = request.training_config.data_config
+    if isinstance(request.algorithm_config, LoraFinetuningConfig) and spec.adapter_folder is None:
+        check_lora_targets(spec.base_folder, request.algorithm_config)
+    if validation is None:
+        rows, validation = _split(rows, data.validation_split, request.training_config.seed)
+    if not rows:
+        raise InvalidRequestError(
+            "training_config.data_config.dataset_id: the dataset is empty",
+            param="training_config.data_config.dataset_id",
+        )
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_folder)
+    examples = [
+        render(r, data.data_format, tokenizer, data.train_on_input, data.max_seq_len) for r in rows
+    ]
+    errors = [
+        RowProblem(
+            row=i + 1,
+            message=f"no trained tokens within max_seq_len {data.max_seq_len}"
+            f" (the row is {e.length} tokens)",
+        )
+        for i, e in enumerate(examples)
+        if e.trained == 0
+    ]
+    lengths = sorted(e.length for e in examples)
+    plan = steps_per_epoch(examples, request)
+    report = PreflightResponse(
+        rows=len(rows),
+        validation_rows=len(validation),
+        token_lengths=TokenStats(
+            min=lengths[0],
+            max=lengths[-1],
+            mean=sum(lengths) / len(lengths),
+            p50=lengths[len(lengths) // 2],
+            p95=lengths[min(len(lengths) - 1, int(len(lengths) * 0.95))],
+        ),
+        trained_tokens=sum(e.trained for e in examples),
+        truncated_rows=sum(1 for e in examples if e.truncated),
+        max_seq_len=data.max_seq_len,
+        steps_per_epoch=plan[0],
+        total_steps=sum(plan),
+        example=marked(examples[0], tokenizer),
+        errors=errors,
+    )
+    return Prepared(spec, rows, validation, report)
+
+
+def check_lora_targets(base_folder: str, algo: LoraFinetuningConfig) -> None:
+    """Every LoRA target must name modules the model has (checked on an empty 'meta' model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from providers.inline.post_training.peft.recipe_sft import lora_targets
+
+    config = AutoConfig.from_pretrained(base_folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    names = [name for name, _ in model.named_modules()]
+    leaves = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    )
+    for target in lora_targets(algo):
+        if not any(n == target or n.endswith("." + target) for n in names):
+            raise InvalidRequestError(
+                f"algorithm_config.lora_attn_modules: the model has no module {target!r}; "
+                f"its linear layers are {', '.join(leaves)}",
+                param="algorithm_config.lora_attn_modules",
+            )
+
+
+def _split(
+    rows: list[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = max(1, int(len(rows) * fraction))
+    keep = sorted(order[held:])
+    return [rows[i] for i in keep], [rows[i] for i in sorted(order[:held])]
