@@ -110,6 +110,7 @@ def main(job_dir: Path) -> None:
                 loss_sum += float(out.loss.detach()) * n_items
                 tokens += int(inputs["input_ids"].numel())
             grad_norm = _clip(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -126,7 +127,7 @@ def main(job_dir: Path) -> None:
                         step=global_step,
                         epoch=epoch,
                         loss=last_train_loss,
-                        lr=scheduler.get_last_lr()[0],
+                        lr=lr,
                         grad_norm=grad_norm,
                         tokens_per_second=tokens / (time.perf_counter() - started),
                         validation_loss=validation_loss,
