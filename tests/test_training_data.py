@@ -1,0 +1,61 @@
+"""Rendering, masking and packing: what the trainer learns from, checked on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from providers.inline.post_training.peft.data import IGNORE, collate, group, marked, render
+
+
+def test_only_the_assistant_turns_are_learned(tokenizer: Any) -> None:
+    row = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye."},
+        ]
+    }
+    example = render(row, "dialog", tokenizer, train_on_input=False, max_seq_len=512)
+    text = marked(example, tokenizer)
+    assert text.count("[[") == 2
+    assert "[[Hello.<|im_end|>\n]]" in text and "[[Goodbye.<|im_end|>\n]]" in text
+    assert "Bye" not in "".join(part.split("]]")[0] for part in text.split("[[")[1:])
+
+    everything = render(row, "dialog", tokenizer, train_on_input=True, max_seq_len=512)
+    assert all(label != IGNORE for label in everything.labels)
+    assert everything.input_ids == example.input_ids
+
+
+def test_truncation_is_counted(tokenizer: Any) -> None:
+    row = {"prompt": "word " * 50, "completion": "end"}
+    example = render(row, "instruct", tokenizer, train_on_input=False, max_seq_len=16)
+    assert len(example.input_ids) == 16 and example.truncated and example.length > 16
+    assert example.trained == 0
+
+
+def test_packed_examples_do_not_attend_to_each_other(tokenizer: Any, tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    rows = [{"prompt": f"Question {i}", "completion": "x " * (i + 1)} for i in range(4)]
+    examples = [render(r, "instruct", tokenizer, False, 256) for r in rows]
+    packs = group(examples, [0, 1, 2, 3], batch_size=4, packed=True, max_seq_len=256)
+    assert len(packs) == 1 and len(packs[0]) == 1 and len(packs[0][0]) == 4  # one row of four
+
+    def summed_loss(batch: Any, packed: bool) -> float:
+        inputs = collate(batch, tokenizer.eos_token_id, packed)
+        n = sum(e.trained for row in batch for e in row)
+        with torch.no_grad():
+            return float(model(**inputs, num_items_in_batch=n, use_cache=False).loss) * n
+
+    packed = summed_loss(packs[0], packed=True)
+    alone = sum(summed_loss([[e]], packed=False) for e in examples)
+    assert abs(packed - alone) < 1e-3 * alone
+
+    padded = group(examples, [0, 1, 2, 3], batch_size=4, packed=False, max_seq_len=256)
+    assert abs(summed_loss(padded[0], packed=False) - alone) < 1e-3 * alone
