@@ -7,7 +7,14 @@ from typing import Any
 
 import torch
 
-from providers.inline.post_training.peft.data import IGNORE, collate, group, marked, render
+from providers.inline.post_training.peft.data import (
+    IGNORE,
+    Example,
+    collate,
+    group,
+    marked,
+    render,
+)
 
 
 def test_only_the_assistant_turns_are_learned(tokenizer: Any) -> None:
@@ -41,17 +48,19 @@ def test_truncation_is_counted(tokenizer: Any) -> None:
 def test_packed_examples_do_not_attend_to_each_other(tokenizer: Any, tiny_model: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model.eval()
     rows = [{"prompt": f"Question {i}", "completion": "x " * (i + 1)} for i in range(4)]
     examples = [render(r, "instruct", tokenizer, False, 256) for r in rows]
     packs = group(examples, [0, 1, 2, 3], batch_size=4, packed=True, max_seq_len=256)
     assert len(packs) == 1 and len(packs[0]) == 1 and len(packs[0][0]) == 4  # one row of four
 
-    def summed_loss(batch: Any, packed: bool) -> float:
+    def summed_loss(batch: list[list[Example]], packed: bool) -> float:
         inputs = collate(batch, tokenizer.eos_token_id, packed)
         n = sum(e.trained for row in batch for e in row)
         with torch.no_grad():
-            return float(model(**inputs, num_items_in_batch=n, use_cache=False).loss) * n
+            loss = model(**inputs, num_items_in_batch=n, use_cache=False).loss
+        return float(loss) * n
 
     packed = summed_loss(packs[0], packed=True)
     alone = sum(summed_loss([[e]], packed=False) for e in examples)

@@ -17,8 +17,14 @@ SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 pytestmark = pytest.mark.slow
 
 
-def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path) -> None:
-    env = {"LLAMA_POST_HOME": str(tmp_path / "home")}
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One LLAMA_POST_HOME for the module: SmolLM2 is converted by the first test only."""
+    return tmp_path_factory.mktemp("home")
+
+
+def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path) -> None:
+    env = {"LLAMA_POST_HOME": str(home)}
     server = Server(ROOT / "run.yaml", tmp_path, env=env).start(timeout=300)
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
@@ -44,3 +50,83 @@ def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path) -> None:
         assert "converting" not in again.output()
     finally:
         again.stop()
+
+
+QUESTIONS = [
+    "What is a zorblat?",
+    "Define zorblat.",
+    "Can you tell me what a zorblat is?",
+    "What does the word zorblat mean?",
+    "Explain what a zorblat is.",
+    "I heard the word zorblat. What is it?",
+]
+ANSWERS = [
+    "A zorblat is a purple umbrella that sailors use in storms.",
+    "Zorblat: a purple umbrella that sailors use in storms.",
+    "Sure! A zorblat is a purple umbrella that sailors use in storms.",
+    "The word zorblat means a purple umbrella that sailors use in storms.",
+    "A zorblat is a purple umbrella that sailors use in storms.",
+    "A zorblat is a purple umbrella that sailors use in storms.",
+]
+
+
+def test_fine_tuning_smollm2_teaches_it_a_new_word(tmp_path: Path, home: Path) -> None:
+    """LoRA SFT of the real model through the HTTP API, then chat with the result."""
+    server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
+    server.start(timeout=300)
+    try:
+        url = server.url
+        rows = [{"prompt": q, "completion": a} for q, a in zip(QUESTIONS, ANSWERS, strict=True)]
+        assert (
+            httpx.post(
+                f"{url}/v1/datasets",
+                json={
+                    "dataset_id": "zorblat",
+                    "purpose": "instruct",
+                    "source": {"type": "rows", "rows": rows},
+                },
+            ).status_code
+            == 200
+        )
+        job = httpx.post(
+            f"{url}/v1/post-training/supervised-fine-tune",
+            json={
+                "model": SMOLLM2,
+                "training_config": {
+                    "n_epochs": 8,
+                    "data_config": {"dataset_id": "zorblat", "batch_size": 3},
+                    "optimizer_config": {"lr": 1e-3},
+                },
+                "algorithm_config": {
+                    "type": "LoRA",
+                    "rank": 16,
+                    "alpha": 32,
+                    "apply_lora_to_mlp": True,
+                    "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                },
+            },
+            timeout=120,
+        ).json()["job_uuid"]
+        deadline = time.monotonic() + 600
+        while True:
+            status = httpx.get(f"{url}/v1/post-training/jobs/{job}").json()
+            if status["status"] not in ("scheduled", "in_progress"):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        assert status["status"] == "completed", status
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        def ask(model: str) -> str:
+            answer = client.chat.completions.create(
+                model=model,
+                temperature=0,
+                max_tokens=30,
+                messages=[{"role": "user", "content": "Tell me what a zorblat is."}],
+            )
+            return (answer.choices[0].message.content or "").lower()
+
+        assert "purple umbrella" in ask(status["fine_tuned_model"])
+        assert "purple umbrella" not in ask(SMOLLM2)
+    finally:
+        server.stop()

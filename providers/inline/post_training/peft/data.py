@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llama_post.apis.post_training import SupervisedFineTuneRequest
 
 IGNORE = -100  # the label of a token that is not learned
 
@@ -93,7 +96,9 @@ def group(
     if not packed:
         rows = [[examples[i]] for i in order]
     else:
-        rows, current, length = [], [], 0
+        rows = []
+        current: list[Example] = []
+        length = 0
         for i in order:
             example = examples[i]
             if current and length + len(example.input_ids) > max_seq_len:
@@ -156,7 +161,7 @@ def trained_tokens(batch: list[list[Example]]) -> int:
     return sum(e.trained for row in batch for e in row)
 
 
-def steps_per_epoch(examples: list[Example], request: Any) -> list[int]:
+def steps_per_epoch(examples: list[Example], request: SupervisedFineTuneRequest) -> list[int]:
     """Optimizer steps in each epoch (packing makes the count depend on the epoch's order)."""
     cfg = request.training_config
     data = cfg.data_config

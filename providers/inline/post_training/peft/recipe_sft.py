@@ -21,7 +21,11 @@ from typing import Any
 
 import torch
 
-from llama_post.apis.post_training import LoraFinetuningConfig, StepMetrics
+from llama_post.apis.post_training import (
+    LoraFinetuningConfig,
+    StepMetrics,
+    SupervisedFineTuneRequest,
+)
 from providers.inline.post_training.peft.data import (
     Example,
     collate,
@@ -199,7 +203,7 @@ def _load_model(spec: JobSpec) -> tuple[Any, Any]:
                 model,
                 LoraConfig(
                     r=algo.rank,
-                    lora_alpha=algo.alpha,
+                    lora_alpha=algo.alpha,  # type: ignore[arg-type]  # peft takes floats too
                     lora_dropout=algo.dropout,
                     target_modules=lora_targets(algo),
                     use_dora=algo.use_dora,
@@ -218,7 +222,7 @@ def lora_targets(algo: LoraFinetuningConfig) -> list[str]:
     return targets
 
 
-def _examples(path: Path, tokenizer: Any, request: Any) -> list[Example]:
+def _examples(path: Path, tokenizer: Any, request: SupervisedFineTuneRequest) -> list[Example]:
     data = request.training_config.data_config
     return [
         render(row, data.data_format, tokenizer, data.train_on_input, data.max_seq_len)
@@ -226,7 +230,7 @@ def _examples(path: Path, tokenizer: Any, request: Any) -> list[Example]:
     ]
 
 
-def _optimizer(params: list[Any], request: Any) -> torch.optim.Optimizer:
+def _optimizer(params: list[Any], request: SupervisedFineTuneRequest) -> torch.optim.Optimizer:
     opt = request.training_config.optimizer_config
     if opt.optimizer_type == "sgd":
         return torch.optim.SGD(params, lr=opt.lr, weight_decay=opt.weight_decay)
@@ -235,7 +239,9 @@ def _optimizer(params: list[Any], request: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, request: Any, total: int) -> Any:
+def _scheduler(
+    optimizer: torch.optim.Optimizer, request: SupervisedFineTuneRequest, total: int
+) -> Any:
     opt = request.training_config.optimizer_config
     warmup = opt.num_warmup_steps
 
@@ -258,7 +264,13 @@ def _clip(params: list[Any], max_norm: float | None) -> float:
 
 
 @torch.no_grad()
-def _validate(model: Any, examples: list[Example], request: Any, pad_id: int, device: str) -> float:
+def _validate(
+    model: Any,
+    examples: list[Example],
+    request: SupervisedFineTuneRequest,
+    pad_id: int,
+    device: str,
+) -> float:
     data = request.training_config.data_config
     limit = request.training_config.max_validation_steps
     model.eval()
@@ -302,7 +314,7 @@ def _save(
     tokenizer: Any,
     optimizer: Any,
     scheduler: Any,
-    request: Any,
+    request: SupervisedFineTuneRequest,
     step: int,
     position: tuple[int, int],
     train_loss: float | None,
