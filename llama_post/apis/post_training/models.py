@@ -175,7 +175,9 @@ class StepMetrics(BaseModel):
     loss: float | None = None
     lr: float | None = None
     grad_norm: float | None = None
-    tokens_per_second: float | None = None
+    tokens_per_second: float | None = Field(None, description="Real tokens: padding excluded.")
+    tokens: int | None = Field(None, description="Real tokens in the step's batches.")
+    step_seconds: float | None = None
     validation_loss: float | None = None
     timestamp: float
 

@@ -112,7 +112,7 @@ def main(job_dir: Path) -> None:
                 out = model(**inputs, num_items_in_batch=n_items, use_cache=False)
                 out.loss.backward()
                 loss_sum += float(out.loss.detach()) * n_items
-                tokens += int(inputs["input_ids"].numel())
+                tokens += sum(len(e.input_ids) for row in batch for e in row)
             grad_norm = _clip(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
             optimizer.step()
@@ -133,7 +133,9 @@ def main(job_dir: Path) -> None:
                         loss=last_train_loss,
                         lr=lr,
                         grad_norm=grad_norm,
-                        tokens_per_second=tokens / (time.perf_counter() - started),
+                        tokens_per_second=tokens / (elapsed := time.perf_counter() - started),
+                        tokens=tokens,
+                        step_seconds=elapsed,
                         validation_loss=validation_loss,
                         timestamp=time.time(),
                     ),
