@@ -68,3 +68,30 @@ def test_packed_examples_do_not_attend_to_each_other(tokenizer: Any, tiny_model:
 
     padded = group(examples, [0, 1, 2, 3], batch_size=4, packed=False, max_seq_len=256)
     assert abs(summed_loss(padded[0], packed=False) - alone) < 1e-3 * alone
+
+
+def test_the_chunked_completion_loss_equals_transformers_loss(
+    tokenizer: Any, tiny_model: Path, monkeypatch: Any
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from providers.inline.post_training.peft import recipe_sft
+
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    rows = [{"prompt": f"Question {i}", "completion": "answer " * (i + 2)} for i in range(5)]
+    examples = [render(r, "instruct", tokenizer, False, 256) for r in rows]
+    batch = group(examples, list(range(5)), batch_size=5, packed=False, max_seq_len=256)[0]
+    inputs = collate(batch, tokenizer.eos_token_id, packed=False)
+    n = sum(e.trained for row in batch for e in row)
+    expected = model(**inputs, num_items_in_batch=n, use_cache=False).loss * n
+    monkeypatch.setattr(recipe_sft, "LOSS_CHUNK", 7)  # several chunks
+    ours = recipe_sft.completion_loss(model, inputs)
+    assert abs(float(ours.detach()) - float(expected.detach())) < 1e-3 * float(expected.detach())
+
+    ours.backward()
+    ours_grad = model.model.embed_tokens.weight.grad.clone()
+    model.zero_grad()
+    model(**inputs, num_items_in_batch=n, use_cache=False).loss.mul(n).backward()
+    torch.testing.assert_close(
+        ours_grad, model.model.embed_tokens.weight.grad, rtol=1e-4, atol=1e-6
+    )

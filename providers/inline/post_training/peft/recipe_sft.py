@@ -27,6 +27,7 @@ from llama_post.apis.post_training import (
     SupervisedFineTuneRequest,
 )
 from providers.inline.post_training.peft.data import (
+    IGNORE,
     Example,
     collate,
     epoch_order,
@@ -109,9 +110,9 @@ def main(job_dir: Path) -> None:
                 inputs = {
                     k: v.to(spec.device) for k, v in collate(batch, pad_id, data_cfg.packed).items()
                 }
-                out = model(**inputs, num_items_in_batch=n_items, use_cache=False)
-                out.loss.backward()
-                loss_sum += float(out.loss.detach()) * n_items
+                loss = completion_loss(model, inputs) / n_items
+                loss.backward()
+                loss_sum += float(loss.detach()) * n_items
                 tokens += sum(len(e.input_ids) for row in batch for e in row)
             grad_norm = _clip(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
@@ -215,6 +216,37 @@ def _load_model(spec: JobSpec) -> tuple[Any, Any]:
     return tokenizer, model.to(spec.device)
 
 
+LOSS_CHUNK = 1024  # trained positions whose logits exist at once
+
+
+def completion_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy over the trained positions only.
+
+    The decoder runs once; the output head then runs on the positions that have a label, in
+    chunks whose logits are recomputed in the backward pass. So the [batch, length, vocab]
+    logits of the whole batch never exist, and no head work is spent on prompt or padding.
+    """
+    from torch.nn.functional import cross_entropy
+    from torch.utils.checkpoint import checkpoint
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[:, 1:]
+    hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    keep = targets != IGNORE
+    states, labels = hidden[:, :-1][keep], targets[keep]
+    head = causal_lm.get_output_embeddings()
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(head(h).float(), y, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(labels), LOSS_CHUNK):
+        part = slice(start, start + LOSS_CHUNK)
+        total = total + checkpoint(chunk_loss, states[part], labels[part], use_reentrant=False)
+    return total
+
+
 def lora_targets(algo: LoraFinetuningConfig) -> list[str]:
     targets = list(algo.lora_attn_modules)
     if algo.apply_lora_to_mlp:
@@ -283,8 +315,7 @@ def _validate(
         if n == 0:
             continue
         inputs = {k: v.to(device) for k, v in collate(batch, pad_id, False).items()}
-        out = model(**inputs, num_items_in_batch=n, use_cache=False)
-        total += float(out.loss) * n
+        total += float(completion_loss(model, inputs))
         count += n
     model.train()
     return total / max(1, count)
