@@ -93,5 +93,5 @@ def test_the_chunked_completion_loss_equals_transformers_loss(
     model.zero_grad()
     model(**inputs, num_items_in_batch=n, use_cache=False).loss.mul(n).backward()
     torch.testing.assert_close(
-        ours_grad, model.model.embed_tokens.weight.grad, rtol=1e-4, atol=1e-6
+        ours_grad, model.model.embed_tokens.weight.grad, rtol=1e-3, atol=5e-5
     )

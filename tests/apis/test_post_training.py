@@ -99,6 +99,7 @@ def test_a_lora_job_runs_to_a_served_model(api: Driver) -> None:
 
     model = api.call("models", "get_model", f"ft/{job_uuid}").body
     assert model["kind"] == "adapter" and model["base_model"] == TINY
+    _peft_loads_it(final["path"], api.call("models", "get_model", TINY).body["source"]["path"])
     answer = api.call(
         "inference",
         "completion",
@@ -245,3 +246,12 @@ def test_cancel(api: Driver) -> None:
     assert cancelled["status"] == "cancelled" and cancelled["completed_at"] is not None
     again = api.call("post_training", "cancel_job", job_uuid)
     assert again.status == 409
+
+
+def _peft_loads_it(checkpoint: str, base: str) -> None:
+    """A checkpoint is a plain PEFT folder: peft loads it on its own."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoint)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
