@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -111,7 +111,7 @@ def main(job_dir: Path) -> None:
                     k: v.to(spec.device) for k, v in collate(batch, pad_id, data_cfg.packed).items()
                 }
                 loss = completion_loss(model, inputs) / n_items
-                loss.backward()
+                torch.autograd.backward(loss)
                 loss_sum += float(loss.detach()) * n_items
                 tokens += sum(len(e.input_ids) for row in batch for e in row)
             grad_norm = _clip(params, cfg.max_grad_norm)
@@ -240,10 +240,11 @@ def completion_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return cross_entropy(head(h).float(), y, reduction="sum")
 
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total: torch.Tensor = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, len(labels), LOSS_CHUNK):
         part = slice(start, start + LOSS_CHUNK)
-        total = total + checkpoint(chunk_loss, states[part], labels[part], use_reentrant=False)
+        chunk = checkpoint(chunk_loss, states[part], labels[part], use_reentrant=False)
+        total = total + cast(torch.Tensor, chunk)
     return total
 
 
