@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -71,7 +70,3 @@ def openapi(
         return
     for path in writer.write(output_dir):
         print(path)
-
-
-def main() -> None:  # pragma: no cover - the console script
-    sys.exit(app())

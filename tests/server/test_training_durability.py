@@ -20,7 +20,7 @@ ROWS = [
 ]
 
 
-def _job(server: Server, job_uuid: str, dataset_id: str, epochs: int = 3) -> None:
+def _job(server: Server, job_uuid: str, dataset_id: str, epochs: int = 6) -> None:
     body = {
         "job_uuid": job_uuid,
         "model": TINY,
@@ -79,21 +79,24 @@ def test_a_killed_server_resumes_its_job_exactly(tmp_path: Path, tiny_model: Pat
         done = _wait(again, "killed", lambda s: s["status"] in ("completed", "failed"))
         assert done["status"] == "completed", done
         logs = httpx.get(f"{again.url}/v1/post-training/jobs/killed/logs").json()["lines"]
-        assert any("resumed from step-000006" in line for line in logs), logs[-20:]
+        resumed = [
+            line.split("resumed from step-")[1][:6] for line in logs if "resumed from step-" in line
+        ]
+        assert len(resumed) == 1 and 6 <= int(resumed[0]) < 36, "\n".join(logs[-30:])
         metrics = {}
         for job in ("straight", "killed"):
             data = httpx.get(f"{again.url}/v1/post-training/jobs/{job}/metrics").json()["data"]
             metrics[job] = [(m["step"], m["loss"], m["lr"]) for m in data]
     finally:
         again.stop()
-    assert [m[0] for m in metrics["killed"]] == list(range(1, 19))
+    assert [m[0] for m in metrics["killed"]] == list(range(1, 37))
     for (step, loss, lr), (_, loss2, lr2) in zip(
         metrics["straight"], metrics["killed"], strict=True
     ):
         assert abs(loss - loss2) < 1e-5 and abs(lr - lr2) < 1e-12, step
     final = {
         job: load_file(
-            str(tmp_path / "checkpoints" / job / "step-000018" / "adapter_model.safetensors")
+            str(tmp_path / "checkpoints" / job / "step-000036" / "adapter_model.safetensors")
         )
         for job in ("straight", "killed")
     }
