@@ -195,8 +195,6 @@ class InferenceRouter:
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        if not request.messages:
-            raise InvalidRequestError("messages: give at least one message", param="messages")
         return await (await self.registry.provider_for(request.model)).chat_completion(request)
 
     async def completion(

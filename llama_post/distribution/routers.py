@@ -35,14 +35,16 @@ from llama_post.schema import FileContent
 T = TypeVar("T")
 
 
-async def _owner(providers: dict[str, T], probe: Callable[[T], Awaitable[object]], what: str) -> T:
+async def _owner(
+    providers: dict[str, T], probe: Callable[[T], Awaitable[object]], what: str, param: str
+) -> T:
     for impl in providers.values():
         try:
             await probe(impl)
         except NotFoundError:
             continue
         return impl
-    raise NotFoundError(f"no {what}", param=what.split()[0] + "_id")
+    raise NotFoundError(f"no {what}", param=param)
 
 
 class DatasetsRouter:
@@ -51,7 +53,10 @@ class DatasetsRouter:
 
     async def _for(self, dataset_id: str) -> Datasets:
         return await _owner(
-            self.providers, lambda p: p.get_dataset(dataset_id), f"dataset {dataset_id!r}"
+            self.providers,
+            lambda p: p.get_dataset(dataset_id),
+            f"dataset {dataset_id!r}",
+            "dataset_id",
         )
 
     async def register_dataset(self, request: RegisterDatasetRequest) -> Dataset:
@@ -100,7 +105,9 @@ class FilesRouter:
         self.providers = providers
 
     async def _for(self, file_id: str) -> Files:
-        return await _owner(self.providers, lambda p: p.retrieve_file(file_id), f"file {file_id!r}")
+        return await _owner(
+            self.providers, lambda p: p.retrieve_file(file_id), f"file {file_id!r}", "file_id"
+        )
 
     async def upload_file(self, request: UploadFileRequest) -> FileObject:
         return await next(iter(self.providers.values())).upload_file(request)

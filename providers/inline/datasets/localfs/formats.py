@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_post.apis.datasets import DatasetFormat
+from llama_post.apis.datasets.rows import STRUCTURED_COLUMNS
 from llama_post.errors import InvalidRequestError
 
 RowOrProblem = tuple[int, dict[str, Any] | str]
@@ -137,8 +138,6 @@ def _csv(path: Path, max_row_bytes: int, check_columns: ColumnCheck) -> Iterator
 
 
 def _csv_row(record: dict[str | Any, Any]) -> dict[str, Any] | str:
-    from llama_post.apis.datasets.rows import STRUCTURED_COLUMNS
-
     if None in record:
         return f"has {len(record[None])} more value(s) than the header has columns"
     row: dict[str, Any] = {}

@@ -264,13 +264,11 @@ class Engine:
         elif len(seq.generated) >= seq.params.max_tokens:
             finish = "length"
             text += seq.detok.push(None)[0]
-        decode = self.tokenizer.decode
-        info = TokenInfo(
-            id=choice.token,
-            text=decode([choice.token]),
-            logprob=choice.logprob,
-            top=[(decode([t]), lp) for t, lp in choice.top],
-        )
+        info = TokenInfo(id=choice.token, text="", logprob=choice.logprob, top=[])
+        if choice.logprob is not None:  # token texts are for logprobs only: decode them then
+            decode = self.tokenizer.decode
+            info.text = decode([choice.token])
+            info.top = [(decode([t]), lp) for t, lp in choice.top]
         seq.finished = finish is not None
         seq.sink(Event(text, [info], finish, len(seq.prompt), len(seq.generated)))
 
