@@ -5,7 +5,9 @@ on q/v projections, sequence length 256, batch 8, the same synthetic instruct ro
 completion only), for the same number of optimizer steps. Each configuration runs in its own
 process, so peak RSS is its own:
 
-- llama-post, padded batches and packed batches (the recipe that jobs run, `recipe_sft.py`);
+- llama-post, padded batches and packed batches (the recipe that jobs run, `recipe_sft.py`,
+  with its defaults: activation checkpointing on, a padded batch run as the fewest packed rows),
+  and padded batches with activations kept (`enable_activation_checkpointing: false`);
 - TRL, its default (padded) setting, and packing (`bfd`, padding-free).
 
 Reported: trained tokens per second (real tokens, padding excluded, over the timed steps),
@@ -79,7 +81,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows(args.rows)))
-        for name in ("ours-padded", "ours-packed", "trl-default", "trl-packing"):
+        for name in (
+            "ours-padded",
+            "ours-packed",
+            "ours-padded-keep",
+            "trl-default",
+            "trl-packing",
+        ):
             out = subprocess.run(
                 [
                     sys.executable,
@@ -140,6 +148,7 @@ def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[s
             },
             "optimizer_config": {"lr": 1e-4, "optimizer_type": "adamw"},
             "max_grad_norm": 1.0,
+            "efficiency_config": {"enable_activation_checkpointing": not name.endswith("-keep")},
         },
         "algorithm_config": {
             "type": "LoRA",

@@ -14,6 +14,7 @@ from providers.inline.post_training.peft.data import (
     group,
     marked,
     render,
+    repack,
 )
 
 
@@ -50,7 +51,9 @@ def test_packed_examples_do_not_attend_to_each_other(tokenizer: Any, tiny_model:
 
     model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     model.eval()
-    rows = [{"prompt": f"Question {i}", "completion": "x " * (i + 1)} for i in range(4)]
+    rows = [
+        {"prompt": f"Question {i}", "completion": "x " * (i + 1 if i else 60)} for i in range(4)
+    ]
     examples = [render(r, "instruct", tokenizer, False, 256) for r in rows]
     packs = group(examples, [0, 1, 2, 3], batch_size=4, packed=True, max_seq_len=256)
     assert len(packs) == 1 and len(packs[0]) == 1 and len(packs[0][0]) == 4  # one row of four
@@ -68,6 +71,11 @@ def test_packed_examples_do_not_attend_to_each_other(tokenizer: Any, tiny_model:
 
     padded = group(examples, [0, 1, 2, 3], batch_size=4, packed=False, max_seq_len=256)
     assert abs(summed_loss(padded[0], packed=False) - alone) < 1e-3 * alone
+    # the trainer runs a padded batch as the fewest packed rows: same loss, less padding
+    repacked = repack(padded[0])
+    assert len(repacked) < len(padded[0])
+    assert sorted(id(e) for row in repacked for e in row) == sorted(id(e) for e in examples)
+    assert abs(summed_loss(repacked, packed=True) - alone) < 1e-3 * alone
 
 
 def test_the_chunked_completion_loss_equals_transformers_loss(
@@ -75,7 +83,7 @@ def test_the_chunked_completion_loss_equals_transformers_loss(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from providers.inline.post_training.peft import recipe_sft
+    from providers.inline.post_training.peft import recipe_sft, training
 
     model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     rows = [{"prompt": f"Question {i}", "completion": "answer " * (i + 2)} for i in range(5)]
@@ -84,7 +92,7 @@ def test_the_chunked_completion_loss_equals_transformers_loss(
     inputs = collate(batch, tokenizer.eos_token_id, packed=False)
     n = sum(e.trained for row in batch for e in row)
     expected = model(**inputs, num_items_in_batch=n, use_cache=False).loss * n
-    monkeypatch.setattr(recipe_sft, "LOSS_CHUNK", 7)  # several chunks
+    monkeypatch.setattr(training, "LOSS_CHUNK", 7)  # several chunks
     ours = recipe_sft.completion_loss(model, inputs)
     assert abs(float(ours.detach()) - float(expected.detach())) < 1e-3 * float(expected.detach())
 

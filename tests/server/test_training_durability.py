@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,10 +25,18 @@ ROWS = [
 ]
 
 
-def _job(server: Server, job_uuid: str, dataset_id: str, epochs: int = 6) -> None:
-    body = {
+PAIRS = [
+    {"prompt": f"Tell me fact {i}.", "chosen": f"Fact {i}: blorps are blue.", "rejected": "No."}
+    for i in range(24)
+]
+
+
+def _job(
+    server: Server, job_uuid: str, dataset_id: str, epochs: int = 6, method: str = "sft"
+) -> None:
+    lora = {"type": "LoRA", "rank": 4, "alpha": 8, "dropout": 0.1}
+    body: dict[str, Any] = {
         "job_uuid": job_uuid,
-        "model": TINY,
         "training_config": {
             "n_epochs": epochs,
             "gradient_accumulation_steps": 2,
@@ -31,9 +44,14 @@ def _job(server: Server, job_uuid: str, dataset_id: str, epochs: int = 6) -> Non
             "optimizer_config": {"lr": 3e-3, "num_warmup_steps": 2, "lr_scheduler": "cosine"},
             "save_every": 3,
         },
-        "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8, "dropout": 0.1},
     }
-    made = httpx.post(f"{server.url}/v1/post-training/supervised-fine-tune", json=body)
+    if method == "sft":
+        body |= {"model": TINY, "algorithm_config": lora}
+        route = "supervised-fine-tune"
+    else:
+        body |= {"finetuned_model": TINY, "finetuning_config": lora}
+        route = "preference-optimize"
+    made = httpx.post(f"{server.url}/v1/post-training/{route}", json=body)
     assert made.status_code == 200, made.text
 
 
@@ -53,24 +71,29 @@ def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 180) -> di
 
 
 def _dataset(server: Server) -> None:
-    made = httpx.post(
-        f"{server.url}/v1/datasets",
-        json={
-            "dataset_id": "facts",
-            "purpose": "instruct",
-            "source": {"type": "rows", "rows": ROWS},
-        },
-    )
-    assert made.status_code == 200, made.text
+    for dataset_id, purpose, rows in (("facts", "instruct", ROWS), ("prefs", "preference", PAIRS)):
+        made = httpx.post(
+            f"{server.url}/v1/datasets",
+            json={
+                "dataset_id": dataset_id,
+                "purpose": purpose,
+                "source": {"type": "rows", "rows": rows},
+            },
+        )
+        assert made.status_code == 200, made.text
 
 
-def test_a_killed_server_resumes_its_job_exactly(tmp_path: Path, tiny_model: Path) -> None:
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_a_killed_server_resumes_its_job_exactly(
+    tmp_path: Path, tiny_model: Path, method: str
+) -> None:
     config = distribution(tmp_path, tiny_model)
     server = Server(config, tmp_path).start()
     _dataset(server)
-    _job(server, "straight", "facts")
+    data = "facts" if method == "sft" else "prefs"
+    _job(server, "straight", data, method=method)
     _wait(server, "straight", lambda s: s["status"] == "completed")
-    _job(server, "killed", "facts")
+    _job(server, "killed", data, method=method)
     _wait(server, "killed", lambda s: s["progress"]["step"] >= 7)
     server.stop(signal.SIGKILL)
 
@@ -85,8 +108,8 @@ def test_a_killed_server_resumes_its_job_exactly(tmp_path: Path, tiny_model: Pat
         assert len(resumed) == 1 and 6 <= int(resumed[0]) < 36, "\n".join(logs[-30:])
         metrics = {}
         for job in ("straight", "killed"):
-            data = httpx.get(f"{again.url}/v1/post-training/jobs/{job}/metrics").json()["data"]
-            metrics[job] = [(m["step"], m["loss"], m["lr"]) for m in data]
+            found = httpx.get(f"{again.url}/v1/post-training/jobs/{job}/metrics").json()["data"]
+            metrics[job] = [(m["step"], m["loss"], m["lr"]) for m in found]
     finally:
         again.stop()
     assert [m[0] for m in metrics["killed"]] == list(range(1, 37))
@@ -141,3 +164,87 @@ def test_a_crashing_worker_fails_only_its_own_job(tmp_path: Path, tiny_model: Pa
     assert crashed["status"] == "failed" and "log has the traceback" in crashed["error"]
     assert any("Traceback" in line for line in logs)
     assert healthy["status"] == "completed"
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[None]:
+    """A tmpfs of `size` mounted on `folder` (root only: skipped where mounting is refused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_fails_the_job_and_keeps_the_last_checkpoint(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    config = distribution(tmp_path, tiny_model)
+    with _small_disk(tmp_path / "checkpoints", "8m"):
+        server = Server(config, tmp_path).start()
+        try:
+            _dataset(server)
+            body = {
+                "job_uuid": "fills-the-disk",
+                "model": TINY,
+                "training_config": {
+                    "n_epochs": 200,
+                    "data_config": {"dataset_id": "facts", "batch_size": 1},
+                    "optimizer_config": {"lr": 1e-3},
+                    "save_every": 30,
+                },
+                "algorithm_config": {"type": "LoRA"},
+            }
+            made = httpx.post(f"{server.url}/v1/post-training/supervised-fine-tune", json=body)
+            assert made.status_code == 200, made.text
+            first = tmp_path / "checkpoints" / "fills-the-disk" / "step-000030"
+            deadline = time.monotonic() + 120
+            while not (first / "checkpoint.json").is_file():
+                assert time.monotonic() < deadline, _status(server, "fills-the-disk")
+                time.sleep(0.02)
+            # the disk fills up (another tenant, say) before the next checkpoint
+            ballast = tmp_path / "checkpoints" / "ballast"
+            with contextlib.suppress(OSError), ballast.open("wb", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * 65536)
+            failed = _wait(server, "fills-the-disk", lambda s: s["status"] != "in_progress")
+            assert httpx.get(f"{server.url}/v1/health").status_code == 200
+        finally:
+            server.stop()
+        assert failed["status"] == "failed", failed
+        assert failed["error"].startswith("the disk is full"), failed["error"]
+        assert [c["step"] for c in failed["checkpoints"]] == [30]
+        left = sorted(p.name for p in (tmp_path / "checkpoints" / "fills-the-disk").iterdir())
+        assert left == ["step-000030"]  # the cut-off checkpoint was removed, the last one kept
+        from peft import PeftConfig
+
+        assert PeftConfig.from_pretrained(str(first)).r == 8
+        assert load_file(str(first / "adapter_model.safetensors"))
+
+
+def test_a_worker_killed_for_memory_fails_with_that_reason(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    # the kernel's out-of-memory killer ends a worker with SIGKILL; so does this test
+    server = Server(distribution(tmp_path, tiny_model), tmp_path).start()
+    try:
+        _dataset(server)
+        _job(server, "oom", "facts", epochs=200)
+        running = _wait(server, "oom", lambda s: len(s["checkpoints"]) >= 1)
+        os.kill(running["resources_allocated"]["worker_pid"], signal.SIGKILL)
+        failed = _wait(server, "oom", lambda s: s["status"] != "in_progress")
+        assert httpx.get(f"{server.url}/v1/health").status_code == 200
+    finally:
+        server.stop()
+    assert failed["status"] == "failed", failed
+    assert "out-of-memory killer" in failed["error"], failed["error"]
+    kept = failed["checkpoints"][-1]
+    assert f"checkpoint {Path(kept['path']).name} is intact" in failed["error"]
+    assert load_file(str(Path(kept["path"]) / "adapter_model.safetensors"))

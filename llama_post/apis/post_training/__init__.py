@@ -3,6 +3,8 @@ from llama_post.apis.post_training.models import (
     AlgorithmConfig,
     Checkpoint,
     DataConfig,
+    DPOAlignmentConfig,
+    DPOLossType,
     EfficiencyConfig,
     FullFinetuningConfig,
     JobEvent,
@@ -17,6 +19,7 @@ from llama_post.apis.post_training.models import (
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
+    PreferenceOptimizeRequest,
     PreflightResponse,
     RowProblem,
     StepMetrics,
@@ -24,11 +27,14 @@ from llama_post.apis.post_training.models import (
     TokenStats,
     TrainingConfig,
     TrainingMetrics,
+    TrainingRequest,
 )
 
 __all__ = [
     "AlgorithmConfig",
     "Checkpoint",
+    "DPOAlignmentConfig",
+    "DPOLossType",
     "DataConfig",
     "EfficiencyConfig",
     "FullFinetuningConfig",
@@ -45,6 +51,7 @@ __all__ = [
     "PostTrainingJob",
     "PostTrainingJobArtifactsResponse",
     "PostTrainingJobStatusResponse",
+    "PreferenceOptimizeRequest",
     "PreflightResponse",
     "RowProblem",
     "StepMetrics",
@@ -52,4 +59,5 @@ __all__ = [
     "TokenStats",
     "TrainingConfig",
     "TrainingMetrics",
+    "TrainingRequest",
 ]

@@ -11,6 +11,7 @@ from llama_post.apis.post_training.models import (
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
+    PreferenceOptimizeRequest,
     PreflightResponse,
     SupervisedFineTuneRequest,
 )
@@ -25,6 +26,14 @@ class PostTraining(Protocol):
         """Start a supervised fine-tuning job (LoRA or full).
 
         The request is checked against its data and model first, so a bad one fails at once.
+        """
+        ...
+
+    @webmethod(route="/v1/post-training/preference-optimize", method="POST")
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        """Start a preference optimization (DPO) job on a preference dataset.
+
+        Checked like a fine-tuning request: a bad model, dataset or row fails at once.
         """
         ...
 

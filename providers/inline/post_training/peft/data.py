@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llama_post.apis.post_training import SupervisedFineTuneRequest
+    from llama_post.apis.post_training import TrainingRequest
 
 IGNORE = -100  # the label of a token that is not learned
 
@@ -45,8 +45,18 @@ def render(
     row: dict[str, Any], data_format: str, tokenizer: Any, train_on_input: bool, max_seq_len: int
 ) -> Example:
     """Tokenize one row; labels keep assistant tokens only, unless `train_on_input`."""
-    messages = messages_of(row, data_format)
-    text, spans = _text_and_spans(messages, tokenizer)
+    return render_messages(messages_of(row, data_format), tokenizer, train_on_input, max_seq_len)
+
+
+def render_messages(
+    messages: list[dict[str, str]],
+    tokenizer: Any,
+    train_on_input: bool,
+    max_seq_len: int,
+    first_trained: int = 0,
+) -> Example:
+    """Tokenize a conversation; labels keep the assistant turns from `first_trained` on."""
+    text, spans = _text_and_spans(messages, tokenizer, first_trained)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoded["input_ids"]
     labels = [
@@ -56,19 +66,50 @@ def render(
     return Example(ids[:max_seq_len], labels[:max_seq_len], len(ids))
 
 
+def render_pair(row: dict[str, Any], tokenizer: Any, max_seq_len: int) -> tuple[Example, Example]:
+    """A preference row as two examples, prompt + chosen and prompt + rejected, whose labels
+    keep the answer only. A prompt is `prompt` (a user turn) or `messages`; an answer is a
+    string (an assistant turn) or a list of messages."""
+    if row.get("messages") is not None:
+        prompt = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    else:
+        prompt = [{"role": "user", "content": row["prompt"]}]
+
+    def answer(value: Any) -> list[dict[str, str]]:
+        if isinstance(value, str):
+            return [{"role": "assistant", "content": value}]
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+
+    return (
+        render_messages(prompt + answer(row["chosen"]), tokenizer, False, max_seq_len, len(prompt)),
+        render_messages(
+            prompt + answer(row["rejected"]), tokenizer, False, max_seq_len, len(prompt)
+        ),
+    )
+
+
 def _text_and_spans(
-    messages: list[dict[str, str]], tokenizer: Any
+    messages: list[dict[str, str]], tokenizer: Any, first_trained: int = 0
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
+    """The rendered conversation and the character spans of its assistant turns (those from
+    `first_trained` on)."""
     if not tokenizer.chat_template:
-        prompt = "".join(m["content"] for m in messages if m["role"] != "assistant")
-        answer = "".join(m["content"] for m in messages if m["role"] == "assistant")
+        prompt = "".join(
+            m["content"]
+            for i, m in enumerate(messages)
+            if m["role"] != "assistant" or i < first_trained
+        )
+        answer = "".join(
+            m["content"]
+            for i, m in enumerate(messages)
+            if m["role"] == "assistant" and i >= first_trained
+        )
         eos = tokenizer.eos_token or ""
         return prompt + answer + eos, [(len(prompt), len(prompt) + len(answer) + len(eos))]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < first_trained:
             continue
         before = (
             tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
@@ -109,6 +150,25 @@ def group(
         if current:
             rows.append(current)
     return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+def repack(batch: list[list[Example]]) -> list[list[Example]]:
+    """The same examples in as few rows as fit the batch's widest row (first fit, longest
+    first). Trained as packed rows, the batch computes the same loss as when padded, without
+    spending work on padding."""
+    width = max(sum(len(e.input_ids) for e in row) for row in batch)
+    rows: list[list[Example]] = []
+    room: list[int] = []
+    for example in sorted((e for row in batch for e in row), key=lambda e: -len(e.input_ids)):
+        size = len(example.input_ids)
+        slot = next((i for i, free in enumerate(room) if free >= size), None)
+        if slot is None:
+            rows.append([example])
+            room.append(width - size)
+        else:
+            rows[slot].append(example)
+            room[slot] -= size
+    return rows
 
 
 def collate(batch: list[list[Example]], pad_id: int, packed: bool) -> dict[str, Any]:
@@ -161,7 +221,7 @@ def trained_tokens(batch: list[list[Example]]) -> int:
     return sum(e.trained for row in batch for e in row)
 
 
-def steps_per_epoch(examples: list[Example], request: SupervisedFineTuneRequest) -> list[int]:
+def steps_per_epoch(examples: list[Example], request: TrainingRequest) -> list[int]:
     """Optimizer steps in each epoch (packing makes the count depend on the epoch's order)."""
     cfg = request.training_config
     data = cfg.data_config

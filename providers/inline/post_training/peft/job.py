@@ -18,14 +18,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from llama_post.apis.post_training import SupervisedFineTuneRequest
+from llama_post.apis.post_training import TrainingRequest
 
 CHECKPOINT_PREFIX = "step-"
+EXIT_CANCELLED = 3  # worker exit codes
+EXIT_OUT_OF_MEMORY = 4
 
 
 class JobSpec(BaseModel):
     job_uuid: str
-    request: SupervisedFineTuneRequest
+    request: TrainingRequest
     base_folder: str
     adapter_folder: str | None = None
     checkpoint_dir: str

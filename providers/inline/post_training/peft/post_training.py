@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
 from llama_post.apis.models import AdapterSource, HuggingFaceSource, RegisterModelRequest
 from llama_post.apis.post_training import (
@@ -37,20 +39,28 @@ from llama_post.apis.post_training import (
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
+    PreferenceOptimizeRequest,
     PreflightResponse,
     StepMetrics,
     SupervisedFineTuneRequest,
     TrainingMetrics,
+    TrainingRequest,
 )
 from llama_post.apis.post_training.models import JOB_UUID_PATTERN
 from llama_post.distribution.models import ModelRegistry
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from llama_post.storage import Database, check_id
 from providers.inline.post_training.peft.config import PeftPostTrainingConfig
-from providers.inline.post_training.peft.job import JobSpec, checkpoints, read_jsonl
+from providers.inline.post_training.peft.job import (
+    EXIT_OUT_OF_MEMORY,
+    JobSpec,
+    checkpoints,
+    read_jsonl,
+)
 from providers.inline.post_training.peft.preflight import Prepared, prepare
 
 log = logging.getLogger(__name__)
+REQUEST: TypeAdapter[TrainingRequest] = TypeAdapter(TrainingRequest)
 JOB_ID = re.compile(JOB_UUID_PATTERN)
 TERMINAL = {JobStatus.completed, JobStatus.failed, JobStatus.cancelled}
 SCHEMA = """
@@ -115,7 +125,13 @@ class PeftPostTraining:
     # -- creating jobs -------------------------------------------------------------------------
 
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
-        job_uuid = request.job_uuid or f"sft-{secrets.token_hex(8)}"
+        return await self._create(request, "sft")
+
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        return await self._create(request, "dpo")
+
+    async def _create(self, request: TrainingRequest, prefix: str) -> PostTrainingJob:
+        job_uuid = request.job_uuid or f"{prefix}-{secrets.token_hex(8)}"
         if self._row(job_uuid) is not None:
             raise ConflictError(f"job {job_uuid!r} already exists", param="job_uuid")
         prepared = await self._prepare(request, job_uuid)
@@ -139,25 +155,35 @@ class PeftPostTraining:
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         return (await self._prepare(request, request.job_uuid or "preflight")).report
 
-    async def _prepare(self, request: SupervisedFineTuneRequest, job_uuid: str) -> Prepared:
+    async def _prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
         _refuse_unsupported(request)
+        dpo = isinstance(request, PreferenceOptimizeRequest)
+        model_field = "finetuned_model" if dpo else "model"
+        tuning_field = "finetuning_config" if dpo else "algorithm_config"
         try:
-            base, adapter = await self.models.model_folders(request.model)
+            base, adapter = await self.models.model_folders(request.model_id)
         except NotFoundError:
             raise InvalidRequestError(
-                f"model: no registered model {request.model!r}", param="model"
+                f"{model_field}: no registered model {request.model_id!r}", param=model_field
             ) from None
-        if adapter is not None and not isinstance(request.algorithm_config, LoraFinetuningConfig):
+        if adapter is not None and not isinstance(request.tuning, LoraFinetuningConfig):
             raise InvalidRequestError(
-                f"algorithm_config: {request.model!r} is a LoRA adapter; continue it with LoRA",
-                param="algorithm_config.type",
+                f"{tuning_field}: {request.model_id!r} is a LoRA adapter; continue it with LoRA",
+                param=f"{tuning_field}.type",
             )
         data = request.training_config.data_config
-        train = await self._rows(data.dataset_id, data.data_format, "dataset_id")
+        purpose = (
+            DatasetPurpose.preference
+            if dpo
+            else DatasetPurpose.instruct
+            if data.data_format == "instruct"
+            else DatasetPurpose.dialog
+        )
+        train = await self._rows(data.dataset_id, purpose, "dataset_id")
         validation = None
         if data.validation_dataset_id:
             validation = await self._rows(
-                data.validation_dataset_id, data.data_format, "validation_dataset_id"
+                data.validation_dataset_id, purpose, "validation_dataset_id"
             )
         checkpoint_dir = self._checkpoint_dir(request, job_uuid)
         spec = JobSpec(
@@ -171,17 +197,18 @@ class PeftPostTraining:
         )
         return await asyncio.to_thread(prepare, spec, train, validation)
 
-    async def _rows(self, dataset_id: str, data_format: str, field: str) -> list[dict[str, Any]]:
+    async def _rows(
+        self, dataset_id: str, wanted: DatasetPurpose, field: str
+    ) -> list[dict[str, Any]]:
         param = f"training_config.data_config.{field}"
         try:
             dataset = await self.datasets.get_dataset(dataset_id)
         except NotFoundError:
             raise InvalidRequestError(f"{param}: no dataset {dataset_id!r}", param=param) from None
-        wanted = DatasetPurpose.instruct if data_format == "instruct" else DatasetPurpose.dialog
         if dataset.purpose != wanted:
             raise InvalidRequestError(
                 f"{param}: dataset {dataset_id!r} has purpose {dataset.purpose.value}; "
-                f"data_format {data_format} needs a {wanted.value} dataset",
+                f"this job needs a {wanted.value} dataset",
                 param=param,
             )
         rows: list[dict[str, Any]] = []
@@ -194,7 +221,7 @@ class PeftPostTraining:
             start = page.next_start_index
         return rows
 
-    def _checkpoint_dir(self, request: SupervisedFineTuneRequest, job_uuid: str) -> Path:
+    def _checkpoint_dir(self, request: TrainingRequest, job_uuid: str) -> Path:
         root = self.config.checkpoint_root.resolve()
         if request.checkpoint_dir is None:
             return root / job_uuid
@@ -234,7 +261,7 @@ class PeftPostTraining:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "providers.inline.post_training.peft.recipe_sft",
+                _recipe(self._request(job_uuid)),
                 str(job_dir),
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
@@ -278,8 +305,8 @@ class PeftPostTraining:
         request = self._request(job_uuid)
         final = checkpoints(Path(self._spec(job_uuid).checkpoint_dir))[-1][1]
         model_id = f"ft/{job_uuid}"
-        if isinstance(request.algorithm_config, LoraFinetuningConfig):
-            served = await self.models.get_model(request.model)
+        if isinstance(request.tuning, LoraFinetuningConfig):
+            served = await self.models.get_model(request.model_id)
             base = served.base_model or served.id
             source: AdapterSource | HuggingFaceSource = AdapterSource(
                 type="adapter", path=str(final), base_model=base
@@ -296,14 +323,23 @@ class PeftPostTraining:
         self._set(job_uuid, JobStatus.completed, fine_tuned_model=model_id)
 
     def _failure(self, job_uuid: str, code: int) -> str:
-        lines = (self.jobs_dir / job_uuid / "train.log").read_text(errors="replace").splitlines()
+        """The reason a worker failed, from its exit and the end of its log."""
+        log_path = self.jobs_dir / job_uuid / "train.log"
+        lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
         tail = [line for line in lines[-40:] if line.strip()]
-        if code == 4 or any("out of memory" in line.lower() for line in tail):
-            return "the worker ran out of memory; " + (tail[-1] if tail else "")
+        kept = checkpoints(Path(self._spec(job_uuid).checkpoint_dir))
+        resume = f"; checkpoint {kept[-1][1].name} is intact" if kept else ""
+        if code == -signal.SIGKILL:
+            return (
+                "the worker was killed (SIGKILL), which on Linux is most often the kernel's "
+                f"out-of-memory killer: the job needs more memory than the machine had{resume}"
+            )
+        if code == EXIT_OUT_OF_MEMORY or any("out of memory" in line.lower() for line in tail):
+            return f"the worker ran out of memory: {tail[-1] if tail else ''}{resume}"
         if any("No space left on device" in line for line in tail):
-            return "the disk is full: " + tail[-1]
+            return f"the disk is full: {tail[-1]}{resume}"
         reason = tail[-1] if tail else f"the worker exited with code {code}"
-        return f"{reason} (the job's log has the traceback)"
+        return f"{reason} (the job's log has the traceback){resume}"
 
     def _set(
         self,
@@ -334,13 +370,14 @@ class PeftPostTraining:
 
     async def get_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
         row = self._existing(job_uuid)
-        request = SupervisedFineTuneRequest.model_validate_json(row["request"])
+        request = REQUEST.validate_json(row["request"])
         progress = self.jobs_dir / job_uuid / "progress.json"
         return PostTrainingJobStatusResponse(
             job_uuid=job_uuid,
             status=JobStatus(row["status"]),
-            model=request.model,
-            algorithm=request.algorithm_config.type,
+            model=request.model_id,
+            method="dpo" if isinstance(request, PreferenceOptimizeRequest) else "sft",
+            algorithm=request.tuning.type,
             scheduled_at=row["scheduled_at"],
             started_at=row["started_at"],
             completed_at=row["completed_at"],
@@ -437,7 +474,9 @@ class PeftPostTraining:
                         epoch=meta["epoch"],
                         train_loss=meta["train_loss"],
                         validation_loss=meta["validation_loss"],
-                        perplexity=_perplexity(meta["validation_loss"] or meta["train_loss"]),
+                        perplexity=None
+                        if "reward_margin" in meta  # a DPO loss is no cross-entropy
+                        else _perplexity(meta["validation_loss"] or meta["train_loss"]),
                     ),
                     model_id=final_model if i == len(found) - 1 and meta.get("final") else None,
                 )
@@ -447,8 +486,8 @@ class PeftPostTraining:
     def _spec(self, job_uuid: str) -> JobSpec:
         return JobSpec.model_validate_json((self.jobs_dir / job_uuid / "job.json").read_text())
 
-    def _request(self, job_uuid: str) -> SupervisedFineTuneRequest:
-        return SupervisedFineTuneRequest.model_validate_json(self._existing(job_uuid)["request"])
+    def _request(self, job_uuid: str) -> TrainingRequest:
+        return REQUEST.validate_json(self._existing(job_uuid)["request"])
 
     def _row(self, job_uuid: str) -> Any:
         return self.db.one("SELECT * FROM jobs WHERE job_uuid = ?", (job_uuid,))
@@ -461,11 +500,33 @@ class PeftPostTraining:
         return row
 
 
-def _refuse_unsupported(request: SupervisedFineTuneRequest) -> None:
+def _recipe(request: TrainingRequest) -> str:
+    name = "recipe_dpo" if isinstance(request, PreferenceOptimizeRequest) else "recipe_sft"
+    return f"providers.inline.post_training.peft.{name}"
+
+
+def _refuse_unsupported(request: TrainingRequest) -> None:
     refusals = []
-    algo = request.algorithm_config
+    dpo = isinstance(request, PreferenceOptimizeRequest)
+    algo = request.tuning
+    tuning_field = "finetuning_config" if dpo else "algorithm_config"
     if isinstance(algo, LoraFinetuningConfig) and algo.quantize_base:
-        refusals.append(("algorithm_config.quantize_base", "a quantized base is not supported"))
+        refusals.append((f"{tuning_field}.quantize_base", "a quantized base is not supported"))
+    data = request.training_config.data_config
+    if dpo:
+        if "data_format" in data.model_fields_set:
+            refusals.append(
+                (
+                    "training_config.data_config.data_format",
+                    "a preference job reads `prompt` or `messages`, `chosen` and `rejected`",
+                )
+            )
+        if data.packed:
+            refusals.append(("training_config.data_config.packed", "DPO trains on whole pairs"))
+        if data.train_on_input:
+            refusals.append(
+                ("training_config.data_config.train_on_input", "DPO compares the answers only")
+            )
     eff = request.training_config.efficiency_config
     if eff is not None:
         for name in (

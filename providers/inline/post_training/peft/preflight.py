@@ -12,12 +12,19 @@ from typing import Any
 
 from llama_post.apis.post_training import (
     LoraFinetuningConfig,
+    PreferenceOptimizeRequest,
     PreflightResponse,
     RowProblem,
     TokenStats,
 )
 from llama_post.errors import InvalidRequestError
-from providers.inline.post_training.peft.data import marked, render, steps_per_epoch
+from providers.inline.post_training.peft.data import (
+    Example,
+    marked,
+    render,
+    render_pair,
+    steps_per_epoch,
+)
 from providers.inline.post_training.peft.job import JobSpec
 
 
@@ -36,8 +43,11 @@ def prepare(
 
     request = spec.request
     data = request.training_config.data_config
-    if isinstance(request.algorithm_config, LoraFinetuningConfig) and spec.adapter_folder is None:
-        check_lora_targets(spec.base_folder, request.algorithm_config)
+    tuning_field = "algorithm_config"
+    if isinstance(request, PreferenceOptimizeRequest):
+        tuning_field = "finetuning_config"
+    if isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None:
+        check_lora_targets(spec.base_folder, request.tuning, tuning_field)
     if validation is None:
         rows, validation = _split(rows, data.validation_split, request.training_config.seed)
     if not rows:
@@ -46,20 +56,29 @@ def prepare(
             param="training_config.data_config.dataset_id",
         )
     tokenizer = AutoTokenizer.from_pretrained(spec.base_folder)
-    examples = [
-        render(r, data.data_format, tokenizer, data.train_on_input, data.max_seq_len) for r in rows
-    ]
+    # each row is one example, or a pair (prompt + chosen, prompt + rejected) for DPO
+    per_row: list[list[Example]]
+    if isinstance(request, PreferenceOptimizeRequest):
+        per_row = [list(render_pair(r, tokenizer, data.max_seq_len)) for r in rows]
+    else:
+        per_row = [
+            [render(r, data.data_format, tokenizer, data.train_on_input, data.max_seq_len)]
+            for r in rows
+        ]
     errors = [
         RowProblem(
             row=i + 1,
             message=f"no trained tokens within max_seq_len {data.max_seq_len}"
-            f" (the row is {e.length} tokens)",
+            f" (the {'answer' if len(row) == 1 else ('chosen', 'rejected')[k]} is "
+            f"{e.length} tokens with its prompt)",
         )
-        for i, e in enumerate(examples)
+        for i, row in enumerate(per_row)
+        for k, e in enumerate(row)
         if e.trained == 0
-    ]
+    ][:50]
+    examples = [e for row in per_row for e in row]
     lengths = sorted(e.length for e in examples)
-    plan = steps_per_epoch(examples, request)
+    plan = steps_per_epoch([row[0] for row in per_row], request)
     report = PreflightResponse(
         rows=len(rows),
         validation_rows=len(validation),
@@ -75,18 +94,20 @@ def prepare(
         max_seq_len=data.max_seq_len,
         steps_per_epoch=plan[0],
         total_steps=sum(plan),
-        example=marked(examples[0], tokenizer),
+        example="\n\n".join(marked(e, tokenizer) for e in per_row[0]),
         errors=errors,
     )
     return Prepared(spec, rows, validation, report)
 
 
-def check_lora_targets(base_folder: str, algo: LoraFinetuningConfig) -> None:
+def check_lora_targets(
+    base_folder: str, algo: LoraFinetuningConfig, field: str = "algorithm_config"
+) -> None:
     """Every LoRA target must name modules the model has (checked on an empty 'meta' model)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from providers.inline.post_training.peft.recipe_sft import lora_targets
+    from providers.inline.post_training.peft.training import lora_targets
 
     config = AutoConfig.from_pretrained(base_folder)
     with torch.device("meta"):
@@ -98,9 +119,9 @@ def check_lora_targets(base_folder: str, algo: LoraFinetuningConfig) -> None:
     for target in lora_targets(algo):
         if not any(n == target or n.endswith("." + target) for n in names):
             raise InvalidRequestError(
-                f"algorithm_config.lora_attn_modules: the model has no module {target!r}; "
+                f"{field}.lora_attn_modules: the model has no module {target!r}; "
                 f"its linear layers are {', '.join(leaves)}",
-                param="algorithm_config.lora_attn_modules",
+                param=f"{field}.lora_attn_modules",
             )
 
 

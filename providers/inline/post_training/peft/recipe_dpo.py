@@ -1,0 +1,388 @@
+"""Direct preference optimization, LoRA or full, as one recipe: setup, the reference, the step,
+the save.
+
+Run by a worker process: `python -m providers.inline.post_training.peft.recipe_dpo JOB_DIR`.
+The reference model is the model the job starts from. Its log-probabilities of every pair the
+job will see are computed once, before the first step, and kept in the job folder: so no
+second copy of the weights exists (LoRA or full), no pair is scored by the reference twice,
+and a resumed job reads them back. Resume, cancel and checkpoints work as in `recipe_sft`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llama_post.apis.post_training import DPOLossType, PreferenceOptimizeRequest, StepMetrics
+from providers.inline.post_training.peft.data import (
+    Example,
+    collate,
+    epoch_order,
+    render_pair,
+    repack,
+    steps_per_epoch,
+)
+from providers.inline.post_training.peft.job import (
+    JobSpec,
+    checkpoints,
+    read_jsonl,
+    write_json_atomic,
+)
+from providers.inline.post_training.peft.training import (
+    Cancelled,
+    clip,
+    install_cancel_handler,
+    label_logps,
+    load_model,
+    make_optimizer,
+    make_scheduler,
+    record,
+    restore,
+    run,
+    save,
+    seed_everything,
+    truncate_metrics,
+)
+
+log = logging.getLogger("recipe_dpo")
+
+
+@dataclass
+class Pair:
+    chosen: Example
+    rejected: Example
+
+
+def main(job_dir: Path) -> None:
+    # -- setup ---------------------------------------------------------------------------------
+    spec = JobSpec.model_validate_json((job_dir / "job.json").read_text())
+    request = spec.request
+    assert isinstance(request, PreferenceOptimizeRequest)
+    cfg = request.training_config
+    data_cfg = cfg.data_config
+    stop = install_cancel_handler()
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
+    seed_everything(cfg.seed)
+
+    tokenizer, model = load_model(spec)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    train = _pairs(job_dir / "train.jsonl", tokenizer, data_cfg.max_seq_len)
+    validation = _pairs(job_dir / "validation.jsonl", tokenizer, data_cfg.max_seq_len)
+    plan = steps_per_epoch([p.chosen for p in train], request)
+    total_steps = sum(plan)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, request)
+    scheduler = make_scheduler(optimizer, request, total_steps)
+    log.info(
+        "DPO %s (%s, beta %g): %d pairs, %d validation pairs, %d steps, %s parameters trained",
+        spec.job_uuid,
+        request.algorithm_config.loss_type.value,
+        request.algorithm_config.beta,
+        len(train),
+        len(validation),
+        total_steps,
+        f"{sum(p.numel() for p in params):,}",
+    )
+    used = _used(len(train), request, plan)
+    reference = _reference(job_dir, model, train, validation, used, pad_id, spec.device)
+
+    checkpoint_dir = Path(spec.checkpoint_dir)
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    latest = checkpoints(checkpoint_dir)
+    if latest:
+        epoch, step_in_epoch, global_step = restore(latest[-1][1], model, optimizer, scheduler)
+        log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
+    truncate_metrics(job_dir / "metrics.jsonl", global_step)
+
+    # -- the loop ------------------------------------------------------------------------------
+    model.train()
+    every = request.logger_config.log_every_n_steps if request.logger_config else 1
+    beta, loss_type = request.algorithm_config.beta, request.algorithm_config.loss_type
+    last: dict[str, float | None] = {"train_loss": None}
+    while epoch < cfg.n_epochs:
+        order = epoch_order(len(train), cfg.seed, epoch, data_cfg.shuffle)
+        batches = [
+            order[i : i + data_cfg.batch_size] for i in range(0, len(order), data_cfg.batch_size)
+        ]
+        ga = cfg.gradient_accumulation_steps
+        while step_in_epoch < plan[epoch]:
+            started = time.perf_counter()
+            micro = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
+            n_pairs = sum(len(b) for b in micro)
+            totals = dict.fromkeys(("loss", "chosen", "rejected", "accuracy"), 0.0)
+            tokens = 0
+            for indices in micro:
+                if stop.is_set():
+                    raise Cancelled
+                pairs = [train[i] for i in indices]
+                chosen, rejected, n_chosen, n_rejected = pair_logps(
+                    model, pairs, pad_id, spec.device
+                )
+                losses, chosen_rewards, rejected_rewards = dpo_loss(
+                    chosen,
+                    rejected,
+                    reference["train"][indices, 0],
+                    reference["train"][indices, 1],
+                    n_chosen,
+                    n_rejected,
+                    beta,
+                    loss_type,
+                )
+                torch.autograd.backward(losses.sum() / n_pairs)
+                totals["loss"] += float(losses.detach().sum())
+                totals["chosen"] += float(chosen_rewards.sum())
+                totals["rejected"] += float(rejected_rewards.sum())
+                totals["accuracy"] += float((chosen_rewards > rejected_rewards).float().sum())
+                tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
+            grad_norm = clip(params, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_in_epoch += 1
+            global_step += 1
+            mean = {k: v / n_pairs for k, v in totals.items()}
+            last = {
+                "train_loss": mean["loss"],
+                "reward_margin": mean["chosen"] - mean["rejected"],
+                "reward_accuracy": mean["accuracy"],
+            }
+            held_out: dict[str, float] = {}
+            if step_in_epoch == plan[epoch] and validation:
+                held_out = _validate(
+                    model, validation, reference["validation"], request, pad_id, spec.device
+                )
+                last |= {"validation_loss": held_out["loss"]}
+            if global_step % every == 0 or held_out:
+                record(
+                    job_dir,
+                    StepMetrics(
+                        step=global_step,
+                        epoch=epoch,
+                        loss=mean["loss"],
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        tokens_per_second=tokens / (elapsed := time.perf_counter() - started),
+                        tokens=tokens,
+                        step_seconds=elapsed,
+                        rewards_chosen=mean["chosen"],
+                        rewards_rejected=mean["rejected"],
+                        reward_margin=mean["chosen"] - mean["rejected"],
+                        reward_accuracy=mean["accuracy"],
+                        validation_loss=held_out.get("loss"),
+                        validation_reward_margin=held_out.get("margin"),
+                        validation_reward_accuracy=held_out.get("accuracy"),
+                        timestamp=time.time(),
+                    ),
+                )
+            write_json_atomic(
+                job_dir / "progress.json",
+                {"step": global_step, "total_steps": total_steps, "epoch": epoch},
+            )
+            epoch_done = step_in_epoch == plan[epoch]
+            next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
+            if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
+                save(
+                    checkpoint_dir,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    scheduler,
+                    request,
+                    global_step,
+                    next_position,
+                    {"validation_loss": None, **last},
+                    final=False,
+                )
+        epoch, step_in_epoch = epoch + 1, 0
+
+    # -- the save ------------------------------------------------------------------------------
+    save(
+        checkpoint_dir,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        request,
+        global_step,
+        (cfg.n_epochs, 0),
+        {**last, "validation_loss": _last_validation_loss(job_dir)},
+        final=True,
+    )
+    log.info("done: %d steps", global_step)
+
+
+def dpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    n_chosen: torch.Tensor,
+    n_rejected: torch.Tensor,
+    beta: float,
+    loss_type: DPOLossType,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses, and the chosen and rejected rewards, from summed answer log-probs.
+
+    sigmoid: -log sigmoid(beta * margin) (DPO); hinge: max(0, 1 - beta * margin) (SLiC);
+    ipo: (margin of per-token averages - 1 / (2 beta))^2 (IPO). The margin is the policy's
+    chosen-minus-rejected log-ratio against the reference. Rewards are beta * log-ratio.
+    """
+    chosen_ratio = chosen - ref_chosen
+    rejected_ratio = rejected - ref_rejected
+    if loss_type == DPOLossType.sigmoid:
+        losses = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+    elif loss_type == DPOLossType.hinge:
+        losses = torch.relu(1 - beta * (chosen_ratio - rejected_ratio))
+    else:
+        margin = chosen_ratio / n_chosen.clamp(min=1) - rejected_ratio / n_rejected.clamp(min=1)
+        losses = (margin - 1 / (2 * beta)) ** 2
+    return losses, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+
+
+def pair_logps(
+    model: Any, pairs: list[Pair], pad_id: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed answer log-probs of the chosen and of the rejected answers, and their token
+    counts. All 2n sequences run as the fewest packed rows in one forward pass."""
+    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    rows = repack([[s] for s in sequences])
+    inputs = {k: v.to(device) for k, v in collate(rows, pad_id, True).items()}
+    index = {id(s): i for i, s in enumerate(sequences)}
+    owner = torch.full_like(inputs["labels"][:, 1:], -1)
+    for r, row in enumerate(rows):
+        offset = 0
+        for s in row:
+            # targets[:, j] is the label at j + 1: this sequence's labels after its first token
+            owner[r, offset : offset + len(s.input_ids) - 1] = index[id(s)]
+            offset += len(s.input_ids)
+    logps, keep = label_logps(model, inputs)
+    owners = owner[keep]
+    n = len(sequences)
+    sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, owners, logps)
+    counts = torch.bincount(owners, minlength=n).to(logps.dtype)
+    half = len(pairs)
+    return sums[:half], sums[half:], counts[:half], counts[half:]
+
+
+def _pairs(path: Path, tokenizer: Any, max_seq_len: int) -> list[Pair]:
+    return [Pair(*render_pair(row, tokenizer, max_seq_len)) for row in read_jsonl(path)]
+
+
+def _used(count: int, request: PreferenceOptimizeRequest, plan: list[int]) -> set[int]:
+    """The training pairs the job's steps will see (all of them, unless steps are capped)."""
+    cfg = request.training_config
+    per_step = cfg.data_config.batch_size * cfg.gradient_accumulation_steps
+    used: set[int] = set()
+    for epoch, steps in enumerate(plan):
+        order = epoch_order(count, cfg.seed, epoch, cfg.data_config.shuffle)
+        used.update(order[: steps * per_step])
+    return used
+
+
+@torch.no_grad()
+def _reference(
+    job_dir: Path,
+    model: Any,
+    train: list[Pair],
+    validation: list[Pair],
+    used: set[int],
+    pad_id: int,
+    device: str,
+) -> dict[str, torch.Tensor]:
+    """The starting model's (chosen, rejected) log-probs of each pair, computed once and kept
+    in `reference.json`; pairs the job never sees are left out (NaN)."""
+    path = job_dir / "reference.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        return {
+            k: torch.tensor(saved[k], dtype=torch.float32, device=device).reshape(-1, 2)
+            for k in ("train", "validation")
+        }
+    started = time.perf_counter()
+    model.eval()
+    out: dict[str, torch.Tensor] = {}
+    for name, pairs, wanted in (
+        ("train", train, sorted(used)),
+        ("validation", validation, list(range(len(validation)))),
+    ):
+        values = torch.full((len(pairs), 2), float("nan"))
+        for start in range(0, len(wanted), REFERENCE_BATCH):
+            indices = wanted[start : start + REFERENCE_BATCH]
+            chosen, rejected, _, _ = pair_logps(model, [pairs[i] for i in indices], pad_id, device)
+            values[indices, 0] = chosen.float().cpu()
+            values[indices, 1] = rejected.float().cpu()
+        out[name] = values.to(device)
+    model.train()
+    seconds = time.perf_counter() - started
+    write_json_atomic(path, {"seconds": seconds, **{k: v.cpu().tolist() for k, v in out.items()}})
+    log.info(
+        "reference log-probs of %d pairs computed in %.1f s", len(used) + len(validation), seconds
+    )
+    return out
+
+
+REFERENCE_BATCH = 8  # pairs per reference forward pass
+
+
+@torch.no_grad()
+def _validate(
+    model: Any,
+    pairs: list[Pair],
+    reference: torch.Tensor,
+    request: PreferenceOptimizeRequest,
+    pad_id: int,
+    device: str,
+) -> dict[str, float]:
+    """Mean loss, reward margin and preference accuracy on the held-out pairs."""
+    batch = request.training_config.data_config.batch_size
+    limit = request.training_config.max_validation_steps
+    starts = list(range(0, len(pairs), batch))[:limit]
+    model.eval()
+    loss = margin = accuracy = 0.0
+    seen = 0
+    for start in starts:
+        indices = list(range(start, min(start + batch, len(pairs))))
+        chosen, rejected, n_chosen, n_rejected = pair_logps(
+            model, [pairs[i] for i in indices], pad_id, device
+        )
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen,
+            rejected,
+            reference[indices, 0],
+            reference[indices, 1],
+            n_chosen,
+            n_rejected,
+            request.algorithm_config.beta,
+            request.algorithm_config.loss_type,
+        )
+        loss += float(losses.sum())
+        margin += float((chosen_rewards - rejected_rewards).sum())
+        accuracy += float((chosen_rewards > rejected_rewards).float().sum())
+        seen += len(indices)
+    model.train()
+    seen = max(1, seen)
+    return {"loss": loss / seen, "margin": margin / seen, "accuracy": accuracy / seen}
+
+
+def _last_validation_loss(job_dir: Path) -> float | None:
+    metrics = read_jsonl(job_dir / "metrics.jsonl")
+    return next(
+        (m["validation_loss"] for m in reversed(metrics) if m.get("validation_loss") is not None),
+        None,
+    )
+
+
+if __name__ == "__main__":
+    run(main, Path(sys.argv[1]))

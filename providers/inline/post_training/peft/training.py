@@ -1,0 +1,299 @@
+"""What the SFT and DPO recipes share: the model, optimizer and schedule, the log-probabilities
+of labelled tokens, checkpoints with everything resume needs, metrics, and cancellation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from llama_post.apis.post_training import (
+    EfficiencyConfig,
+    LoraFinetuningConfig,
+    StepMetrics,
+    TrainingRequest,
+)
+from providers.inline.post_training.peft.data import IGNORE
+from providers.inline.post_training.peft.job import (
+    CHECKPOINT_PREFIX,
+    EXIT_CANCELLED,
+    EXIT_OUT_OF_MEMORY,
+    JobSpec,
+    read_jsonl,
+)
+
+log = logging.getLogger("recipe")
+
+LOSS_CHUNK = 1024  # labelled positions whose logits exist at once
+
+
+class Cancelled(Exception):
+    pass
+
+
+def load_model(spec: JobSpec) -> tuple[Any, Any]:
+    """The tokenizer and the model to train: a fresh LoRA adapter on the base, an existing
+    adapter to continue, or the whole model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    request = spec.request
+    dtype = torch.bfloat16 if request.training_config.dtype == "bf16" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_folder)
+    model: Any = AutoModelForCausalLM.from_pretrained(spec.base_folder, dtype=dtype)
+    efficiency = request.training_config.efficiency_config or EfficiencyConfig()
+    if efficiency.enable_activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    algo = request.tuning
+    if isinstance(algo, LoraFinetuningConfig):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if spec.adapter_folder:
+            model = PeftModel.from_pretrained(model, spec.adapter_folder, is_trainable=True)
+        else:
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=algo.rank,
+                    lora_alpha=algo.alpha,  # type: ignore[arg-type]  # peft takes floats too
+                    lora_dropout=algo.dropout,
+                    target_modules=lora_targets(algo),
+                    use_dora=algo.use_dora,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+    return tokenizer, model.to(spec.device)
+
+
+def lora_targets(algo: LoraFinetuningConfig) -> list[str]:
+    targets = list(algo.lora_attn_modules)
+    if algo.apply_lora_to_mlp:
+        targets += ["gate_proj", "up_proj", "down_proj"]
+    if algo.apply_lora_to_output:
+        targets.append("lm_head")
+    return targets
+
+
+def label_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability of each labelled token, and where those tokens are.
+
+    The decoder runs once; the output head then runs on the labelled positions only, in chunks
+    whose logits are recomputed in the backward pass. So the [batch, length, vocab] logits
+    never exist, and no head work is spent on prompts or padding. Returns the log-probs in
+    row-major order of the positions, and the mask of those positions (shape of labels[:, 1:]).
+    """
+    from torch.nn.functional import cross_entropy
+    from torch.utils.checkpoint import checkpoint
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[:, 1:]
+    hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    keep = targets != IGNORE
+    states, labels = hidden[:, :-1][keep], targets[keep]
+    head = causal_lm.get_output_embeddings()
+
+    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -cross_entropy(head(h).float(), y, reduction="none")
+
+    parts = [
+        cast(
+            torch.Tensor,
+            checkpoint(
+                chunk_logps,
+                states[start : start + LOSS_CHUNK],
+                labels[start : start + LOSS_CHUNK],
+                use_reentrant=False,
+            ),
+        )
+        for start in range(0, len(labels), LOSS_CHUNK)
+    ]
+    logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return logps, keep
+
+
+def make_optimizer(params: list[Any], request: TrainingRequest) -> torch.optim.Optimizer:
+    opt = request.training_config.optimizer_config
+    if opt.optimizer_type == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    if opt.optimizer_type == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, request: TrainingRequest, total: int) -> Any:
+    opt = request.training_config.optimizer_config
+    warmup = opt.num_warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if opt.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if opt.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip(params: list[Any], max_norm: float | None) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+    return float(norm)
+
+
+def record(job_dir: Path, metrics: StepMetrics) -> None:
+    with (job_dir / "metrics.jsonl").open("a") as f:
+        f.write(metrics.model_dump_json(exclude_none=True) + "\n")
+    extras = "".join(
+        f" {name.replace('_', ' ')} {value:.4f}"
+        for name, value in metrics.model_dump(exclude_none=True).items()
+        if name in ("reward_margin", "reward_accuracy", "validation_loss")
+    )
+    log.info(
+        "step %d epoch %d loss %.4f lr %.2e%s",
+        metrics.step,
+        metrics.epoch,
+        metrics.loss or 0.0,
+        metrics.lr or 0.0,
+        extras,
+    )
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metric lines past the step a resumed job starts from."""
+    kept = [m for m in read_jsonl(path) if m["step"] <= step]
+    path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+
+
+def save(
+    folder: Path,
+    model: Any,
+    tokenizer: Any,
+    optimizer: Any,
+    scheduler: Any,
+    request: TrainingRequest,
+    step: int,
+    position: tuple[int, int],
+    metrics: dict[str, float | None],
+    final: bool,
+) -> None:
+    """Write a checkpoint beside its final place, then rename it there: a crash mid-write
+    (a kill, a full disk) leaves the previous checkpoint as the newest complete one."""
+    target = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
+    partial = folder / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        model.save_pretrained(str(partial))
+        if not isinstance(request.tuning, LoraFinetuningConfig):
+            tokenizer.save_pretrained(str(partial))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "position": position,
+                "step": step,
+                "rng": _rng_state(),
+            },
+            partial / "state.pt",
+        )
+        (partial / "checkpoint.json").write_text(
+            json.dumps(
+                {
+                    "step": step,
+                    "epoch": position[0] if position[1] else position[0] - 1,
+                    **metrics,
+                    "created_at": int(time.time()),
+                    "final": final,
+                }
+            )
+        )
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # give the space back; keep the last good one
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    partial.replace(target)
+    log.info("saved checkpoint %s", target.name)
+
+
+def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, int, int]:
+    """Load a checkpoint's weights, optimizer, schedule and RNG; returns (epoch, step in
+    epoch, global step) to continue from."""
+    from safetensors.torch import load_file
+
+    adapter = (folder / "adapter_config.json").is_file()
+    weights = folder / ("adapter_model.safetensors" if adapter else "model.safetensors")
+    state_dict = load_file(str(weights))
+    if adapter:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state_dict)
+    else:
+        model.load_state_dict(state_dict, strict=False)
+    state = torch.load(folder / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    epoch, step_in_epoch = state["position"]
+    return epoch, step_in_epoch, state["step"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+
+
+def install_cancel_handler() -> threading.Event:
+    """SIGTERM (cancel, or the server stopping) sets the event; the loop checks it between
+    micro-batches."""
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    return stop
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def run(main: Any, job_dir: Path) -> None:
+    """A worker's entry: run the recipe; exit 3 when cancelled, 4 when out of memory."""
+    import sys
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        main(job_dir)
+    except Cancelled:
+        log.info("cancelled")
+        sys.exit(EXIT_CANCELLED)
+    except BaseException as exc:
+        if not is_out_of_memory(exc):
+            raise
+        log.exception("out of memory")
+        sys.exit(EXIT_OUT_OF_MEMORY)
