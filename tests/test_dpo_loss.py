@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -100,3 +101,44 @@ def test_our_dpo_loss_is_trls(loss_type: DPOLossType, beta: float) -> None:
     assert abs(margin - metrics["rewards/margins"][0]) < 1e-5
     accuracy = float((chosen_rewards > rejected_rewards).float().mean())
     assert abs(accuracy - metrics["rewards/accuracies"][0]) < 1e-5
+
+
+def test_a_shared_prompt_scores_like_separate_sequences(tokenizer: Any, tiny_model: Path) -> None:
+    """pair_logps lays each pair out as [prompt, chosen, rejected] with the prompt computed once;
+    the answers' log-probs must equal those of each full sequence run on its own."""
+    from transformers import AutoModelForCausalLM
+
+    from providers.inline.post_training.peft.data import collate, render_pair
+    from providers.inline.post_training.peft.recipe_dpo import Pair, pair_logps
+    from providers.inline.post_training.peft.training import label_logps
+
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model.eval()
+    rows: list[dict[str, Any]] = [
+        {"prompt": f"Question {i}: " + "why? " * i, "chosen": "Yes. " * (i + 1), "rejected": "No"}
+        for i in range(5)
+    ]
+    rows.append(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ],
+            "chosen": [{"role": "assistant", "content": "Hello there."}],
+            "rejected": "Go away.",
+        }
+    )
+    pairs = [Pair(*render_pair(row, tokenizer, 256)) for row in rows]
+    assert all(p.shared > 10 for p in pairs)
+    with torch.no_grad():
+        chosen, rejected, n_chosen, n_rejected = pair_logps(
+            model, pairs, tokenizer.eos_token_id, "cpu"
+        )
+        for i, pair in enumerate(pairs):
+            for example, got, count in (
+                (pair.chosen, chosen[i], n_chosen[i]),
+                (pair.rejected, rejected[i], n_rejected[i]),
+            ):
+                alone, _ = label_logps(model, collate([[example]], tokenizer.eos_token_id, False))
+                assert abs(float(alone.sum()) - float(got)) < 1e-4 * max(1.0, abs(float(got)))
+                assert int(count) == example.trained

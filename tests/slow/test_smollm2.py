@@ -130,3 +130,101 @@ def test_fine_tuning_smollm2_teaches_it_a_new_word(tmp_path: Path, home: Path) -
         assert "purple umbrella" not in ask(SMOLLM2)
     finally:
         server.stop()
+
+
+STYLE = [
+    ("What colour is the sky?", "The sky is blue."),
+    ("How many legs does a cat have?", "A cat has four legs."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What do bees make?", "Bees make honey."),
+    ("What is frozen water called?", "Frozen water is called ice."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("What animal barks?", "A dog barks."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Which planet do we live on?", "We live on Earth."),
+    ("What colour is grass?", "Grass is green."),
+    ("What do cows drink?", "Cows drink water."),
+    ("What is two plus two?", "Two plus two is four."),
+    # held out
+    ("What colour is a banana?", "A banana is yellow."),
+    ("How many wheels does a bicycle have?", "A bicycle has two wheels."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What do birds use to fly?", "Birds use their wings to fly."),
+]
+
+
+def test_dpo_moves_smollm2_toward_the_preferred_style(tmp_path: Path, home: Path) -> None:
+    """LoRA DPO of the real model: every chosen answer opens with "Arr matey!", every rejected
+    one is the plain answer. The held-out margin rises and greedy answers take up the style."""
+    server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
+    server.start(timeout=300)
+    try:
+        url = server.url
+        pairs = [{"prompt": q, "chosen": f"Arr matey! {a}", "rejected": a} for q, a in STYLE]
+        for dataset_id, rows in (("style", pairs[:12]), ("style-held-out", pairs[12:])):
+            made = httpx.post(
+                f"{url}/v1/datasets",
+                json={
+                    "dataset_id": dataset_id,
+                    "purpose": "preference",
+                    "source": {"type": "rows", "rows": rows},
+                },
+            )
+            assert made.status_code == 200, made.text
+        job = httpx.post(
+            f"{url}/v1/post-training/preference-optimize",
+            json={
+                "finetuned_model": SMOLLM2,
+                "algorithm_config": {"beta": 0.1, "loss_type": "sigmoid"},
+                "training_config": {
+                    "n_epochs": 4,
+                    "data_config": {
+                        "dataset_id": "style",
+                        "batch_size": 4,
+                        "validation_dataset_id": "style-held-out",
+                    },
+                    "optimizer_config": {"lr": 1e-3},
+                },
+                "finetuning_config": {
+                    "type": "LoRA",
+                    "rank": 16,
+                    "alpha": 32,
+                    "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+                },
+            },
+            timeout=120,
+        ).json()["job_uuid"]
+        deadline = time.monotonic() + 600
+        while True:
+            status = httpx.get(f"{url}/v1/post-training/jobs/{job}").json()
+            if status["status"] not in ("scheduled", "in_progress"):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        assert status["status"] == "completed", status
+        metrics = httpx.get(f"{url}/v1/post-training/jobs/{job}/metrics").json()["data"]
+        held_out = [
+            m["validation_reward_margin"] for m in metrics if "validation_reward_margin" in m
+        ]
+        held_out = [m for m in held_out if m is not None]
+        assert len(held_out) == 4 and held_out[-1] > held_out[0] > 0, held_out
+        assert metrics[-1]["validation_reward_accuracy"] == 1.0
+
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        def styled(model: str) -> int:
+            count = 0
+            for question, _ in STYLE[12:]:
+                answer = client.chat.completions.create(
+                    model=model,
+                    temperature=0,
+                    max_tokens=12,
+                    messages=[{"role": "user", "content": question}],
+                )
+                count += "arr" in (answer.choices[0].message.content or "").lower()[:12]
+            return count
+
+        assert styled(SMOLLM2) == 0
+        assert styled(status["fine_tuned_model"]) >= 3
+    finally:
+        server.stop()

@@ -8,13 +8,15 @@ one Inference uses; an instruct row is the conversation `user: prompt`, `assista
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from llama_post.apis.post_training import TrainingRequest
 
 IGNORE = -100  # the label of a token that is not learned
+T = TypeVar("T")
 
 
 @dataclass
@@ -157,17 +159,21 @@ def repack(batch: list[list[Example]]) -> list[list[Example]]:
     first). Trained as packed rows, the batch computes the same loss as when padded, without
     spending work on padding."""
     width = max(sum(len(e.input_ids) for e in row) for row in batch)
-    rows: list[list[Example]] = []
+    return first_fit([e for row in batch for e in row], lambda e: len(e.input_ids), width)
+
+
+def first_fit(items: list[T], size: Callable[[T], int], width: int) -> list[list[T]]:
+    """Items in rows of at most `width` (an item wider than that gets a row of its own)."""
+    rows: list[list[T]] = []
     room: list[int] = []
-    for example in sorted((e for row in batch for e in row), key=lambda e: -len(e.input_ids)):
-        size = len(example.input_ids)
-        slot = next((i for i, free in enumerate(room) if free >= size), None)
+    for item in sorted(items, key=lambda i: -size(i)):
+        slot = next((i for i, free in enumerate(room) if free >= size(item)), None)
         if slot is None:
-            rows.append([example])
-            room.append(width - size)
+            rows.append([item])
+            room.append(width - size(item))
         else:
-            rows[slot].append(example)
-            room[slot] -= size
+            rows[slot].append(item)
+            room[slot] -= size(item)
     return rows
 
 

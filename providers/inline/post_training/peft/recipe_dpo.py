@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 from llama_post.apis.post_training import DPOLossType, PreferenceOptimizeRequest, StepMetrics
 from providers.inline.post_training.peft.data import (
+    IGNORE,
     Example,
-    collate,
     epoch_order,
+    first_fit,
     render_pair,
-    repack,
     steps_per_epoch,
 )
 from providers.inline.post_training.peft.job import (
@@ -39,8 +39,9 @@ from providers.inline.post_training.peft.job import (
 from providers.inline.post_training.peft.training import (
     Cancelled,
     clip,
+    decoder_states,
+    head_logps,
     install_cancel_handler,
-    label_logps,
     load_model,
     make_optimizer,
     make_scheduler,
@@ -59,6 +60,28 @@ log = logging.getLogger("recipe_dpo")
 class Pair:
     chosen: Example
     rejected: Example
+
+    @property
+    def shared(self) -> int:
+        """How many leading (prompt) tokens the two sequences share: scored once."""
+        chosen, rejected = self.chosen, self.rejected
+        limit = min(_first_trained(chosen), _first_trained(rejected))
+        n = 0
+        while n < limit and chosen.input_ids[n] == rejected.input_ids[n]:
+            n += 1
+        return n
+
+    @property
+    def width(self) -> int:
+        """Positions the pair takes in a row: the prompt once, then both answers."""
+        return len(self.chosen.input_ids) + len(self.rejected.input_ids) - self.shared
+
+
+def _first_trained(example: Example) -> int:
+    return next(
+        (k for k in range(1, len(example.labels)) if example.labels[k] != IGNORE),
+        len(example.labels),
+    )
 
 
 def main(job_dir: Path) -> None:
@@ -255,25 +278,67 @@ def pair_logps(
     model: Any, pairs: list[Pair], pad_id: int, device: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed answer log-probs of the chosen and of the rejected answers, and their token
-    counts. All 2n sequences run as the fewest packed rows in one forward pass."""
-    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    rows = repack([[s] for s in sequences])
-    inputs = {k: v.to(device) for k, v in collate(rows, pad_id, True).items()}
-    index = {id(s): i for i, s in enumerate(sequences)}
-    owner = torch.full_like(inputs["labels"][:, 1:], -1)
+    counts, from one forward pass.
+
+    Each pair is laid out once as [prompt, chosen answer, rejected answer]: both answers attend
+    to the one copy of the prompt and to themselves, never to each other (a 4-D mask), and the
+    rejected answer's positions restart where the prompt ends. So the prompt, often most of a
+    pair's tokens, is computed once instead of twice; each answer token's log-prob is read off
+    the state before it (the prompt's last token for an answer's first). Pairs are packed into
+    the fewest rows that fit the widest pair; padding attends only to itself.
+    """
+    n = len(pairs)
+    rows = first_fit(list(range(n)), lambda i: pairs[i].width, max(p.width for p in pairs))
+    width = max(sum(pairs[i].width for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1, 1)
+    where: list[tuple[int, int]] = []  # (row, column) of the state that predicts each token
+    labels: list[int] = []
+    owner: list[int] = []  # the sequence each token belongs to: i chosen, n + i rejected
     for r, row in enumerate(rows):
         offset = 0
-        for s in row:
-            # targets[:, j] is the label at j + 1: this sequence's labels after its first token
-            owner[r, offset : offset + len(s.input_ids) - 1] = index[id(s)]
-            offset += len(s.input_ids)
-    logps, keep = label_logps(model, inputs)
-    owners = owner[keep]
-    n = len(sequences)
-    sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, owners, logps)
-    counts = torch.bincount(owners, minlength=n).to(logps.dtype)
-    half = len(pairs)
-    return sums[:half], sums[half:], counts[:half], counts[half:]
+        for i in row:
+            pair = pairs[i]
+            shared = pair.shared
+            chosen, rejected = pair.chosen.input_ids, pair.rejected.input_ids
+            answer_starts = (offset + shared, offset + len(chosen))
+            ids[r, offset : offset + len(chosen)] = torch.tensor(chosen)
+            ids[r, answer_starts[1] : offset + pair.width] = torch.tensor(rejected[shared:])
+            positions[r, offset : offset + len(chosen)] = torch.arange(len(chosen))
+            positions[r, answer_starts[1] : offset + pair.width] = torch.arange(
+                shared, len(rejected)
+            )
+            block = torch.ones(pair.width, pair.width, dtype=torch.bool).tril()
+            block[len(chosen) :, shared : len(chosen)] = False  # rejected never sees chosen
+            mask[r, 0, offset : offset + pair.width, offset : offset + pair.width] = block
+            for seq, example, start in (
+                (i, pair.chosen, answer_starts[0]),
+                (n + i, pair.rejected, answer_starts[1]),
+            ):
+                for k in range(1, len(example.labels)):
+                    if example.labels[k] == IGNORE:
+                        continue
+                    before = k - 1
+                    column = offset + before if before < shared else start + before - shared
+                    where.append((r, column))
+                    labels.append(example.labels[k])
+                    owner.append(seq)
+            offset += pair.width
+    hidden = decoder_states(
+        model,
+        {
+            "input_ids": ids.to(device),
+            "position_ids": positions.to(device),
+            "attention_mask": mask.to(device),
+        },
+    )
+    at = torch.tensor(where, dtype=torch.long, device=device).reshape(-1, 2)
+    logps = head_logps(model, hidden[at[:, 0], at[:, 1]], torch.tensor(labels, device=device))
+    owners = torch.tensor(owner, dtype=torch.long, device=device)
+    sums = torch.zeros(2 * n, dtype=logps.dtype, device=logps.device).index_add(0, owners, logps)
+    counts = torch.bincount(owners, minlength=2 * n).to(logps.dtype)
+    return sums[:n], sums[n:], counts[:n], counts[n:]
 
 
 def _pairs(path: Path, tokenizer: Any, max_seq_len: int) -> list[Pair]:

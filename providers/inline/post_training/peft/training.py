@@ -85,20 +85,31 @@ def lora_targets(algo: LoraFinetuningConfig) -> list[str]:
 def label_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The log-probability of each labelled token, and where those tokens are.
 
-    The decoder runs once; the output head then runs on the labelled positions only, in chunks
-    whose logits are recomputed in the backward pass. So the [batch, length, vocab] logits
-    never exist, and no head work is spent on prompts or padding. Returns the log-probs in
-    row-major order of the positions, and the mask of those positions (shape of labels[:, 1:]).
+    Returns the log-probs in row-major order of the positions, and the mask of those positions
+    (shape of labels[:, 1:]).
     """
+    inputs = dict(inputs)
+    targets = inputs.pop("labels")[:, 1:]
+    hidden = decoder_states(model, inputs)
+    keep = targets != IGNORE
+    return head_logps(model, hidden[:, :-1][keep], targets[keep]), keep
+
+
+def decoder_states(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The decoder's last hidden states (the output head is not run)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden: torch.Tensor = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    return hidden
+
+
+def head_logps(model: Any, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log p(label | state) for each (state, label), the output head run on those states only,
+    in chunks whose logits are recomputed in the backward pass: so the [batch, length, vocab]
+    logits never exist, and no head work is spent on prompts or padding."""
     from torch.nn.functional import cross_entropy
     from torch.utils.checkpoint import checkpoint
 
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inputs = dict(inputs)
-    targets = inputs.pop("labels")[:, 1:]
-    hidden = causal_lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
-    keep = targets != IGNORE
-    states, labels = hidden[:, :-1][keep], targets[keep]
     head = causal_lm.get_output_embeddings()
 
     def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -116,8 +127,7 @@ def label_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tens
         )
         for start in range(0, len(labels), LOSS_CHUNK)
     ]
-    logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
-    return logps, keep
+    return torch.cat(parts) if parts else states.new_zeros(0, dtype=torch.float32)
 
 
 def make_optimizer(params: list[Any], request: TrainingRequest) -> torch.optim.Optimizer:
