@@ -25,3 +25,23 @@ def build_request(route: Route, data: Any) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError.from_pydantic(exc.errors()) from None
+
+
+def carried_arguments(route: Route, data: Any) -> dict[str, str]:
+    """Take the ids a route reads from the query or body (`?job_uuid=...`) out of `data`."""
+    found: dict[str, str] = {}
+    for name in route.carried_params:
+        value = data.pop(name, None) if isinstance(data, dict) else None
+        if not isinstance(value, str) or not value:
+            raise RequestValidationError(
+                f"Invalid request: {name}: a non-empty string is required", param=name
+            )
+        found[name] = value
+    if route.request_model is None and isinstance(data, dict) and data:
+        extra = sorted(data)[0]
+        raise RequestValidationError(
+            f"Invalid request: {extra}: unexpected field; this route takes "
+            f"{', '.join(route.carried_params)}",
+            param=extra,
+        )
+    return found

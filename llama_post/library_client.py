@@ -62,7 +62,7 @@ class ApiProxy:
 def _arguments(route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     bound: dict[str, Any] = {}
     positional = list(args)
-    for name in route.path_params:
+    for name in route.path_params + route.carried_params:
         if name in kwargs:
             bound[name] = str(kwargs.pop(name))
         elif positional:
@@ -71,9 +71,8 @@ def _arguments(route: Route, args: tuple[Any, ...], kwargs: dict[str, Any]) -> d
             raise TypeError(f"{route.name}() needs {name}")
     if route.request_model is None:
         if positional or kwargs:
-            raise TypeError(
-                f"{route.name}() takes only {', '.join(route.path_params) or 'nothing'}"
-            )
+            ids = route.path_params + route.carried_params
+            raise TypeError(f"{route.name}() takes only {', '.join(ids) or 'nothing'}")
         return bound
     if len(positional) > 1:
         raise TypeError(f"{route.name}() takes one request after its path parameters")

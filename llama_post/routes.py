@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from llama_post.schema import FileContent, MultipartRequest, webmethods_of
+from llama_post.schema import FileContent, MultipartRequest, WebMethod, webmethods_of
 
 RequestKind = Literal["none", "json", "query", "multipart"]
 ResponseKind = Literal["json", "sse", "json_or_sse", "binary"]
@@ -32,14 +32,20 @@ class Route:
     method: str
     path: str  # Starlette form: `/v1/models/{model_id:path}`
     path_params: tuple[str, ...]
+    carried_params: tuple[str, ...]  # `str` arguments sent in the query (GET) or JSON body
     request_model: type[BaseModel] | None
     request_kind: RequestKind
     response_model: type[BaseModel] | None  # for `sse`, the model of one event
     stream_model: type[BaseModel] | None  # for `json_or_sse`, the model of one event
     response_kind: ResponseKind
-    tags: tuple[str, ...]
+    compat: str | None  # the foreign client family the route serves
+    alias: bool  # a further route of a method that has one already
     summary: str
     description: str
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (self.compat or self.api,)
 
     @property
     def openapi_path(self) -> str:
@@ -47,11 +53,14 @@ class Route:
 
     @property
     def operation_id(self) -> str:
-        return self.name if self.primary else f"{self.name}_{self.method.lower()}_alias"
+        if not self.alias:
+            return self.name
+        return f"{self.name}_{re.sub(r'[^a-z0-9]+', '_', (self.compat or 'alias').lower())}"
 
     @property
     def primary(self) -> bool:
-        return "compat" not in self.tags
+        """The method's own route: the one the library client and native clients use."""
+        return not self.alias
 
 
 class RouteError(TypeError):
@@ -61,23 +70,26 @@ class RouteError(TypeError):
 def compile_routes(protocols: Iterable[tuple[str, type]]) -> list[Route]:
     routes: list[Route] = []
     seen: dict[tuple[str, str], str] = {}
+    operations: set[str] = set()
     for api, protocol in protocols:
         for name, fn in vars(protocol).items():  # in the order they are written
             if not inspect.isfunction(fn):
                 continue
-            for declared in webmethods_of(fn):
-                route = _compile_one(api, name, fn, declared.route, declared.method, declared.tags)
+            for i, declared in enumerate(webmethods_of(fn)):
+                route = _compile_one(api, name, fn, declared, alias=i > 0)
                 key = (route.method, route.openapi_path)
                 if key in seen:
                     raise RouteError(f"{route.method} {route.path} is declared by {seen[key]} too")
+                if route.operation_id in operations:
+                    raise RouteError(f"{api}.{name}: two aliases for {route.compat!r}")
                 seen[key] = f"{api}.{name}"
+                operations.add(route.operation_id)
                 routes.append(route)
     return routes
 
 
-def _compile_one(
-    api: str, name: str, fn: object, path: str, method: str, tags: tuple[str, ...]
-) -> Route:
+def _compile_one(api: str, name: str, fn: object, declared: WebMethod, alias: bool) -> Route:
+    path, method = declared.route, declared.method
     where = f"{api}.{name} ({method} {path})"
     hints = typing.get_type_hints(fn)
     params = [p for p in inspect.signature(fn).parameters if p != "self"]  # type: ignore[arg-type]
@@ -85,14 +97,21 @@ def _compile_one(
     for p in path_params:
         if p not in params or hints.get(p) is not str:
             raise RouteError(f"{where}: path parameter {p!r} must be a `str` argument")
-    rest = [p for p in params if p not in path_params]
-    if rest not in ([], ["request"]):
-        raise RouteError(
-            f"{where}: besides path parameters, only one `request` argument is allowed"
-        )
+    carried = tuple(p for p in params if p not in path_params and p != "request")
+    for p in carried:
+        if hints.get(p) is not str:
+            raise RouteError(
+                f"{where}: {p!r} is neither in the path nor a `str` for the query or body; "
+                "besides ids, only one `request` argument is allowed"
+            )
+    rest = [p for p in params if p not in path_params and p not in carried]
+    if carried and rest and method not in ("GET", "DELETE"):
+        raise RouteError(f"{where}: ids in the body and a `request` model cannot be mixed")
 
     request_model: type[BaseModel] | None = None
     request_kind: RequestKind = "none"
+    if carried:
+        request_kind = "query" if method in ("GET", "DELETE") else "json"
     if rest:
         request_model = hints["request"]
         if not (isinstance(request_model, type) and issubclass(request_model, BaseModel)):
@@ -113,12 +132,14 @@ def _compile_one(
         method=method,
         path=path,
         path_params=path_params,
+        carried_params=carried,
         request_model=request_model,
         request_kind=request_kind,
         response_model=response_model,
         stream_model=stream_model,
         response_kind=response_kind,
-        tags=tags or (api,),
+        compat=declared.compat,
+        alias=alias,
         summary=summary.strip(),
         description=description.strip(),
     )

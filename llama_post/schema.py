@@ -5,6 +5,8 @@ touches the function or its signature. Stack it to give one method several route
 aliases). Everything else is read from the method's type hints by `llama_post.routes`:
 
 - path parameters are the `{names}` in the route (`{model_id:path}` lets an id contain `/`);
+  a `str` argument the route does not name comes from the query string (GET, DELETE) or the
+  JSON body (POST), as older clients send ids (`/job/status?job_uuid=...`);
 - the one `request` parameter is a pydantic model: the JSON body, the query string for GET and
   DELETE, or a multipart form when it subclasses `MultipartRequest`;
 - the return type is a pydantic model (JSON), `AsyncIterator[Model]` (a stream, served as
@@ -22,16 +24,27 @@ from pydantic import BaseModel, ConfigDict, WithJsonSchema
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# The foreign client families a route may be declared for (`@webmethod(compat=...)`).
+OPENAI_FINE_TUNING = "openai-fine-tuning"  # the openai SDK's `client.fine_tuning.jobs`
+V0_2 = "llama-stack-v0.2"  # llama-stack-client 0.2.x: ids in the query or body, /v1/openai/v1
+V0_7 = "llama-stack-v0.7"  # llama-stack-client 0.7.0: /v1alpha post-training, /v1beta datasets
+
+
 @dataclass(frozen=True)
 class WebMethod:
     route: str
     method: str
-    tags: tuple[str, ...] = ()
+    compat: str | None = None
 
 
-def webmethod(*, route: str, method: str, tags: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Declare that the decorated Protocol method is served at `method route`."""
-    declared = WebMethod(route=route, method=method.upper(), tags=tags)
+def webmethod(*, route: str, method: str, compat: str | None = None) -> Callable[[F], F]:
+    """Declare that the decorated Protocol method is served at `method route`.
+
+    `compat` names the foreign client family the route is for (`openai`, `llama-stack-v0.2`):
+    the route is tagged with it in the spec, and answers a state conflict with 400 rather than
+    409, which those SDKs retry.
+    """
+    declared = WebMethod(route=route, method=method.upper(), compat=compat)
 
     def mark(fn: F) -> F:
         fn.__dict__.setdefault("__webmethods__", []).append(declared)

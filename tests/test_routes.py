@@ -9,8 +9,9 @@ import pytest
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
+from llama_post.errors import ConflictError
 from llama_post.library_client import ApiProxy
-from llama_post.openapi.generator import build_spec
+from llama_post.openapi.generator import COMPAT_NOTE, build_spec
 from llama_post.routes import Route, RouteError, all_routes, compile_routes
 from llama_post.schema import StrictModel, webmethod
 from llama_post.server.app import create_app
@@ -28,7 +29,7 @@ class Echoed(BaseModel):
 
 class Echo(Protocol):
     @webmethod(route="/v1/echo/{name}", method="POST")
-    @webmethod(route="/v1/legacy/echo/{name}", method="POST", tags=("compat",))
+    @webmethod(route="/v1/legacy/echo/{name}", method="POST", compat="legacy")
     async def echo(self, name: str, request: EchoRequest) -> Echoed:
         """Say it back."""
         ...
@@ -39,7 +40,15 @@ class Echo(Protocol):
         ...
 
     @webmethod(route="/v1/things/{thing_id:path}", method="GET")
+    @webmethod(route="/v1/thing", method="GET", compat="legacy")
+    @webmethod(route="/v1/thing/show", method="POST", compat="older")
     async def get_thing(self, thing_id: str) -> Echoed: ...
+
+    @webmethod(route="/v1/things/{thing_id}/lock", method="POST")
+    @webmethod(route="/v1/legacy/things/{thing_id}/lock", method="POST", compat="legacy")
+    async def lock(self, thing_id: str) -> Echoed:
+        """Lock a thing; it is always locked already."""
+        ...
 
 
 class InMemoryEcho:
@@ -55,6 +64,9 @@ class InMemoryEcho:
 
     async def get_thing(self, thing_id: str) -> Echoed:
         return Echoed(name=thing_id, text="")
+
+    async def lock(self, thing_id: str) -> Echoed:
+        raise ConflictError(f"{thing_id} is locked already", param="thing_id")
 
 
 class EchoStack:
@@ -96,6 +108,54 @@ def test_path_ids_may_contain_slashes(client: TestClient) -> None:
     assert client.get("/v1/things/org/model-1").json()["name"] == "org/model-1"
 
 
+def test_aliases_may_take_ids_from_the_query_or_the_body(client: TestClient) -> None:
+    assert client.get("/v1/thing", params={"thing_id": "a/b"}).json()["name"] == "a/b"
+    assert client.post("/v1/thing/show", json={"thing_id": "c"}).json()["name"] == "c"
+    missing = client.get("/v1/thing")
+    assert missing.status_code == 422 and missing.json()["error"]["param"] == "thing_id"
+    extra = client.post("/v1/thing/show", json={"thing_id": "c", "other": 1})
+    assert extra.status_code == 422 and extra.json()["error"]["param"] == "other"
+
+    spec = build_spec(compile_routes([("echo", Echo)]))
+    query = spec["paths"]["/v1/thing"]["get"]
+    assert query["parameters"][0]["name"] == "thing_id" and query["tags"] == ["legacy"]
+    body = spec["paths"]["/v1/thing/show"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["required"] == ["thing_id"]
+    assert query["operationId"] == "get_thing_legacy"
+    assert {"name": "legacy", "description": COMPAT_NOTE.format(family="legacy")} in spec["tags"]
+
+
+def test_a_state_conflict_is_a_400_for_foreign_clients(client: TestClient) -> None:
+    """Foreign SDKs (OpenAI's, llama-stack-client) retry a 409, so their routes answer 400."""
+    native = client.post("/v1/things/x/lock")
+    assert native.status_code == 409
+    legacy = client.post("/v1/legacy/things/x/lock")
+    assert legacy.status_code == 400
+    assert legacy.json()["error"]["message"] == native.json()["error"]["message"]
+    assert legacy.json()["error"]["param"] == "thing_id"
+
+
+@pytest.mark.parametrize(
+    ("agent", "done"),
+    [
+        ("OpenAI/Python 3.54.0", True),
+        ("LlamaStackClient/Python 0.7.0", True),
+        ("LlamaStackClient/Python 0.2.23", False),
+        ("AsyncLlamaStackClient/Python 0.2.23", False),
+        ("curl/8.0", True),
+    ],
+)
+def test_streams_end_with_done_unless_the_client_cannot_parse_it(
+    client: TestClient, agent: str, done: bool
+) -> None:
+    with client.stream(
+        "POST", "/v1/echo-stream", json={"text": "x"}, headers={"user-agent": agent}
+    ) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert (lines[-1] == "data: [DONE]") is done
+    assert lines[0] == 'data: {"name":"0","text":"x"}'
+
+
 def test_the_spec_and_library_come_from_the_same_table() -> None:
     stack = EchoStack()
     spec = build_spec(stack.routes)
@@ -104,6 +164,10 @@ def test_the_spec_and_library_come_from_the_same_table() -> None:
         "/v1/legacy/echo/{name}",
         "/v1/echo-stream",
         "/v1/things/{thing_id}",
+        "/v1/thing",
+        "/v1/thing/show",
+        "/v1/things/{thing_id}/lock",
+        "/v1/legacy/things/{thing_id}/lock",
     }
     assert (
         "text/event-stream"

@@ -13,6 +13,10 @@ from llama_post.version import __version__
 
 REF = "#/components/schemas/{model}"
 Refs = dict[tuple[Any, str], dict[str, Any]]  # (model, mode) -> its $ref
+COMPAT_NOTE = (
+    "Compatibility routes for existing {family} clients, over the same implementation as the "
+    "native routes. A state conflict is answered with 400 here, since those SDKs retry a 409."
+)
 ERRORS = {
     "400": "The request is wrong: the message names the field, row or value.",
     "404": "No such resource.",
@@ -28,7 +32,11 @@ def build_spec(routes: list[Route]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, refs)
-    tags = sorted({t for r in routes for t in r.tags})
+    compat = {r.compat for r in routes if r.compat}
+    tags = [
+        {"name": t} | ({"description": COMPAT_NOTE.format(family=t)} if t in compat else {})
+        for t in sorted({t for r in routes for t in r.tags})
+    ]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -37,7 +45,7 @@ def build_spec(routes: list[Route]) -> dict[str, Any]:
             "description": "Self-hosted post-training: files, datasets, fine-tuning and inference.",
         },
         "servers": [{"url": "http://127.0.0.1:8321"}],
-        "tags": [{"name": t} for t in tags],
+        "tags": tags,
         "paths": paths,
         "components": {
             "schemas": schemas,
@@ -84,7 +92,27 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
         {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
         for p in route.path_params
     ]
+    carried = {"type": "string", "minLength": 1}
     model = route.request_model
+    if route.request_kind == "query":
+        params += [
+            {"name": p, "in": "query", "required": True, "schema": carried}
+            for p in route.carried_params
+        ]
+    elif route.carried_params:  # ids in a JSON body, no request model
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {p: carried for p in route.carried_params},
+                        "required": list(route.carried_params),
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
     if model is not None and route.request_kind == "query":
         params += _query_params(model)
     elif model is not None:

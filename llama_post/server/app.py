@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,9 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llama_post.codec import build_request
+from llama_post.codec import build_request, carried_arguments
 from llama_post.distribution.stack import Stack
 from llama_post.errors import (
+    ConflictError,
     ErrorBody,
     ErrorResponse,
     InvalidRequestError,
@@ -65,7 +67,12 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
     async def endpoint(request: Request) -> Response:
         try:
             return await handle(request)
-        except LlamaPostError:
+        except LlamaPostError as exc:
+            if route.compat and exc.status == ConflictError.status:
+                # Foreign SDKs retry a 409; for them a forbidding state is a plain bad request.
+                return error_response(
+                    InvalidRequestError(exc.message, param=exc.param, details=exc.details)
+                )
             raise
         except Exception:
             log.exception("%s %s raised", request.method, request.url.path)
@@ -83,13 +90,15 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
         elif route.request_kind == "query":
             data = dict(request.query_params)
         try:
+            if route.carried_params:
+                kwargs.update(carried_arguments(route, data))
             if route.request_model is not None:
                 kwargs["request"] = build_request(route, data)
             result = await call(**kwargs)
         finally:
             if form is not None:
                 await form.close()
-        return _respond(route, result)
+        return _respond(route, result, done_marker=_reads_done_marker(request))
 
     return endpoint
 
@@ -130,7 +139,21 @@ async def _read_form(request: Request) -> tuple[Any, dict[str, Any]]:
     return form, data
 
 
-def _respond(route: Route, result: Any) -> Response:
+def _reads_done_marker(request: Request) -> bool:
+    """Whether the client's SSE parser takes OpenAI's closing `data: [DONE]`.
+
+    llama-stack-client before 0.7 parses every `data:` line as JSON and fails on it.
+    """
+    agent = _STAINLESS_AGENT.match(request.headers.get("user-agent", ""))
+    if agent is None or agent.group(1) != "LlamaStackClient":
+        return True
+    return (int(agent.group(2)), int(agent.group(3))) >= (0, 7)
+
+
+_STAINLESS_AGENT = re.compile(r"(?:Async)?(\w+)/Python (\d+)\.(\d+)")
+
+
+def _respond(route: Route, result: Any, done_marker: bool = True) -> Response:
     if route.response_kind == "binary":
         assert isinstance(result, FileContent)
         headers = {}
@@ -142,12 +165,15 @@ def _respond(route: Route, result: Any) -> Response:
     if isinstance(result, BaseModel):
         return Response(result.model_dump_json(), media_type="application/json")
     return StreamingResponse(
-        _sse(result), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+        _sse(result, done_marker),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache"},
     )
 
 
-async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
-    """Each event as a `data:` line; then `data: [DONE]`, as OpenAI's streams end.
+async def _sse(events: AsyncIterator[BaseModel], done_marker: bool = True) -> AsyncIterator[str]:
+    """Each event as a `data:` line; then `data: [DONE]`, as OpenAI's streams end (unless the
+    client cannot parse it).
 
     An error after the stream has begun arrives as a `data:` line holding `{"error": ...}`, which
     OpenAI's SDKs raise as an API error.
@@ -161,7 +187,8 @@ async def _sse(events: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
         log.exception("stream failed")
         body = ErrorResponse(error=LlamaPostError("internal error").to_body())
         yield f"data: {body.model_dump_json()}\n\n"
-    yield "data: [DONE]\n\n"
+    if done_marker:
+        yield "data: [DONE]\n\n"
 
 
 def _attachment(filename: str) -> str:

@@ -12,13 +12,14 @@ from llama_post.apis.datasets.models import (
     RegisterDatasetRequest,
     UnregisterDatasetResponse,
 )
-from llama_post.schema import webmethod
+from llama_post.schema import V0_7, webmethod
 
 
 class Datasets(Protocol):
     """Datasets for post-training, with rows validated against their purpose's schema."""
 
     @webmethod(route="/v1/datasets", method="POST")
+    @webmethod(route="/v1beta/datasets", method="POST", compat=V0_7)
     async def register_dataset(self, request: RegisterDatasetRequest) -> Dataset:
         """Register a dataset from an uploaded file, a local file or inline rows.
 
@@ -27,26 +28,31 @@ class Datasets(Protocol):
         ...
 
     @webmethod(route="/v1/datasets", method="GET")
+    @webmethod(route="/v1beta/datasets", method="GET", compat=V0_7)
     async def list_datasets(self) -> ListDatasetsResponse:
         """List registered datasets."""
         ...
 
     @webmethod(route="/v1/datasets/{dataset_id}", method="GET")
+    @webmethod(route="/v1beta/datasets/{dataset_id}", method="GET", compat=V0_7)
     async def get_dataset(self, dataset_id: str) -> Dataset:
         """Get one dataset."""
         ...
 
     @webmethod(route="/v1/datasets/{dataset_id}", method="DELETE")
+    @webmethod(route="/v1beta/datasets/{dataset_id}", method="DELETE", compat=V0_7)
     async def unregister_dataset(self, dataset_id: str) -> UnregisterDatasetResponse:
         """Unregister a dataset and delete its stored rows."""
         ...
 
     @webmethod(route="/v1/datasetio/iterrows/{dataset_id}", method="GET")
+    @webmethod(route="/v1beta/datasetio/iterrows/{dataset_id}", method="GET", compat=V0_7)
     async def iterrows(self, dataset_id: str, request: IterRowsRequest) -> IterRowsResponse:
         """Read a page of rows, from `start_index`."""
         ...
 
     @webmethod(route="/v1/datasetio/append-rows/{dataset_id}", method="POST")
+    @webmethod(route="/v1beta/datasetio/append-rows/{dataset_id}", method="POST", compat=V0_7)
     async def append_rows(self, dataset_id: str, request: AppendRowsRequest) -> AppendRowsResponse:
         """Append rows, validated like registration; all are appended or none."""
         ...

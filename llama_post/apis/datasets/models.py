@@ -105,7 +105,14 @@ class UnregisterDatasetResponse(BaseModel):
 
 class IterRowsRequest(StrictModel):
     start_index: int = Field(0, ge=0)
-    limit: int = Field(100, ge=1, le=10000)
+    limit: int = Field(100, ge=-1, le=10000, description="Rows per page; -1: all the rest.")
+
+    @field_validator("limit")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("limit must be at least 1, or -1 for all the rows")
+        return value
 
 
 class IterRowsResponse(BaseModel):
@@ -116,6 +123,9 @@ class IterRowsResponse(BaseModel):
 
 class AppendRowsRequest(StrictModel):
     rows: list[Row] = Field(min_length=1)
+    dataset_id: str | None = Field(
+        None, description="If given (llama-stack-client 0.7 sends it), the path's id."
+    )
 
 
 class AppendRowsResponse(BaseModel):

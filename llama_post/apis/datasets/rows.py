@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,12 +36,31 @@ class DialogRow(BaseModel):
 
 
 class PreferenceRow(BaseModel):
+    """A prompt (`prompt` or `messages`) and two answers. OpenAI's DPO rows (`input.messages`,
+    `preferred_output`, `non_preferred_output`) are read as `messages`, `chosen`, `rejected`."""
+
     model_config = ConfigDict(extra="allow")
 
     prompt: str | None = None
     messages: list[Message] | None = Field(None, min_length=1)
     chosen: str | list[Message]
     rejected: str | list[Message]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_shape(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "preferred_output" not in data:
+            return data
+        row = dict(data)
+        given = row.pop("input", None)
+        if isinstance(given, dict):
+            rest = {k: v for k, v in given.items() if k != "messages"}
+            row["messages"] = given.get("messages")
+            if rest:
+                row["input"] = rest  # tools and the like: kept, not used
+        row["chosen"] = row.pop("preferred_output")
+        row["rejected"] = row.pop("non_preferred_output", None)
+        return row
 
     @model_validator(mode="after")
     def _one_prompt(self) -> PreferenceRow:

@@ -16,13 +16,14 @@ from llama_post.apis.inference.models import (
     CompletionRequest,
 )
 from llama_post.apis.models import Model, ModelInfo, ModelSource
-from llama_post.schema import webmethod
+from llama_post.schema import V0_2, webmethod
 
 
 class Inference(Protocol):
     """Chat and text completions, OpenAI-compatible: its SDK works against these routes."""
 
     @webmethod(route="/v1/chat/completions", method="POST")
+    @webmethod(route="/v1/openai/v1/chat/completions", method="POST", compat=V0_2)
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
@@ -33,6 +34,7 @@ class Inference(Protocol):
         ...
 
     @webmethod(route="/v1/completions", method="POST")
+    @webmethod(route="/v1/openai/v1/completions", method="POST", compat=V0_2)
     async def completion(
         self, request: CompletionRequest
     ) -> Completion | AsyncIterator[Completion]:

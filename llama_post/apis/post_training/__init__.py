@@ -1,4 +1,9 @@
 from llama_post.apis.post_training.api import PostTraining
+from llama_post.apis.post_training.fine_tuning import (
+    CreateFineTuningJobRequest,
+    FineTuningJob,
+    OpenAIFineTuning,
+)
 from llama_post.apis.post_training.models import (
     AlgorithmConfig,
     Checkpoint,
@@ -33,10 +38,12 @@ from llama_post.apis.post_training.models import (
 __all__ = [
     "AlgorithmConfig",
     "Checkpoint",
+    "CreateFineTuningJobRequest",
     "DPOAlignmentConfig",
     "DPOLossType",
     "DataConfig",
     "EfficiencyConfig",
+    "FineTuningJob",
     "FullFinetuningConfig",
     "JobEvent",
     "JobLogsResponse",
@@ -46,6 +53,7 @@ __all__ = [
     "ListPostTrainingJobsResponse",
     "LoggerConfig",
     "LoraFinetuningConfig",
+    "OpenAIFineTuning",
     "OptimizerConfig",
     "PostTraining",
     "PostTrainingJob",

@@ -3,6 +3,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from llama_post.apis.post_training.fine_tuning import (
+    CreateFineTuningJobRequest,
+    FineTuningJob,
+    FineTuningJobCheckpointList,
+    FineTuningJobEventList,
+    FineTuningJobList,
+    PageRequest,
+)
 from llama_post.apis.post_training.models import (
     JobEvent,
     JobLogsResponse,
@@ -15,13 +23,14 @@ from llama_post.apis.post_training.models import (
     PreflightResponse,
     SupervisedFineTuneRequest,
 )
-from llama_post.schema import webmethod
+from llama_post.schema import OPENAI_FINE_TUNING, V0_2, V0_7, webmethod
 
 
 class PostTraining(Protocol):
     """Fine-tuning as durable jobs: queued, run in worker processes, resumable, cancellable."""
 
     @webmethod(route="/v1/post-training/supervised-fine-tune", method="POST")
+    @webmethod(route="/v1alpha/post-training/supervised-fine-tune", method="POST", compat=V0_7)
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
         """Start a supervised fine-tuning job (LoRA or full).
 
@@ -30,6 +39,7 @@ class PostTraining(Protocol):
         ...
 
     @webmethod(route="/v1/post-training/preference-optimize", method="POST")
+    @webmethod(route="/v1alpha/post-training/preference-optimize", method="POST", compat=V0_7)
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         """Start a preference optimization (DPO) job on a preference dataset.
 
@@ -43,21 +53,28 @@ class PostTraining(Protocol):
         ...
 
     @webmethod(route="/v1/post-training/jobs", method="GET")
+    @webmethod(route="/v1alpha/post-training/jobs", method="GET", compat=V0_7)
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
         """List jobs, oldest first."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}", method="GET")
+    @webmethod(route="/v1/post-training/job/status", method="GET", compat=V0_2)
+    @webmethod(route="/v1alpha/post-training/jobs/{job_uuid}/status", method="GET", compat=V0_7)
     async def get_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
         """A job's status, timestamps, progress and checkpoints."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/cancel", method="POST")
+    @webmethod(route="/v1/post-training/job/cancel", method="POST", compat=V0_2)
+    @webmethod(route="/v1alpha/post-training/jobs/{job_uuid}/cancel", method="POST", compat=V0_7)
     async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
         """Cancel a job; its worker stops within seconds."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/artifacts", method="GET")
+    @webmethod(route="/v1/post-training/job/artifacts", method="GET", compat=V0_2)
+    @webmethod(route="/v1alpha/post-training/jobs/{job_uuid}/artifacts", method="GET", compat=V0_7)
     async def get_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
         """A job's checkpoints: step, epoch, metrics, location and served model id."""
         ...
@@ -75,4 +92,58 @@ class PostTraining(Protocol):
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/events", method="GET")
     async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
         """Follow a job: its log lines, metrics and status as server-sent events, to its end."""
+        ...
+
+    # -- OpenAI's fine-tuning jobs, over the methods above (see `fine_tuning.py`) ---------------
+
+    @webmethod(route="/v1/fine_tuning/jobs", method="POST", compat=OPENAI_FINE_TUNING)
+    async def create_fine_tuning_job(self, request: CreateFineTuningJobRequest) -> FineTuningJob:
+        """Create a job the way OpenAI's API does, from uploaded files.
+
+        `method.type` supervised runs supervised fine-tuning, dpo runs DPO; LoRA unless
+        `algorithm_config` (an extra body key) says otherwise.
+        """
+        ...
+
+    @webmethod(route="/v1/fine_tuning/jobs", method="GET", compat=OPENAI_FINE_TUNING)
+    async def list_fine_tuning_jobs(self, request: PageRequest) -> FineTuningJobList:
+        """List jobs, newest first, a page at a time."""
+        ...
+
+    @webmethod(
+        route="/v1/fine_tuning/jobs/{fine_tuning_job_id}", method="GET", compat=OPENAI_FINE_TUNING
+    )
+    async def retrieve_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
+        """A job as OpenAI describes one: status, fine-tuned model, trained tokens, error."""
+        ...
+
+    @webmethod(
+        route="/v1/fine_tuning/jobs/{fine_tuning_job_id}/cancel",
+        method="POST",
+        compat=OPENAI_FINE_TUNING,
+    )
+    async def cancel_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
+        """Cancel a job; a job already finished is a 400."""
+        ...
+
+    @webmethod(
+        route="/v1/fine_tuning/jobs/{fine_tuning_job_id}/events",
+        method="GET",
+        compat=OPENAI_FINE_TUNING,
+    )
+    async def list_fine_tuning_events(
+        self, fine_tuning_job_id: str, request: PageRequest
+    ) -> FineTuningJobEventList:
+        """A job's events, newest first: creation, start, each step's metrics, checkpoints, end."""
+        ...
+
+    @webmethod(
+        route="/v1/fine_tuning/jobs/{fine_tuning_job_id}/checkpoints",
+        method="GET",
+        compat=OPENAI_FINE_TUNING,
+    )
+    async def list_fine_tuning_checkpoints(
+        self, fine_tuning_job_id: str, request: PageRequest
+    ) -> FineTuningJobCheckpointList:
+        """A job's checkpoints, newest first, with their step and losses."""
         ...

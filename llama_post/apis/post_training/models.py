@@ -90,18 +90,26 @@ AlgorithmConfig = Annotated[
 ]
 
 
-class SupervisedFineTuneRequest(StrictModel):
+class JobRequest(StrictModel):
+    """What every job request has besides its model, method and algorithm."""
+
     job_uuid: str | None = Field(None, pattern=JOB_UUID_PATTERN)
-    model: str
     training_config: TrainingConfig
-    algorithm_config: AlgorithmConfig
     checkpoint_dir: str | None = Field(
         None, description="A folder under the provider's checkpoint root; default: the job's own."
     )
     hyperparam_search_config: dict[str, JsonValue] | None = Field(
-        None, description="Not supported; must be null."
+        None, description="Not supported; must be null or empty."
     )
     logger_config: LoggerConfig | None = None
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=dict, max_length=16, description="Up to 16 labels, returned with the job."
+    )
+
+
+class SupervisedFineTuneRequest(JobRequest):
+    model: str
+    algorithm_config: AlgorithmConfig
 
     @model_validator(mode="before")
     @classmethod
@@ -141,29 +149,20 @@ class DPOAlignmentConfig(StrictModel):
     )
 
 
-class PreferenceOptimizeRequest(StrictModel):
+class PreferenceOptimizeRequest(JobRequest):
     """Direct preference optimization on a preference dataset (`prompt` or `messages`, then
     `chosen` and `rejected`). The reference is the starting model: its log-probabilities are
     computed once per pair before training, so no second copy of the weights is kept."""
 
-    job_uuid: str | None = Field(None, pattern=JOB_UUID_PATTERN)
     finetuned_model: str = Field(
         description="The model to start from and compare with: a registered base model or a "
         "fine-tuned checkpoint such as `ft/<job>` (SFT, then DPO)."
     )
     algorithm_config: DPOAlignmentConfig = DPOAlignmentConfig()
-    training_config: TrainingConfig
     finetuning_config: AlgorithmConfig = Field(
         default_factory=LoraFinetuningConfig,
         description="Train a LoRA adapter (the default) or every weight.",
     )
-    checkpoint_dir: str | None = Field(
-        None, description="A folder under the provider's checkpoint root; default: the job's own."
-    )
-    hyperparam_search_config: dict[str, JsonValue] | None = Field(
-        None, description="Not supported; must be null."
-    )
-    logger_config: LoggerConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -236,6 +235,7 @@ class PostTrainingJobStatusResponse(BaseModel):
     progress: JobProgress = JobProgress()
     error: str | None = None
     fine_tuned_model: str | None = None
+    metadata: dict[str, str] = {}
 
 
 class PostTrainingJobArtifactsResponse(BaseModel):

@@ -137,13 +137,18 @@ class LocalDatasets:
         row = self._existing(dataset_id)
         count, size = row["row_count"], row["byte_size"]
         start = min(request.start_index, count)
-        stop = min(start + request.limit, count)
+        stop = count if request.limit == -1 else min(start + request.limit, count)
         rows = await asyncio.to_thread(self._read_rows, self.data / dataset_id, start, stop, size)
         return IterRowsResponse(
             data=rows, has_more=stop < count, next_start_index=stop if stop < count else None
         )
 
     async def append_rows(self, dataset_id: str, request: AppendRowsRequest) -> AppendRowsResponse:
+        if request.dataset_id not in (None, dataset_id):
+            raise InvalidRequestError(
+                f"dataset_id: the body names {request.dataset_id!r}, the path {dataset_id!r}",
+                param="dataset_id",
+            )
         self._existing(dataset_id)
         async with self._lock(dataset_id):
             row = self._existing(dataset_id)

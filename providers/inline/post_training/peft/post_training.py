@@ -36,6 +36,7 @@ from llama_post.apis.post_training import (
     JobStatus,
     ListPostTrainingJobsResponse,
     LoraFinetuningConfig,
+    OpenAIFineTuning,
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
@@ -79,7 +80,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
-class PeftPostTraining:
+class PeftPostTraining(OpenAIFineTuning):
+    """The PostTraining API; OpenAI's fine-tuning jobs come with `OpenAIFineTuning`."""
+
     def __init__(
         self, config: PeftPostTrainingConfig, datasets: Datasets, models: ModelRegistry
     ) -> None:
@@ -388,6 +391,7 @@ class PeftPostTraining:
             else JobProgress(),
             error=row["error"],
             fine_tuned_model=row["fine_tuned_model"],
+            metadata=request.metadata,
         )
 
     async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
@@ -488,6 +492,8 @@ class PeftPostTraining:
 
     def _request(self, job_uuid: str) -> TrainingRequest:
         return REQUEST.validate_json(self._existing(job_uuid)["request"])
+
+    job_request = _request
 
     def _row(self, job_uuid: str) -> Any:
         return self.db.one("SELECT * FROM jobs WHERE job_uuid = ?", (job_uuid,))

@@ -1,0 +1,673 @@
+"""OpenAI's fine-tuning jobs API, over the native PostTraining methods.
+
+`OpenAIFineTuning` is a mixin: a PostTraining provider inherits it and gets
+`/v1/fine_tuning/jobs` (create, list, retrieve, cancel, events, checkpoints) as a translation of
+its own `supervised_fine_tune`, `preference_optimize`, `get_job_status`, `get_job_metrics`,
+`get_job_artifacts` and `cancel_job`, plus the Datasets API it was given. Nothing is stored
+twice: a job's training file is the file its dataset was registered from, its hyperparameters
+are its native request's, and a suffix is part of its id (`ftjob-<suffix>-<hex>`), so the
+served model `ft/<job>` carries it.
+
+Errors keep OpenAI's envelope and name OpenAI's fields (`training_file`,
+`method.dpo.hyperparameters.beta`). A state conflict (cancelling a finished job) is a 400:
+the SDK retries a 409.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+from llama_post.apis.datasets import (
+    Dataset,
+    DatasetPurpose,
+    Datasets,
+    RegisterDatasetRequest,
+)
+from llama_post.apis.datasets.models import FileDataSource
+from llama_post.apis.post_training.models import (
+    AlgorithmConfig,
+    Checkpoint,
+    JobMetricsResponse,
+    JobStatus,
+    ListPostTrainingJobsResponse,
+    LoraFinetuningConfig,
+    PostTrainingJob,
+    PostTrainingJobArtifactsResponse,
+    PostTrainingJobStatusResponse,
+    PreferenceOptimizeRequest,
+    StepMetrics,
+    SupervisedFineTuneRequest,
+    TrainingRequest,
+)
+from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
+from llama_post.schema import StrictModel
+
+Auto = Literal["auto"]
+# What "auto" means here (OpenAI picks by dataset size; these suit small datasets on a CPU).
+AUTO_EPOCHS = 3
+AUTO_BATCH_SIZE = 4
+BASE_LR = {"LoRA": 2e-4, "full": 2e-5}  # times `learning_rate_multiplier`
+AUTO_BETA = 0.1
+
+STATUS = {
+    JobStatus.scheduled: "queued",
+    JobStatus.in_progress: "running",
+    JobStatus.completed: "succeeded",
+    JobStatus.failed: "failed",
+    JobStatus.cancelled: "cancelled",
+}
+FineTuningStatus = Literal[
+    "validating_files", "queued", "running", "succeeded", "failed", "cancelled"
+]
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class Hyperparameters(StrictModel):
+    batch_size: int | Auto = Field("auto", description="Examples per step; >= 1, <= 1024.")
+    learning_rate_multiplier: float | Auto = Field(
+        "auto", description="Times the base rate: 2e-4 for LoRA, 2e-5 for full fine-tuning."
+    )
+    n_epochs: int | Auto = Field("auto", description="Passes over the training file.")
+
+
+class DpoHyperparameters(Hyperparameters):
+    beta: float | Auto = Field("auto", description="How far the policy may move; 0.1 if auto.")
+
+
+class SupervisedMethod(StrictModel):
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+
+class DpoMethod(StrictModel):
+    hyperparameters: DpoHyperparameters = DpoHyperparameters()
+
+
+class FineTuningMethod(StrictModel):
+    type: Literal["supervised", "dpo"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+
+class CreateFineTuningJobRequest(StrictModel):
+    """OpenAI's job request. `algorithm_config` (sent with the SDK's `extra_body`) is
+    llama-post's own LoRA or full fine-tuning config; LoRA with its defaults if unset."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$",
+        description="Up to 40 letters, digits, `-`, `_`; made part of the job and model ids.",
+    )
+    seed: int | None = None
+    method: FineTuningMethod | None = None
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="Deprecated by OpenAI in favour of `method`; taken for supervised jobs."
+    )
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=16)
+    integrations: list[dict[str, Any]] | None = Field(None, description="Not supported: none.")
+    algorithm_config: AlgorithmConfig | None = None
+
+
+class PageRequest(StrictModel):
+    after: str | None = Field(None, description="The last id of the previous page.")
+    limit: int = Field(20, ge=1, le=100)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class FineTuningError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ResolvedHyperparameters(BaseModel):
+    batch_size: int
+    learning_rate_multiplier: float
+    n_epochs: int
+    beta: float | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: FineTuningError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    estimated_finish: int | None = None
+    hyperparameters: ResolvedHyperparameters
+    method: dict[str, Any]
+    model: str
+    organization_id: str = "local"
+    result_files: list[str] = []
+    seed: int
+    status: FineTuningStatus
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+
+class FineTuningJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] | None = None
+
+
+class FineTuningJobEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEvent]
+    has_more: bool
+
+
+class CheckpointMetrics(BaseModel):
+    step: float | None = None
+    train_loss: float | None = None
+    valid_loss: float | None = None
+    full_valid_loss: float | None = None
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: CheckpointMetrics
+    step_number: int
+
+
+class FineTuningJobCheckpointList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobCheckpoint]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+# -- the translation ---------------------------------------------------------------------------
+
+
+class OpenAIFineTuning:
+    """OpenAI's fine-tuning jobs, as calls to the native methods of the class it is mixed into."""
+
+    datasets: Datasets
+
+    # The native PostTraining methods it is written over, and one more: `job_request`.
+    async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
+        raise NotImplementedError
+
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        raise NotImplementedError
+
+    async def list_jobs(self) -> ListPostTrainingJobsResponse:
+        raise NotImplementedError
+
+    async def get_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        raise NotImplementedError
+
+    async def get_job_metrics(self, job_uuid: str) -> JobMetricsResponse:
+        raise NotImplementedError
+
+    async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        raise NotImplementedError
+
+    async def get_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
+        raise NotImplementedError
+
+    def job_request(self, job_uuid: str) -> TrainingRequest:
+        """The request a job was created with (its id is known to exist)."""
+        raise NotImplementedError
+
+    # -- create ------------------------------------------------------------------------------
+
+    async def create_fine_tuning_job(self, request: CreateFineTuningJobRequest) -> FineTuningJob:
+        method = request.method or FineTuningMethod(type="supervised")
+        dpo = method.type == "dpo"
+        params = _hyperparameters(request, method)
+        if request.integrations:
+            raise InvalidRequestError(
+                "integrations: not supported; the job's metrics are in its events",
+                param="integrations",
+            )
+        job_uuid = "-".join(filter(None, ["ftjob", request.suffix, secrets.token_hex(6)]))
+        kinds = (
+            [DatasetPurpose.preference]
+            if dpo
+            else [DatasetPurpose.dialog, DatasetPurpose.instruct]  # chat rows, else prompt rows
+        )
+        made: list[str] = []
+        try:
+            train = await self._dataset_of(
+                request.training_file, "training_file", kinds, f"{job_uuid}-train", made
+            )
+            validation = None
+            if request.validation_file:
+                validation = await self._dataset_of(
+                    request.validation_file,
+                    "validation_file",
+                    [train.purpose],
+                    f"{job_uuid}-validation",
+                    made,
+                )
+            native = _native_request(request, job_uuid, params, train, validation, dpo)
+            if isinstance(native, PreferenceOptimizeRequest):
+                await self.preference_optimize(native)
+            else:
+                await self.supervised_fine_tune(native)
+        except InvalidRequestError as exc:
+            await self._forget(made)
+            raise InvalidRequestError(
+                exc.message, param=_openai_param(exc.param, method.type), details=exc.details
+            ) from None
+        except BaseException:
+            await self._forget(made)
+            raise
+        return await self.retrieve_fine_tuning_job(job_uuid)
+
+    async def _dataset_of(
+        self,
+        file_id: str,
+        field: str,
+        kinds: list[DatasetPurpose],
+        dataset_id: str,
+        made: list[str],
+    ) -> Dataset:
+        """Register an uploaded file as a dataset of the first purpose its rows fit."""
+        first: InvalidRequestError | None = None
+        for kind in kinds:
+            try:
+                dataset = await self.datasets.register_dataset(
+                    RegisterDatasetRequest(
+                        purpose=kind,
+                        source=FileDataSource(type="file", file_id=file_id),
+                        dataset_id=dataset_id,
+                        metadata={"fine_tuning_job": field},
+                    )
+                )
+            except NotFoundError:
+                raise InvalidRequestError(f"{field}: no file {file_id!r}", param=field) from None
+            except InvalidRequestError as exc:
+                first = first or exc
+                continue
+            made.append(dataset.identifier)
+            return dataset
+        assert first is not None
+        raise InvalidRequestError(
+            f"{field}: {file_id} cannot be used: {first.message}",
+            param=field,
+            details=first.details,
+        )
+
+    async def _forget(self, dataset_ids: list[str]) -> None:
+        for dataset_id in dataset_ids:
+            with contextlib.suppress(NotFoundError):
+                await self.datasets.unregister_dataset(dataset_id)
+
+    # -- read --------------------------------------------------------------------------------
+
+    async def list_fine_tuning_jobs(self, request: PageRequest) -> FineTuningJobList:
+        ids = [j.job_uuid for j in (await self.list_jobs()).data][::-1]  # newest first
+        if request.after is not None:
+            if request.after not in ids:
+                raise InvalidRequestError(f"after: no job {request.after!r}", param="after")
+            ids = ids[ids.index(request.after) + 1 :]
+        page = ids[: request.limit]
+        return FineTuningJobList(
+            data=[await self.retrieve_fine_tuning_job(i) for i in page],
+            has_more=len(ids) > len(page),
+        )
+
+    async def retrieve_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
+        status = await self._status(fine_tuning_job_id)
+        request = self.job_request(fine_tuning_job_id)
+        metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
+        data = request.training_config.data_config
+        params = _resolved(request)
+        return FineTuningJob(
+            id=fine_tuning_job_id,
+            created_at=status.scheduled_at or 0,
+            error=FineTuningError(code="job_failed", message=status.error)
+            if status.status == JobStatus.failed and status.error
+            else None,
+            fine_tuned_model=status.fine_tuned_model,
+            finished_at=status.completed_at,
+            estimated_finish=_estimated_finish(status),
+            hyperparameters=params,
+            method={
+                "type": "dpo" if status.method == "dpo" else "supervised",
+                "dpo" if status.method == "dpo" else "supervised": {
+                    "hyperparameters": params.model_dump(exclude_none=True)
+                },
+            },
+            model=status.model,
+            seed=request.training_config.seed,
+            status=STATUS[status.status],
+            trained_tokens=sum(m.tokens or 0 for m in metrics) if metrics else None,
+            training_file=await self._file_of(data.dataset_id),
+            validation_file=await self._file_of(data.validation_dataset_id)
+            if data.validation_dataset_id
+            else None,
+            metadata=status.metadata or None,
+        )
+
+    async def cancel_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
+        await self._status(fine_tuning_job_id)
+        try:
+            await self.cancel_job(fine_tuning_job_id)
+        except ConflictError as exc:
+            raise InvalidRequestError(exc.message, param="fine_tuning_job_id") from None
+        return await self.retrieve_fine_tuning_job(fine_tuning_job_id)
+
+    async def list_fine_tuning_events(
+        self, fine_tuning_job_id: str, request: PageRequest
+    ) -> FineTuningJobEventList:
+        status = await self._status(fine_tuning_job_id)
+        data = self.job_request(fine_tuning_job_id).training_config.data_config
+        metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
+        events = _events(status, metrics, await self._file_of(data.dataset_id))
+        page, has_more = _page(events[::-1], request, lambda e: e.id)
+        return FineTuningJobEventList(data=page, has_more=has_more)
+
+    async def list_fine_tuning_checkpoints(
+        self, fine_tuning_job_id: str, request: PageRequest
+    ) -> FineTuningJobCheckpointList:
+        artifacts = await self.get_job_artifacts((await self._status(fine_tuning_job_id)).job_uuid)
+        found = [_checkpoint(c) for c in artifacts.checkpoints][::-1]  # newest first
+        page, has_more = _page(found, request, lambda c: c.id)
+        return FineTuningJobCheckpointList(
+            data=page,
+            has_more=has_more,
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
+        )
+
+    async def _status(self, job_id: str) -> PostTrainingJobStatusResponse:
+        try:
+            return await self.get_job_status(job_id)
+        except NotFoundError:
+            raise NotFoundError(
+                f"no fine-tuning job {job_id!r}", param="fine_tuning_job_id"
+            ) from None
+
+    async def _file_of(self, dataset_id: str) -> str:
+        """The file a dataset was registered from; a dataset made otherwise stands for itself."""
+        try:
+            dataset = await self.datasets.get_dataset(dataset_id)
+        except NotFoundError:
+            return dataset_id
+        return dataset.source.file_id or dataset_id
+
+
+def _hyperparameters(
+    request: CreateFineTuningJobRequest, method: FineTuningMethod
+) -> DpoHyperparameters:
+    """The method's hyperparameters (or the deprecated top-level ones), checked by name."""
+    if method.type == "dpo":
+        where = "method.dpo.hyperparameters"
+        given: Hyperparameters = (method.dpo or DpoMethod()).hyperparameters
+        if request.hyperparameters is not None:
+            raise InvalidRequestError(
+                f"hyperparameters: set them in {where} for a dpo job", param="hyperparameters"
+            )
+    else:
+        where = "method.supervised.hyperparameters"
+        given = (method.supervised or SupervisedMethod()).hyperparameters
+        if request.hyperparameters is not None:
+            if method.supervised is not None:
+                raise InvalidRequestError(
+                    f"hyperparameters: give them once, in {where}", param="hyperparameters"
+                )
+            given, where = request.hyperparameters, "hyperparameters"
+    params = DpoHyperparameters.model_validate(given.model_dump())
+    limits = {
+        "batch_size": (1, 1024),
+        "n_epochs": (1, 100),
+        "learning_rate_multiplier": (1e-3, 100.0),
+        "beta": (1e-3, 100.0),
+    }
+    for name, (low, high) in limits.items():
+        value = getattr(params, name)
+        if value != "auto" and not low <= value <= high:
+            raise InvalidRequestError(
+                f"{where}.{name}: {value} is out of range [{low}, {high}]",
+                param=f"{where}.{name}",
+            )
+    return params
+
+
+def _native_request(
+    request: CreateFineTuningJobRequest,
+    job_uuid: str,
+    params: DpoHyperparameters,
+    train: Dataset,
+    validation: Dataset | None,
+    dpo: bool,
+) -> TrainingRequest:
+    tuning = request.algorithm_config or LoraFinetuningConfig()
+    batch_size = AUTO_BATCH_SIZE if params.batch_size == "auto" else params.batch_size
+    multiplier = (
+        1.0 if params.learning_rate_multiplier == "auto" else params.learning_rate_multiplier
+    )
+    steps_per_epoch = max(1, math.ceil(train.row_count / batch_size))
+    data: dict[str, Any] = {
+        "dataset_id": train.identifier,
+        "batch_size": batch_size,
+        "validation_dataset_id": validation.identifier if validation else None,
+    }
+    if not dpo:
+        data["data_format"] = "dialog" if train.purpose == DatasetPurpose.dialog else "instruct"
+    training = {
+        "n_epochs": AUTO_EPOCHS if params.n_epochs == "auto" else params.n_epochs,
+        "data_config": data,
+        "optimizer_config": {"lr": BASE_LR[tuning.type] * multiplier},
+        "save_every": steps_per_epoch,  # a checkpoint per epoch, as OpenAI gives
+        **({"seed": request.seed} if request.seed is not None else {}),
+    }
+    common: dict[str, Any] = {
+        "job_uuid": job_uuid,
+        "training_config": training,
+        "metadata": request.metadata or {},
+    }
+    if dpo:
+        beta = AUTO_BETA if params.beta == "auto" else params.beta
+        return PreferenceOptimizeRequest.model_validate(
+            {
+                **common,
+                "finetuned_model": request.model,
+                "algorithm_config": {"beta": beta},
+                "finetuning_config": tuning.model_dump(),
+            }
+        )
+    return SupervisedFineTuneRequest.model_validate(
+        {**common, "model": request.model, "algorithm_config": tuning.model_dump()}
+    )
+
+
+def _openai_param(native: str | None, method: str) -> str | None:
+    """A native field's name as the OpenAI request calls it."""
+    if native is None:
+        return None
+    hyper = f"method.{method}.hyperparameters"
+    for prefix, name in (
+        ("finetuned_model", "model"),
+        ("finetuning_config", "algorithm_config"),
+        ("training_config.data_config.dataset_id", "training_file"),
+        ("training_config.data_config.validation_dataset_id", "validation_file"),
+        ("training_config.data_config.batch_size", f"{hyper}.batch_size"),
+        ("training_config.n_epochs", f"{hyper}.n_epochs"),
+        ("training_config.optimizer_config.lr", f"{hyper}.learning_rate_multiplier"),
+        ("algorithm_config.beta", f"{hyper}.beta"),
+    ):
+        if native.startswith(prefix):
+            return name + native[len(prefix) :]
+    return native
+
+
+def _resolved(request: TrainingRequest) -> ResolvedHyperparameters:
+    training = request.training_config
+    return ResolvedHyperparameters(
+        batch_size=training.data_config.batch_size,
+        learning_rate_multiplier=round(
+            training.optimizer_config.lr / BASE_LR[request.tuning.type], 9
+        ),
+        n_epochs=training.n_epochs,
+        beta=request.algorithm_config.beta
+        if isinstance(request, PreferenceOptimizeRequest)
+        else None,
+    )
+
+
+def _estimated_finish(status: PostTrainingJobStatusResponse) -> int | None:
+    progress = status.progress
+    if status.status != JobStatus.in_progress or not status.started_at or progress.step < 1:
+        return None
+    elapsed = time.time() - status.started_at
+    return int(status.started_at + elapsed * progress.total_steps / progress.step)
+
+
+def _events(
+    status: PostTrainingJobStatusResponse, metrics: list[StepMetrics], training_file: str
+) -> list[FineTuningJobEvent]:
+    """The job's history, oldest first: creation, start, each step, each checkpoint, its end."""
+    job = status.job_uuid
+    created = status.scheduled_at or 0
+    events = [
+        FineTuningJobEvent(
+            id=f"ftevent-{job}-created",
+            created_at=created,
+            level="info",
+            message=f"Created fine-tuning job: {job}",
+        ),
+        FineTuningJobEvent(
+            id=f"ftevent-{job}-validated",
+            created_at=created,
+            level="info",
+            message=f"Validated training file: {training_file}",
+        ),
+    ]
+    if status.started_at:
+        events.append(
+            FineTuningJobEvent(
+                id=f"ftevent-{job}-started",
+                created_at=status.started_at,
+                level="info",
+                message="Fine-tuning job started",
+            )
+        )
+    total = status.progress.total_steps
+    timed: list[tuple[float, FineTuningJobEvent]] = []
+    for m in metrics:
+        data = {
+            "step": m.step,
+            "train_loss": m.loss,
+            "learning_rate": m.lr,
+            "total_steps": total,
+            "tokens_per_second": m.tokens_per_second,
+        }
+        if m.validation_loss is not None:
+            data["valid_loss"] = m.validation_loss
+        loss = f"{m.loss:.4f}" if m.loss is not None else "n/a"
+        timed.append(
+            (
+                m.timestamp,
+                FineTuningJobEvent(
+                    id=f"ftevent-{job}-step-{m.step}",
+                    created_at=int(m.timestamp),
+                    level="info",
+                    message=f"Step {m.step}/{total}: training loss={loss}",
+                    type="metrics",
+                    data=data,
+                ),
+            )
+        )
+    for c in status.checkpoints:
+        timed.append(
+            (
+                c.created_at + 0.5,  # after the step that made it
+                FineTuningJobEvent(
+                    id=f"ftevent-{job}-checkpoint-{c.step}",
+                    created_at=c.created_at,
+                    level="info",
+                    message=f"Checkpoint created at step {c.step}",
+                ),
+            )
+        )
+    events += [e for _, e in sorted(timed, key=lambda pair: pair[0])]
+    if status.status in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled):
+        end = status.completed_at or created
+        if status.status == JobStatus.completed:
+            events.append(
+                FineTuningJobEvent(
+                    id=f"ftevent-{job}-model",
+                    created_at=end,
+                    level="info",
+                    message=f"New fine-tuned model created: {status.fine_tuned_model}",
+                )
+            )
+        level: Literal["info", "error"] = "error" if status.status == JobStatus.failed else "info"
+        message = {
+            JobStatus.completed: "The job has successfully completed",
+            JobStatus.cancelled: "The job was cancelled",
+            JobStatus.failed: f"The job failed: {status.error}",
+        }[status.status]
+        events.append(
+            FineTuningJobEvent(
+                id=f"ftevent-{job}-end", created_at=end, level=level, message=message
+            )
+        )
+    return events
+
+
+def _checkpoint(c: Checkpoint) -> FineTuningJobCheckpoint:
+    metrics = c.training_metrics
+    return FineTuningJobCheckpoint(
+        id=f"ftckpt-{c.post_training_job_id}-{c.step}",
+        created_at=c.created_at,
+        fine_tuned_model_checkpoint=c.model_id or c.identifier,
+        fine_tuning_job_id=c.post_training_job_id,
+        metrics=CheckpointMetrics(
+            step=c.step,
+            train_loss=metrics.train_loss if metrics else None,
+            valid_loss=metrics.validation_loss if metrics else None,
+            full_valid_loss=metrics.validation_loss if metrics else None,
+        ),
+        step_number=c.step,
+    )
+
+
+T = TypeVar("T")
+
+
+def _page(items: list[T], request: PageRequest, key: Callable[[T], str]) -> tuple[list[T], bool]:
+    if request.after is not None:
+        ids = [key(i) for i in items]
+        if request.after not in ids:
+            raise InvalidRequestError(f"after: no item {request.after!r}", param="after")
+        items = items[ids.index(request.after) + 1 :]
+    page = items[: request.limit]
+    return page, len(items) > len(page)

@@ -1,0 +1,201 @@
+"""OpenAI's fine-tuning workflow, written as an OpenAI SDK user writes it, against llama-post.
+
+It imports only the SDK, so it runs in the project's environment (the pinned latest release)
+and in a virtual environment of an older release:
+
+    python tests/compat/openai_flow.py http://127.0.0.1:PORT tiny/llama
+
+It prints one JSON line of what it saw; every check is an `assert`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+from typing import Any
+
+import openai
+
+FACT = "A blorp is a small blue fish."
+CHATS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Question {i}: what is a blorp?"},
+            {"role": "assistant", "content": FACT},
+        ]
+    }
+    for i in range(8)
+]
+PAIRS = [
+    {
+        "input": {"messages": [{"role": "user", "content": f"Greet me, {i}."}]},
+        "preferred_output": [{"role": "assistant", "content": "Arr matey, ahoy!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Hello there."}],
+    }
+    for i in range(8)
+]
+TERMINAL = ("succeeded", "failed", "cancelled")
+LORA = {"algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8}}
+
+
+def jsonl(rows: list[dict[str, Any]]) -> io.BytesIO:
+    return io.BytesIO("".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def wait(client: openai.OpenAI, job_id: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in TERMINAL:
+            return job
+        assert job.status in ("validating_files", "queued", "running"), job.status
+        time.sleep(0.3)
+    raise AssertionError(f"{job_id} did not finish")
+
+
+def supervised(client: openai.OpenAI, model: str) -> dict[str, Any]:
+    upload = client.files.create(file=("chats.jsonl", jsonl(CHATS)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=model,
+        training_file=upload.id,
+        suffix="blorp",
+        seed=7,
+        metadata={"team": "fish"},
+        method={
+            "type": "supervised",
+            "supervised": {
+                "hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 5}
+            },
+        },
+        extra_body=LORA,
+    )
+    assert job.id.startswith("ftjob-blorp-"), job.id
+    assert job.object == "fine_tuning.job" and job.model == model
+    assert job.status in ("queued", "running") and job.training_file == upload.id
+
+    job = wait(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft/{job.id}"
+    assert job.trained_tokens and job.trained_tokens > 0
+    assert job.finished_at and job.finished_at >= job.created_at
+    assert job.seed == 7 and job.metadata == {"team": "fish"}
+    hyper = job.hyperparameters
+    assert (hyper.n_epochs, hyper.batch_size, hyper.learning_rate_multiplier) == (2, 4, 5)
+    assert job.method is not None and job.method.type == "supervised"
+
+    # Events, newest first, a page at a time; iterating fetches the following pages.
+    first = client.fine_tuning.jobs.list_events(job.id, limit=3)
+    assert len(first.data) == 3 and first.has_more
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=3))
+    assert [e.id for e in events[:3]] == [e.id for e in first.data]
+    assert events[0].message == "The job has successfully completed"
+    assert events[-1].message.startswith("Created fine-tuning job")
+    steps = [e.data["step"] for e in events if e.type == "metrics" and isinstance(e.data, dict)]
+    assert steps == sorted(steps, reverse=True) and steps[-1] == 1 and len(steps) == 4
+
+    # A checkpoint per epoch, newest first; the newest is the served model.
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id)
+    assert [c.step_number for c in checkpoints.data] == [4, 2]
+    assert checkpoints.data[0].fine_tuned_model_checkpoint == job.fine_tuned_model
+    assert checkpoints.data[0].metrics.train_loss is not None
+
+    # The fine-tuned model is a model: listed, retrievable by its id (which holds a `/`:
+    # SDKs from 2.30 percent-encode it in the path), and served by chat completions.
+    assert client.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
+    chat = client.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=[{"role": "user", "content": "Question 1: what is a blorp?"}],
+        max_tokens=4,
+    )
+    assert chat.choices[0].message.content is not None
+
+    assert client.fine_tuning.jobs.list(limit=1).data[0].id == job.id  # newest first
+
+    # A finished job cannot be cancelled: a 400 (the SDK would retry a 409).
+    try:
+        client.fine_tuning.jobs.cancel(job.id)
+    except openai.BadRequestError as exc:
+        assert "already completed" in exc.message
+    else:
+        raise AssertionError("cancelling a finished job succeeded")
+    return {"job": job.id, "events": len(events), "trained_tokens": job.trained_tokens}
+
+
+def preference(client: openai.OpenAI, model: str) -> dict[str, Any]:
+    upload = client.files.create(file=("pairs.jsonl", jsonl(PAIRS)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=model,
+        training_file=upload.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
+        extra_body=LORA,
+    )
+    job = wait(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method is not None and job.method.type == "dpo"
+    assert job.method.dpo is not None and job.method.dpo.hyperparameters is not None
+    assert job.method.dpo.hyperparameters.beta == 0.2
+
+    # Paging through jobs, newest first: this one, then the ones before it.
+    newest = client.fine_tuning.jobs.list(limit=1)
+    assert newest.data[0].id == job.id and newest.has_more
+    older = client.fine_tuning.jobs.list(limit=1, after=job.id)
+    assert older.data and older.data[0].id != job.id
+    return {"job": job.id}
+
+
+def cancel(client: openai.OpenAI, model: str) -> dict[str, Any]:
+    upload = client.files.create(file=("long.jsonl", jsonl(CHATS * 8)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=model,
+        training_file=upload.id,
+        hyperparameters={"n_epochs": 50, "batch_size": 1},
+        extra_body=LORA,
+    )
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled", cancelled.status
+    return {"job": job.id}
+
+
+def bad_requests(client: openai.OpenAI, model: str) -> dict[str, Any]:
+    good = client.files.create(file=("chats.jsonl", jsonl(CHATS)), purpose="fine-tune").id
+    broken = client.files.create(
+        file=("broken.jsonl", jsonl([{"messages": []}])), purpose="fine-tune"
+    ).id
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"training_file": "file-missing"}, "training_file"),
+        ({"training_file": broken}, "training_file"),
+        ({"model": "no-such-model"}, "model"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
+            "method.supervised.hyperparameters.n_epochs",
+        ),
+        ({"extra_body": {"integrations_x": 1}}, "integrations_x"),
+    ]
+    for change, param in cases:
+        body: dict[str, Any] = {"model": model, "training_file": good, **change}
+        try:
+            client.fine_tuning.jobs.create(**body)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            assert exc.param == param, (change, exc.param, exc.message)
+        else:
+            raise AssertionError(f"{change} was accepted")
+    try:
+        client.fine_tuning.jobs.retrieve("ftjob-missing")
+    except openai.NotFoundError:
+        pass
+    else:
+        raise AssertionError("a missing job was found")
+    return {"cases": len(cases)}
+
+
+def main(base_url: str, model: str, *flows: str) -> dict[str, Any]:
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    chosen = flows or ("supervised", "preference", "cancel", "bad_requests")
+    seen = {name: globals()[name](client, model) for name in chosen}
+    return {"openai": openai.__version__, **seen}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(*sys.argv[1:])))

@@ -1,0 +1,28 @@
+"""The openai SDK's fine-tuning workflow, unchanged, against the real server: the pinned latest
+release in-process, and a release before 2.30 (which put ids into paths unencoded) in its own
+virtual environment."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+
+from tests.compat import openai_flow
+from tests.compat.envs import client_python, run_flow
+from tests.support import TINY, Server
+
+
+def test_the_latest_sdk_runs_the_whole_workflow(server: Server) -> None:
+    assert openai.__version__ == "3.54.0"
+    seen = openai_flow.main(server.url, TINY)
+    assert seen["supervised"]["trained_tokens"] > 0
+
+
+def test_an_sdk_before_2_30_runs_it_too(server: Server) -> None:
+    python = client_python("openai-2.29")
+    seen = json.loads(
+        run_flow(python, "openai_flow.py", server.url, TINY, "supervised", "preference")
+    )
+    assert seen["openai"] == "2.29.0"
+    assert seen["supervised"]["job"].startswith("ftjob-blorp-")
