@@ -277,6 +277,22 @@ def test_append_rows_validates_all_or_nothing(api: Driver) -> None:
     assert api.call("datasets", "append_rows", "nope", body={"rows": INSTRUCT[:1]}).status == 404
 
 
+def test_llama_stack_client_0_7_forms(api: Driver) -> None:
+    """0.7 sends the dataset id in the append body too, and `limit=-1` for every row."""
+    ds = register(api, "instruct", {"type": "rows", "rows": INSTRUCT[:2]}).body
+    same = {"dataset_id": ds["identifier"], "rows": INSTRUCT[2:4]}
+    assert api.call("datasets", "append_rows", ds["identifier"], body=same).status == 200
+    other = api.call(
+        "datasets", "append_rows", ds["identifier"], body={**same, "dataset_id": "other"}
+    )
+    assert other.status == 400 and other.error["param"] == "dataset_id"
+
+    every = api.call("datasets", "iterrows", ds["identifier"], body={"start_index": 1, "limit": -1})
+    assert every.body["data"] == INSTRUCT[1:4] and not every.body["has_more"]
+    zero = api.call("datasets", "iterrows", ds["identifier"], body={"limit": 0})
+    assert zero.status == 422 and zero.error["param"] == "limit"
+
+
 def test_ids_are_checked(api: Driver) -> None:
     ds_id = new_id()
     source = {"type": "rows", "rows": INSTRUCT[:1]}

@@ -114,3 +114,20 @@ def test_a_generated_client_drives_the_server(generated_client: ModuleType, serv
         missing = use("api.datasets.get_dataset").sync("no-such-dataset", client=client)
         assert isinstance(missing, models.ErrorResponse)
         assert missing.error.type_ == "not_found_error"
+
+
+def test_compatibility_routes_stay_out_of_the_native_client(generated_client: ModuleType) -> None:
+    """A generated client groups operations by tag: the native modules hold no alias."""
+    import pkgutil
+
+    def modules(tag: str) -> set[str]:
+        package = importlib.import_module(f"lp_client.api.{tag}")
+        return {m.name for m in pkgutil.iter_modules(package.__path__)}
+
+    native = modules("post_training")
+    assert {"supervised_fine_tune", "get_job_status", "cancel_job"} <= native
+    assert not [name for name in native if "llama_stack" in name or "fine_tuning" in name]
+    assert "get_job_status_llama_stack_v0_2" in modules("llama_stack_v0_2")
+    assert "cancel_job_llama_stack_v0_7" in modules("llama_stack_v0_7")
+    assert "create_fine_tuning_job" in modules("openai_fine_tuning")
+    assert "register_dataset_llama_stack_v0_7" not in modules("datasets")
