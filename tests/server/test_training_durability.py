@@ -159,9 +159,21 @@ def test_a_crashing_worker_fails_only_its_own_job(tmp_path: Path, tiny_model: Pa
         healthy = _wait(with_server, "healthy", lambda s: s["status"] in ("completed", "failed"))
         logs = httpx.get(f"{with_server.url}/v1/post-training/jobs/crashes/logs").json()["lines"]
         assert httpx.get(f"{with_server.url}/v1/health").status_code == 200
+        openai_job = httpx.get(f"{with_server.url}/v1/fine_tuning/jobs/crashes").json()
+        events = httpx.get(f"{with_server.url}/v1/fine_tuning/jobs/crashes/events").json()
     finally:
         with_server.stop()
     assert crashed["status"] == "failed" and "log has the traceback" in crashed["error"]
+    assert openai_job["status"] == "failed" and openai_job["fine_tuned_model"] is None
+    assert openai_job["error"] == {
+        "code": "job_failed",
+        "message": crashed["error"],
+        "param": None,
+    }
+    assert openai_job["finished_at"] == crashed["completed_at"]
+    assert (
+        events["data"][0]["level"] == "error" and crashed["error"] in events["data"][0]["message"]
+    )
     assert any("Traceback" in line for line in logs)
     assert healthy["status"] == "completed"
 

@@ -8,6 +8,9 @@ twice: a job's training file is the file its dataset was registered from, its hy
 are its native request's, and a suffix is part of its id (`ftjob-<suffix>-<hex>`), so the
 served model `ft/<job>` carries it.
 
+Files are checked while the create call runs (a bad row is a 400 naming `training_file` and the
+row), so a job is never seen `validating_files`: it is `queued` when created.
+
 Errors keep OpenAI's envelope and name OpenAI's fields (`training_file`,
 `method.dpo.hyperparameters.beta`). A state conflict (cancelling a finished job) is a 400:
 the SDK retries a 409.
