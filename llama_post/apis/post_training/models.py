@@ -46,6 +46,13 @@ class EfficiencyConfig(StrictModel):
         description="Recompute each layer's activations in the backward pass. On by default: "
         "it halves a LoRA job's peak memory and costs little time on a CPU.",
     )
+    activation_checkpointing_every_n_layers: int = Field(
+        2,
+        ge=1,
+        le=1024,
+        description="With checkpointing on, recompute every n-th decoder layer and keep the "
+        "others' activations: 1 uses the least memory; the default 2 keeps half, for speed.",
+    )
     enable_activation_offloading: bool = False
     memory_efficient_fsdp_wrap: bool = False
     fsdp_cpu_offload: bool = False

@@ -51,7 +51,10 @@ def load_model(spec: JobSpec) -> tuple[Any, Any]:
     model: Any = AutoModelForCausalLM.from_pretrained(spec.base_folder, dtype=dtype)
     efficiency = request.training_config.efficiency_config or EfficiencyConfig()
     if efficiency.enable_activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            every_n_layers=efficiency.activation_checkpointing_every_n_layers,
+        )
     algo = request.tuning
     if isinstance(algo, LoraFinetuningConfig):
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -104,19 +107,31 @@ def decoder_states(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def head_logps(model: Any, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(label | state) for each (state, label), the output head run on those states only,
-    in chunks whose logits are recomputed in the backward pass: so the [batch, length, vocab]
-    logits never exist, and no head work is spent on prompts or padding."""
+    in chunks, so the [batch, length, vocab] logits never exist and no head work is spent on
+    prompts or padding.
+
+    A frozen head (LoRA leaves it alone) gets its input gradient in the forward pass, from the
+    chunk's probabilities while they exist: two matrix products per chunk instead of three.
+    A trained head's chunks are recomputed in the backward pass instead.
+    """
     from torch.nn.functional import cross_entropy
     from torch.utils.checkpoint import checkpoint
 
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = causal_lm.get_output_embeddings()
+    frozen = isinstance(head, torch.nn.Linear) and not any(
+        p.requires_grad for p in head.parameters()
+    )
 
     def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if frozen:
+            return frozen_head_logps(h, y, head.weight, head.bias)
         return -cross_entropy(head(h).float(), y, reduction="none")
 
     parts = [
-        cast(
+        chunk_logps(states[start : start + LOSS_CHUNK], labels[start : start + LOSS_CHUNK])
+        if frozen
+        else cast(
             torch.Tensor,
             checkpoint(
                 chunk_logps,
@@ -128,6 +143,43 @@ def head_logps(model: Any, states: torch.Tensor, labels: torch.Tensor) -> torch.
         for start in range(0, len(labels), LOSS_CHUNK)
     ]
     return torch.cat(parts) if parts else states.new_zeros(0, dtype=torch.float32)
+
+
+def frozen_head_logps(
+    h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    out: torch.Tensor = FrozenHeadLogps.apply(h, y, weight, bias)  # type: ignore[no-untyped-call]
+    return out
+
+
+class FrozenHeadLogps(torch.autograd.Function):
+    """log softmax(h W^T + b)[y] for a head that is not trained.
+
+    d logp / dh = W[y] - softmax @ W, computed in the forward pass and kept (one row of
+    `hidden` floats per token), so the backward pass is a scaling and the logits are never
+    recomputed."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        logits = torch.nn.functional.linear(h, weight, bias).float()
+        norm = logits.logsumexp(-1, keepdim=True)
+        logps = logits.gather(1, y[:, None]).sub_(norm).squeeze(1)
+        if ctx.needs_input_grad[0]:
+            probs = logits.sub_(norm).exp_()
+            probs[torch.arange(len(y)), y] -= 1.0  # softmax - onehot
+            ctx.save_for_backward(-(probs.to(weight.dtype) @ weight))
+        return logps
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (dlogp_dh,) = ctx.saved_tensors
+        return grad[:, None].to(dlogp_dh.dtype) * dlogp_dh, None, None, None
 
 
 def make_optimizer(params: list[Any], request: TrainingRequest) -> torch.optim.Optimizer:
