@@ -203,6 +203,19 @@ def test_bad_requests_fail_before_any_worker(api: Driver) -> None:
             400,
             "training_config.efficiency_config.fsdp_cpu_offload",
         ),
+        (
+            request(
+                ds,
+                **{
+                    "training_config.efficiency_config": {
+                        "enable_activation_checkpointing": False,
+                        "activation_checkpointing_every_n_layers": 3,
+                    }
+                },
+            ),
+            400,
+            "training_config.efficiency_config.activation_checkpointing_every_n_layers",
+        ),
         (request(ds, hyperparam_search_config={"lr": [1, 2]}), 400, "hyperparam_search_config"),
         (request(ds, checkpoint_dir="../../etc"), 400, "checkpoint_dir"),
         (

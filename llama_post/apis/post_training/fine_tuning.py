@@ -152,7 +152,7 @@ class FineTuningJob(BaseModel):
     finished_at: int | None = None
     estimated_finish: int | None = None
     hyperparameters: ResolvedHyperparameters
-    method: dict[str, Any]
+    method: FineTuningMethod
     model: str
     organization_id: str = "local"
     result_files: list[str] = []
@@ -284,7 +284,7 @@ class OpenAIFineTuning:
                 await self.supervised_fine_tune(native)
         except InvalidRequestError as exc:
             await self._forget(made)
-            raise InvalidRequestError(
+            raise type(exc)(
                 exc.message, param=_openai_param(exc.param, method.type), details=exc.details
             ) from None
         except BaseException:
@@ -361,12 +361,7 @@ class OpenAIFineTuning:
             finished_at=status.completed_at,
             estimated_finish=_estimated_finish(status),
             hyperparameters=params,
-            method={
-                "type": "dpo" if status.method == "dpo" else "supervised",
-                "dpo" if status.method == "dpo" else "supervised": {
-                    "hyperparameters": params.model_dump(exclude_none=True)
-                },
-            },
+            method=_method(status.method, params),
             model=status.model,
             seed=request.training_config.seed,
             status=STATUS[status.status],
@@ -542,6 +537,20 @@ def _resolved(request: TrainingRequest) -> ResolvedHyperparameters:
         beta=request.algorithm_config.beta
         if isinstance(request, PreferenceOptimizeRequest)
         else None,
+    )
+
+
+def _method(kind: str, params: ResolvedHyperparameters) -> FineTuningMethod:
+    if kind == "dpo":
+        return FineTuningMethod(
+            type="dpo",
+            dpo=DpoMethod(hyperparameters=DpoHyperparameters(**params.model_dump())),
+        )
+    return FineTuningMethod(
+        type="supervised",
+        supervised=SupervisedMethod(
+            hyperparameters=Hyperparameters(**params.model_dump(exclude={"beta"}))
+        ),
     )
 
 

@@ -534,6 +534,17 @@ def _refuse_unsupported(request: TrainingRequest) -> None:
                 ("training_config.data_config.train_on_input", "DPO compares the answers only")
             )
     eff = request.training_config.efficiency_config
+    if (
+        eff is not None
+        and not eff.enable_activation_checkpointing
+        and "activation_checkpointing_every_n_layers" in eff.model_fields_set
+    ):
+        refusals.append(
+            (
+                "training_config.efficiency_config.activation_checkpointing_every_n_layers",
+                "applies only with enable_activation_checkpointing",
+            )
+        )
     if eff is not None:
         for name in (
             "enable_activation_offloading",
