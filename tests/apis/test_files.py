@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import uuid
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from llama_post.apis.files import UploadFileRequest
+from llama_post.errors import NotFoundError
+from llama_post.schema import UploadedFile
 from tests.support import Driver
 
 
@@ -86,3 +94,28 @@ def test_empty_file_is_accepted(api: Driver) -> None:
     created = upload(api, b"", name="empty.jsonl")
     assert created["bytes"] == 0
     assert api.call("files", "retrieve_file_content", created["id"]).body == b""
+
+
+def test_a_download_started_before_a_delete_is_whole(tmp_path: Path) -> None:
+    """The blob is opened when the download starts, so deleting the file meanwhile (another
+    client) cannot cut the stream short."""
+    from providers.inline.files.localfs.config import LocalFilesConfig
+    from providers.inline.files.localfs.files import LocalFiles
+
+    async def scenario() -> bytes:
+        files = LocalFiles(LocalFilesConfig(storage_dir=tmp_path))
+        content = b"x" * 300_000
+        made = await files.upload_file(
+            UploadFileRequest(
+                file=UploadedFile(filename="a.jsonl", file=io.BytesIO(content)), purpose="batch"
+            )
+        )
+        download = await files.retrieve_file_content(made.id)
+        await files.delete_file(made.id)
+        got = await download.read()
+        with pytest.raises(NotFoundError):
+            await files.retrieve_file_content(made.id)
+        files.db.close()
+        return got
+
+    assert asyncio.run(scenario()) == b"x" * 300_000

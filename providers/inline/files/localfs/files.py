@@ -129,9 +129,11 @@ class LocalFiles:
 
     async def retrieve_file_content(self, file_id: str) -> FileContent:
         meta = await self.retrieve_file(file_id)
-        return FileContent(
-            chunks=_read_chunks(self.blobs / file_id), filename=meta.filename, size=meta.bytes
-        )
+        try:  # opened now: a delete while the download streams no longer cuts it short
+            handle = (self.blobs / file_id).open("rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"no file with id {file_id!r}", param="file_id") from None
+        return FileContent(chunks=_read_chunks(handle), filename=meta.filename, size=meta.bytes)
 
     async def delete_file(self, file_id: str) -> DeleteFileResponse:
         await self.retrieve_file(file_id)
@@ -143,8 +145,8 @@ class LocalFiles:
         self.db.close()
 
 
-async def _read_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as handle:
+async def _read_chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    with handle:
         while chunk := await asyncio.to_thread(handle.read, CHUNK):
             yield chunk
 
