@@ -112,6 +112,9 @@ def supervised(client: openai.OpenAI, model: str) -> dict[str, Any]:
     assert chat.choices[0].message.content is not None
 
     assert client.fine_tuning.jobs.list(limit=1).data[0].id == job.id  # newest first
+    labelled = client.fine_tuning.jobs.list(metadata={"team": "fish"})
+    assert job.id in [j.id for j in labelled.data]
+    assert not client.fine_tuning.jobs.list(metadata={"team": "birds"}).data
 
     # A finished job cannot be cancelled: a 400 (the SDK would retry a 409).
     try:

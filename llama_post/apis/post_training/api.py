@@ -9,6 +9,7 @@ from llama_post.apis.post_training.fine_tuning import (
     FineTuningJobCheckpointList,
     FineTuningJobEventList,
     FineTuningJobList,
+    ListFineTuningJobsRequest,
     PageRequest,
 )
 from llama_post.apis.post_training.models import (
@@ -106,8 +107,8 @@ class PostTraining(Protocol):
         ...
 
     @webmethod(route="/v1/fine_tuning/jobs", method="GET", compat=OPENAI_FINE_TUNING)
-    async def list_fine_tuning_jobs(self, request: PageRequest) -> FineTuningJobList:
-        """List jobs, newest first, a page at a time."""
+    async def list_fine_tuning_jobs(self, request: ListFineTuningJobsRequest) -> FineTuningJobList:
+        """List jobs, newest first, a page at a time; `metadata[key]=value` filters."""
         ...
 
     @webmethod(

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from llama_post.apis.datasets import (
     Dataset,
@@ -125,6 +125,23 @@ class CreateFineTuningJobRequest(StrictModel):
 class PageRequest(StrictModel):
     after: str | None = Field(None, description="The last id of the previous page.")
     limit: int = Field(20, ge=1, le=100)
+
+
+class ListFineTuningJobsRequest(PageRequest):
+    metadata: dict[str, str] | None = Field(
+        None, description="Only jobs with these labels; sent as `metadata[key]=value`."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bracketed(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        labels = {k[9:-1]: v for k, v in data.items() if k.startswith("metadata[") and k[-1] == "]"}
+        if not labels:
+            return data
+        rest = {k: v for k, v in data.items() if not (k.startswith("metadata[") and k[-1] == "]")}
+        return {**rest, "metadata": labels}
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -333,8 +350,11 @@ class OpenAIFineTuning:
 
     # -- read --------------------------------------------------------------------------------
 
-    async def list_fine_tuning_jobs(self, request: PageRequest) -> FineTuningJobList:
+    async def list_fine_tuning_jobs(self, request: ListFineTuningJobsRequest) -> FineTuningJobList:
         ids = [j.job_uuid for j in (await self.list_jobs()).data][::-1]  # newest first
+        if request.metadata:
+            wanted = request.metadata.items()
+            ids = [i for i in ids if wanted <= (await self.get_job_status(i)).metadata.items()]
         if request.after is not None:
             if request.after not in ids:
                 raise InvalidRequestError(f"after: no job {request.after!r}", param="after")
