@@ -175,6 +175,7 @@ def bad_requests(client: openai.OpenAI, model: str) -> dict[str, Any]:
             "method.supervised.hyperparameters.n_epochs",
         ),
         ({"extra_body": {"integrations_x": 1}}, "integrations_x"),
+        ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo"),
     ]
     for change, param in cases:
         body: dict[str, Any] = {"model": model, "training_file": good, **change}

@@ -445,6 +445,12 @@ def _hyperparameters(
     request: CreateFineTuningJobRequest, method: FineTuningMethod
 ) -> DpoHyperparameters:
     """The method's hyperparameters (or the deprecated top-level ones), checked by name."""
+    other = "supervised" if method.type == "dpo" else "dpo"
+    if getattr(method, other) is not None:
+        raise InvalidRequestError(
+            f"method.{other}: given for a {method.type} job; use method.{method.type}",
+            param=f"method.{other}",
+        )
     if method.type == "dpo":
         where = "method.dpo.hyperparameters"
         given: Hyperparameters = (method.dpo or DpoMethod()).hyperparameters
