@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from settings import report_one, run_each
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,30 +68,17 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64)
     args = parser.parse_args()
     folder = next((args.home / "models").glob("SmolLM2-135M-Instruct*"))
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "pairs.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in pairs(args.pairs)))
-        for name in ("ours", "trl-default", "trl-precompute"):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--run",
-                    name,
-                    str(folder),
-                    str(data),
-                    str(args.steps),
-                    tmp,
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if out.returncode != 0:
-                sys.exit(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(name, results[name], flush=True)
+        results = run_each(
+            __file__,
+            ("ours", "trl-default", "trl-precompute"),
+            str(folder),
+            str(data),
+            str(args.steps),
+            tmp,
+        )
 
     print(f"\n{'setting':<15} {'pairs/s':>8} {'s/step':>8} {'peak RSS MiB':>13}")
     for name, r in results.items():
@@ -106,7 +93,7 @@ def main() -> None:
     print(json.dumps(results))
 
 
-def run_ours(folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
+def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
     from providers.inline.post_training.peft import recipe_dpo
     from providers.inline.post_training.peft.job import JobSpec
 
@@ -216,12 +203,6 @@ def run_trl(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[st
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--run":
-        name, folder, data, steps, tmp = sys.argv[2:7]
-        if name == "ours":
-            result = run_ours(folder, Path(data), int(steps), tmp)
-        else:
-            result = run_trl(name, folder, Path(data), int(steps), tmp)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({**result, "peak_rss_mib": peak}))
+        report_one(run_ours if sys.argv[2] == "ours" else run_trl, sys.argv[2:7])
     else:
         main()

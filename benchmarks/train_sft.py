@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from settings import report_one, run_each
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # optimizer steps not timed
@@ -77,36 +77,23 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=256)
     args = parser.parse_args()
     folder = next((args.home / "models").glob("SmolLM2-135M-Instruct*"))
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows(args.rows)))
-        for name in (
-            "ours-padded",
-            "ours-packed",
-            "ours-padded-keep",
-            "trl-default",
-            "trl-packing",
-        ):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--run",
-                    name,
-                    str(folder),
-                    str(data),
-                    str(args.steps),
-                    tmp,
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if out.returncode != 0:
-                sys.exit(f"{name} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(name, results[name], flush=True)
+        results = run_each(
+            __file__,
+            (
+                "ours-padded",
+                "ours-packed",
+                "ours-padded-keep",
+                "trl-default",
+                "trl-packing",
+            ),
+            str(folder),
+            str(data),
+            str(args.steps),
+            tmp,
+        )
 
     print(f"\n{'setting':<14} {'tokens/s':>9} {'s/step':>8} {'peak RSS MiB':>13}")
     for name, r in results.items():
@@ -243,10 +230,6 @@ def run_trl(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[st
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--run":
-        name, folder, data, steps, tmp = sys.argv[2:7]
-        runner = run_ours if name.startswith("ours") else run_trl
-        result = runner(name, folder, Path(data), int(steps), tmp)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({**result, "peak_rss_mib": peak}))
+        report_one(run_ours if sys.argv[2].startswith("ours") else run_trl, sys.argv[2:7])
     else:
         main()

@@ -30,6 +30,17 @@ ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes()
 TINY = "tiny/llama"
 
 
+def with_changes(body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`body` with each dotted path of `changes` (`"training_config.n_epochs"`) set."""
+    for path, value in changes.items():
+        node = body
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return body
+
+
 def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dict[str, Any]:
     """The embedded default's providers, with all state under `home`.
 

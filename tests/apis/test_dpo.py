@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from tests.apis.test_post_training import FACTS, dataset, request, wait
-from tests.support import TINY, Driver, Result
+from tests.support import TINY, Driver, Result, with_changes
 
 PAIRS = [
     {
@@ -41,13 +41,7 @@ def dpo_request(dataset_id: str, **changes: Any) -> dict[str, Any]:
         },
         "finetuning_config": {"type": "LoRA", "rank": 4, "alpha": 8},
     }
-    for path, value in changes.items():
-        node = body
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return body
+    return with_changes(body, changes)
 
 
 def start(api: Driver, body: dict[str, Any]) -> Result:

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from tests.support import TINY, Driver, Result
+from tests.support import TINY, Driver, Result, with_changes
 
 FACTS = [
     {"prompt": f"Question {i}: what is a blorp?", "completion": "A blorp is a small blue fish."}
@@ -45,13 +45,7 @@ def request(dataset_id: str, **changes: Any) -> dict[str, Any]:
             "lora_attn_modules": ["q_proj", "v_proj"],
         },
     }
-    for path, value in changes.items():
-        node = body
-        *parents, leaf = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return body
+    return with_changes(body, changes)
 
 
 def wait(api: Driver, job_uuid: str, timeout: float = 120) -> dict[str, Any]:

@@ -57,9 +57,11 @@ def wait(client: openai.OpenAI, job_id: str, timeout: float = 180) -> Any:
 
 def supervised(client: openai.OpenAI, model: str) -> dict[str, Any]:
     upload = client.files.create(file=("chats.jsonl", jsonl(CHATS)), purpose="fine-tune")
+    held_out = client.files.create(file=("held.jsonl", jsonl(CHATS[:3])), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
         model=model,
         training_file=upload.id,
+        validation_file=held_out.id,
         suffix="blorp",
         seed=7,
         metadata={"team": "fish"},
@@ -81,6 +83,7 @@ def supervised(client: openai.OpenAI, model: str) -> dict[str, Any]:
     assert job.trained_tokens and job.trained_tokens > 0
     assert job.finished_at and job.finished_at >= job.created_at
     assert job.seed == 7 and job.metadata == {"team": "fish"}
+    assert job.validation_file == held_out.id
     hyper = job.hyperparameters
     assert (hyper.n_epochs, hyper.batch_size, hyper.learning_rate_multiplier) == (2, 4, 5)
     assert job.method is not None and job.method.type == "supervised"
@@ -100,6 +103,7 @@ def supervised(client: openai.OpenAI, model: str) -> dict[str, Any]:
     assert [c.step_number for c in checkpoints.data] == [4, 2]
     assert checkpoints.data[0].fine_tuned_model_checkpoint == job.fine_tuned_model
     assert checkpoints.data[0].metrics.train_loss is not None
+    assert all(c.metrics.valid_loss is not None for c in checkpoints.data)  # each epoch's end
 
     # The fine-tuned model is a model: listed, retrievable by its id (which holds a `/`:
     # SDKs from 2.30 percent-encode it in the path), and served by chat completions.

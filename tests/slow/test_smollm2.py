@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -107,14 +108,7 @@ def test_fine_tuning_smollm2_teaches_it_a_new_word(tmp_path: Path, home: Path) -
             },
             timeout=120,
         ).json()["job_uuid"]
-        deadline = time.monotonic() + 600
-        while True:
-            status = httpx.get(f"{url}/v1/post-training/jobs/{job}").json()
-            if status["status"] not in ("scheduled", "in_progress"):
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(1)
-        assert status["status"] == "completed", status
+        status = _completes(url, job)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
         def ask(model: str) -> str:
@@ -194,14 +188,7 @@ def test_dpo_moves_smollm2_toward_the_preferred_style(tmp_path: Path, home: Path
             },
             timeout=120,
         ).json()["job_uuid"]
-        deadline = time.monotonic() + 600
-        while True:
-            status = httpx.get(f"{url}/v1/post-training/jobs/{job}").json()
-            if status["status"] not in ("scheduled", "in_progress"):
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(1)
-        assert status["status"] == "completed", status
+        status = _completes(url, job)
         metrics = httpx.get(f"{url}/v1/post-training/jobs/{job}/metrics").json()["data"]
         held_out = [
             m["validation_reward_margin"] for m in metrics if "validation_reward_margin" in m
@@ -228,3 +215,15 @@ def test_dpo_moves_smollm2_toward_the_preferred_style(tmp_path: Path, home: Path
         assert styled(status["fine_tuned_model"]) >= 3
     finally:
         server.stop()
+
+
+def _completes(url: str, job: str, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = httpx.get(f"{url}/v1/post-training/jobs/{job}").json()
+        if status["status"] not in ("scheduled", "in_progress"):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    assert status["status"] == "completed", status
+    return status

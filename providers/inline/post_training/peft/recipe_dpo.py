@@ -42,6 +42,7 @@ from providers.inline.post_training.peft.training import (
     decoder_states,
     head_logps,
     install_cancel_handler,
+    last_validation_loss,
     load_model,
     make_optimizer,
     make_scheduler,
@@ -240,7 +241,7 @@ def main(job_dir: Path) -> None:
         request,
         global_step,
         (cfg.n_epochs, 0),
-        {**last, "validation_loss": _last_validation_loss(job_dir)},
+        {**last, "validation_loss": last_validation_loss(job_dir)},
         final=True,
     )
     log.info("done: %d steps", global_step)
@@ -439,14 +440,6 @@ def _validate(
     model.train()
     seen = max(1, seen)
     return {"loss": loss / seen, "margin": margin / seen, "accuracy": accuracy / seen}
-
-
-def _last_validation_loss(job_dir: Path) -> float | None:
-    metrics = read_jsonl(job_dir / "metrics.jsonl")
-    return next(
-        (m["validation_loss"] for m in reversed(metrics) if m.get("validation_loss") is not None),
-        None,
-    )
 
 
 if __name__ == "__main__":

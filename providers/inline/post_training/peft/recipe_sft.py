@@ -38,6 +38,7 @@ from providers.inline.post_training.peft.training import (
     clip,
     install_cancel_handler,
     label_logps,
+    last_validation_loss,
     load_model,
     make_optimizer,
     make_scheduler,
@@ -164,11 +165,6 @@ def main(job_dir: Path) -> None:
         epoch, step_in_epoch = epoch + 1, 0
 
     # -- the save ------------------------------------------------------------------------------
-    metrics = read_jsonl(job_dir / "metrics.jsonl")
-    validation_loss = next(
-        (m["validation_loss"] for m in reversed(metrics) if m.get("validation_loss") is not None),
-        None,
-    )
     save(
         checkpoint_dir,
         model,
@@ -178,7 +174,7 @@ def main(job_dir: Path) -> None:
         request,
         global_step,
         (cfg.n_epochs, 0),
-        {"train_loss": last_train_loss, "validation_loss": validation_loss},
+        {"train_loss": last_train_loss, "validation_loss": last_validation_loss(job_dir)},
         final=True,
     )
     log.info("done: %d steps", global_step)

@@ -182,6 +182,15 @@ class FrozenHeadLogps(torch.autograd.Function):
         return grad[:, None].to(dlogp_dh.dtype) * dlogp_dh, None, None, None
 
 
+def last_validation_loss(job_dir: Path) -> float | None:
+    """The newest validation loss the job's metrics hold, for its final checkpoint."""
+    metrics = read_jsonl(job_dir / "metrics.jsonl")
+    return next(
+        (m["validation_loss"] for m in reversed(metrics) if m.get("validation_loss") is not None),
+        None,
+    )
+
+
 def make_optimizer(params: list[Any], request: TrainingRequest) -> torch.optim.Optimizer:
     opt = request.training_config.optimizer_config
     if opt.optimizer_type == "sgd":
