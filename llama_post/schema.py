@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, BinaryIO, TypeVar
 
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, WithJsonSchema
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +63,11 @@ class StrictModel(BaseModel):
     """Request and config models: an unknown key is an error, not a silent default."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# A folder named in a config: `~` is the user's home, never a folder called `~` in the cwd.
+# A default must be validated too (`Field(..., validate_default=True)`), or it stays as written.
+UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 
 @dataclass

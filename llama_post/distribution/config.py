@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError
 
 from llama_post.apis import BUILTIN_APIS, Api
 from llama_post.apis.models import RegisterModelRequest
 from llama_post.errors import ConfigError, ErrorDetail, _join_loc
-from llama_post.schema import StrictModel
+from llama_post.schema import StrictModel, UserPath
 
 _ENV = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)(?::=([^}]*))?\}")
 PROVIDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -33,15 +33,12 @@ class ServerConfig(StrictModel):
 class RunConfig(StrictModel):
     version: Literal[1] = 1
     distribution: str
-    storage_dir: Path = Field(Path("~/.llama-post"), description="The stack's own state.")
+    storage_dir: UserPath = Field(
+        Path("~/.llama-post"), validate_default=True, description="The stack's own state."
+    )
     server: ServerConfig = ServerConfig()
     providers: dict[Api, list[ProviderConfig]]
     models: list[RegisterModelRequest] = Field([], description="Registered at every start.")
-
-    @field_validator("storage_dir")
-    @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
 
 
 class ResolvedProvider(BaseModel):

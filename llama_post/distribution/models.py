@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import TypeAdapter
 
@@ -26,6 +27,7 @@ from llama_post.apis.inference import (
     Completion,
     CompletionRequest,
     InferenceProvider,
+    SamplingFields,
 )
 from llama_post.apis.models import (
     AdapterSource,
@@ -39,6 +41,7 @@ from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError
 from llama_post.storage import Database
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=SamplingFields)
 SOURCE: TypeAdapter[ModelSource] = TypeAdapter(ModelSource)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -63,6 +66,7 @@ class ModelRegistry:
             if (
                 old is None
                 or old.source != request.source
+                or old.sampling_defaults != request.sampling_defaults
                 or old.provider_id != (request.provider_id or old.provider_id)
             ):
                 if old is not None:
@@ -105,6 +109,7 @@ class ModelRegistry:
             parameter_count=0,
             has_chat_template=False,
             source=request.source,
+            sampling_defaults=request.sampling_defaults,
             metadata=request.metadata,
         )
         model = await self._load(model)
@@ -151,7 +156,10 @@ class ModelRegistry:
         base = await self.get_model(model.base_model) if model.base_model else None
         info = await provider.load_model(model, base)
         self.loaded.add(model.id)
-        return model.model_copy(update=info.model_dump())
+        update = dict(info)
+        if base is not None:  # an adapter samples as its base does, unless registered otherwise
+            update["generation_config"] = base.sampling()
+        return model.model_copy(update=update)
 
     async def _base_of(self, source: AdapterSource, provider_id: str) -> Model:
         try:
@@ -187,7 +195,8 @@ class ModelRegistry:
 
 
 class InferenceRouter:
-    """The Inference API: each call goes to the provider of the model it names."""
+    """The Inference API: each call goes to the provider of the model it names, with the
+    model's sampling defaults filled into the knobs the request leaves unset."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
@@ -195,19 +204,31 @@ class InferenceRouter:
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletion | AsyncIterator[ChatCompletionChunk]:
-        return await (await self.registry.provider_for(request.model)).chat_completion(request)
+        provider, request = await self._route(request)
+        return await provider.chat_completion(request)
 
     async def completion(
         self, request: CompletionRequest
     ) -> Completion | AsyncIterator[Completion]:
-        return await (await self.registry.provider_for(request.model)).completion(request)
+        provider, request = await self._route(request)
+        return await provider.completion(request)
 
     async def batch_chat_completion(
         self, request: BatchChatCompletionRequest
     ) -> BatchChatCompletionResponse:
-        provider = await self.registry.provider_for(request.model)
+        provider, request = await self._route(request)
         return await provider.batch_chat_completion(request)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
-        provider = await self.registry.provider_for(request.model)
+        provider, request = await self._route(request)
         return await provider.batch_completion(request)
+
+    async def _route(self, request: R) -> tuple[InferenceProvider, R]:
+        provider = await self.registry.provider_for(request.model)
+        defaults = (await self.registry.get_model(request.model)).sampling()
+        unset = {
+            name: value
+            for name, value in defaults.model_dump(exclude_none=True).items()
+            if getattr(request, name) is None
+        }
+        return provider, request.model_copy(update=unset) if unset else request

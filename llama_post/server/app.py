@@ -114,6 +114,10 @@ async def _read_json(request: Request) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the body is not valid JSON: {exc}", param="body") from None
+    except RecursionError:
+        raise InvalidRequestError(
+            "the body is not valid JSON: it nests too deeply to parse", param="body"
+        ) from None
 
 
 async def _read_form(request: Request) -> tuple[Any, dict[str, Any]]:

@@ -220,12 +220,34 @@ def test_file_level_problems(api: Driver) -> None:
         "object.json": (b'{"prompt": "x"}', "array of row objects"),
         "rows.txt": (jsonl(INSTRUCT), "cannot tell the format"),
         "garbage.jsonl": (b"not json\n[1]\n", "row 1: not valid JSON"),
+        "deep.jsonl": (deep_row(100_000), "row 1: nested deeper than 64 levels"),
+        "deeper.jsonl": (deep_row(70), "row 1: nested deeper than 64 levels"),
+        "deep.json": (b"[" + deep_row(100_000) + b"]", "the file is nested deeper than 64"),
+        "deep.csv": (
+            b'prompt,completion,messages\nx,y,"' + b"[" * 100_000 + b"]" * 100_000 + b'"\n',
+            "messages: nested deeper than 64 levels",
+        ),
     }
     for name, (content, expected) in cases.items():
         file_id = upload(api, content, name=name)["id"]
         refused = register(api, "instruct", {"type": "file", "file_id": file_id})
         assert refused.status == 400, (name, refused.body)
         assert expected in refused.error["message"], (name, refused.error["message"])
+
+
+def deep_row(levels: int) -> bytes:
+    return b'{"prompt": ' + b"[" * levels + b"]" * levels + b', "completion": "x"}\n'
+
+
+def test_deeply_nested_requests_are_refused_by_name(api: Driver) -> None:
+    value: Any = "x"
+    for _ in range(100):
+        value = {"a": value}
+    refused = register(api, "instruct", {"type": "rows", "rows": [{"prompt": value}]})
+    assert refused.status == 400, refused.body
+    assert refused.error["param"] == "source.rows[0].prompt", refused.error
+    assert "nests deeper than 64 levels" in refused.error["message"]
+    assert api.call("datasets", "list_datasets").status == 200
 
 
 def test_parquet_with_the_wrong_schema(api: Driver) -> None:

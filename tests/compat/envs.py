@@ -1,7 +1,8 @@
 """Virtual environments holding other releases of the client SDKs, for the compatibility tests.
 
-Each is made once under `.venv-compat/<name>` from `pins/<name>.txt` (with the interpreter the
-release needs) and made again when its pins change.
+Each is made once under `.venv-compat/<name>` from `pins/<name>.txt`, the hashed lock of
+`pins/<name>.in` that `make lock` writes, with the interpreter the release needs, and made again
+when its lock changes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,17 @@ def client_python(name: str, interpreter: str = sys.executable) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     subprocess.run([interpreter, "-m", "venv", str(folder)], check=True)
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", pins],
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--require-hashes",
+            "-r",
+            pins,
+        ],
         check=True,
     )
     stamp.write_text(pins.read_text())

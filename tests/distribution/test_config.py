@@ -109,3 +109,32 @@ def test_a_provider_that_fails_to_start_is_named(tmp_path: Path) -> None:
     raw = distribution(tmp_path, files={"storage_dir": str(blocker)})
     with pytest.raises(ConfigError, match=r"provider 'localfs' \(inline::localfs\) for files"):
         asyncio.run(Stack.build(raw, {}))
+
+
+def test_a_home_folder_is_expanded_even_when_it_is_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`~` in any configured folder, written or defaulted, is the home, never `./~`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    raw = distribution(tmp_path / "unused", tmp_path / "model")
+    del raw["storage_dir"]
+    raw["providers"]["files"][0]["config"]["storage_dir"] = "~/files"
+    raw["providers"]["inference"][0]["config"]["model_dirs"] = ["~/models"]
+    run, providers = load_run_config(raw, {})
+    home = tmp_path / "home"
+    assert run.storage_dir == home / ".llama-post"
+    configs = {p.api: p.config for p in providers}
+    assert configs[Api.files].storage_dir == home / "files"  # type: ignore[attr-defined]
+    assert configs[Api.inference].model_dirs == [home / "models"]  # type: ignore[attr-defined]
+
+    async def start() -> None:
+        raw["providers"].pop("inference")
+        raw["providers"].pop("post_training")
+        raw.pop("models")
+        stack = await Stack.build(raw, {})
+        await stack.shutdown()
+
+    asyncio.run(start())
+    assert (home / ".llama-post" / "registry.db").is_file()
+    assert not (tmp_path / "~").exists()

@@ -109,9 +109,18 @@ def test_bodies_that_are_not_requests(tmp_path: Path) -> None:
         )
         not_multipart = httpx.post(f"{server.url}/v1/files", json={"purpose": "batch"})
         assert not_multipart.status_code == 422
+        # Nesting too deep to parse is a 400, and so is any nesting past the limit.
+        for levels in (100_000, 1_000, 70):
+            deep = b'{"purpose": "instruct", "metadata": {"x": ' + b"[" * levels + b"]" * levels
+            refused = httpx.post(url, content=deep + b"}}", headers=JSON)
+            assert refused.status_code == 400, (levels, refused.text)
+            assert refused.json()["error"]["param"].startswith(("body", "metadata.x")), refused.text
         wrong_method = httpx.put(url)
         assert wrong_method.status_code == 405 and "error" in wrong_method.json()
         assert httpx.get(f"{server.url}/v1/health").json() == {"status": "OK"}
+
+
+JSON = {"content-type": "application/json"}
 
 
 def _raw_status(port: int, request_line: str, headers: dict[str, str]) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path) -> None:
+    """Two servers started together on a new home: one converts, the other waits for it."""
     env = {"LLAMA_POST_HOME": str(home)}
-    server = Server(ROOT / "run.yaml", tmp_path, env=env).start(timeout=300)
+    servers = [Server(ROOT / "run.yaml", tmp_path, env=env) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda s: s.start(timeout=300), servers))
+    server = servers[0]
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         answer = client.chat.completions.create(
@@ -39,9 +47,12 @@ def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path
         model = httpx.get(f"{server.url}/v1/models/{SMOLLM2}").json()
         assert model["context_length"] == 8192 and model["has_chat_template"]
         assert 130_000_000 < model["parameter_count"] < 140_000_000
+        assert model["sampling_defaults"]["temperature"] == 0.2
+        assert model["sampling_defaults"]["top_p"] == 0.9
     finally:
-        assert server.stop() == 0
-    assert "converting SmolLM2-135M-Instruct.Q4_1.gguf" in server.output()
+        assert [s.stop() for s in servers] == [0, 0]
+    logs = [s.output() for s in servers]
+    assert sum("converting SmolLM2-135M-Instruct.Q4_1.gguf" in log for log in logs) == 1, logs
 
     again = Server(ROOT / "run.yaml", tmp_path, env=env)
     started = time.monotonic()
@@ -51,6 +62,31 @@ def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path
         assert "converting" not in again.output()
     finally:
         again.stop()
+
+
+def test_the_readmes_first_example_answers_sensibly(tmp_path: Path, home: Path) -> None:
+    """The README's chat example, as written (no sampling knobs: SmolLM2's recommended ones from
+    run.yaml apply), names Paris."""
+    readme = (ROOT / "README.md").read_text()
+    example = next(
+        block
+        for block in re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+        if "capital of France" in block
+    )
+    assert "temperature" not in example
+    server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
+    server.start(timeout=120)
+    try:
+        code = example.replace("http://127.0.0.1:8321", server.url)
+        answers = []
+        for _ in range(3):  # it samples: every run must name Paris, not just a lucky one
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                exec(compile(code, "README.md", "exec"), {})
+            answers.append(printed.getvalue())
+        assert all("Paris" in answer for answer in answers), answers
+    finally:
+        server.stop()
 
 
 QUESTIONS = [

@@ -33,19 +33,26 @@ class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
+MODEL_DEFAULT = "Unset: the model's `sampling_defaults` (GET /v1/models), else {}."
+
+
 class SamplingFields(StrictModel):
     """The knobs shared by chat and completions."""
 
     model: str
     max_tokens: int | None = Field(None, ge=1, description="Defaults to what fits the context.")
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 decodes greedily.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1)
+    temperature: float | None = Field(
+        None, ge=0.0, le=2.0, description=f"0 decodes greedily. {MODEL_DEFAULT.format(1)}"
+    )
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description=MODEL_DEFAULT.format(1))
+    top_k: int | None = Field(None, ge=1, description=MODEL_DEFAULT.format("none"))
     stop: str | list[str] | None = Field(None, description="Up to 16 stop sequences.")
     seed: int | None = Field(None, description="The same seed gives the same output.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(
+        None, gt=0.0, le=10.0, description=MODEL_DEFAULT.format(1)
+    )
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
     ignore_eos: bool = Field(False, description="Generate past end-of-sequence (as vLLM's).")
     stream: bool = False

@@ -10,6 +10,7 @@ from llama_post.apis.models.models import (
     ModelInfo,
     ModelSource,
     RegisterModelRequest,
+    SamplingDefaults,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "ModelSource",
     "Models",
     "RegisterModelRequest",
+    "SamplingDefaults",
 ]

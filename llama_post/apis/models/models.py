@@ -38,6 +38,19 @@ class AdapterSource(StrictModel):
     base_model: str
 
 
+class SamplingDefaults(StrictModel):
+    """Sampling a request to this model gets for each knob it leaves unset; a set value wins."""
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+
+    def over(self, fallback: SamplingDefaults) -> SamplingDefaults:
+        """These values, and `fallback`'s where these leave a knob unset."""
+        return fallback.model_copy(update=self.model_dump(exclude_none=True))
+
+
 ModelSource = Annotated[HuggingFaceSource | GGUFSource | AdapterSource, Field(discriminator="type")]
 
 
@@ -45,6 +58,11 @@ class RegisterModelRequest(StrictModel):
     model_id: str = Field(pattern=MODEL_ID_PATTERN, max_length=256)
     source: ModelSource
     provider_id: str | None = Field(None, description="Needed only when several serve inference.")
+    sampling_defaults: SamplingDefaults = Field(
+        SamplingDefaults(),
+        description="Sampling for requests that leave it unset; over the model's own "
+        "generation_config.",
+    )
     metadata: dict[str, JsonValue] = {}
 
 
@@ -62,7 +80,19 @@ class Model(BaseModel):
     parameter_count: int
     has_chat_template: bool
     source: HuggingFaceSource | GGUFSource | AdapterSource
+    sampling_defaults: SamplingDefaults = Field(
+        SamplingDefaults(), description="As registered (run.yaml or POST /v1/models)."
+    )
+    generation_config: SamplingDefaults = Field(
+        SamplingDefaults(),
+        description="What the model's own files recommend (its generation_config.json; an "
+        "adapter's base's).",
+    )
     metadata: dict[str, JsonValue] = {}
+
+    def sampling(self) -> SamplingDefaults:
+        """What a request that leaves a knob unset gets: registered, then the model's own."""
+        return self.sampling_defaults.over(self.generation_config)
 
 
 class ListModelsResponse(BaseModel):
@@ -82,3 +112,4 @@ class ModelInfo(BaseModel):
     context_length: int
     parameter_count: int
     has_chat_template: bool
+    generation_config: SamplingDefaults = SamplingDefaults()

@@ -16,8 +16,10 @@ from typing import Any
 
 from llama_post.apis.datasets import DatasetFormat
 from llama_post.apis.datasets.rows import STRUCTURED_COLUMNS
+from llama_post.codec import MAX_NESTING, too_deep
 from llama_post.errors import InvalidRequestError
 
+TOO_DEEP = f"nested deeper than {MAX_NESTING} levels"
 RowOrProblem = tuple[int, dict[str, Any] | str]
 ColumnCheck = Callable[[list[str]], list[str]]
 
@@ -88,8 +90,12 @@ def _parse_object(text: str) -> dict[str, Any] | str:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"not valid JSON: {exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return TOO_DEEP
     if not isinstance(value, dict):
         return f"expected a JSON object, got {type(value).__name__}"
+    if too_deep(value) is not None:
+        return TOO_DEEP
     return value
 
 
@@ -102,6 +108,8 @@ def _json(path: Path, max_row_bytes: int, _: ColumnCheck) -> Iterator[RowOrProbl
         raise InvalidRequestError(
             f"the file is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise InvalidRequestError(f"the file is {TOO_DEEP}") from None
     if isinstance(data, dict) and isinstance(data.get("rows", data.get("data")), list):
         data = data.get("rows", data.get("data"))
     if not isinstance(data, list):
@@ -109,6 +117,8 @@ def _json(path: Path, max_row_bytes: int, _: ColumnCheck) -> Iterator[RowOrProbl
     for number, value in enumerate(data, start=1):
         if not isinstance(value, dict):
             yield number, f"expected a JSON object, got {type(value).__name__}"
+        elif too_deep(value) is not None:
+            yield number, TOO_DEEP
         else:
             yield number, value
 
@@ -149,6 +159,8 @@ def _csv_row(record: dict[str | Any, Any]) -> dict[str, Any] | str:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 return f"{key}: not valid JSON: {exc.msg}"
+            except RecursionError:
+                return f"{key}: {TOO_DEEP}"
         row[key] = value
     return row
 

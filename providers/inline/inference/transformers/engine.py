@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -111,6 +112,7 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id or 0
         self.adapters: set[str] = set()  # names loaded into the (then PEFT-wrapped) model
+        self.cache_arg = cache_argument(model)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
         self._controls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
@@ -247,8 +249,8 @@ class Engine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{self.cache_arg: cache},
             **extra,
         )
         return out.logits  # type: ignore[no-any-return]
@@ -306,6 +308,14 @@ class Engine:
         for layer in _layers(self._cache):
             layer.keys = layer.keys.index_select(0, index)[:, :, start:]
             layer.values = layer.values.index_select(0, index)[:, :, start:]
+
+
+def cache_argument(model: Any) -> str:
+    """The name the model's forward takes its KV cache by: transformers 5.24 renamed
+    `past_key_values` to `cache` (the old name warns, and goes in 5.40); older releases and
+    architectures not yet moved over still take `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _layers(cache: DynamicCache) -> list[Any]:

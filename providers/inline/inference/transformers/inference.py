@@ -40,7 +40,12 @@ from llama_post.apis.models import GGUFSource, Model, ModelInfo, ModelSource
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from providers.inline.inference.transformers.config import TransformersInferenceConfig
 from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
-from providers.inline.inference.transformers.loading import converted_gguf, load_base, source_path
+from providers.inline.inference.transformers.loading import (
+    converted_gguf,
+    load_base,
+    recommended_sampling,
+    source_path,
+)
 from providers.inline.inference.transformers.sampling import SamplingParams
 
 
@@ -98,6 +103,7 @@ class TransformersInference:
             context_length=context,
             parameter_count=sum(p.numel() for p in hf_model.parameters()),
             has_chat_template=bool(tokenizer.chat_template),
+            generation_config=recommended_sampling(path),
         )
         eos = {tokenizer.eos_token_id, *_as_list(hf_model.generation_config.eos_token_id)}
         engine = Engine(hf_model, tokenizer, self.device, self.config.max_batch_size)
@@ -378,13 +384,13 @@ class TransformersInference:
             )
         return SamplingParams(
             max_tokens=max_tokens or context - prompt_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
             top_k=request.top_k,
             seed=request.seed,
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
-            repetition_penalty=request.repetition_penalty,
+            repetition_penalty=request.repetition_penalty or 1.0,
             logprobs=logprobs,
             stop=tuple(request.stop_sequences()),
             eos_ids=frozenset() if request.ignore_eos else target.base.eos_ids,

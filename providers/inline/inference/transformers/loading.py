@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from llama_post.apis.models import AdapterSource, GGUFSource, HuggingFaceSource, ModelSource
+from filelock import FileLock
+
+from llama_post.apis.models import (
+    AdapterSource,
+    GGUFSource,
+    HuggingFaceSource,
+    ModelSource,
+    SamplingDefaults,
+)
 from llama_post.errors import InvalidRequestError
 from llama_post.storage import resolve_under
 
@@ -60,15 +69,22 @@ def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
     target = cache_dir / f"{gguf.stem}-{digest.hexdigest()[:16]}"
     if (target / "config.json").is_file():
         return target
-    log.info(
-        "converting %s to a Hugging Face folder in %s (once; later starts reuse it)",
-        gguf.name,
-        target,
-    )
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    _convert(gguf, staging)
-    staging.replace(target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Servers starting together on one home convert once: the others wait here, then find the
+    # finished folder. The lock is the kernel's, so a converter that dies releases it.
+    with FileLock(target.with_name(target.name + ".lock")):
+        if (target / "config.json").is_file():
+            return target
+        log.info(
+            "converting %s to a Hugging Face folder in %s (once; later starts reuse it)",
+            gguf.name,
+            target,
+        )
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)  # left by a converter that died
+        shutil.rmtree(target, ignore_errors=True)  # a folder without config.json is no model
+        _convert(gguf, staging)
+        staging.replace(target)
     return target
 
 
@@ -90,6 +106,24 @@ def _convert(gguf: Path, out: Path) -> None:
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def recommended_sampling(folder: Path) -> SamplingDefaults:
+    """The sampling knobs the model's authors wrote into its generation_config.json (vLLM reads
+    the same file for its defaults); values outside the API's ranges are ignored."""
+    try:
+        written = json.loads((folder / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return SamplingDefaults()
+    found = {}
+    for name in SamplingDefaults.model_fields:
+        try:
+            value = written.get(name)
+            if value is not None:
+                found[name] = SamplingDefaults.model_validate({name: value}).__dict__[name]
+        except ValueError:
+            log.warning("%s/generation_config.json: %s=%r is ignored", folder, name, value)
+    return SamplingDefaults.model_validate(found)
 
 
 def load_base(folder: Path, device: str, dtype: Any) -> tuple[Any, Any]:
