@@ -159,6 +159,51 @@ def test_preflight(api: Driver) -> None:
     assert refused.status == 400 and "cannot be used" in refused.error["message"]
 
 
+def test_what_llama_stack_leaves_optional_has_a_default(api: Driver) -> None:
+    """The fields Llama Stack's API declares optional may be left out, or sent as null (as
+    llama-stack-client 0.7 does): no optimizer or algorithm config, the dataset's purpose as
+    its data format."""
+    dialog = dataset(
+        api,
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ]
+            }
+        ]
+        * 4,
+        purpose="dialog",
+    )
+    body = {
+        "model": TINY,
+        "algorithm_config": None,
+        "training_config": {
+            "n_epochs": 1,
+            "data_config": {
+                "dataset_id": dialog,
+                "batch_size": 2,
+                "packed": None,
+                "train_on_input": None,
+                "data_format": None,
+            },
+            "optimizer_config": None,
+            "efficiency_config": None,
+            "dtype": None,
+            "max_validation_steps": None,
+        },
+        "hyperparam_search_config": {},
+        "logger_config": {},
+    }
+    made = start(api, body)
+    assert made.status == 200, made.body
+    status = wait(api, made.body["job_uuid"])
+    assert status["status"] == "completed" and status["algorithm"] == "LoRA", status
+    metrics = api.call("post_training", "get_job_metrics", made.body["job_uuid"]).body["data"]
+    assert [m["lr"] for m in metrics] == [2e-4, 2e-4]
+
+
 def test_bad_requests_fail_before_any_worker(api: Driver) -> None:
     ds = dataset(api)
     cases: list[tuple[dict[str, Any], int, str]] = [
@@ -176,12 +221,15 @@ def test_bad_requests_fail_before_any_worker(api: Driver) -> None:
                         }
                     ],
                     purpose="dialog",
-                )
+                ),
+                **{"training_config.data_config.data_format": "instruct"},
             ),
             400,
             "training_config.data_config.dataset_id",
         ),
         (request(ds, model="no/such-model"), 400, "model"),
+        (request(ds, model=None), 400, "model"),
+        (request(ds, **{"training_config.data_config": None}), 400, "training_config.data_config"),
         (
             request(ds, **{"algorithm_config.lora_attn_modules": ["query_key_value"]}),
             400,

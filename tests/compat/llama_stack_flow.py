@@ -29,6 +29,26 @@ ROWS = [
     }
     for i in range(8)
 ]
+# Preference pairs in both prompt shapes: `data_format: dialog` reads `messages`, `instruct` reads
+# `prompt` (the client's types require one of them on every job).
+PAIRS = {
+    "dialog": [
+        {
+            "messages": [{"role": "user", "content": f"Question {i}: what is a blorp?"}],
+            "chosen": "A blorp is a small blue fish.",
+            "rejected": "I do not know.",
+        }
+        for i in range(8)
+    ],
+    "instruct": [
+        {
+            "prompt": f"Question {i}: what is a blorp?",
+            "chosen": "A blorp is a small blue fish.",
+            "rejected": "I do not know.",
+        }
+        for i in range(8)
+    ],
+}
 
 
 def training_config(dataset_id: str, n_epochs: int) -> dict[str, Any]:
@@ -49,6 +69,23 @@ def training_config(dataset_id: str, n_epochs: int) -> dict[str, Any]:
             "num_warmup_steps": 0,
         },
     }
+
+
+def minimal_training(dataset_id: str, data_format: str, n_epochs: int, new: bool) -> dict[str, Any]:
+    """Only what the client's types require: 0.7 needs `n_epochs` and a data config; 0.2 also
+    `max_steps_per_epoch` and `gradient_accumulation_steps`. No optimizer config."""
+    config: dict[str, Any] = {
+        "n_epochs": n_epochs,
+        "data_config": {
+            "dataset_id": dataset_id,
+            "batch_size": 4,
+            "shuffle": True,
+            "data_format": data_format,
+        },
+    }
+    if not new:
+        config |= {"max_steps_per_epoch": 100, "gradient_accumulation_steps": 1}
+    return config
 
 
 def main(base_url: str, model: str) -> dict[str, Any]:
@@ -102,10 +139,14 @@ def main(base_url: str, model: str) -> dict[str, Any]:
             return post_training.job.status(uuid_)
         return post_training.job.status(job_uuid=uuid_)
 
-    deadline = time.monotonic() + 180
-    while (state := status(job_uuid)).status not in ("completed", "failed", "cancelled"):
-        assert time.monotonic() < deadline, "the job did not finish"
-        time.sleep(0.3)
+    def finish(uuid_: str) -> Any:
+        deadline = time.monotonic() + 180
+        while (state := status(uuid_)).status not in ("completed", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"job {uuid_} did not finish"
+            time.sleep(0.3)
+        return state
+
+    state = finish(job_uuid)
     assert state.status == "completed", state
     assert state.scheduled_at and state.started_at and state.completed_at
     artifacts = (
@@ -118,12 +159,12 @@ def main(base_url: str, model: str) -> dict[str, Any]:
     assert final.post_training_job_id == job_uuid and final.epoch == 1
 
     # Cancel: a running job stops; a finished one is refused with a 400 (not a retried 409).
+    # The minimal request: no algorithm config (LoRA), no optimizer config.
     long_job = f"lsc-{uuid.uuid4().hex[:8]}"
     post_training.supervised_fine_tune(
         job_uuid=long_job,
         model=model,
-        training_config=training_config(dataset_id, 200),
-        algorithm_config={"lora_attn_modules": ["q_proj"], "rank": 2, "alpha": 4},  # no type
+        training_config=minimal_training(dataset_id, "dialog", 200, new),
         hyperparam_search_config={},
         logger_config={},
     )
@@ -142,6 +183,47 @@ def main(base_url: str, model: str) -> dict[str, Any]:
     else:
         raise AssertionError("cancelling a finished job succeeded")
 
+    # DPO through preference_optimize, minimal requests, in each data format.
+    dpo_jobs = []
+    for data_format, rows in PAIRS.items():
+        pairs = f"lsc-{uuid.uuid4().hex[:8]}"
+        datasets.register(
+            purpose="preference", source={"type": "rows", "rows": rows}, dataset_id=pairs
+        )
+        dpo_job = f"lsc-dpo-{uuid.uuid4().hex[:8]}"
+        post_training.preference_optimize(
+            job_uuid=dpo_job,
+            finetuned_model=model,
+            algorithm_config={"beta": 0.1} if new else {"beta": 0.1, "loss_type": "sigmoid"},
+            training_config=minimal_training(pairs, data_format, 1, new),
+            hyperparam_search_config={},
+            logger_config={},
+        )
+        state = finish(dpo_job)
+        assert state.status == "completed", state
+        dpo_jobs.append(dpo_job)
+        # The other format's prompt field is missing from these rows: refused by name.
+        other = "instruct" if data_format == "dialog" else "dialog"
+        try:
+            post_training.preference_optimize(
+                job_uuid=f"lsc-dpo-{uuid.uuid4().hex[:8]}",
+                finetuned_model=model,
+                algorithm_config={"beta": 0.1, "loss_type": "sigmoid"},
+                training_config=minimal_training(pairs, other, 1, new),
+                hyperparam_search_config={},
+                logger_config={},
+            )
+        except llama_stack_client.BadRequestError as exc:
+            assert "data_format" in str(exc), exc
+        else:
+            raise AssertionError(f"{other} over {data_format} rows was accepted")
+    preferred = client.chat.completions.create(
+        model=f"ft/{dpo_jobs[0]}",
+        messages=[{"role": "user", "content": "Question 1: what is a blorp?"}],
+        max_tokens=4,
+    )
+    assert preferred.choices[0].message.content
+
     # Chat with the fine-tuned model, whole and streamed (0.2.x cannot parse `data: [DONE]`).
     messages = [{"role": "user", "content": "Question 1: what is a blorp?"}]
     fine_tuned = f"ft/{job_uuid}"
@@ -153,7 +235,12 @@ def main(base_url: str, model: str) -> dict[str, Any]:
         )
     )
     assert chunks and chunks[-1].choices[0].finish_reason == "length"
-    return {"llama_stack_client": version, "job": job_uuid, "chunks": len(chunks)}
+    return {
+        "llama_stack_client": version,
+        "job": job_uuid,
+        "dpo_jobs": dpo_jobs,
+        "chunks": len(chunks),
+    }
 
 
 if __name__ == "__main__":

@@ -17,3 +17,4 @@ def test_llama_stack_client_runs_the_whole_workflow(server: Server, release: str
     seen = json.loads(run_flow(python, "llama_stack_flow.py", server.url, TINY))
     assert seen["llama_stack_client"] == release
     assert seen["chunks"] >= 2
+    assert len(seen["dpo_jobs"]) == 2  # dialog and instruct

@@ -35,6 +35,7 @@ from llama_post.apis.datasets import (
 )
 from llama_post.apis.datasets.models import FileDataSource
 from llama_post.apis.post_training.models import (
+    BASE_LR,
     AlgorithmConfig,
     Checkpoint,
     JobMetricsResponse,
@@ -56,7 +57,6 @@ Auto = Literal["auto"]
 # What "auto" means here (OpenAI picks by dataset size; these suit small datasets on a CPU).
 AUTO_EPOCHS = 3
 AUTO_BATCH_SIZE = 4
-BASE_LR = {"LoRA": 2e-4, "full": 2e-5}  # times `learning_rate_multiplier`
 AUTO_BETA = 0.1
 
 STATUS = {
@@ -369,7 +369,7 @@ class OpenAIFineTuning:
         status = await self._status(fine_tuning_job_id)
         request = self.job_request(fine_tuning_job_id)
         metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
-        data = request.training_config.data_config
+        data = request.training_config.data
         params = _resolved(request)
         return FineTuningJob(
             id=fine_tuning_job_id,
@@ -405,7 +405,7 @@ class OpenAIFineTuning:
         self, fine_tuning_job_id: str, request: PageRequest
     ) -> FineTuningJobEventList:
         status = await self._status(fine_tuning_job_id)
-        data = self.job_request(fine_tuning_job_id).training_config.data_config
+        data = self.job_request(fine_tuning_job_id).training_config.data
         metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
         events = _events(status, metrics, await self._file_of(data.dataset_id))
         page, has_more = _page(events[::-1], request, lambda e: e.id)
@@ -555,10 +555,8 @@ def _openai_param(native: str | None, method: str) -> str | None:
 def _resolved(request: TrainingRequest) -> ResolvedHyperparameters:
     training = request.training_config
     return ResolvedHyperparameters(
-        batch_size=training.data_config.batch_size,
-        learning_rate_multiplier=round(
-            training.optimizer_config.lr / BASE_LR[request.tuning.type], 9
-        ),
+        batch_size=training.data.batch_size,
+        learning_rate_multiplier=round(training.optimizer.lr / BASE_LR[request.tuning.type], 9),
         n_epochs=training.n_epochs,
         beta=request.algorithm_config.beta
         if isinstance(request, PreferenceOptimizeRequest)

@@ -11,16 +11,45 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, JsonValue, model_validator
 
+from llama_post.errors import InvalidRequestError
 from llama_post.schema import StrictModel
 
 JOB_UUID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# The learning rate of a request without `optimizer_config` (and OpenAI's multiplier's unit).
+BASE_LR = {"LoRA": 2e-4, "full": 2e-5}
 
 
-class DataConfig(StrictModel):
+class ConfigModel(StrictModel):
+    """Llama Stack declares most of these fields `X | None` with a default: a null is taken as
+    the field left out, so clients that send every optional field as null work unchanged."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            key: value
+            for key, value in data.items()
+            if value is not None
+            or key not in cls.model_fields
+            or _admits_none(cls.model_fields[key].annotation)
+        }
+
+
+def _admits_none(annotation: Any) -> bool:
+    return annotation is None or type(None) in getattr(annotation, "__args__", ())
+
+
+class DataConfig(ConfigModel):
     dataset_id: str
     batch_size: int = Field(ge=1, le=1024)
     shuffle: bool = True
-    data_format: Literal["instruct", "dialog"] = "instruct"
+    data_format: Literal["instruct", "dialog"] | None = Field(
+        None,
+        description="instruct: rows' `prompt`; dialog: rows' `messages`. Unset: SFT follows the "
+        "dataset's purpose, DPO reads whichever a row has.",
+    )
     validation_dataset_id: str | None = None
     validation_split: float = Field(
         0.0, ge=0.0, lt=1.0, description="Held out for validation when no validation dataset."
@@ -30,7 +59,7 @@ class DataConfig(StrictModel):
     max_seq_len: int = Field(1024, ge=16, le=131072, description="Longer examples are truncated.")
 
 
-class OptimizerConfig(StrictModel):
+class OptimizerConfig(ConfigModel):
     optimizer_type: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
@@ -40,7 +69,7 @@ class OptimizerConfig(StrictModel):
     )
 
 
-class EfficiencyConfig(StrictModel):
+class EfficiencyConfig(ConfigModel):
     enable_activation_checkpointing: bool = Field(
         True,
         description="Recompute each layer's activations in the backward pass. On by default: "
@@ -58,25 +87,53 @@ class EfficiencyConfig(StrictModel):
     fsdp_cpu_offload: bool = False
 
 
-class LoggerConfig(StrictModel):
+class LoggerConfig(ConfigModel):
     log_every_n_steps: int = Field(1, ge=1, description="Optimizer steps between metric lines.")
 
 
-class TrainingConfig(StrictModel):
+class TrainingConfig(ConfigModel):
     n_epochs: int = Field(1, ge=1, le=10000)
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="Optimizer steps.")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="Optimizer steps; unset: the whole epoch."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
-    max_validation_steps: int | None = Field(None, ge=1, description="Batches per validation.")
-    data_config: DataConfig
-    optimizer_config: OptimizerConfig
+    max_validation_steps: int | None = Field(
+        None, ge=1, description="Batches per validation; unset: all."
+    )
+    data_config: DataConfig | None = Field(
+        None,
+        description="The dataset to train on. Optional in Llama Stack's API, but a job needs "
+        "one: a request without it is a 400 saying so.",
+    )
+    optimizer_config: OptimizerConfig | None = Field(
+        None,
+        description=f"Unset: AdamW at lr {BASE_LR['LoRA']} for LoRA, {BASE_LR['full']} for "
+        "full fine-tuning, no warm-up, constant schedule.",
+    )
     efficiency_config: EfficiencyConfig | None = None
     dtype: Literal["fp32", "bf16"] = Field("fp32", description="fp32 is faster on most CPUs.")
     seed: int = 42
     save_every: int | None = Field(None, ge=1, description="Checkpoint every this many steps.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip gradients; null: never.")
 
+    @property
+    def data(self) -> DataConfig:
+        """`data_config`, which a job cannot do without."""
+        if self.data_config is None:
+            raise InvalidRequestError(
+                "training_config.data_config: name the dataset to train on, e.g. "
+                '{"dataset_id": "my-data", "batch_size": 4}',
+                param="training_config.data_config",
+            )
+        return self.data_config
 
-class LoraFinetuningConfig(StrictModel):
+    @property
+    def optimizer(self) -> OptimizerConfig:
+        assert self.optimizer_config is not None, "JobRequest fills in the default"
+        return self.optimizer_config
+
+
+class LoraFinetuningConfig(ConfigModel):
     type: Literal["LoRA"] = "LoRA"
     lora_attn_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1)
     apply_lora_to_mlp: bool = False
@@ -97,7 +154,7 @@ AlgorithmConfig = Annotated[
 ]
 
 
-class JobRequest(StrictModel):
+class JobRequest(ConfigModel):
     """What every job request has besides its model, method and algorithm."""
 
     job_uuid: str | None = Field(None, pattern=JOB_UUID_PATTERN)
@@ -113,10 +170,28 @@ class JobRequest(StrictModel):
         default_factory=dict, max_length=16, description="Up to 16 labels, returned with the job."
     )
 
+    @property
+    def tuning(self) -> LoraFinetuningConfig | FullFinetuningConfig:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _default_optimizer(self) -> JobRequest:
+        training = self.training_config
+        if training.optimizer_config is None:
+            training.optimizer_config = OptimizerConfig(lr=BASE_LR[self.tuning.type])
+        return self
+
 
 class SupervisedFineTuneRequest(JobRequest):
-    model: str
-    algorithm_config: AlgorithmConfig
+    model: str | None = Field(
+        None,
+        description="The base model to fine-tune. Optional in Llama Stack's API, but a job "
+        "needs one: a request without it is a 400 saying so.",
+    )
+    algorithm_config: AlgorithmConfig = Field(
+        default_factory=LoraFinetuningConfig,
+        description="LoRA or full fine-tuning; unset: LoRA of rank 8 on q_proj and v_proj.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -125,6 +200,11 @@ class SupervisedFineTuneRequest(JobRequest):
 
     @property
     def model_id(self) -> str:
+        if self.model is None:
+            raise InvalidRequestError(
+                "model: name the registered model to fine-tune (GET /v1/models lists them)",
+                param="model",
+            )
         return self.model
 
     @property
@@ -135,6 +215,8 @@ class SupervisedFineTuneRequest(JobRequest):
 def _lora_without_type(data: Any, field: str) -> Any:
     # llama-stack-client sends LoRA configs without `type`.
     algo = data.get(field) if isinstance(data, dict) else None
+    if algo is None and isinstance(data, dict) and field in data:  # null: the default
+        data = {k: v for k, v in data.items() if k != field}
     if isinstance(algo, dict) and "type" not in algo:
         data = {**data, field: {**algo, "type": "LoRA"}}
     return data
@@ -146,7 +228,7 @@ class DPOLossType(StrEnum):
     ipo = "ipo"
 
 
-class DPOAlignmentConfig(StrictModel):
+class DPOAlignmentConfig(ConfigModel):
     beta: float = Field(
         0.1, gt=0.0, le=100.0, description="How far the policy may move from the reference."
     )

@@ -34,7 +34,7 @@ class Example:
         return sum(1 for label in self.labels[1:] if label != IGNORE)
 
 
-def messages_of(row: dict[str, Any], data_format: str) -> list[dict[str, str]]:
+def messages_of(row: dict[str, Any], data_format: str | None) -> list[dict[str, str]]:
     if data_format == "instruct":
         return [
             {"role": "user", "content": row["prompt"]},
@@ -44,7 +44,11 @@ def messages_of(row: dict[str, Any], data_format: str) -> list[dict[str, str]]:
 
 
 def render(
-    row: dict[str, Any], data_format: str, tokenizer: Any, train_on_input: bool, max_seq_len: int
+    row: dict[str, Any],
+    data_format: str | None,
+    tokenizer: Any,
+    train_on_input: bool,
+    max_seq_len: int,
 ) -> Example:
     """Tokenize one row; labels keep assistant tokens only, unless `train_on_input`."""
     return render_messages(messages_of(row, data_format), tokenizer, train_on_input, max_seq_len)
@@ -230,7 +234,7 @@ def trained_tokens(batch: list[list[Example]]) -> int:
 def steps_per_epoch(examples: list[Example], request: TrainingRequest) -> list[int]:
     """Optimizer steps in each epoch (packing makes the count depend on the epoch's order)."""
     cfg = request.training_config
-    data = cfg.data_config
+    data = cfg.data
     plan = []
     for epoch in range(cfg.n_epochs):
         order = epoch_order(len(examples), cfg.seed, epoch, data.shuffle)

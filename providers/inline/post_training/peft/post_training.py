@@ -174,20 +174,23 @@ class PeftPostTraining(OpenAIFineTuning):
                 f"{tuning_field}: {request.model_id!r} is a LoRA adapter; continue it with LoRA",
                 param=f"{tuning_field}.type",
             )
-        data = request.training_config.data_config
-        purpose = (
-            DatasetPurpose.preference
-            if dpo
-            else DatasetPurpose.instruct
-            if data.data_format == "instruct"
-            else DatasetPurpose.dialog
-        )
-        train = await self._rows(data.dataset_id, purpose, "dataset_id")
+        data = request.training_config.data
+        if dpo:
+            wanted = {DatasetPurpose.preference}
+        elif data.data_format is None:  # the dataset's purpose says how to read its rows
+            wanted = {DatasetPurpose.instruct, DatasetPurpose.dialog}
+        else:
+            wanted = {DatasetPurpose(data.data_format)}
+        train, purpose = await self._rows(data.dataset_id, wanted, "dataset_id")
+        if not dpo:
+            data.data_format = "instruct" if purpose == DatasetPurpose.instruct else "dialog"
         validation = None
         if data.validation_dataset_id:
-            validation = await self._rows(
-                data.validation_dataset_id, purpose, "validation_dataset_id"
+            validation, _ = await self._rows(
+                data.validation_dataset_id, {purpose}, "validation_dataset_id"
             )
+        if dpo and data.data_format is not None:
+            _check_prompt_field(data.data_format, train, validation)
         checkpoint_dir = self._checkpoint_dir(request, job_uuid)
         spec = JobSpec(
             job_uuid=job_uuid,
@@ -201,17 +204,18 @@ class PeftPostTraining(OpenAIFineTuning):
         return await asyncio.to_thread(prepare, spec, train, validation)
 
     async def _rows(
-        self, dataset_id: str, wanted: DatasetPurpose, field: str
-    ) -> list[dict[str, Any]]:
+        self, dataset_id: str, wanted: set[DatasetPurpose], field: str
+    ) -> tuple[list[dict[str, Any]], DatasetPurpose]:
         param = f"training_config.data_config.{field}"
         try:
             dataset = await self.datasets.get_dataset(dataset_id)
         except NotFoundError:
             raise InvalidRequestError(f"{param}: no dataset {dataset_id!r}", param=param) from None
-        if dataset.purpose != wanted:
+        if dataset.purpose not in wanted:
+            names = " or ".join(sorted(p.value for p in wanted))
             raise InvalidRequestError(
                 f"{param}: dataset {dataset_id!r} has purpose {dataset.purpose.value}; "
-                f"this job needs a {wanted.value} dataset",
+                f"this job needs a {names} dataset",
                 param=param,
             )
         rows: list[dict[str, Any]] = []
@@ -222,7 +226,7 @@ class PeftPostTraining(OpenAIFineTuning):
             )
             rows += page.data
             start = page.next_start_index
-        return rows
+        return rows, dataset.purpose
 
     def _checkpoint_dir(self, request: TrainingRequest, job_uuid: str) -> Path:
         root = self.config.checkpoint_root.resolve()
@@ -518,15 +522,8 @@ def _refuse_unsupported(request: TrainingRequest) -> None:
     tuning_field = "finetuning_config" if dpo else "algorithm_config"
     if isinstance(algo, LoraFinetuningConfig) and algo.quantize_base:
         refusals.append((f"{tuning_field}.quantize_base", "a quantized base is not supported"))
-    data = request.training_config.data_config
+    data = request.training_config.data
     if dpo:
-        if "data_format" in data.model_fields_set:
-            refusals.append(
-                (
-                    "training_config.data_config.data_format",
-                    "a preference job reads `prompt` or `messages`, `chosen` and `rejected`",
-                )
-            )
         if data.packed:
             refusals.append(("training_config.data_config.packed", "DPO trains on whole pairs"))
         if data.train_on_input:
@@ -563,6 +560,23 @@ def _refuse_unsupported(request: TrainingRequest) -> None:
     if refusals:
         field, why = refusals[0]
         raise InvalidRequestError(f"{field}: {why}; leave it unset or false", param=field)
+
+
+def _check_prompt_field(
+    data_format: str, train: list[dict[str, Any]], validation: list[dict[str, Any]] | None
+) -> None:
+    """A preference job told its `data_format` reads that prompt field from every row:
+    `messages` for dialog, `prompt` for instruct (Llama Stack's clients always send one)."""
+    needed = "messages" if data_format == "dialog" else "prompt"
+    for name, rows in (("dataset_id", train), ("validation_dataset_id", validation or [])):
+        for number, row in enumerate(rows, start=1):
+            if row.get(needed) is None:
+                raise InvalidRequestError(
+                    f"training_config.data_config.data_format: {data_format} reads each row's "
+                    f"`{needed}`; row {number} of {name} has none (leave data_format unset to "
+                    "read whichever a row has)",
+                    param="training_config.data_config.data_format",
+                )
 
 
 def _write_job(job_dir: Path, prepared: Prepared) -> None:

@@ -42,7 +42,7 @@ def prepare(
     from transformers import AutoTokenizer
 
     request = spec.request
-    data = request.training_config.data_config
+    data = request.training_config.data
     tuning_field = "algorithm_config"
     if isinstance(request, PreferenceOptimizeRequest):
         tuning_field = "finetuning_config"

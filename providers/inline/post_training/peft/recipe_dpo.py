@@ -91,7 +91,7 @@ def main(job_dir: Path) -> None:
     request = spec.request
     assert isinstance(request, PreferenceOptimizeRequest)
     cfg = request.training_config
-    data_cfg = cfg.data_config
+    data_cfg = cfg.data
     stop = install_cancel_handler()
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
@@ -349,10 +349,10 @@ def _pairs(path: Path, tokenizer: Any, max_seq_len: int) -> list[Pair]:
 def _used(count: int, request: PreferenceOptimizeRequest, plan: list[int]) -> set[int]:
     """The training pairs the job's steps will see (all of them, unless steps are capped)."""
     cfg = request.training_config
-    per_step = cfg.data_config.batch_size * cfg.gradient_accumulation_steps
+    per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps
     used: set[int] = set()
     for epoch, steps in enumerate(plan):
-        order = epoch_order(count, cfg.seed, epoch, cfg.data_config.shuffle)
+        order = epoch_order(count, cfg.seed, epoch, cfg.data.shuffle)
         used.update(order[: steps * per_step])
     return used
 
@@ -412,7 +412,7 @@ def _validate(
     device: str,
 ) -> dict[str, float]:
     """Mean loss, reward margin and preference accuracy on the held-out pairs."""
-    batch = request.training_config.data_config.batch_size
+    batch = request.training_config.data.batch_size
     limit = request.training_config.max_validation_steps
     starts = list(range(0, len(pairs), batch))[:limit]
     model.eval()

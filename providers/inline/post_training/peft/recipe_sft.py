@@ -59,7 +59,7 @@ def main(job_dir: Path) -> None:
     request = spec.request
     assert isinstance(request, SupervisedFineTuneRequest)
     cfg = request.training_config
-    data_cfg = cfg.data_config
+    data_cfg = cfg.data
     stop = install_cancel_handler()
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
@@ -187,7 +187,7 @@ def completion_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 def _examples(path: Path, tokenizer: Any, request: SupervisedFineTuneRequest) -> list[Example]:
-    data = request.training_config.data_config
+    data = request.training_config.data
     return [
         render(row, data.data_format, tokenizer, data.train_on_input, data.max_seq_len)
         for row in read_jsonl(path)
@@ -202,7 +202,7 @@ def _validate(
     pad_id: int,
     device: str,
 ) -> float:
-    data = request.training_config.data_config
+    data = request.training_config.data
     limit = request.training_config.max_validation_steps
     model.eval()
     total, count = 0.0, 0

@@ -192,7 +192,7 @@ def last_validation_loss(job_dir: Path) -> float | None:
 
 
 def make_optimizer(params: list[Any], request: TrainingRequest) -> torch.optim.Optimizer:
-    opt = request.training_config.optimizer_config
+    opt = request.training_config.optimizer
     if opt.optimizer_type == "sgd":
         return torch.optim.SGD(params, lr=opt.lr, weight_decay=opt.weight_decay)
     if opt.optimizer_type == "adam":
@@ -201,7 +201,7 @@ def make_optimizer(params: list[Any], request: TrainingRequest) -> torch.optim.O
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, request: TrainingRequest, total: int) -> Any:
-    opt = request.training_config.optimizer_config
+    opt = request.training_config.optimizer
     warmup = opt.num_warmup_steps
 
     def factor(step: int) -> float:
