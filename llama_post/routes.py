@@ -12,12 +12,18 @@ import re
 import types
 import typing
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
-from llama_post.schema import FileContent, MultipartRequest, WebMethod, webmethods_of
+from llama_post.schema import (
+    FileContent,
+    MultipartRequest,
+    WebMethod,
+    created_ids,
+    webmethods_of,
+)
 
 RequestKind = Literal["none", "json", "query", "multipart"]
 ResponseKind = Literal["json", "sse", "json_or_sse", "binary"]
@@ -42,6 +48,11 @@ class Route:
     alias: bool  # a further route of a method that has one already
     summary: str
     description: str
+    creates: tuple[tuple[str, str], ...] = ()  # (id parameter, JSON pointer into the response)
+    # The JSON schema of each id parameter (path or carried): its pattern, length, examples.
+    param_schemas: dict[str, dict[str, Any]] = field(
+        default_factory=dict, hash=False, compare=False
+    )
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -142,7 +153,20 @@ def _compile_one(api: str, name: str, fn: object, declared: WebMethod, alias: bo
         alias=alias,
         summary=summary.strip(),
         description=description.strip(),
+        creates=created_ids(fn),
+        param_schemas=_param_schemas(fn, (*path_params, *carried)),
     )
+
+
+def _param_schemas(fn: object, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """What an `Annotated[str, Field(pattern=...)]` id parameter declares, as JSON schema."""
+    annotated = typing.get_type_hints(fn, include_extras=True)
+    schemas = {}
+    for name in names:
+        schema = TypeAdapter(annotated[name]).json_schema()
+        schema.pop("title", None)
+        schemas[name] = schema
+    return schemas
 
 
 def _response_of(

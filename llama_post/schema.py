@@ -54,6 +54,23 @@ def webmethod(*, route: str, method: str, compat: str | None = None) -> Callable
     return mark
 
 
+def creates(**ids: str) -> Callable[[F], F]:
+    """Declare the ids a create method's response carries, each as a JSON pointer into it:
+    `@creates(dataset_id="/identifier")`. The spec links the method's routes to every route
+    that takes that id (get, delete, iterrows, cancel, ...) and to the list at the same path."""
+
+    def mark(fn: F) -> F:
+        fn.__dict__["__creates__"] = tuple(ids.items())
+        return fn
+
+    return mark
+
+
+def created_ids(fn: object) -> tuple[tuple[str, str], ...]:
+    found: tuple[tuple[str, str], ...] = getattr(fn, "__creates__", ())
+    return found
+
+
 def webmethods_of(fn: object) -> list[WebMethod]:
     found: list[WebMethod] = getattr(fn, "__webmethods__", [])
     return list(reversed(found))  # decorators apply bottom-up; keep the order they are written

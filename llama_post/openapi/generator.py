@@ -31,7 +31,10 @@ def build_spec(routes: list[Route]) -> dict[str, Any]:
     refs, schemas = _schemas(routes)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, refs)
+        operation = _operation(route, refs)
+        if links := _links(route, routes):
+            operation["responses"]["200"]["links"] = links
+        paths.setdefault(route.openapi_path, {})[route.method.lower()] = operation
     compat = {r.compat for r in routes if r.compat}
     tags = [
         {"name": t} | ({"description": COMPAT_NOTE.format(family=t)} if t in compat else {})
@@ -89,14 +92,14 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
     if route.description:
         op["description"] = route.description
     params: list[dict[str, Any]] = [
-        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": p, "in": "path", "required": True, "schema": route.param_schemas[p]}
         for p in route.path_params
     ]
-    carried = {"type": "string", "minLength": 1}
+    carried = {p: {"minLength": 1} | route.param_schemas[p] for p in route.carried_params}
     model = route.request_model
     if route.request_kind == "query":
         params += [
-            {"name": p, "in": "query", "required": True, "schema": carried}
+            {"name": p, "in": "query", "required": True, "schema": carried[p]}
             for p in route.carried_params
         ]
     elif route.carried_params:  # ids in a JSON body, no request model
@@ -106,7 +109,7 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
                 "application/json": {
                     "schema": {
                         "type": "object",
-                        "properties": {p: carried for p in route.carried_params},
+                        "properties": carried,
                         "required": list(route.carried_params),
                         "additionalProperties": False,
                     }
@@ -127,6 +130,45 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
         code: {"$ref": f"#/components/responses/Error{code}"} for code in ERRORS
     }
     return op
+
+
+def _links(route: Route, routes: list[Route]) -> dict[str, Any]:
+    """OpenAPI links from a create route to every route of its API that takes an id it
+    creates (get, delete, iterrows, cancel, ...) and to its API's lists: how a client, or a
+    stateful fuzzer, follows a new resource."""
+    if not route.creates:
+        return {}
+    found: dict[str, Any] = {}
+    for target in routes:
+        if target is route or target.api != route.api:
+            continue
+        params: dict[str, str] = {}
+        body: dict[str, str] = {}
+        for name, pointer in route.creates:
+            value = f"$response.body#{pointer}"
+            if name in target.path_params:
+                params[f"path.{name}"] = value
+            elif name in target.carried_params and target.request_kind == "query":
+                params[f"query.{name}"] = value
+            elif name in target.carried_params:
+                body[name] = value
+        lists = (
+            target.method == "GET"
+            and target.name.startswith("list")
+            and not target.path_params
+            and not target.carried_params
+        )
+        if any(f"path.{p}" not in params for p in target.path_params):
+            continue
+        if not (params or body or lists):
+            continue
+        link: dict[str, Any] = {"operationId": target.operation_id}
+        if params:
+            link["parameters"] = params
+        if body:
+            link["requestBody"] = body
+        found[target.operation_id] = link
+    return found
 
 
 def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:

@@ -35,6 +35,39 @@ def test_the_spec_is_valid_openapi() -> None:
     assert operations == {(r.method, r.openapi_path) for r in all_routes()}
 
 
+def test_links_lead_from_every_create_to_what_reads_uses_or_deletes_it() -> None:
+    spec = yaml.safe_load((DOCS / SPEC_NAME).read_text(encoding="utf-8"))
+    operations = {op["operationId"]: op for ms in spec["paths"].values() for op in ms.values()}
+    creators = [r for r in all_routes() if r.creates]
+    assert {r.name for r in creators} >= {
+        "upload_file",
+        "register_dataset",
+        "register_model",
+        "supervised_fine_tune",
+        "preference_optimize",
+        "create_fine_tuning_job",
+    }
+    for route in creators:
+        links = operations[route.operation_id]["responses"]["200"]["links"]
+        for name, pointer in route.creates:
+            users = [
+                r
+                for r in all_routes()
+                if r.api == route.api and name in (*r.path_params, *r.carried_params)
+            ]
+            assert users, (route.operation_id, name)
+            for user in users:
+                link = links[user.operation_id]
+                assert link["operationId"] == user.operation_id
+                expression = f"$response.body#{pointer}"
+                assert expression in [
+                    *link.get("parameters", {}).values(),
+                    *link.get("requestBody", {}).values(),
+                ], link
+        lists = [n for n in links if n.startswith("list") and "parameters" not in links[n]]
+        assert lists, f"{route.operation_id} links to no list"
+
+
 def test_the_html_reference_names_every_operation() -> None:
     html = (DOCS / HTML_NAME).read_text(encoding="utf-8")
     for route in all_routes():

@@ -10,6 +10,7 @@ from llama_post.schema import StrictModel
 Row = dict[str, JsonValue]
 
 DATASET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN, examples=["my-dataset"])]
 
 
 class DatasetPurpose(StrEnum):

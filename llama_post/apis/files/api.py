@@ -9,12 +9,13 @@ from llama_post.apis.files.models import (
     ListFilesResponse,
     UploadFileRequest,
 )
-from llama_post.schema import FileContent, webmethod
+from llama_post.schema import FileContent, creates, webmethod
 
 
 class Files(Protocol):
     """Uploaded files, shaped like OpenAI's Files API so its SDK works unchanged."""
 
+    @creates(file_id="/id")
     @webmethod(route="/v1/files", method="POST")
     async def upload_file(self, request: UploadFileRequest) -> FileObject:
         """Upload a file.

@@ -6,9 +6,10 @@ from llama_post.apis.models.models import (
     DeleteModelResponse,
     ListModelsResponse,
     Model,
+    ModelId,
     RegisterModelRequest,
 )
-from llama_post.schema import webmethod
+from llama_post.schema import creates, webmethod
 
 
 class Models(Protocol):
@@ -20,10 +21,11 @@ class Models(Protocol):
         ...
 
     @webmethod(route="/v1/models/{model_id:path}", method="GET")
-    async def get_model(self, model_id: str) -> Model:
+    async def get_model(self, model_id: ModelId) -> Model:
         """Get one model. Its id may contain `/`."""
         ...
 
+    @creates(model_id="/id")
     @webmethod(route="/v1/models", method="POST")
     async def register_model(self, request: RegisterModelRequest) -> Model:
         """Register a local model folder, a GGUF file or a LoRA adapter over a registered base.
@@ -33,6 +35,6 @@ class Models(Protocol):
         ...
 
     @webmethod(route="/v1/models/{model_id:path}", method="DELETE")
-    async def unregister_model(self, model_id: str) -> DeleteModelResponse:
+    async def unregister_model(self, model_id: ModelId) -> DeleteModelResponse:
         """Unregister a model; a base model with adapters over it is refused."""
         ...

@@ -9,6 +9,14 @@ from llama_post.schema import StrictModel
 # Ids may hold `/` (`HuggingFaceTB/SmolLM2-135M-Instruct`); every segment starts with a letter or
 # digit, so none is empty, `.` or `..`.
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*(/[A-Za-z0-9][A-Za-z0-9._:-]*)*$"
+ModelId = Annotated[
+    str,
+    Field(
+        pattern=MODEL_ID_PATTERN,
+        max_length=256,
+        examples=["HuggingFaceTB/SmolLM2-135M-Instruct", "ft/sft-0123456789abcdef"],
+    ),
+]
 
 
 class HuggingFaceSource(StrictModel):

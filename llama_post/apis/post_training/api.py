@@ -16,6 +16,7 @@ from llama_post.apis.post_training.models import (
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
+    JobUuid,
     ListPostTrainingJobsResponse,
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
@@ -24,12 +25,13 @@ from llama_post.apis.post_training.models import (
     PreflightResponse,
     SupervisedFineTuneRequest,
 )
-from llama_post.schema import OPENAI_FINE_TUNING, V0_2, V0_7, webmethod
+from llama_post.schema import OPENAI_FINE_TUNING, V0_2, V0_7, creates, webmethod
 
 
 class PostTraining(Protocol):
     """Fine-tuning as durable jobs: queued, run in worker processes, resumable, cancellable."""
 
+    @creates(job_uuid="/job_uuid")
     @webmethod(route="/v1/post-training/supervised-fine-tune", method="POST")
     @webmethod(route="/v1alpha/post-training/supervised-fine-tune", method="POST", compat=V0_7)
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
@@ -39,6 +41,7 @@ class PostTraining(Protocol):
         """
         ...
 
+    @creates(job_uuid="/job_uuid")
     @webmethod(route="/v1/post-training/preference-optimize", method="POST")
     @webmethod(route="/v1alpha/post-training/preference-optimize", method="POST", compat=V0_7)
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
@@ -62,41 +65,42 @@ class PostTraining(Protocol):
     @webmethod(route="/v1/post-training/jobs/{job_uuid}", method="GET")
     @webmethod(route="/v1/post-training/job/status", method="GET", compat=V0_2)
     @webmethod(route="/v1alpha/post-training/jobs/{job_uuid}/status", method="GET", compat=V0_7)
-    async def get_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+    async def get_job_status(self, job_uuid: JobUuid) -> PostTrainingJobStatusResponse:
         """A job's status, timestamps, progress and checkpoints."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/cancel", method="POST")
     @webmethod(route="/v1/post-training/job/cancel", method="POST", compat=V0_2)
     @webmethod(route="/v1alpha/post-training/jobs/{job_uuid}/cancel", method="POST", compat=V0_7)
-    async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+    async def cancel_job(self, job_uuid: JobUuid) -> PostTrainingJobStatusResponse:
         """Cancel a job; its worker stops within seconds."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/artifacts", method="GET")
     @webmethod(route="/v1/post-training/job/artifacts", method="GET", compat=V0_2)
     @webmethod(route="/v1alpha/post-training/jobs/{job_uuid}/artifacts", method="GET", compat=V0_7)
-    async def get_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
+    async def get_job_artifacts(self, job_uuid: JobUuid) -> PostTrainingJobArtifactsResponse:
         """A job's checkpoints: step, epoch, metrics, location and served model id."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/logs", method="GET")
-    async def get_job_logs(self, job_uuid: str) -> JobLogsResponse:
+    async def get_job_logs(self, job_uuid: JobUuid) -> JobLogsResponse:
         """The job's log, tracebacks included."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/metrics", method="GET")
-    async def get_job_metrics(self, job_uuid: str) -> JobMetricsResponse:
+    async def get_job_metrics(self, job_uuid: JobUuid) -> JobMetricsResponse:
         """Per-step metrics: loss, learning rate, grad norm, tokens/s, validation loss."""
         ...
 
     @webmethod(route="/v1/post-training/jobs/{job_uuid}/events", method="GET")
-    async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
+    async def stream_job_events(self, job_uuid: JobUuid) -> AsyncIterator[JobEvent]:
         """Follow a job: its log lines, metrics and status as server-sent events, to its end."""
         ...
 
     # -- OpenAI's fine-tuning jobs, over the methods above (see `fine_tuning.py`) ---------------
 
+    @creates(fine_tuning_job_id="/id")
     @webmethod(route="/v1/fine_tuning/jobs", method="POST", compat=OPENAI_FINE_TUNING)
     async def create_fine_tuning_job(self, request: CreateFineTuningJobRequest) -> FineTuningJob:
         """Create a job the way OpenAI's API does, from uploaded files.
@@ -114,7 +118,7 @@ class PostTraining(Protocol):
     @webmethod(
         route="/v1/fine_tuning/jobs/{fine_tuning_job_id}", method="GET", compat=OPENAI_FINE_TUNING
     )
-    async def retrieve_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
+    async def retrieve_fine_tuning_job(self, fine_tuning_job_id: JobUuid) -> FineTuningJob:
         """A job as OpenAI describes one: status, fine-tuned model, trained tokens, error."""
         ...
 
@@ -123,7 +127,7 @@ class PostTraining(Protocol):
         method="POST",
         compat=OPENAI_FINE_TUNING,
     )
-    async def cancel_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
+    async def cancel_fine_tuning_job(self, fine_tuning_job_id: JobUuid) -> FineTuningJob:
         """Cancel a job; a job already finished is a 400."""
         ...
 
@@ -133,7 +137,7 @@ class PostTraining(Protocol):
         compat=OPENAI_FINE_TUNING,
     )
     async def list_fine_tuning_events(
-        self, fine_tuning_job_id: str, request: PageRequest
+        self, fine_tuning_job_id: JobUuid, request: PageRequest
     ) -> FineTuningJobEventList:
         """A job's events, newest first: creation, start, each step's metrics, checkpoints, end."""
         ...
@@ -144,7 +148,7 @@ class PostTraining(Protocol):
         compat=OPENAI_FINE_TUNING,
     )
     async def list_fine_tuning_checkpoints(
-        self, fine_tuning_job_id: str, request: PageRequest
+        self, fine_tuning_job_id: JobUuid, request: PageRequest
     ) -> FineTuningJobCheckpointList:
         """A job's checkpoints, newest first, with their step and losses."""
         ...

@@ -15,6 +15,7 @@ from llama_post.errors import InvalidRequestError
 from llama_post.schema import StrictModel
 
 JOB_UUID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+JobUuid = Annotated[str, Field(pattern=JOB_UUID_PATTERN, examples=["sft-0123456789abcdef"])]
 # The learning rate of a request without `optimizer_config` (and OpenAI's multiplier's unit).
 BASE_LR = {"LoRA": 2e-4, "full": 2e-5}
 
