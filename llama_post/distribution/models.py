@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,7 +72,10 @@ class ModelRegistry:
             ):
                 if old is not None:
                     self.db.execute("DELETE FROM models WHERE id = ?", (old.id,))
-                await self.register_model(request)
+                try:
+                    await self.register_model(request)
+                except ConflictError:  # a server starting beside us on this home was first
+                    log.info("model %s was registered by another server", request.model_id)
         for model in sorted(self._all(), key=lambda m: m.kind != "base"):
             if model.id in self.loaded:
                 continue
@@ -113,9 +117,17 @@ class ModelRegistry:
             metadata=request.metadata,
         )
         model = await self._load(model)
-        self.db.execute(
-            "INSERT INTO models (id, record) VALUES (?, ?)", (model.id, model.model_dump_json())
-        )
+        try:
+            self.db.execute(
+                "INSERT INTO models (id, record) VALUES (?, ?)",
+                (model.id, model.model_dump_json()),
+            )
+        except sqlite3.IntegrityError:  # registered meanwhile, by another request or server
+            await self.providers[provider_id].unload_model(model.id)
+            self.loaded.discard(model.id)
+            raise ConflictError(
+                f"model {request.model_id!r} already exists", param="model_id"
+            ) from None
         return model
 
     async def unregister_model(self, model_id: str) -> DeleteModelResponse:

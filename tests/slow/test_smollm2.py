@@ -48,7 +48,7 @@ def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path
         assert model["context_length"] == 8192 and model["has_chat_template"]
         assert 130_000_000 < model["parameter_count"] < 140_000_000
         assert model["sampling_defaults"]["temperature"] == 0.2
-        assert model["sampling_defaults"]["top_p"] == 0.9
+        assert model["sampling_defaults"]["top_p"] == 0.5
     finally:
         assert [s.stop() for s in servers] == [0, 0]
     logs = [s.output() for s in servers]
