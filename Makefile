@@ -71,7 +71,9 @@ test-latest: | $(UV)
 	$(UV) pip install --quiet --python .venv-latest/bin/python $(FIND_LINKS) \
 	  -c requirements/constraints.txt --resolution highest --refresh -e '.[ml,test]'
 	$(UV) pip install --quiet --python .venv-latest/bin/python --no-deps -r $(NODEPS)
-	.venv-latest/bin/pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|trl) ' || true
+	$(UV) pip freeze --python .venv-latest/bin/python | grep '==' | sort > .venv-latest/freeze.txt
+	cat $(LOCK) $(NODEPS) | grep -oE '^[A-Za-z0-9_.-]+==[^ ;\\]+' | sort | comm -13 - .venv-latest/freeze.txt \
+	  | sed 's/^/not in the lock: /'
 	.venv-latest/bin/pytest -o cache_dir=.venv-latest/.pytest_cache $(PYTEST_ARGS)
 
 openapi: setup
