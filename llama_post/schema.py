@@ -87,6 +87,31 @@ class StrictModel(BaseModel):
 UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
 
 
+def required_in_spec(*names: str) -> Callable[[dict[str, Any]], None]:
+    """A model's `json_schema_extra`: the spec lists `names` as required and not null. The model
+    itself takes them as optional, so that a request without one gets a 400 that says what to
+    send (Llama Stack's API declares them optional) rather than a bare 422."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["required"] = [*schema.get("required", []), *names]
+        for name in names:
+            prop = schema["properties"][name]
+            prop.pop("default", None)
+            kept = [s for s in prop.pop("anyOf", []) if s != {"type": "null"}]
+            if len(kept) == 1:
+                prop.update(kept[0])
+            elif kept:
+                prop["anyOf"] = kept
+
+    return extra
+
+
+def only(value: Any) -> dict[str, Any]:
+    """A field's `json_schema_extra` for a value the server refuses all others of (a feature
+    the API declares but a provider does not implement): the spec says so."""
+    return {"const": value}
+
+
 @dataclass
 class UploadedFile:
     """A file part of a multipart request: a name and a readable binary stream."""

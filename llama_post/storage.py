@@ -69,5 +69,5 @@ def resolve_under(
             param=field,
         )
     if not (resolved.is_file() if kind == "file" else resolved.is_dir()):
-        raise InvalidRequestError(f"{field}: no {kind} at {path}", param=field)
+        raise NotFoundError(f"{field}: no {kind} at {path}", param=field)
     return resolved

@@ -177,7 +177,7 @@ class ModelRegistry:
         try:
             base = await self.get_model(source.base_model)
         except NotFoundError:
-            raise InvalidRequestError(
+            raise NotFoundError(
                 f"source.base_model: no model {source.base_model!r}", param="source.base_model"
             ) from None
         if base.kind != "base" or base.provider_id != provider_id:
@@ -190,7 +190,7 @@ class ModelRegistry:
     def _provider_id(self, requested: str | None) -> str:
         if requested is not None:
             if requested not in self.providers:
-                raise InvalidRequestError(
+                raise NotFoundError(
                     f"provider_id: no inference provider {requested!r}", param="provider_id"
                 )
             return requested

@@ -67,7 +67,7 @@ class DatasetsRouter:
                 param="provider_id",
             )
         if request.provider_id not in self.providers:
-            raise InvalidRequestError(
+            raise NotFoundError(
                 f"provider_id: no datasets provider {request.provider_id!r}", param="provider_id"
             )
         for impl in self.providers.values():

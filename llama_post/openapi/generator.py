@@ -184,6 +184,8 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
         }
         if "description" in prop:
             param["description"] = prop["description"]
+        if any(s.get("type") == "object" for s in [prop, *prop.get("anyOf", [])]):
+            param |= {"style": "deepObject", "explode": True}  # `metadata[key]=value`
         out.append(param)
     return out
 

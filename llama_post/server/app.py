@@ -68,8 +68,9 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
         try:
             return await handle(request)
         except LlamaPostError as exc:
-            if route.compat and exc.status == ConflictError.status:
+            if route.compat and exc.status == ConflictError.status and not route.creates:
                 # Foreign SDKs retry a 409; for them a forbidding state is a plain bad request.
+                # A create whose id is taken stays a 409: the SDK's own ConflictError.
                 return error_response(
                     InvalidRequestError(exc.message, param=exc.param, details=exc.details)
                 )

@@ -307,7 +307,7 @@ def test_llama_stack_client_0_7_forms(api: Driver) -> None:
     other = api.call(
         "datasets", "append_rows", ds["identifier"], body={**same, "dataset_id": "other"}
     )
-    assert other.status == 400 and other.error["param"] == "dataset_id"
+    assert other.status == 404 and other.error["param"] == "dataset_id"  # names no dataset
 
     every = api.call("datasets", "iterrows", ds["identifier"], body={"start_index": 1, "limit": -1})
     assert every.body["data"] == INSTRUCT[1:4] and not every.body["has_more"]
@@ -327,7 +327,7 @@ def test_ids_are_checked(api: Driver) -> None:
         assert refused.status == 422, bad
         assert refused.error["param"] == "dataset_id"
     missing_file = register(api, "instruct", {"type": "file", "file_id": "file-nope"})
-    assert missing_file.status == 400 and missing_file.error["param"] == "source.file_id"
+    assert missing_file.status == 404 and missing_file.error["param"] == "source.file_id"
 
 
 def test_schema_errors_name_the_field(api: Driver) -> None:

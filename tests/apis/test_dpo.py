@@ -123,7 +123,7 @@ def test_bad_dpo_requests_name_the_field(api: Driver) -> None:
     pairs = dataset(api, PAIRS, "preference")
     instruct = dataset(api, FACTS)
     cases: list[tuple[dict[str, Any], int, str]] = [
-        (dpo_request(pairs, finetuned_model="no/such-model"), 400, "finetuned_model"),
+        (dpo_request(pairs, finetuned_model="no/such-model"), 404, "finetuned_model"),
         (dpo_request(instruct), 400, "training_config.data_config.dataset_id"),
         (
             dpo_request(pairs, **{"training_config.data_config.packed": True}),

@@ -87,7 +87,7 @@ def test_bad_input(api: Driver) -> None:
         assert missing.error["type"] == "not_found_error"
 
     assert api.call("files", "list_files", body={"limit": 0}).error["param"] == "limit"
-    assert api.call("files", "list_files", body={"after": "file-nope"}).status == 400
+    assert api.call("files", "list_files", body={"after": "file-nope"}).status == 404
 
 
 def test_empty_file_is_accepted(api: Driver) -> None:

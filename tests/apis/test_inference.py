@@ -148,7 +148,7 @@ def test_bad_requests(api: Driver) -> None:
     assert missing.status == 404 and missing.error["param"] == "model"
 
     empty = chat(api, messages=[])
-    assert empty.status == 400 and empty.error["param"] == "messages"
+    assert empty.status == 422 and empty.error["param"] == "messages"  # the spec says min 1
 
     long_prompt = complete(api, prompt="word " * 400)
     assert long_prompt.status == 400

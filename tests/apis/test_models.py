@@ -74,7 +74,7 @@ def test_bad_registrations(api: Driver, adapters: list[Path], tmp_path: Path) ->
         "tests/orphan",
         {"type": "adapter", "path": str(adapters[0]), "base_model": "missing/base"},
     )
-    assert no_base.status == 400 and no_base.error["param"] == "source.base_model"
+    assert no_base.status == 404 and no_base.error["param"] == "source.base_model"
     not_a_model = register(api, "tests/empty", {"type": "huggingface", "path": str(adapters[0])})
     assert (
         not_a_model.status == 400
@@ -86,7 +86,7 @@ def test_bad_registrations(api: Driver, adapters: list[Path], tmp_path: Path) ->
     package = register(
         api, "tests/pkg", {"type": "gguf", "package": "no_such_pkg", "file": "x.gguf"}
     )
-    assert package.status == 400 and package.error["param"] == "source.package"
+    assert package.status == 404 and package.error["param"] == "source.package"
 
 
 def test_interleaved_base_and_adapters_match_fresh_peft(

@@ -207,7 +207,7 @@ def test_what_llama_stack_leaves_optional_has_a_default(api: Driver) -> None:
 def test_bad_requests_fail_before_any_worker(api: Driver) -> None:
     ds = dataset(api)
     cases: list[tuple[dict[str, Any], int, str]] = [
-        (request("no-such-dataset"), 400, "training_config.data_config.dataset_id"),
+        (request("no-such-dataset"), 404, "training_config.data_config.dataset_id"),
         (
             request(
                 dataset(
@@ -227,7 +227,7 @@ def test_bad_requests_fail_before_any_worker(api: Driver) -> None:
             400,
             "training_config.data_config.dataset_id",
         ),
-        (request(ds, model="no/such-model"), 400, "model"),
+        (request(ds, model="no/such-model"), 404, "model"),
         (request(ds, model=None), 400, "model"),
         (request(ds, **{"training_config.data_config": None}), 400, "training_config.data_config"),
         (

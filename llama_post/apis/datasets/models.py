@@ -3,7 +3,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from llama_post.schema import StrictModel
 
@@ -62,7 +62,30 @@ class RowsDataSource(StrictModel):
 DataSource = Annotated[UriDataSource | FileDataSource | RowsDataSource, Field(discriminator="type")]
 
 
+def _rows_fit_the_purpose(schema: dict[str, Any]) -> None:
+    """Inline rows must be rows of the request's purpose: one branch per purpose."""
+    from llama_post.apis.datasets.rows import row_schema
+
+    # `if`/`then`, not a top-level oneOf: client generators read the latter as a union of types.
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"purpose": {"const": purpose.value}}},
+            "then": {
+                "properties": {
+                    "source": {
+                        "if": {"properties": {"type": {"const": "rows"}}},
+                        "then": {"properties": {"rows": {"items": row_schema(purpose)}}},
+                    }
+                }
+            },
+        }
+        for purpose in DatasetPurpose
+    ]
+
+
 class RegisterDatasetRequest(StrictModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_rows_fit_the_purpose)
+
     purpose: DatasetPurpose
     source: DataSource
     dataset_id: str | None = Field(None, pattern=DATASET_ID_PATTERN)
@@ -106,7 +129,13 @@ class UnregisterDatasetResponse(BaseModel):
 
 class IterRowsRequest(StrictModel):
     start_index: int = Field(0, ge=0)
-    limit: int = Field(100, ge=-1, le=10000, description="Rows per page; -1: all the rest.")
+    limit: int = Field(
+        100,
+        ge=-1,
+        le=10000,
+        description="Rows per page; -1: all the rest.",
+        json_schema_extra={"not": {"const": 0}},
+    )
 
     @field_validator("limit")
     @classmethod
@@ -125,7 +154,10 @@ class IterRowsResponse(BaseModel):
 class AppendRowsRequest(StrictModel):
     rows: list[Row] = Field(min_length=1)
     dataset_id: str | None = Field(
-        None, description="If given (llama-stack-client 0.7 sends it), the path's id."
+        None,
+        description="Do not send: the path names the dataset. llama-stack-client 0.7 sends "
+        "it anyway; it must then be the path's id.",
+        json_schema_extra={"readOnly": True},
     )
 
 

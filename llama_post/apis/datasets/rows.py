@@ -23,8 +23,23 @@ class InstructRow(BaseModel):
     completion: str
 
 
+def _has_assistant_turn(schema: dict[str, Any]) -> None:
+    assistant = {"type": "object", "properties": {"role": {"const": "assistant"}}}
+    schema["properties"]["messages"]["contains"] = assistant | {"required": ["role"]}
+
+
+def _one_prompt(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [
+        {
+            "required": [given],
+            "properties": {given: {"not": {"type": "null"}}, other: {"type": "null"}},
+        }
+        for given, other in (("prompt", "messages"), ("messages", "prompt"))
+    ]
+
+
 class DialogRow(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_has_assistant_turn)
 
     messages: list[Message] = Field(min_length=1)
 
@@ -39,7 +54,7 @@ class PreferenceRow(BaseModel):
     """A prompt (`prompt` or `messages`) and two answers. OpenAI's DPO rows (`input.messages`,
     `preferred_output`, `non_preferred_output`) are read as `messages`, `chosen`, `rejected`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_one_prompt)
 
     prompt: str | None = None
     messages: list[Message] | None = Field(None, min_length=1)
@@ -74,6 +89,26 @@ ROW_MODELS: dict[DatasetPurpose, type[BaseModel]] = {
     DatasetPurpose.dialog: DialogRow,
     DatasetPurpose.preference: PreferenceRow,
 }
+
+
+def row_schema(purpose: DatasetPurpose) -> dict[str, Any]:
+    """The JSON schema of one row of `purpose`, self-contained (its definitions inlined)."""
+    schema = ROW_MODELS[purpose].model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
+
 
 # Columns a tabular file (CSV, Parquet) must have; each inner tuple means "one of these".
 REQUIRED_COLUMNS: dict[DatasetPurpose, list[tuple[str, ...]]] = {

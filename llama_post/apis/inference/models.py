@@ -6,9 +6,9 @@ these models do not declare (`tools`, `response_format`, `logit_bias`, ...) is r
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from llama_post.schema import StrictModel
 
@@ -33,6 +33,7 @@ class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
+Text = Annotated[str, Field(min_length=1)]
 MODEL_DEFAULT = "Unset: the model's `sampling_defaults` (GET /v1/models), else {}."
 
 
@@ -46,7 +47,9 @@ class SamplingFields(StrictModel):
     )
     top_p: float | None = Field(None, gt=0.0, le=1.0, description=MODEL_DEFAULT.format(1))
     top_k: int | None = Field(None, ge=1, description=MODEL_DEFAULT.format("none"))
-    stop: str | list[str] | None = Field(None, description="Up to 16 stop sequences.")
+    stop: Text | Annotated[list[Text], Field(max_length=16)] | None = Field(
+        None, description="Up to 16 stop sequences."
+    )
     seed: int | None = Field(None, description="The same seed gives the same output.")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -59,26 +62,19 @@ class SamplingFields(StrictModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
 
-    @model_validator(mode="after")
-    def _check_stop(self) -> SamplingFields:
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if len(stops) > 16 or any(not s for s in stops):
-            raise ValueError("stop: give at most 16 non-empty stop sequences")
-        return self
-
     def stop_sequences(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer max_tokens.")
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)]
     logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token.")
 
 
@@ -176,7 +172,7 @@ class Completion(BaseModel):
 
 
 class BatchCompletionRequest(SamplingFields):
-    prompts: list[str] = Field(min_length=1, max_length=256)
+    prompts: list[Text] = Field(min_length=1, max_length=256)
     logprobs: int | None = Field(None, ge=0, le=20)
 
 
@@ -185,7 +181,9 @@ class BatchCompletionResponse(BaseModel):
 
 
 class BatchChatCompletionRequest(SamplingFields):
-    messages_batch: list[list[ChatMessage]] = Field(min_length=1, max_length=256)
+    messages_batch: list[Annotated[list[ChatMessage], Field(min_length=1)]] = Field(
+        min_length=1, max_length=256
+    )
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)

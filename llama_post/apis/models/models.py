@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from llama_post.schema import StrictModel
 
@@ -31,6 +31,18 @@ class GGUFSource(StrictModel):
 
     Give a `path`, or a Python `package` that ships the file and the `file` name inside it.
     """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"required": ["package"], "properties": {"package": {"type": "string"}}},
+            "then": {
+                "required": ["file"],
+                "properties": {"path": {"type": "null"}, "file": {"type": "string"}},
+            },
+            "else": {"required": ["path"], "properties": {"path": {"type": "string"}}},
+        },
+    )
 
     type: Literal["gguf"]
     path: str | None = None

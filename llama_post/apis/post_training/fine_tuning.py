@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llama_post.apis.datasets import (
     Dataset,
@@ -49,6 +49,7 @@ from llama_post.apis.post_training.models import (
     StepMetrics,
     SupervisedFineTuneRequest,
     TrainingRequest,
+    lora_without_type,
 )
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from llama_post.schema import StrictModel
@@ -74,16 +75,46 @@ FineTuningStatus = Literal[
 # -- requests ----------------------------------------------------------------------------------
 
 
+# OpenAI answers an out-of-range hyperparameter with a 400 naming it; so do we (not pydantic's
+# 422), and the spec states the same ranges.
+LIMITS = {
+    "batch_size": (1, 1024),
+    "n_epochs": (1, 100),
+    "learning_rate_multiplier": (1e-3, 100.0),
+    "beta": (1e-3, 100.0),
+}
+
+
+def _auto_or(name: str, kind: str) -> dict[str, Any]:
+    low, high = LIMITS[name]
+    number = {"type": kind, "minimum": low, "maximum": high}
+    return {"anyOf": [number, {"const": "auto", "type": "string"}]}
+
+
 class Hyperparameters(StrictModel):
-    batch_size: int | Auto = Field("auto", description="Examples per step; >= 1, <= 1024.")
-    learning_rate_multiplier: float | Auto = Field(
-        "auto", description="Times the base rate: 2e-4 for LoRA, 2e-5 for full fine-tuning."
+    batch_size: int | Auto = Field(
+        "auto",
+        description="Examples per step.",
+        json_schema_extra=_auto_or("batch_size", "integer"),
     )
-    n_epochs: int | Auto = Field("auto", description="Passes over the training file.")
+    learning_rate_multiplier: float | Auto = Field(
+        "auto",
+        description="Times the base rate: 2e-4 for LoRA, 2e-5 for full fine-tuning.",
+        json_schema_extra=_auto_or("learning_rate_multiplier", "number"),
+    )
+    n_epochs: int | Auto = Field(
+        "auto",
+        description="Passes over the training file.",
+        json_schema_extra=_auto_or("n_epochs", "integer"),
+    )
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: float | Auto = Field("auto", description="How far the policy may move; 0.1 if auto.")
+    beta: float | Auto = Field(
+        "auto",
+        description="How far the policy may move; 0.1 if auto.",
+        json_schema_extra=_auto_or("beta", "number"),
+    )
 
 
 class SupervisedMethod(StrictModel):
@@ -95,6 +126,17 @@ class DpoMethod(StrictModel):
 
 
 class FineTuningMethod(StrictModel):
+    """`type` names the method; only that method's settings may be given."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"type": {"const": "dpo"}}},
+            "then": {"properties": {"supervised": {"type": "null"}}},
+            "else": {"properties": {"dpo": {"type": "null"}}},
+        },
+    )
+
     type: Literal["supervised", "dpo"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
@@ -103,6 +145,32 @@ class FineTuningMethod(StrictModel):
 class CreateFineTuningJobRequest(StrictModel):
     """OpenAI's job request. `algorithm_config` (sent with the SDK's `extra_body`) is
     llama-post's own LoRA or full fine-tuning config; LoRA with its defaults if unset."""
+
+    # The deprecated top-level `hyperparameters` serve a supervised job whose method gives none.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {
+                "required": ["hyperparameters"],
+                "properties": {"hyperparameters": {"not": {"type": "null"}}},
+            },
+            "then": {
+                "properties": {
+                    "method": {
+                        "anyOf": [
+                            {"type": "null"},
+                            {
+                                "properties": {
+                                    "type": {"const": "supervised"},
+                                    "supervised": {"type": "null"},
+                                }
+                            },
+                        ]
+                    }
+                }
+            },
+        },
+    )
 
     model: str
     training_file: str
@@ -118,8 +186,15 @@ class CreateFineTuningJobRequest(StrictModel):
         None, description="Deprecated by OpenAI in favour of `method`; taken for supervised jobs."
     )
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=16)
-    integrations: list[dict[str, Any]] | None = Field(None, description="Not supported: none.")
+    integrations: list[dict[str, Any]] | None = Field(
+        None, description="Not supported: none.", json_schema_extra={"maxItems": 0}
+    )
     algorithm_config: AlgorithmConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_by_default(cls, data: Any) -> Any:
+        return lora_without_type(data, "algorithm_config")
 
 
 class PageRequest(StrictModel):
@@ -304,6 +379,11 @@ class OpenAIFineTuning:
             raise type(exc)(
                 exc.message, param=_openai_param(exc.param, method.type), details=exc.details
             ) from None
+        except NotFoundError as exc:  # OpenAI answers a job naming no such model with a 400
+            await self._forget(made)
+            raise InvalidRequestError(
+                exc.message, param=_openai_param(exc.param, method.type), details=exc.details
+            ) from None
         except BaseException:
             await self._forget(made)
             raise
@@ -329,7 +409,7 @@ class OpenAIFineTuning:
                         metadata={"fine_tuning_job": field},
                     )
                 )
-            except NotFoundError:
+            except NotFoundError:  # OpenAI's answer to an unknown training file: a 400
                 raise InvalidRequestError(f"{field}: no file {file_id!r}", param=field) from None
             except InvalidRequestError as exc:
                 first = first or exc
@@ -357,7 +437,7 @@ class OpenAIFineTuning:
             ids = [i for i in ids if wanted <= (await self.get_job_status(i)).metadata.items()]
         if request.after is not None:
             if request.after not in ids:
-                raise InvalidRequestError(f"after: no job {request.after!r}", param="after")
+                raise NotFoundError(f"after: no job {request.after!r}", param="after")
             ids = ids[ids.index(request.after) + 1 :]
         page = ids[: request.limit]
         return FineTuningJobList(
@@ -468,13 +548,7 @@ def _hyperparameters(
                 )
             given, where = request.hyperparameters, "hyperparameters"
     params = DpoHyperparameters.model_validate(given.model_dump())
-    limits = {
-        "batch_size": (1, 1024),
-        "n_epochs": (1, 100),
-        "learning_rate_multiplier": (1e-3, 100.0),
-        "beta": (1e-3, 100.0),
-    }
-    for name, (low, high) in limits.items():
+    for name, (low, high) in LIMITS.items():
         value = getattr(params, name)
         if value != "auto" and not low <= value <= high:
             raise InvalidRequestError(
@@ -703,7 +777,7 @@ def _page(items: list[T], request: PageRequest, key: Callable[[T], str]) -> tupl
     if request.after is not None:
         ids = [key(i) for i in items]
         if request.after not in ids:
-            raise InvalidRequestError(f"after: no item {request.after!r}", param="after")
+            raise NotFoundError(f"after: no item {request.after!r}", param="after")
         items = items[ids.index(request.after) + 1 :]
     page = items[: request.limit]
     return page, len(items) > len(page)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from llama_post.errors import InvalidRequestError
-from llama_post.schema import StrictModel
+from llama_post.schema import StrictModel, only, required_in_spec
 
 JOB_UUID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 JobUuid = Annotated[str, Field(pattern=JOB_UUID_PATTERN, examples=["sft-0123456789abcdef"])]
@@ -83,9 +83,10 @@ class EfficiencyConfig(ConfigModel):
         description="With checkpointing on, recompute every n-th decoder layer and keep the "
         "others' activations: 1 uses the least memory; the default 2 keeps half, for speed.",
     )
-    enable_activation_offloading: bool = False
-    memory_efficient_fsdp_wrap: bool = False
-    fsdp_cpu_offload: bool = False
+    # Declared by Llama Stack; the trainers here run in one process and refuse them.
+    enable_activation_offloading: bool = Field(False, json_schema_extra=only(False))
+    memory_efficient_fsdp_wrap: bool = Field(False, json_schema_extra=only(False))
+    fsdp_cpu_offload: bool = Field(False, json_schema_extra=only(False))
 
 
 class LoggerConfig(ConfigModel):
@@ -93,6 +94,8 @@ class LoggerConfig(ConfigModel):
 
 
 class TrainingConfig(ConfigModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=required_in_spec("data_config"))
+
     n_epochs: int = Field(1, ge=1, le=10000)
     max_steps_per_epoch: int | None = Field(
         None, ge=1, description="Optimizer steps; unset: the whole epoch."
@@ -143,7 +146,7 @@ class LoraFinetuningConfig(ConfigModel):
     alpha: float = Field(16.0, gt=0.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     use_dora: bool = False
-    quantize_base: bool = False
+    quantize_base: bool = Field(False, json_schema_extra=only(False))
 
 
 class FullFinetuningConfig(StrictModel):
@@ -164,7 +167,9 @@ class JobRequest(ConfigModel):
         None, description="A folder under the provider's checkpoint root; default: the job's own."
     )
     hyperparam_search_config: dict[str, JsonValue] | None = Field(
-        None, description="Not supported; must be null or empty."
+        None,
+        description="Not supported; must be null or empty.",
+        json_schema_extra={"maxProperties": 0},
     )
     logger_config: LoggerConfig | None = None
     metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(
@@ -184,6 +189,8 @@ class JobRequest(ConfigModel):
 
 
 class SupervisedFineTuneRequest(JobRequest):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=required_in_spec("model"))
+
     model: str | None = Field(
         None,
         description="The base model to fine-tune. Optional in Llama Stack's API, but a job "
@@ -197,7 +204,7 @@ class SupervisedFineTuneRequest(JobRequest):
     @model_validator(mode="before")
     @classmethod
     def _lora_by_default(cls, data: Any) -> Any:
-        return _lora_without_type(data, "algorithm_config")
+        return lora_without_type(data, "algorithm_config")
 
     @property
     def model_id(self) -> str:
@@ -213,7 +220,7 @@ class SupervisedFineTuneRequest(JobRequest):
         return self.algorithm_config
 
 
-def _lora_without_type(data: Any, field: str) -> Any:
+def lora_without_type(data: Any, field: str) -> Any:
     # llama-stack-client sends LoRA configs without `type`.
     algo = data.get(field) if isinstance(data, dict) else None
     if algo is None and isinstance(data, dict) and field in data:  # null: the default
@@ -257,7 +264,7 @@ class PreferenceOptimizeRequest(JobRequest):
     @model_validator(mode="before")
     @classmethod
     def _lora_by_default(cls, data: Any) -> Any:
-        return _lora_without_type(data, "finetuning_config")
+        return lora_without_type(data, "finetuning_config")
 
     @property
     def model_id(self) -> str:

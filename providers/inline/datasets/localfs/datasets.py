@@ -144,12 +144,13 @@ class LocalDatasets:
         )
 
     async def append_rows(self, dataset_id: str, request: AppendRowsRequest) -> AppendRowsResponse:
+        self._existing(dataset_id)
         if request.dataset_id not in (None, dataset_id):
+            self._existing(request.dataset_id)  # a body naming no dataset: 404, as the path would
             raise InvalidRequestError(
                 f"dataset_id: the body names {request.dataset_id!r}, the path {dataset_id!r}",
                 param="dataset_id",
             )
-        self._existing(dataset_id)
         async with self._lock(dataset_id):
             row = self._existing(dataset_id)
             purpose = DatasetPurpose(row["purpose"])
@@ -197,7 +198,7 @@ class LocalDatasets:
         try:
             meta = await self.files.retrieve_file(source.file_id)
         except NotFoundError:
-            raise InvalidRequestError(
+            raise NotFoundError(
                 f"source.file_id: no uploaded file with id {source.file_id!r}",
                 param="source.file_id",
             ) from None

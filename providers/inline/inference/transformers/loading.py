@@ -19,7 +19,7 @@ from llama_post.apis.models import (
     ModelSource,
     SamplingDefaults,
 )
-from llama_post.errors import InvalidRequestError
+from llama_post.errors import InvalidRequestError, NotFoundError
 from llama_post.storage import resolve_under
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _gguf_file(source: GGUFSource, model_dirs: list[Path]) -> Path:
         )
     spec = importlib.util.find_spec(source.package)  # finds the folder without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise InvalidRequestError(
+        raise NotFoundError(
             f"source.package: no installed package {source.package!r}", param="source.package"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / source.file

@@ -159,16 +159,17 @@ class PeftPostTraining(OpenAIFineTuning):
         return (await self._prepare(request, request.job_uuid or "preflight")).report
 
     async def _prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
-        _refuse_unsupported(request)
+        request.training_config.data  # noqa: B018  (a job without a dataset: the 400 first)
         dpo = isinstance(request, PreferenceOptimizeRequest)
         model_field = "finetuned_model" if dpo else "model"
         tuning_field = "finetuning_config" if dpo else "algorithm_config"
         try:
             base, adapter = await self.models.model_folders(request.model_id)
         except NotFoundError:
-            raise InvalidRequestError(
+            raise NotFoundError(
                 f"{model_field}: no registered model {request.model_id!r}", param=model_field
             ) from None
+        _refuse_unsupported(request)  # after the lookups: a missing model is a 404 first
         if adapter is not None and not isinstance(request.tuning, LoraFinetuningConfig):
             raise InvalidRequestError(
                 f"{tuning_field}: {request.model_id!r} is a LoRA adapter; continue it with LoRA",
@@ -210,7 +211,7 @@ class PeftPostTraining(OpenAIFineTuning):
         try:
             dataset = await self.datasets.get_dataset(dataset_id)
         except NotFoundError:
-            raise InvalidRequestError(f"{param}: no dataset {dataset_id!r}", param=param) from None
+            raise NotFoundError(f"{param}: no dataset {dataset_id!r}", param=param) from None
         if dataset.purpose not in wanted:
             names = " or ".join(sorted(p.value for p in wanted))
             raise InvalidRequestError(
