@@ -153,13 +153,17 @@ class ModelRegistry:
         return (await self.provider_for(model_id)).model_folders(model_id)
 
     async def provider_for(self, model_id: str) -> InferenceProvider:
+        return (await self.served(model_id))[0]
+
+    async def served(self, model_id: str) -> tuple[InferenceProvider, Model]:
+        """The provider serving a loaded model, and the model's record (one read)."""
         model = await self.get_model(model_id)
         if model_id not in self.loaded:
             raise NotFoundError(
                 f"model {model_id!r} is registered but could not be loaded; see the server log",
                 param="model",
             )
-        return self.providers[model.provider_id]
+        return self.providers[model.provider_id], model
 
     async def _load(self, model: Model) -> Model:
         provider = self.providers.get(model.provider_id)
@@ -236,8 +240,8 @@ class InferenceRouter:
         return await provider.batch_completion(request)
 
     async def _route(self, request: R) -> tuple[InferenceProvider, R]:
-        provider = await self.registry.provider_for(request.model)
-        defaults = (await self.registry.get_model(request.model)).sampling()
+        provider, model = await self.registry.served(request.model)
+        defaults = model.sampling()
         unset = {
             name: value
             for name, value in defaults.model_dump(exclude_none=True).items()
