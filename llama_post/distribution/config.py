@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from llama_post.apis import BUILTIN_APIS, Api
 from llama_post.apis.models import RegisterModelRequest
+from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.errors import ConfigError, ErrorDetail, _join_loc
 from llama_post.schema import StrictModel, UserPath
 
@@ -72,11 +73,12 @@ def substitute_env(node: Any, env: dict[str, str], path: str, errors: list[Error
 
 
 def load_run_config(
-    source: Path | str | dict[str, Any], env: dict[str, str] | None = None
+    source: Path | str | dict[str, Any],
+    env: dict[str, str] | None = None,
+    registry: Registry | None = None,
 ) -> tuple[RunConfig, list[ResolvedProvider]]:
     """Read, substitute and validate a distribution; raise ConfigError listing every problem."""
-    from providers.registry import REGISTRY
-
+    registry = installed_registry() if registry is None else registry
     raw = _read(source) if not isinstance(source, dict) else source
     where = str(source) if not isinstance(source, dict) else "run config"
     errors: list[ErrorDetail] = []
@@ -101,9 +103,9 @@ def load_run_config(
             errors.append(ErrorDetail(field=f"providers.{api}", message=f"duplicate {dup!r}"))
         for i, entry in enumerate(entries):
             path = f"providers.{api}[{i}]"
-            spec = REGISTRY.get((api, entry.provider_type))
+            spec = registry.get((api, entry.provider_type))
             if spec is None:
-                known = ", ".join(sorted(t for a, t in REGISTRY if a == api)) or "none"
+                known = ", ".join(sorted(t for a, t in registry if a == api)) or "none"
                 errors.append(
                     ErrorDetail(
                         field=f"{path}.provider_type",
@@ -151,7 +153,7 @@ def load_run_config(
                 )
             )
     for provider in resolved:
-        for dep in REGISTRY[(provider.api, provider.provider_type)].deps:
+        for dep in registry[(provider.api, provider.provider_type)].deps:
             if dep not in served:
                 errors.append(
                     ErrorDetail(

@@ -34,15 +34,18 @@ from llama_post.apis.models import (
     AdapterSource,
     DeleteModelResponse,
     ListModelsResponse,
+    LoadLoraAdapterRequest,
     Model,
     ModelSource,
     RegisterModelRequest,
+    UnloadLoraAdapterRequest,
 )
 from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
 from llama_post.storage import Database
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=SamplingFields)
+RETRY_LOAD_SECONDS = 10.0
 SOURCE: TypeAdapter[ModelSource] = TypeAdapter(ModelSource)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -58,6 +61,7 @@ class ModelRegistry:
         self.db = Database(storage_dir / "registry.db", SCHEMA)
         self.providers: dict[str, InferenceProvider] = {}
         self.loaded: set[str] = set()
+        self.failed_at: dict[str, float] = {}  # model id -> when its last load failed
 
     async def restore(self, declared: list[RegisterModelRequest]) -> None:
         """Register run.yaml's models if new, then load every stored model, bases first."""
@@ -76,13 +80,33 @@ class ModelRegistry:
                     await self.register_model(request)
                 except ConflictError:  # a server starting beside us on this home was first
                     log.info("model %s was registered by another server", request.model_id)
+        await self._discover()
         for model in sorted(self._all(), key=lambda m: m.kind != "base"):
             if model.id in self.loaded:
                 continue
             try:
                 await self._load(model)
             except LlamaPostError as exc:
+                self.failed_at[model.id] = time.monotonic()
                 log.error("model %s could not be loaded and is not served: %s", model.id, exc)
+
+    async def _discover(self) -> None:
+        """Register the models each provider's upstream already serves (remote providers)."""
+        stored = {m.id for m in self._all()}
+        for provider_id, provider in self.providers.items():
+            for request in await provider.discover():
+                if request.model_id in stored:
+                    continue
+                request = request.model_copy(update={"provider_id": provider_id})
+                try:
+                    await self.register_model(request)
+                except LlamaPostError as exc:
+                    log.error(
+                        "provider %s serves %s, not registered: %s",
+                        provider_id,
+                        request.model_id,
+                        exc,
+                    )
 
     # -- the Models API ------------------------------------------------------------------------
 
@@ -96,12 +120,14 @@ class ModelRegistry:
         return Model.model_validate_json(row["record"])
 
     async def register_model(self, request: RegisterModelRequest) -> Model:
-        if self.db.one("SELECT 1 FROM models WHERE id = ?", (request.model_id,)) is not None:
+        if self._exists(request.model_id):
             raise ConflictError(f"model {request.model_id!r} already exists", param="model_id")
-        provider_id = self._provider_id(request.provider_id)
         base = None
-        if isinstance(request.source, AdapterSource):
-            base = await self._base_of(request.source, provider_id)
+        if isinstance(request.source, AdapterSource):  # served where its base is
+            base = await self._base_of(request.source, request.provider_id)
+            provider_id = base.provider_id
+        else:
+            provider_id = self._provider_id(request.provider_id)
         await self.providers[provider_id].check_source(request.source)
         model = Model(
             id=request.model_id,
@@ -110,7 +136,6 @@ class ModelRegistry:
             kind="adapter" if base else "base",
             base_model=base.id if base else None,
             context_length=0,
-            parameter_count=0,
             has_chat_template=False,
             source=request.source,
             sampling_defaults=request.sampling_defaults,
@@ -148,21 +173,49 @@ class ModelRegistry:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    async def model_folders(self, model_id: str) -> tuple[Path, Path | None]:
-        """Where a served model's files are: its base folder, and its adapter folder if any."""
-        return (await self.provider_for(model_id)).model_folders(model_id)
+    async def load_lora_adapter(self, request: LoadLoraAdapterRequest) -> Model:
+        base = request.base_model
+        if base is None:
+            bases = [m.id for m in self._all() if m.kind == "base"]
+            if len(bases) != 1:
+                raise InvalidRequestError(
+                    f"base_model: {len(bases)} base models are served "
+                    f"({', '.join(bases) or 'none'}); name the adapter's base",
+                    param="base_model",
+                )
+            base = bases[0]
+        if request.load_inplace and self._exists(request.lora_name):
+            await self.unregister_model(request.lora_name)
+        source = AdapterSource(type="adapter", path=request.lora_path, base_model=base)
+        return await self.register_model(
+            RegisterModelRequest(model_id=request.lora_name, source=source)
+        )
 
-    async def provider_for(self, model_id: str) -> InferenceProvider:
-        return (await self.served(model_id))[0]
+    async def unload_lora_adapter(self, request: UnloadLoraAdapterRequest) -> DeleteModelResponse:
+        model = await self.get_model(request.lora_name)
+        if model.kind != "adapter":
+            raise InvalidRequestError(
+                f"lora_name: {model.id!r} is a base model, not an adapter", param="lora_name"
+            )
+        return await self.unregister_model(model.id)
 
     async def served(self, model_id: str) -> tuple[InferenceProvider, Model]:
-        """The provider serving a loaded model, and the model's record (one read)."""
+        """The provider serving a loaded model, and the model's record (one read). A model
+        whose load failed (its upstream was down, say) is tried again, at most every
+        RETRY_LOAD_SECONDS."""
         model = await self.get_model(model_id)
         if model_id not in self.loaded:
-            raise NotFoundError(
-                f"model {model_id!r} is registered but could not be loaded; see the server log",
-                param="model",
-            )
+            if time.monotonic() - self.failed_at.get(model_id, 0.0) < RETRY_LOAD_SECONDS:
+                raise NotFoundError(
+                    f"model {model_id!r} is registered but could not be loaded; see the server log",
+                    param="model",
+                )
+            try:
+                model = await self._load(model)
+            except LlamaPostError:
+                self.failed_at[model_id] = time.monotonic()
+                raise
+            self.failed_at.pop(model_id, None)
         return self.providers[model.provider_id], model
 
     async def _load(self, model: Model) -> Model:
@@ -175,18 +228,24 @@ class ModelRegistry:
         update = dict(info)
         if base is not None:  # an adapter samples as its base does, unless registered otherwise
             update["generation_config"] = base.sampling()
-        return model.model_copy(update=update)
+        loaded = model.model_copy(update=update)
+        if loaded != model:  # what the provider reports now (a stored record is kept current)
+            self.db.execute(
+                "UPDATE models SET record = ? WHERE id = ?", (loaded.model_dump_json(), model.id)
+            )
+        return loaded
 
-    async def _base_of(self, source: AdapterSource, provider_id: str) -> Model:
+    async def _base_of(self, source: AdapterSource, provider_id: str | None) -> Model:
         try:
             base = await self.get_model(source.base_model)
         except NotFoundError:
             raise NotFoundError(
                 f"source.base_model: no model {source.base_model!r}", param="source.base_model"
             ) from None
-        if base.kind != "base" or base.provider_id != provider_id:
+        if base.kind != "base" or base.provider_id != (provider_id or base.provider_id):
+            where = f" of provider {provider_id}" if provider_id else ""
             raise InvalidRequestError(
-                f"source.base_model: {base.id!r} must be a base model of provider {provider_id}",
+                f"source.base_model: {base.id!r} must be a base model{where}",
                 param="source.base_model",
             )
         return base
@@ -204,6 +263,9 @@ class ModelRegistry:
                 f"provider_id: name the inference provider ({names})", param="provider_id"
             )
         return next(iter(self.providers))
+
+    def _exists(self, model_id: str) -> bool:
+        return self.db.one("SELECT 1 FROM models WHERE id = ?", (model_id,)) is not None
 
     def _all(self) -> list[Model]:
         rows = self.db.all("SELECT record FROM models ORDER BY seq")

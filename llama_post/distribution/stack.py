@@ -21,6 +21,7 @@ from llama_post.apis.inspect import (
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.routers import ROUTERS
+from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
 from llama_post.routes import Route, all_routes
 from llama_post.version import __version__
@@ -49,20 +50,23 @@ class Stack:
 
     @classmethod
     async def build(
-        cls, source: Path | str | dict[str, Any], env: dict[str, str] | None = None
+        cls,
+        source: Path | str | dict[str, Any],
+        env: dict[str, str] | None = None,
+        registry: Registry | None = None,
     ) -> Stack:
-        """Validate `source` (a run.yaml path or its parsed content) and start its providers."""
-        from providers.registry import REGISTRY
-
-        run, resolved = load_run_config(source, env)
-        registry = ModelRegistry(run.storage_dir)
+        """Validate `source` (a run.yaml path or its parsed content) and start its providers,
+        of `registry` (by default the one the installed distribution declares)."""
+        registry = installed_registry() if registry is None else registry
+        run, resolved = load_run_config(source, env, registry)
+        models = ModelRegistry(run.storage_dir)
         built: list[ProviderInstance] = []
-        impls: dict[Api, Any] = {Api.models: registry}
+        impls: dict[Api, Any] = {Api.models: models}
         try:
-            for api in _dependency_order(resolved):
+            for api in _dependency_order(resolved, registry):
                 group: dict[str, Any] = {}
                 for entry in (r for r in resolved if r.api == api):
-                    spec = REGISTRY[(api, entry.provider_type)]
+                    spec = registry[(api, entry.provider_type)]
                     impl = await _start(spec.factory, entry, {d: impls[d] for d in spec.deps})
                     built.append(
                         ProviderInstance(
@@ -71,16 +75,16 @@ class Stack:
                     )
                     group[entry.provider_id] = impl
                 if api == Api.inference:
-                    registry.providers = group
-                    impls[api] = InferenceRouter(registry)
+                    models.providers = group
+                    impls[api] = InferenceRouter(models)
                 elif len(group) == 1:
                     impls[api] = next(iter(group.values()))
                 else:
                     impls[api] = ROUTERS[api](group)
-            await registry.restore(run.models)
+            await models.restore(run.models)
         except BaseException:
             await _shutdown(built)
-            await registry.shutdown()
+            await models.shutdown()
             raise
         return cls(run, built, impls)
 
@@ -95,7 +99,7 @@ class Stack:
 
 async def _start(factory: Any, entry: ResolvedProvider, deps: dict[Api, Any]) -> Any:
     try:
-        return await factory(entry.config, deps)
+        return await factory(entry.config, deps, entry.provider_id)
     except LlamaPostError:
         raise
     except Exception as exc:
@@ -116,12 +120,10 @@ async def _shutdown(providers: list[ProviderInstance]) -> None:
             log.exception("provider %s failed to shut down", p.provider_id)
 
 
-def _dependency_order(resolved: list[ResolvedProvider]) -> list[Api]:
-    from providers.registry import REGISTRY
-
+def _dependency_order(resolved: list[ResolvedProvider], registry: Registry) -> list[Api]:
     needs: dict[Api, set[Api]] = {}
     for r in resolved:
-        deps = set(REGISTRY[(r.api, r.provider_type)].deps) - BUILTIN_APIS
+        deps = set(registry[(r.api, r.provider_type)].deps) - BUILTIN_APIS
         needs.setdefault(r.api, set()).update(deps)
     order: list[Api] = []
     while len(order) < len(needs):
@@ -145,7 +147,14 @@ class InspectImpl:
         self.stack = stack
 
     async def health(self) -> HealthInfo:
-        return HealthInfo()
+        reports = []
+        for p in self.stack.providers:
+            check = getattr(p.impl, "health", None)
+            if check is not None:
+                report = await check()
+                reports.append(report.model_copy(update={"provider_id": p.provider_id}))
+        ok = all(r.status == "OK" for r in reports)
+        return HealthInfo(status="OK" if ok else "Degraded", providers=reports)
 
     async def version(self) -> VersionInfo:
         return VersionInfo(version=__version__)

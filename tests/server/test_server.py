@@ -117,7 +117,7 @@ def test_bodies_that_are_not_requests(tmp_path: Path) -> None:
             assert refused.json()["error"]["param"].startswith(("body", "metadata.x")), refused.text
         wrong_method = httpx.put(url)
         assert wrong_method.status_code == 405 and "error" in wrong_method.json()
-        assert httpx.get(f"{server.url}/v1/health").json() == {"status": "OK"}
+        assert httpx.get(f"{server.url}/v1/health").json()["status"] == "OK"
 
 
 JSON = {"content-type": "application/json"}

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Protocol
 
 from llama_post.apis.inference.models import (
@@ -15,7 +14,8 @@ from llama_post.apis.inference.models import (
     Completion,
     CompletionRequest,
 )
-from llama_post.apis.models import Model, ModelInfo, ModelSource
+from llama_post.apis.inspect import ProviderHealth
+from llama_post.apis.models import Model, ModelInfo, ModelSource, RegisterModelRequest
 from llama_post.schema import V0_2, webmethod
 
 
@@ -55,16 +55,27 @@ class Inference(Protocol):
 
 
 class InferenceProvider(Inference, Protocol):
-    """What an inference provider implements besides the routes: loading the models it serves."""
+    """What an inference provider implements besides the routes: the models it serves.
 
-    async def load_model(self, model: Model, base: Model | None) -> ModelInfo: ...
+    The registry owns the records; a provider loads what it is handed. A base model may be held
+    remotely (`ModelInfo.provider_model_id`, `weights=None` where this server cannot read it); an
+    adapter is published to its base's provider by `load_model` (loaded into its engine, or
+    hot-loaded into a remote one)."""
+
+    async def load_model(self, model: Model, base: Model | None) -> ModelInfo:
+        """Serve `model` (an adapter over `base`); report what it is and where its weights are."""
+        ...
 
     async def unload_model(self, model_id: str) -> None: ...
 
-    def model_folders(self, model_id: str) -> tuple[Path, Path | None]:
-        """The base model's Hugging Face folder, and the adapter's folder for an adapter."""
-        ...
-
     async def check_source(self, source: ModelSource) -> None:
         """Refuse (InvalidRequestError) a source this provider may not or cannot read."""
+        ...
+
+    async def discover(self) -> list[RegisterModelRequest]:
+        """The base models this provider serves without being told (a remote upstream's)."""
+        ...
+
+    async def health(self) -> ProviderHealth:
+        """Whether the provider can answer now (its upstream is reachable)."""
         ...

@@ -7,8 +7,19 @@ from pydantic import BaseModel, JsonValue
 from llama_post.schema import webmethod
 
 
+class ProviderHealth(BaseModel):
+    """One provider's health: `Error` when it cannot answer (its upstream is down)."""
+
+    provider_id: str = ""
+    status: Literal["OK", "Error"] = "OK"
+    message: str | None = None
+
+
 class HealthInfo(BaseModel):
-    status: Literal["OK"] = "OK"
+    """`Degraded` when a provider cannot answer; the server itself is up either way."""
+
+    status: Literal["OK", "Degraded"] = "OK"
+    providers: list[ProviderHealth] = []
 
 
 class VersionInfo(BaseModel):

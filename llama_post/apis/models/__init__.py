@@ -6,11 +6,15 @@ from llama_post.apis.models.models import (
     GGUFSource,
     HuggingFaceSource,
     ListModelsResponse,
+    LoadLoraAdapterRequest,
     Model,
     ModelInfo,
     ModelSource,
+    ModelWeights,
+    ProviderModelSource,
     RegisterModelRequest,
     SamplingDefaults,
+    UnloadLoraAdapterRequest,
 )
 
 __all__ = [
@@ -20,10 +24,14 @@ __all__ = [
     "GGUFSource",
     "HuggingFaceSource",
     "ListModelsResponse",
+    "LoadLoraAdapterRequest",
     "Model",
     "ModelInfo",
     "ModelSource",
+    "ModelWeights",
     "Models",
+    "ProviderModelSource",
     "RegisterModelRequest",
     "SamplingDefaults",
+    "UnloadLoraAdapterRequest",
 ]

@@ -5,11 +5,13 @@ from typing import Protocol
 from llama_post.apis.models.models import (
     DeleteModelResponse,
     ListModelsResponse,
+    LoadLoraAdapterRequest,
     Model,
     ModelId,
     RegisterModelRequest,
+    UnloadLoraAdapterRequest,
 )
-from llama_post.schema import creates, webmethod
+from llama_post.schema import VLLM, creates, webmethod
 
 
 class Models(Protocol):
@@ -37,4 +39,16 @@ class Models(Protocol):
     @webmethod(route="/v1/models/{model_id:path}", method="DELETE")
     async def unregister_model(self, model_id: ModelId) -> DeleteModelResponse:
         """Unregister a model; a base model with adapters over it is refused."""
+        ...
+
+    @creates(model_id="/id")
+    @webmethod(route="/v1/load_lora_adapter", method="POST", compat=VLLM)
+    async def load_lora_adapter(self, request: LoadLoraAdapterRequest) -> Model:
+        """vLLM's adapter hot-load: registers `lora_path` as the adapter `lora_name` over the
+        base model (the only one, or `base_model`)."""
+        ...
+
+    @webmethod(route="/v1/unload_lora_adapter", method="POST", compat=VLLM)
+    async def unload_lora_adapter(self, request: UnloadLoraAdapterRequest) -> DeleteModelResponse:
+        """vLLM's adapter unload: unregisters the adapter `lora_name`."""
         ...

@@ -58,6 +58,14 @@ class AdapterSource(StrictModel):
     base_model: str
 
 
+class ProviderModelSource(StrictModel):
+    """A model the provider's upstream already serves (a vLLM started with `--model`), named by
+    the upstream's own id. Remote providers register theirs at start."""
+
+    type: Literal["provider_model"]
+    provider_model_id: str = Field(min_length=1, max_length=256)
+
+
 class SamplingDefaults(StrictModel):
     """Sampling a request to this model gets for each knob it leaves unset; a set value wins."""
 
@@ -71,7 +79,19 @@ class SamplingDefaults(StrictModel):
         return fallback.model_copy(update=self.model_dump(exclude_none=True))
 
 
-ModelSource = Annotated[HuggingFaceSource | GGUFSource | AdapterSource, Field(discriminator="type")]
+ModelSource = Annotated[
+    HuggingFaceSource | GGUFSource | AdapterSource | ProviderModelSource,
+    Field(discriminator="type"),
+]
+
+
+class ModelWeights(BaseModel):
+    """Where this server can read a model's weights, whichever provider serves it: post-training
+    starts from them. `path` is a Hugging Face folder (an adapter's base), `adapter_path` an
+    adapter's PEFT folder."""
+
+    path: str
+    adapter_path: str | None = None
 
 
 class RegisterModelRequest(StrictModel):
@@ -94,12 +114,20 @@ class Model(BaseModel):
     created: int
     owned_by: str = "llama-post"
     provider_id: str
+    provider_model_id: str | None = Field(
+        None, description="The provider's own id for the model, where it differs from `id`."
+    )
     kind: Literal["base", "adapter"]
     base_model: str | None = None
     context_length: int
-    parameter_count: int
+    parameter_count: int | None = Field(None, description="Null where the provider cannot tell.")
     has_chat_template: bool
-    source: HuggingFaceSource | GGUFSource | AdapterSource
+    weights: ModelWeights | None = Field(
+        None,
+        description="Where this server reads the weights (to fine-tune them); null when the "
+        "provider holds them where this server cannot read.",
+    )
+    source: HuggingFaceSource | GGUFSource | AdapterSource | ProviderModelSource
     sampling_defaults: SamplingDefaults = Field(
         SamplingDefaults(), description="As registered (run.yaml or POST /v1/models)."
     )
@@ -113,6 +141,23 @@ class Model(BaseModel):
     def sampling(self) -> SamplingDefaults:
         """What a request that leaves a knob unset gets: registered, then the model's own."""
         return self.sampling_defaults.over(self.generation_config)
+
+
+class LoadLoraAdapterRequest(StrictModel):
+    """vLLM's `POST /v1/load_lora_adapter`, so that `remote::vllm` (or any vLLM client) can hot-load
+    an adapter into llama-post as into vLLM."""
+
+    lora_name: str = Field(pattern=MODEL_ID_PATTERN, max_length=256)
+    lora_path: str
+    base_model: str | None = Field(
+        None, description="llama-post's own: the base model, needed when several are served."
+    )
+    load_inplace: bool = Field(False, description="vLLM's: replace an adapter of that name.")
+
+
+class UnloadLoraAdapterRequest(StrictModel):
+    lora_name: str = Field(pattern=MODEL_ID_PATTERN, max_length=256)
+    lora_int_id: int | None = Field(None, description="vLLM's; ignored.")
 
 
 class ListModelsResponse(BaseModel):
@@ -130,6 +175,8 @@ class ModelInfo(BaseModel):
     """What an inference provider reports about a model it has loaded."""
 
     context_length: int
-    parameter_count: int
+    parameter_count: int | None = None
     has_chat_template: bool
     generation_config: SamplingDefaults = SamplingDefaults()
+    provider_model_id: str | None = None
+    weights: ModelWeights | None = None

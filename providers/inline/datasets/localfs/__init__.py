@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalDatasetsConfig", "create"]
 
 
-async def create(config: LocalDatasetsConfig, deps: Deps) -> Datasets:
+async def create(config: LocalDatasetsConfig, deps: Deps, provider_id: str) -> Datasets:
     from providers.inline.datasets.localfs.datasets import LocalDatasets
 
     return LocalDatasets(config, files=deps[Api.files])

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalFilesConfig", "create"]
 
 
-async def create(config: LocalFilesConfig, deps: Deps) -> Files:
+async def create(config: LocalFilesConfig, deps: Deps, provider_id: str) -> Files:
     from providers.inline.files.localfs.files import LocalFiles
 
     return LocalFiles(config)

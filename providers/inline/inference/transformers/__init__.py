@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 __all__ = ["TransformersInferenceConfig", "create"]
 
 
-async def create(config: TransformersInferenceConfig, deps: Deps) -> InferenceProvider:
+async def create(
+    config: TransformersInferenceConfig, deps: Deps, provider_id: str
+) -> InferenceProvider:
     from providers.inline.inference.transformers.inference import TransformersInference
 
-    return TransformersInference(config)
+    return TransformersInference(config, provider_id)

@@ -36,7 +36,15 @@ from llama_post.apis.inference import (
     Usage,
 )
 from llama_post.apis.inference.models import AssistantMessage
-from llama_post.apis.models import GGUFSource, Model, ModelInfo, ModelSource
+from llama_post.apis.inspect import ProviderHealth
+from llama_post.apis.models import (
+    GGUFSource,
+    Model,
+    ModelInfo,
+    ModelSource,
+    ModelWeights,
+    RegisterModelRequest,
+)
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from providers.inline.inference.transformers.config import TransformersInferenceConfig
 from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
@@ -64,12 +72,12 @@ class Target:
     model_id: str
     base: Base
     adapter: str | None
-    adapter_folder: Path | None = None
 
 
 class TransformersInference:
-    def __init__(self, config: TransformersInferenceConfig) -> None:
+    def __init__(self, config: TransformersInferenceConfig, provider_id: str) -> None:
         self.config = config
+        self.provider_id = provider_id
         cuda = torch.cuda.is_available()
         self.device = (
             "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
@@ -89,6 +97,12 @@ class TransformersInference:
     async def check_source(self, source: ModelSource) -> None:
         await asyncio.to_thread(source_path, source, self.config.model_dirs)
 
+    async def discover(self) -> list[RegisterModelRequest]:
+        return []  # it serves what it is given
+
+    async def health(self) -> ProviderHealth:
+        return ProviderHealth()
+
     async def load_model(self, model: Model, base: Model | None) -> ModelInfo:
         if base is not None:
             return await self._load_adapter(model, base)
@@ -104,6 +118,7 @@ class TransformersInference:
             parameter_count=sum(p.numel() for p in hf_model.parameters()),
             has_chat_template=bool(tokenizer.chat_template),
             generation_config=recommended_sampling(path),
+            weights=ModelWeights(path=str(path)),
         )
         eos = {tokenizer.eos_token_id, *_as_list(hf_model.generation_config.eos_token_id)}
         engine = Engine(hf_model, tokenizer, self.device, self.config.max_batch_size)
@@ -142,12 +157,14 @@ class TransformersInference:
                 f"source.path: the adapter does not fit {base_model.id}: {exc}", param="source.path"
             ) from None
         base.adapters[model.id] = name
-        self.targets[model.id] = Target(model.id, base, name, path)
-        return base.info.model_copy(update={"parameter_count": base.info.parameter_count + added})
-
-    def model_folders(self, model_id: str) -> tuple[Path, Path | None]:
-        target = self._target(model_id)
-        return target.base.folder, target.adapter_folder
+        self.targets[model.id] = Target(model.id, base, name)
+        count = base.info.parameter_count
+        return base.info.model_copy(
+            update={
+                "parameter_count": None if count is None else count + added,
+                "weights": ModelWeights(path=str(base.folder), adapter_path=str(path)),
+            }
+        )
 
     async def unload_model(self, model_id: str) -> None:
         target = self.targets.get(model_id)

@@ -35,7 +35,13 @@ def source_path(source: ModelSource, model_dirs: list[Path]) -> Path:
         folder = resolve_under(source.path, model_dirs, "source.path", kind="dir")
         _require(folder / "adapter_config.json", "source.path", "a PEFT adapter folder")
         return folder
-    return _gguf_file(source, model_dirs)
+    if isinstance(source, GGUFSource):
+        return _gguf_file(source, model_dirs)
+    raise InvalidRequestError(
+        f"source.type: {source.type!r} names a model a remote upstream serves; this provider "
+        "loads weights itself: give a huggingface, gguf or adapter source",
+        param="source.type",
+    )
 
 
 def _gguf_file(source: GGUFSource, model_dirs: list[Path]) -> Path:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 __all__ = ["PeftPostTrainingConfig", "create"]
 
 
-async def create(config: PeftPostTrainingConfig, deps: Deps) -> PostTraining:
+async def create(config: PeftPostTrainingConfig, deps: Deps, provider_id: str) -> PostTraining:
     from providers.inline.post_training.peft.post_training import PeftPostTraining
 
     trainer = PeftPostTraining(config, datasets=deps[Api.datasets], models=deps[Api.models])

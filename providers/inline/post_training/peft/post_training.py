@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
-from llama_post.apis.models import AdapterSource, HuggingFaceSource, RegisterModelRequest
+from llama_post.apis.models import AdapterSource, HuggingFaceSource, Models, RegisterModelRequest
 from llama_post.apis.post_training import (
     Checkpoint,
     JobEvent,
@@ -48,7 +48,6 @@ from llama_post.apis.post_training import (
     TrainingRequest,
 )
 from llama_post.apis.post_training.models import JOB_UUID_PATTERN
-from llama_post.distribution.models import ModelRegistry
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from llama_post.storage import Database, check_id
 from providers.inline.post_training.peft.config import PeftPostTrainingConfig
@@ -83,9 +82,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 class PeftPostTraining(OpenAIFineTuning):
     """The PostTraining API; OpenAI's fine-tuning jobs come with `OpenAIFineTuning`."""
 
-    def __init__(
-        self, config: PeftPostTrainingConfig, datasets: Datasets, models: ModelRegistry
-    ) -> None:
+    def __init__(self, config: PeftPostTrainingConfig, datasets: Datasets, models: Models) -> None:
         self.config = config
         self.datasets = datasets
         self.models = models
@@ -164,12 +161,21 @@ class PeftPostTraining(OpenAIFineTuning):
         model_field = "finetuned_model" if dpo else "model"
         tuning_field = "finetuning_config" if dpo else "algorithm_config"
         try:
-            base, adapter = await self.models.model_folders(request.model_id)
+            model = await self.models.get_model(request.model_id)
         except NotFoundError:
             raise NotFoundError(
                 f"{model_field}: no registered model {request.model_id!r}", param=model_field
             ) from None
+        weights = model.weights
+        if weights is None:
+            raise InvalidRequestError(
+                f"{model_field}: {model.id!r} is served by provider {model.provider_id!r}, which "
+                "holds its weights where this server cannot read them; map the upstream's "
+                "folder to one here (the provider's path_map) or train a model held here",
+                param=model_field,
+            )
         _refuse_unsupported(request)  # after the lookups: a missing model is a 404 first
+        base, adapter = weights.path, weights.adapter_path
         if adapter is not None and not isinstance(request.tuning, LoraFinetuningConfig):
             raise InvalidRequestError(
                 f"{tuning_field}: {request.model_id!r} is a LoRA adapter; continue it with LoRA",
@@ -196,8 +202,8 @@ class PeftPostTraining(OpenAIFineTuning):
         spec = JobSpec(
             job_uuid=job_uuid,
             request=request,
-            base_folder=str(base),
-            adapter_folder=str(adapter) if adapter else None,
+            base_folder=base,
+            adapter_folder=adapter,
             checkpoint_dir=str(checkpoint_dir),
             device=self._device(),
             torch_threads=self.config.torch_threads,
