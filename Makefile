@@ -100,7 +100,7 @@ engine-vllm: | $(UV)
 
 # vLLM serving the bundled SmolLM2 on 127.0.0.1:8000 (distributions/vllm.yaml talks to it).
 vllm: setup engine-vllm
-	$(BIN)/llama-post vllm --env $(VLLM_ENV)
+	$(BIN)/python -m providers.remote.inference.vllm.launch --env $(VLLM_ENV)
 
 openapi: setup
 	$(BIN)/llama-post openapi

@@ -10,8 +10,17 @@ catch `LookupError` or `ValueError` without importing ours.
     ├── NotFoundError(LookupError)      404  no such file, dataset, route
     ├── ConflictError                   409  the id is taken, the state forbids it
     ├── PayloadTooLargeError            413  upload or row over a configured limit
+    ├── AuthenticationError             401  no key, or a key that is not valid
+    ├── PermissionDeniedError           403  the key may not do this
+    ├── RateLimitError                  429  too many requests; try again later
     ├── NotSupportedError(NotImplementedError)  501  the provider cannot do it
+    ├── UpstreamError(ConnectionError)  502  a remote provider's upstream failed (its 5xx)
+    │   ├── UpstreamUnavailableError    503  the upstream cannot be reached
+    │   └── UpstreamTimeoutError(TimeoutError)  504  the upstream did not answer in time
     └── ConfigError                     500  run.yaml is wrong; all its errors, at startup
+
+A remote provider answers an upstream's 4xx with the class of the same status and the upstream's
+message (`for_status`).
 
 Messages say what to do: which field, which row, which value was expected.
 """
@@ -100,6 +109,36 @@ class PayloadTooLargeError(LlamaPostError):
     type = "payload_too_large_error"
 
 
+class AuthenticationError(LlamaPostError):
+    status = 401
+    type = "authentication_error"
+
+
+class PermissionDeniedError(LlamaPostError):
+    status = 403
+    type = "permission_denied_error"
+
+
+class RateLimitError(LlamaPostError):
+    status = 429
+    type = "rate_limit_error"
+
+
+class UpstreamError(LlamaPostError, ConnectionError):
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    status = 503
+    type = "upstream_unavailable_error"
+
+
+class UpstreamTimeoutError(UpstreamError, TimeoutError):
+    status = 504
+    type = "upstream_timeout_error"
+
+
 class NotSupportedError(LlamaPostError, NotImplementedError):
     status = 501
     type = "not_supported_error"
@@ -113,6 +152,22 @@ class ConfigError(LlamaPostError):
     def __str__(self) -> str:
         lines = [self.message] + [f"  {d.field}: {d.message}" for d in self.details]
         return "\n".join(lines)
+
+
+def for_status(status: int) -> type[LlamaPostError]:
+    """The class a caller gets for an upstream's 4xx status (400 for one the tree lacks)."""
+    for cls in (
+        RequestValidationError,
+        AuthenticationError,
+        PermissionDeniedError,
+        NotFoundError,
+        ConflictError,
+        PayloadTooLargeError,
+        RateLimitError,
+    ):
+        if cls.status == status:
+            return cls
+    return InvalidRequestError
 
 
 def _join_loc(prefix: str, loc: tuple[Any, ...] | list[Any]) -> str:

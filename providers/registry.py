@@ -6,6 +6,7 @@ from providers.inline.datasets import localfs as localfs_datasets
 from providers.inline.files import localfs as localfs_files
 from providers.inline.inference import transformers
 from providers.inline.post_training import peft
+from providers.remote.inference import vllm
 
 REGISTRY = build_registry(
     [
@@ -30,6 +31,13 @@ REGISTRY = build_registry(
             config_class=transformers.TransformersInferenceConfig,
             factory=transformers.create,
             description="transformers on CPU or CUDA, continuous batching, LoRA adapters.",
+        ),
+        ProviderSpec(
+            api=Api.inference,
+            provider_type="remote::vllm",
+            config_class=vllm.VLLMInferenceConfig,
+            factory=vllm.create,
+            description="A vLLM server: its models, chat and completions; adapters hot-loaded.",
         ),
         ProviderSpec(
             api=Api.post_training,

@@ -25,7 +25,11 @@ def smollm2_tokenizer(cache: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(cache))
 
 
-def build_tiny_model(out: Path, tokenizer: Any, seed: int = 0, context: int = 256) -> Path:
+def build_tiny_model(
+    out: Path, tokenizer: Any, seed: int = 0, context: int = 256, heads: int = 4
+) -> Path:
+    """Random weights in SmolLM2's shape. `heads=2` gives a head size of 32, the least vLLM's
+    CPU backend runs."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -35,8 +39,8 @@ def build_tiny_model(out: Path, tokenizer: Any, seed: int = 0, context: int = 25
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
         max_position_embeddings=context,
         bos_token_id=1,
         eos_token_id=2,

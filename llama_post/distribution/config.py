@@ -31,6 +31,9 @@ class ServerConfig(StrictModel):
     port: int = Field(8321, ge=0, le=65535)
 
 
+Capability = Literal["logprobs", "fine_tuning", "structured_outputs"]
+
+
 class RunConfig(StrictModel):
     version: Literal[1] = 1
     distribution: str
@@ -40,6 +43,11 @@ class RunConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     providers: dict[Api, list[ProviderConfig]]
     models: list[RegisterModelRequest] = Field([], description="Registered at every start.")
+    capabilities: list[Capability] = Field(
+        [],
+        description="What this distribution offers beyond the core (models, chat, completions, "
+        "streams); the conformance suite checks each one it declares.",
+    )
 
 
 class ResolvedProvider(BaseModel):

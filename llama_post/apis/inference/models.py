@@ -1,14 +1,14 @@
 """Requests and responses of inference, in the shape of OpenAI's chat and completions APIs.
 
-Sampling knobs beyond OpenAI's (`top_k`, `repetition_penalty`) are the ones vLLM accepts. A key
-these models do not declare (`tools`, `response_format`, `logit_bias`, ...) is refused by name.
+Sampling knobs beyond OpenAI's (`top_k`, `repetition_penalty`, `structured_outputs`) are the ones
+vLLM accepts. A key these models do not declare (`tools`, `logit_bias`, ...) is refused by name.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue
 
 from llama_post.schema import StrictModel
 
@@ -37,6 +37,32 @@ Text = Annotated[str, Field(min_length=1)]
 MODEL_DEFAULT = "Unset: the model's `sampling_defaults` (GET /v1/models), else {}."
 
 
+class JsonSchemaFormat(StrictModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, JsonValue] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictModel):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def constrains(self) -> bool:
+        return self.type != "text"
+
+
+class StructuredOutputs(StrictModel):
+    """vLLM's `structured_outputs`: give one of them."""
+
+    choice: list[str] | None = Field(None, min_length=1)
+    regex: str | None = None
+    json_: dict[str, JsonValue] | None = Field(None, alias="json")
+    grammar: str | None = None
+
+
 class SamplingFields(StrictModel):
     """The knobs shared by chat and completions."""
 
@@ -58,6 +84,12 @@ class SamplingFields(StrictModel):
     )
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
     ignore_eos: bool = Field(False, description="Generate past end-of-sequence (as vLLM's).")
+    response_format: ResponseFormat | None = Field(
+        None, description="Constrain the output (OpenAI's); where the provider can."
+    )
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="Constrain the output (vLLM's); where the provider can."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -48,13 +48,10 @@ from llama_post.apis.models import (
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from providers.inline.inference.transformers.config import TransformersInferenceConfig
 from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
-from providers.inline.inference.transformers.loading import (
-    converted_gguf,
-    load_base,
-    recommended_sampling,
-    source_path,
-)
+from providers.inline.inference.transformers.loading import load_base, source_path
 from providers.inline.inference.transformers.sampling import SamplingParams
+from providers.utils.gguf import converted_gguf
+from providers.utils.huggingface import recommended_sampling
 
 
 @dataclass
@@ -386,6 +383,17 @@ class TransformersInference:
         max_tokens: int | None,
         logprobs: int | None,
     ) -> SamplingParams:
+        constrained = request.response_format is not None and request.response_format.constrains()
+        for name, asked in (
+            ("response_format", constrained),
+            ("structured_outputs", request.structured_outputs is not None),
+        ):
+            if asked:
+                raise InvalidRequestError(
+                    f"{name}: provider {self.provider_id!r} (inline::transformers) cannot "
+                    "constrain its output; serve the model with remote::vllm for that",
+                    param=name,
+                )
         context = target.base.info.context_length
         if prompt_tokens >= context:
             raise InvalidRequestError(

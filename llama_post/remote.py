@@ -1,0 +1,174 @@
+"""The client side of the route table: calling a remote server's routes over HTTP.
+
+A remote provider names the route it calls (`ROUTES["inference", "chat_completion"]`) and hands
+a request model; the path, the method and where the request goes (JSON body or query string)
+come from the route, as they do for the server and the library client. The remote answers with
+JSON, or with server-sent events that are read one `data:` line at a time.
+
+Failures become the error tree: an upstream 4xx is the same status with the upstream's message,
+a 5xx is a 502, a timeout a 504, an upstream that cannot be reached (after the bounded retries)
+a 503; every message names the provider and its address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from llama_post.errors import (
+    LlamaPostError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+    for_status,
+)
+from llama_post.routes import _PARAM, Route, all_routes
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request to an upstream
+
+ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes() if r.primary}
+"""Each method's own route, by (api, method name)."""
+
+RETRY_BACKOFF_SECONDS = 0.25
+
+
+class RemoteClient:
+    """One remote server, for one provider: `name` and `base_url` are in every error it raises.
+
+    A request that could not be sent (connection refused, reset before an answer) or that the
+    upstream refused with 503 is sent again, at most `max_retries` times, backing off; one that
+    was sent and timed out is not, since the upstream may still be working on it."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0)
+        )
+
+    async def call(self, route: Route, request: BaseModel | None = None, **path: str) -> Any:
+        """The JSON a route answers (or its text: vLLM answers adapter loads in plain text)."""
+        response = await self._send(route, request, path, stream=False)
+        if "json" not in response.headers.get("content-type", ""):
+            return response.text
+        return response.json()
+
+    async def stream(
+        self, route: Route, request: BaseModel, **path: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a streamed answer. The upstream's status is checked before this
+        returns, so a refused request raises here, before a stream begins."""
+        response = await self._send(route, request, path, stream=True)
+        return self._events(response)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _send(
+        self, route: Route, request: BaseModel | None, path: dict[str, str], stream: bool
+    ) -> httpx.Response:
+        url = _PARAM.sub(lambda m: quote(path[m.group(1)], safe="/"), route.path)
+        body = request.model_dump(mode="json", exclude_none=True, by_alias=True) if request else {}
+        query = body if route.method in ("GET", "DELETE") else None
+        payload = None if query is not None else body
+        for attempt in range(self.max_retries + 1):
+            built = self.http.build_request(route.method, url, params=query, json=payload)
+            try:
+                response = await self.http.send(built, stream=stream)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                if attempt == self.max_retries:
+                    raise UpstreamUnavailableError(
+                        f"provider {self.name!r}: cannot reach {self.base_url} "
+                        f"({type(exc).__name__}: {exc or 'no answer'}; "
+                        f"tried {attempt + 1} times)"
+                    ) from None
+            except httpx.TimeoutException:
+                raise UpstreamTimeoutError(
+                    f"provider {self.name!r}: {self.base_url} did not answer "
+                    f"{route.method} {url} within {self.timeout:g} s"
+                ) from None
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code != 503 or attempt == self.max_retries:
+                    raise await self._error(response)
+                await response.aclose()
+            await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _error(self, response: httpx.Response) -> LlamaPostError:
+        await response.aread()
+        await response.aclose()
+        status = response.status_code
+        message, param = _upstream_message(response)
+        if status == 503:
+            return UpstreamUnavailableError(f"provider {self.name!r}: {message}")
+        if status >= 500:
+            return UpstreamError(f"provider {self.name!r}: upstream answered {status}: {message}")
+        return for_status(status)(message, param=param)
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                event = json.loads(data)
+                if isinstance(event, dict) and "error" in event:
+                    message, _ = _message_of(event)
+                    raise UpstreamError(f"provider {self.name!r}: the stream failed: {message}")
+                yield event
+        except httpx.TimeoutException:
+            raise UpstreamTimeoutError(
+                f"provider {self.name!r}: {self.base_url} stopped streaming for {self.timeout:g} s"
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise UpstreamError(
+                f"provider {self.name!r}: {self.base_url} broke off the stream: {exc}"
+            ) from None
+        finally:
+            await response.aclose()
+
+
+def _upstream_message(response: httpx.Response) -> tuple[str, str | None]:
+    try:
+        return _message_of(response.json())
+    except ValueError:
+        return response.text[:500] or response.reason_phrase, None
+
+
+def _message_of(body: Any) -> tuple[str, str | None]:
+    """The message of OpenAI's and vLLM's error shapes, and of FastAPI's `detail`."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail")
+            if message is not None:
+                param = error.get("param")
+                return str(message), param if isinstance(param, str) else None
+        elif isinstance(error, str):
+            return error, None
+    return json.dumps(body)[:500], None

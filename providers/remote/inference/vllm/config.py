@@ -1,0 +1,71 @@
+from pathlib import PurePosixPath
+
+from pydantic import Field, SecretStr, field_validator
+
+from llama_post.schema import StrictModel, UserPath
+
+
+class PathMapping(StrictModel):
+    """One folder as this server sees it (`local`) and as the vLLM host does (`upstream`)."""
+
+    local: UserPath
+    upstream: str = Field(min_length=1, description="An absolute path on the vLLM host.")
+
+    def to_upstream(self, path: str) -> str | None:
+        inside = _relative(path, str(self.local))
+        return None if inside is None else str(PurePosixPath(self.upstream, inside))
+
+    def to_local(self, path: str) -> str | None:
+        inside = _relative(path, self.upstream)
+        return None if inside is None else str(PurePosixPath(self.local, inside))
+
+
+def _relative(path: str, folder: str) -> str | None:
+    try:
+        return str(PurePosixPath(path).relative_to(PurePosixPath(folder)))
+    except ValueError:
+        return None
+
+
+class VLLMInferenceConfig(StrictModel):
+    base_url: str = Field(
+        pattern=r"^https?://[^/\s]+(/[^\s]*)?$",
+        description="The vLLM server (`http://127.0.0.1:8000`; a trailing `/v1` is dropped).",
+    )
+    api_key: SecretStr | None = Field(None, description="vLLM's --api-key, if it has one.")
+    request_timeout: float = Field(120.0, gt=0, le=3600, description="Seconds per request.")
+    max_retries: int = Field(2, ge=0, le=10, description="Resends of a request never answered.")
+    max_lora_rank: int = Field(16, ge=1, description="vLLM's --max-lora-rank; above is a 400.")
+    adapter_dirs: list[UserPath] = Field(
+        [], description="Folders adapter paths may lie in (post-training's checkpoint_root)."
+    )
+    path_map: list[PathMapping] = Field(
+        [],
+        description="Folders both hosts see under different paths: adapters sent to vLLM, and "
+        "the base model's folder read back for fine-tuning. Unmapped paths are sent as they are.",
+    )
+    optional: bool = Field(
+        False, description="Start even when the upstream is down (health says Degraded)."
+    )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # `${env.VLLM_API_KEY:=}` left unset
+
+    @property
+    def url(self) -> str:
+        url = self.base_url.rstrip("/")
+        return url[: -len("/v1")] if url.endswith("/v1") else url
+
+    def to_upstream(self, path: str) -> str:
+        for mapping in self.path_map:
+            if (mapped := mapping.to_upstream(path)) is not None:
+                return mapped
+        return path
+
+    def to_local(self, path: str) -> str:
+        for mapping in self.path_map:
+            if (mapped := mapping.to_local(path)) is not None:
+                return mapped
+        return path
