@@ -40,7 +40,13 @@ from llama_post.apis.models import (
     RegisterModelRequest,
     UnloadLoraAdapterRequest,
 )
-from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
+from llama_post.errors import (
+    ConflictError,
+    InvalidRequestError,
+    LlamaPostError,
+    NotFoundError,
+    UpstreamError,
+)
 from llama_post.storage import Database
 
 log = logging.getLogger(__name__)
@@ -77,7 +83,7 @@ class ModelRegistry:
                 if old is not None:
                     self.db.execute("DELETE FROM models WHERE id = ?", (old.id,))
                 try:
-                    await self.register_model(request)
+                    await self.register_model(request, defer=True)
                 except ConflictError:  # a server starting beside us on this home was first
                     log.info("model %s was registered by another server", request.model_id)
         await self._discover()
@@ -119,7 +125,10 @@ class ModelRegistry:
             raise NotFoundError(f"no model {model_id!r}", param="model")
         return Model.model_validate_json(row["record"])
 
-    async def register_model(self, request: RegisterModelRequest) -> Model:
+    async def register_model(self, request: RegisterModelRequest, defer: bool = False) -> Model:
+        """Load the model with its provider, then store it. With `defer` (run.yaml's models), a
+        model whose upstream cannot be reached now is stored unloaded, and loaded when asked for
+        once the upstream answers."""
         if self._exists(request.model_id):
             raise ConflictError(f"model {request.model_id!r} already exists", param="model_id")
         base = None
@@ -141,7 +150,13 @@ class ModelRegistry:
             sampling_defaults=request.sampling_defaults,
             metadata=request.metadata,
         )
-        model = await self._load(model)
+        try:
+            model = await self._load(model)
+        except UpstreamError as exc:
+            if not defer:
+                raise
+            log.error("model %s is not served until its upstream answers: %s", model.id, exc)
+            self.failed_at[model.id] = time.monotonic()
         try:
             self.db.execute(
                 "INSERT INTO models (id, record) VALUES (?, ?)",

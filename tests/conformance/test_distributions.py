@@ -293,7 +293,7 @@ def _greedy(base: str, adapter: str, tokens: int) -> str:
     text = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=tokens, do_sample=False)
+        out = model.generate(ids, max_new_tokens=tokens, do_sample=False)  # type: ignore[no-untyped-call]
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 

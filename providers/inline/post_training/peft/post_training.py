@@ -316,24 +316,34 @@ class PeftPostTraining(OpenAIFineTuning):
             self._wake.set()
 
     async def _complete(self, job_uuid: str) -> None:
+        """Publish the final checkpoint as `ft/<job>` to the provider serving the trained model
+        (an adapter is served over its base; hot-loaded where the provider is remote)."""
         request = self._request(job_uuid)
         final = checkpoints(Path(self._spec(job_uuid).checkpoint_dir))[-1][1]
         model_id = f"ft/{job_uuid}"
+        served = await self.models.get_model(request.model_id)
         if isinstance(request.tuning, LoraFinetuningConfig):
-            served = await self.models.get_model(request.model_id)
             base = served.base_model or served.id
             source: AdapterSource | HuggingFaceSource = AdapterSource(
                 type="adapter", path=str(final), base_model=base
             )
         else:
             source = HuggingFaceSource(type="huggingface", path=str(final))
-        await self.models.register_model(
-            RegisterModelRequest(
-                model_id=model_id,
-                source=source,
-                metadata={"job_uuid": job_uuid, "checkpoint": final.name},
-            )
+        registration = RegisterModelRequest(
+            model_id=model_id,
+            source=source,
+            provider_id=served.provider_id,
+            metadata={"job_uuid": job_uuid, "checkpoint": final.name},
         )
+        try:
+            await self.models.register_model(registration)
+        except InvalidRequestError as exc:  # a remote provider serves no new full models
+            if isinstance(source, AdapterSource):
+                raise
+            log.warning("job %s: %s cannot serve its model (%s); it is in %s", job_uuid,
+                        served.provider_id, exc, final)  # fmt: skip
+            self._set(job_uuid, JobStatus.completed)
+            return
         self._set(job_uuid, JobStatus.completed, fine_tuned_model=model_id)
 
     def _failure(self, job_uuid: str, code: int) -> str:
