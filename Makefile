@@ -90,7 +90,7 @@ test-latest: | $(UV)
 engine-vllm: | $(UV)
 	@if [ ! -f $(VLLM_ENV)/.installed ]; then \
 	  rm -rf $(VLLM_ENV).tmp && mkdir -p $(ENGINES) && \
-	  $(UV) venv --quiet --python $(PYTHON) $(VLLM_ENV).tmp && \
+	  $(UV) venv --quiet --relocatable --python $(PYTHON) $(VLLM_ENV).tmp && \
 	  $(UV) pip sync --quiet --python $(VLLM_ENV).tmp/bin/python --require-hashes $(FIND_LINKS) \
 	    --link-mode copy $(VLLM_LOCK) && \
 	  touch $(VLLM_ENV).tmp/.installed && rm -rf $(VLLM_ENV) && mv $(VLLM_ENV).tmp $(VLLM_ENV) \

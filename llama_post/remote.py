@@ -70,6 +70,23 @@ class RemoteClient:
         response = await self._send(route, request, path, stream=False)
         if "json" not in response.headers.get("content-type", ""):
             return response.text
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError(
+                f"provider {self.name!r}: {self.base_url} answered {route.path} with bad JSON"
+            ) from None
+
+    async def probe(self, route: Route) -> Any:
+        """One quick try (no resends, a short timeout): for health checks."""
+        try:
+            response = await self.http.get(route.path, timeout=5.0)
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailableError(
+                f"provider {self.name!r}: cannot reach {self.base_url} ({type(exc).__name__})"
+            ) from None
+        if response.status_code >= 400:
+            raise await self._error(response)
         return response.json()
 
     async def stream(
@@ -108,6 +125,11 @@ class RemoteClient:
                     f"provider {self.name!r}: {self.base_url} did not answer "
                     f"{route.method} {url} within {self.timeout:g} s"
                 ) from None
+            except httpx.TransportError as exc:  # sent, then cut off: not sent again
+                raise UpstreamUnavailableError(
+                    f"provider {self.name!r}: {self.base_url} broke off {route.method} {url} "
+                    f"({type(exc).__name__}: {exc or 'no answer'})"
+                ) from None
             else:
                 if response.status_code < 400:
                     return response
@@ -118,13 +140,17 @@ class RemoteClient:
         raise AssertionError("unreachable")
 
     async def _error(self, response: httpx.Response) -> LlamaPostError:
-        await response.aread()
-        await response.aclose()
+        try:
+            await response.aread()
+        except httpx.TransportError:
+            pass
+        finally:
+            await response.aclose()
         status = response.status_code
         message, param = _upstream_message(response)
         if status == 503:
             return UpstreamUnavailableError(f"provider {self.name!r}: {message}")
-        if status >= 500:
+        if status >= 500 or status in (401, 403):  # 401/403: the provider's key, not the caller's
             return UpstreamError(f"provider {self.name!r}: upstream answered {status}: {message}")
         return for_status(status)(message, param=param)
 
@@ -136,7 +162,12 @@ class RemoteClient:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return
-                event = json.loads(data)
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    raise UpstreamError(
+                        f"provider {self.name!r}: {self.base_url} streamed bad JSON"
+                    ) from None
                 if isinstance(event, dict) and "error" in event:
                     message, _ = _message_of(event)
                     raise UpstreamError(f"provider {self.name!r}: the stream failed: {message}")
@@ -145,8 +176,8 @@ class RemoteClient:
             raise UpstreamTimeoutError(
                 f"provider {self.name!r}: {self.base_url} stopped streaming for {self.timeout:g} s"
             ) from None
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise UpstreamError(
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailableError(
                 f"provider {self.name!r}: {self.base_url} broke off the stream: {exc}"
             ) from None
         finally:
@@ -158,6 +189,8 @@ def _upstream_message(response: httpx.Response) -> tuple[str, str | None]:
         return _message_of(response.json())
     except ValueError:
         return response.text[:500] or response.reason_phrase, None
+    except httpx.ResponseNotRead:  # the body was cut off
+        return response.reason_phrase, None
 
 
 def _message_of(body: Any) -> tuple[str, str | None]:

@@ -63,8 +63,9 @@ def resolve_under(
             f"{field}: {path!r} is not a usable path ({exc})", param=field
         ) from None
     if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        # Not found, as an id that names nothing is: whether it exists out there is not told.
         allowed = ", ".join(str(r) for r in roots) or "none"
-        raise InvalidRequestError(
+        raise NotFoundError(
             f"{field}: {path} is outside the directories this provider may read ({allowed})",
             param=field,
         )

@@ -67,7 +67,7 @@ class ModelRegistry:
         self.db = Database(storage_dir / "registry.db", SCHEMA)
         self.providers: dict[str, InferenceProvider] = {}
         self.loaded: set[str] = set()
-        self.failed_at: dict[str, float] = {}  # model id -> when its last load failed
+        self.failed: dict[str, tuple[float, LlamaPostError]] = {}  # id -> last failed load
 
     async def restore(self, declared: list[RegisterModelRequest]) -> None:
         """Register run.yaml's models if new, then load every stored model, bases first."""
@@ -90,10 +90,12 @@ class ModelRegistry:
         for model in sorted(self._all(), key=lambda m: m.kind != "base"):
             if model.id in self.loaded:
                 continue
+            if model.id in self.failed:
+                continue  # tried a moment ago: its upstream is down
             try:
                 await self._load(model)
             except LlamaPostError as exc:
-                self.failed_at[model.id] = time.monotonic()
+                self.failed[model.id] = (time.monotonic(), exc)
                 log.error("model %s could not be loaded and is not served: %s", model.id, exc)
 
     async def _discover(self) -> None:
@@ -117,6 +119,7 @@ class ModelRegistry:
     # -- the Models API ------------------------------------------------------------------------
 
     async def list_models(self) -> ListModelsResponse:
+        await self._discover()  # an upstream that was down at start may answer now
         return ListModelsResponse(data=self._all())
 
     async def get_model(self, model_id: str) -> Model:
@@ -156,7 +159,7 @@ class ModelRegistry:
             if not defer:
                 raise
             log.error("model %s is not served until its upstream answers: %s", model.id, exc)
-            self.failed_at[model.id] = time.monotonic()
+            self.failed[model.id] = (time.monotonic(), exc)
         try:
             self.db.execute(
                 "INSERT INTO models (id, record) VALUES (?, ?)",
@@ -192,6 +195,11 @@ class ModelRegistry:
         base = request.base_model
         if base is None:
             bases = [m.id for m in self._all() if m.kind == "base"]
+            if not bases:
+                raise NotFoundError(
+                    "base_model: no base model is served to load the adapter over",
+                    param="base_model",
+                )
             if len(bases) != 1:
                 raise InvalidRequestError(
                     f"base_model: {len(bases)} base models are served "
@@ -200,6 +208,14 @@ class ModelRegistry:
                 )
             base = bases[0]
         if request.load_inplace and self._exists(request.lora_name):
+            old = await self.get_model(request.lora_name)
+            if old.kind != "adapter":
+                raise ConflictError(
+                    f"lora_name: {old.id!r} is a base model; it is not replaced by an adapter",
+                    param="lora_name",
+                )
+            check = AdapterSource(type="adapter", path=request.lora_path, base_model=base)
+            await self.providers[old.provider_id].check_source(check)  # before the old goes
             await self.unregister_model(request.lora_name)
         source = AdapterSource(type="adapter", path=request.lora_path, base_model=base)
         return await self.register_model(
@@ -220,17 +236,20 @@ class ModelRegistry:
         RETRY_LOAD_SECONDS."""
         model = await self.get_model(model_id)
         if model_id not in self.loaded:
-            if time.monotonic() - self.failed_at.get(model_id, 0.0) < RETRY_LOAD_SECONDS:
+            when, error = self.failed.get(model_id, (0.0, None))
+            if error is not None and time.monotonic() - when < RETRY_LOAD_SECONDS:
+                if isinstance(error, UpstreamError):
+                    raise error
                 raise NotFoundError(
-                    f"model {model_id!r} is registered but could not be loaded; see the server log",
+                    f"model {model_id!r} is registered but could not be loaded: {error.message}",
                     param="model",
                 )
             try:
                 model = await self._load(model)
-            except LlamaPostError:
-                self.failed_at[model_id] = time.monotonic()
+            except LlamaPostError as exc:
+                self.failed[model_id] = (time.monotonic(), exc)
                 raise
-            self.failed_at.pop(model_id, None)
+            self.failed.pop(model_id, None)
         return self.providers[model.provider_id], model
 
     async def _load(self, model: Model) -> Model:

@@ -153,7 +153,7 @@ def test_paths_outside_the_allowed_dirs_are_refused(
         "/etc/passwd",
     ]:
         refused = register(api, "instruct", {"type": "uri", "uri": uri, "format": "jsonl"})
-        assert refused.status == 400, uri
+        assert refused.status == 404, uri
         assert refused.error["param"] == "source.uri"
         assert "outside" in refused.error["message"]
     http = register(api, "instruct", {"type": "uri", "uri": "https://example.com/x.jsonl"})

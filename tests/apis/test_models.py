@@ -62,13 +62,13 @@ def test_adapters_register_serve_and_unregister(api: Driver, adapters: list[Path
 
 def test_bad_registrations(api: Driver, adapters: list[Path], tmp_path: Path) -> None:
     outside = register(api, "tests/outside", {"type": "huggingface", "path": str(tmp_path)})
-    assert outside.status == 400 and "outside" in outside.error["message"]
+    assert outside.status == 404 and "outside" in outside.error["message"]
     traversal = register(
         api,
         "tests/up",
         {"type": "adapter", "base_model": TINY, "path": str(adapters[0]) + "/../../../.."},
     )
-    assert traversal.status == 400
+    assert traversal.status == 404
     no_base = register(
         api,
         "tests/orphan",
@@ -77,9 +77,13 @@ def test_bad_registrations(api: Driver, adapters: list[Path], tmp_path: Path) ->
     assert no_base.status == 404 and no_base.error["param"] == "source.base_model"
     not_a_model = register(api, "tests/empty", {"type": "huggingface", "path": str(adapters[0])})
     assert (
-        not_a_model.status == 400
+        not_a_model.status == 404
         and "not a Hugging Face model folder" in not_a_model.error["message"]
     )
+    remote = register(
+        api, "tests/remote", {"type": "provider_model", "provider_model_id": "org/elsewhere"}
+    )
+    assert remote.status == 404 and remote.error["param"] == "source.provider_model_id"
     for bad_id in ["../x", "a//b", "/abs", "a/../b", "a/."]:
         refused = register(api, bad_id, {"type": "huggingface", "path": "x"})
         assert refused.status == 422 and refused.error["param"] == "model_id", bad_id

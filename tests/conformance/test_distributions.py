@@ -238,20 +238,24 @@ def test_a_lora_job_is_served_with_the_same_greedy_output(target: Target) -> Non
         },
     )
     assert made.status_code == 200, made.text
-    job = http.post(
-        "/v1/post-training/supervised-fine-tune",
-        json={
-            "model": TINY,
-            "training_config": {
-                "n_epochs": 1,
-                "max_steps_per_epoch": 2,
-                "data_config": {"dataset_id": dataset_id, "batch_size": 4},
-                "optimizer_config": {"lr": 5e-2},
-                "seed": 0,
-            },
-            "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
+    body = {
+        "model": TINY,
+        "training_config": {
+            "n_epochs": 1,
+            "max_steps_per_epoch": 2,
+            "data_config": {"dataset_id": dataset_id, "batch_size": 4},
+            "optimizer_config": {"lr": 5e-2},
+            "seed": 0,
         },
-    )
+        "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
+    }
+    limit = http.get(f"/v1/models/{TINY}").json()["max_lora_rank"]
+    if limit is not None:  # an adapter its provider could not serve is refused before training
+        too_big = {**body, "algorithm_config": {"type": "LoRA", "rank": limit * 2}}
+        refused = http.post("/v1/post-training/supervised-fine-tune", json=too_big)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "algorithm_config.rank"
+    job = http.post("/v1/post-training/supervised-fine-tune", json=body)
     assert job.status_code == 200, job.text
     status = _finished(http, job.json()["job_uuid"])
     assert status["status"] == "completed", status
@@ -259,16 +263,16 @@ def test_a_lora_job_is_served_with_the_same_greedy_output(target: Target) -> Non
     record = http.get(f"/v1/models/{model_id}").json()
     assert record["kind"] == "adapter" and record["base_model"] == TINY
 
-    body = {"model": model_id, "messages": PROMPT, "max_tokens": 8, "temperature": 0}
-    served = http.post("/v1/chat/completions", json=body)
+    chat = {"model": model_id, "messages": PROMPT, "max_tokens": 8, "temperature": 0}
+    served = http.post("/v1/chat/completions", json=chat)
     assert served.status_code == 200, served.text
-    base = http.post("/v1/chat/completions", json={**body, "model": TINY}).json()
+    base = http.post("/v1/chat/completions", json={**chat, "model": TINY}).json()
     text = served.json()["choices"][0]["message"]["content"]
     assert text == _greedy(record["weights"]["path"], record["weights"]["adapter_path"], 8)
     assert text != base["choices"][0]["message"]["content"]  # the adapter is what answered
 
     assert http.delete(f"/v1/models/{model_id}").status_code == 200
-    gone = http.post("/v1/chat/completions", json=body)
+    gone = http.post("/v1/chat/completions", json=chat)
     assert gone.status_code == 404
 
 

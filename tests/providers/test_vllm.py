@@ -267,6 +267,6 @@ def test_a_rank_above_the_upstreams_limit_is_refused_before_sending(
         assert refused.value.param == "source.path"
         assert upstream.calls == []
         outside = {"type": "adapter", "path": str(tmp_path), "base_model": MODEL}
-        with pytest.raises(InvalidRequestError, match=r"source\.path"):
+        with pytest.raises(NotFoundError, match=r"source\.path: .* is outside"):
             client.models.register_model({"model_id": "ft/outside", "source": outside})
         assert upstream.calls == []

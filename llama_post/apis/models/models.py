@@ -19,11 +19,22 @@ ModelId = Annotated[
 ]
 
 
+LocalPath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4096,
+        pattern=r"^[^\x00]+$",
+        description="A path on the server, under a folder its provider may read.",
+    ),
+]
+
+
 class HuggingFaceSource(StrictModel):
     """A local Hugging Face model folder (config.json, weights, tokenizer)."""
 
     type: Literal["huggingface"]
-    path: str
+    path: LocalPath
 
 
 class GGUFSource(StrictModel):
@@ -45,7 +56,7 @@ class GGUFSource(StrictModel):
     )
 
     type: Literal["gguf"]
-    path: str | None = None
+    path: LocalPath | None = None
     package: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     file: str | None = Field(None, pattern=r"^[^/\\]+\.gguf$")
 
@@ -54,7 +65,7 @@ class AdapterSource(StrictModel):
     """A PEFT LoRA adapter folder, served over the base model `base_model` without reloading it."""
 
     type: Literal["adapter"]
-    path: str
+    path: LocalPath
     base_model: str
 
 
@@ -127,6 +138,9 @@ class Model(BaseModel):
         description="Where this server reads the weights (to fine-tune them); null when the "
         "provider holds them where this server cannot read.",
     )
+    max_lora_rank: int | None = Field(
+        None, description="The highest LoRA rank its provider serves over it; null: any."
+    )
     source: HuggingFaceSource | GGUFSource | AdapterSource | ProviderModelSource
     sampling_defaults: SamplingDefaults = Field(
         SamplingDefaults(), description="As registered (run.yaml or POST /v1/models)."
@@ -148,7 +162,7 @@ class LoadLoraAdapterRequest(StrictModel):
     an adapter into llama-post as into vLLM."""
 
     lora_name: str = Field(pattern=MODEL_ID_PATTERN, max_length=256)
-    lora_path: str
+    lora_path: LocalPath
     base_model: str | None = Field(
         None, description="llama-post's own: the base model, needed when several are served."
     )
@@ -180,3 +194,4 @@ class ModelInfo(BaseModel):
     generation_config: SamplingDefaults = SamplingDefaults()
     provider_model_id: str | None = None
     weights: ModelWeights | None = None
+    max_lora_rank: int | None = None

@@ -31,10 +31,10 @@ def source_path(source: ModelSource, model_dirs: list[Path]) -> Path:
         return folder
     if isinstance(source, GGUFSource):
         return _gguf_file(source, model_dirs)
-    raise InvalidRequestError(
-        f"source.type: {source.type!r} names a model a remote upstream serves; this provider "
-        "loads weights itself: give a huggingface, gguf or adapter source",
-        param="source.type",
+    raise NotFoundError(  # it has no upstream, so it serves no upstream's model
+        f"source.provider_model_id: this provider loads weights itself and serves no "
+        f"{source.provider_model_id!r} of an upstream; give a huggingface, gguf or adapter source",
+        param="source.provider_model_id",
     )
 
 
@@ -56,8 +56,9 @@ def _gguf_file(source: GGUFSource, model_dirs: list[Path]) -> Path:
 
 
 def _require(path: Path, field: str, what: str) -> None:
+    """A folder without the file that makes it `what` holds no such thing: not found."""
     if not path.exists():
-        raise InvalidRequestError(f"{field}: {path.parent} is not {what}", param=field)
+        raise NotFoundError(f"{field}: {path.parent} is not {what}", param=field)
 
 
 def load_base(folder: Path, device: str, dtype: Any) -> tuple[Any, Any]:

@@ -48,7 +48,7 @@ from llama_post.apis.post_training import (
     TrainingRequest,
 )
 from llama_post.apis.post_training.models import JOB_UUID_PATTERN
-from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
+from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError, UpstreamError
 from llama_post.storage import Database, check_id
 from providers.inline.post_training.peft.config import PeftPostTrainingConfig
 from providers.inline.post_training.peft.job import (
@@ -176,6 +176,14 @@ class PeftPostTraining(OpenAIFineTuning):
             )
         _refuse_unsupported(request)  # after the lookups: a missing model is a 404 first
         base, adapter = weights.path, weights.adapter_path
+        rank = getattr(request.tuning, "rank", None)
+        if rank is not None and model.max_lora_rank is not None and rank > model.max_lora_rank:
+            raise InvalidRequestError(
+                f"{tuning_field}.rank: provider {model.provider_id!r} serves LoRA ranks up to "
+                f"{model.max_lora_rank} over {model.id!r}; train with rank <= "
+                f"{model.max_lora_rank}",
+                param=f"{tuning_field}.rank",
+            )
         if adapter is not None and not isinstance(request.tuning, LoraFinetuningConfig):
             raise InvalidRequestError(
                 f"{tuning_field}: {request.model_id!r} is a LoRA adapter; continue it with LoRA",
@@ -337,12 +345,17 @@ class PeftPostTraining(OpenAIFineTuning):
         )
         try:
             await self.models.register_model(registration)
-        except InvalidRequestError as exc:  # a remote provider serves no new full models
-            if isinstance(source, AdapterSource):
+        except (InvalidRequestError, UpstreamError) as exc:
+            # The weights are trained and kept: a provider that cannot take them now (its
+            # upstream is down; a remote one serves no new full models) does not undo the job.
+            if isinstance(exc, InvalidRequestError) and isinstance(source, AdapterSource):
                 raise
-            log.warning("job %s: %s cannot serve its model (%s); it is in %s", job_uuid,
-                        served.provider_id, exc, final)  # fmt: skip
-            self._set(job_uuid, JobStatus.completed)
+            note = (
+                f"trained, but provider {served.provider_id!r} did not serve it: {exc.message}; "
+                f"register {final} with POST /v1/models"
+            )
+            log.warning("job %s: %s", job_uuid, note)
+            self._set(job_uuid, JobStatus.completed, error=note)
             return
         self._set(job_uuid, JobStatus.completed, fine_tuned_model=model_id)
 

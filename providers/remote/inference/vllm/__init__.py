@@ -15,5 +15,9 @@ async def create(config: VLLMInferenceConfig, deps: Deps, provider_id: str) -> I
     from providers.remote.inference.vllm.inference import VLLMInference
 
     provider = VLLMInference(config, provider_id)
-    await provider.start()
+    try:
+        await provider.start()
+    except BaseException:
+        await provider.shutdown()
+        raise
     return provider

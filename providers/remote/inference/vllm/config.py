@@ -1,6 +1,8 @@
-from pathlib import PurePosixPath
+import posixpath
+from pathlib import Path, PurePosixPath
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 
 from llama_post.schema import StrictModel, UserPath
 
@@ -8,7 +10,7 @@ from llama_post.schema import StrictModel, UserPath
 class PathMapping(StrictModel):
     """One folder as this server sees it (`local`) and as the vLLM host does (`upstream`)."""
 
-    local: UserPath
+    local: Annotated[UserPath, AfterValidator(Path.resolve)]  # as adapter paths are resolved
     upstream: str = Field(min_length=1, description="An absolute path on the vLLM host.")
 
     def to_upstream(self, path: str) -> str | None:
@@ -21,16 +23,19 @@ class PathMapping(StrictModel):
 
 
 def _relative(path: str, folder: str) -> str | None:
+    """`path` below `folder`, after `..` is resolved in it (so it cannot climb out)."""
     try:
-        return str(PurePosixPath(path).relative_to(PurePosixPath(folder)))
+        inside = PurePosixPath(posixpath.normpath(path)).relative_to(PurePosixPath(folder))
     except ValueError:
         return None
+    return str(inside)
 
 
 class VLLMInferenceConfig(StrictModel):
     base_url: str = Field(
-        pattern=r"^https?://[^/\s]+(/[^\s]*)?$",
-        description="The vLLM server (`http://127.0.0.1:8000`; a trailing `/v1` is dropped).",
+        pattern=r"^https?://[^/\s@?#]+(/[^\s@?#]*)?$",
+        description="The vLLM server (`http://127.0.0.1:8000`; a trailing `/v1` is dropped). "
+        "No credentials in it: give `api_key`.",
     )
     api_key: SecretStr | None = Field(None, description="vLLM's --api-key, if it has one.")
     request_timeout: float = Field(120.0, gt=0, le=3600, description="Seconds per request.")

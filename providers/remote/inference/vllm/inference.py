@@ -44,7 +44,9 @@ from llama_post.apis.models import (
 )
 from llama_post.errors import (
     ConfigError,
+    ConflictError,
     InvalidRequestError,
+    LlamaPostError,
     NotFoundError,
     UpstreamError,
 )
@@ -71,7 +73,9 @@ class VLLMInference:
         )
         self.cards: dict[str, dict[str, Any]] = {}  # the upstream's /v1/models, as last read
         self.upstream_ids: dict[str, str] = {}  # model id -> the upstream's id for it
-        self.adapters: dict[str, str] = {}  # adapter id -> its folder, as the upstream sees it
+        # adapter id -> how it was loaded (its folder as the upstream sees it, its base there)
+        self.adapters: dict[str, LoadLoraAdapterRequest] = {}
+        self.publishing: dict[str, asyncio.Lock] = {}  # one load of an adapter at a time
 
     async def start(self) -> None:
         try:
@@ -90,14 +94,19 @@ class VLLMInference:
 
     async def health(self) -> ProviderHealth:
         try:
-            await self._read_cards()
-        except UpstreamError as exc:
+            await self._read_cards(quick=True)
+        except LlamaPostError as exc:
             return ProviderHealth(status="Error", message=exc.message)
         return ProviderHealth()
 
     # -- models --------------------------------------------------------------------------------
 
     async def discover(self) -> list[RegisterModelRequest]:
+        if not self.cards:  # started degraded: look again
+            try:
+                await self._read_cards(quick=True)
+            except LlamaPostError:
+                return []
         return [
             RegisterModelRequest(
                 model_id=name,
@@ -137,7 +146,12 @@ class VLLMInference:
         context = int(card.get("max_model_len") or card.get("context_length") or 0)
         folder = self._local_folder(card)
         if folder is None:
-            return ModelInfo(context_length=context, has_chat_template=True, provider_model_id=name)
+            return ModelInfo(
+                context_length=context,
+                has_chat_template=True,
+                provider_model_id=name,
+                max_lora_rank=self.config.max_lora_rank,
+            )
         return ModelInfo(
             context_length=context,
             parameter_count=await asyncio.to_thread(parameter_count, folder),
@@ -145,37 +159,30 @@ class VLLMInference:
             generation_config=recommended_sampling(folder),
             provider_model_id=name,
             weights=ModelWeights(path=str(folder)),
+            max_lora_rank=self.config.max_lora_rank,
         )
 
     async def unload_model(self, model_id: str) -> None:
+        if model_id in self.adapters:  # a base model stays on the upstream, started with it
+            request = UnloadLoraAdapterRequest(lora_name=model_id)
+            try:
+                await self.client.call(ROUTES["models", "unload_lora_adapter"], request)
+            except (NotFoundError, InvalidRequestError) as exc:  # the upstream had lost it
+                log.info("adapter %s was not loaded on %s: %s", model_id, self.config.url, exc)
+            del self.adapters[model_id]
         self.upstream_ids.pop(model_id, None)
-        if self.adapters.pop(model_id, None) is None:
-            return  # a base model stays on the upstream, which was started with it
-        request = UnloadLoraAdapterRequest(lora_name=model_id)
-        try:
-            await self.client.call(ROUTES["models", "unload_lora_adapter"], request)
-        except (NotFoundError, InvalidRequestError) as exc:  # the upstream had lost it already
-            log.info("adapter %s was not loaded on %s: %s", model_id, self.config.url, exc)
 
     async def _publish(self, model: Model, base: Model) -> ModelInfo:
         """Hot-load the adapter into the upstream under the model's id."""
         assert isinstance(model.source, AdapterSource)
         folder = await asyncio.to_thread(self._adapter_folder, model.source)
-        path = self.config.to_upstream(str(folder))
-        card = (await self._read_cards()).get(model.id)
-        if card is not None and _path_of(card) != path:  # another adapter under that name
-            await self.client.call(
-                ROUTES["models", "unload_lora_adapter"],
-                UnloadLoraAdapterRequest(lora_name=model.id),
-            )
-        if card is None or _path_of(card) != path:
-            request = LoadLoraAdapterRequest(
-                lora_name=model.id,
-                lora_path=path,
-                base_model=self.upstream_ids.get(base.id, base.provider_model_id or base.id),
-            )
-            await self.client.call(ROUTES["models", "load_lora_adapter"], request)
-        self.adapters[model.id] = path
+        request = LoadLoraAdapterRequest(
+            lora_name=model.id,
+            lora_path=self.config.to_upstream(str(folder)),
+            base_model=self.upstream_ids.get(base.id, base.provider_model_id or base.id),
+        )
+        await self._load_adapter(request)
+        self.adapters[model.id] = request
         self.upstream_ids[model.id] = model.id
         weights = base.weights and ModelWeights(path=base.weights.path, adapter_path=str(folder))
         return ModelInfo(
@@ -185,17 +192,37 @@ class VLLMInference:
             weights=weights,
         )
 
+    async def _load_adapter(self, request: LoadLoraAdapterRequest) -> None:
+        """Load the adapter unless the upstream has it from that folder already (replacing
+        another of that name). Loads of one name wait for each other; one the upstream finds
+        done meanwhile ("already loaded") is done."""
+        async with self.publishing.setdefault(request.lora_name, asyncio.Lock()):
+            card = (await self._read_cards()).get(request.lora_name)
+            if card is not None and _path_of(card) == request.lora_path:
+                return
+            if card is not None:  # another adapter under that name
+                unload = UnloadLoraAdapterRequest(lora_name=request.lora_name)
+                await self.client.call(ROUTES["models", "unload_lora_adapter"], unload)
+            try:
+                await self.client.call(ROUTES["models", "load_lora_adapter"], request)
+            except (InvalidRequestError, ConflictError) as exc:
+                if "already" not in exc.message:
+                    raise
+
     def _adapter_folder(self, source: AdapterSource) -> Path:
         folder = resolve_under(source.path, self.config.adapter_dirs, "source.path", kind="dir")
+        if not (folder / "adapter_config.json").is_file():
+            raise NotFoundError(
+                f"source.path: no PEFT adapter in {source.path}", param="source.path"
+            )
         try:
             config = json.loads((folder / "adapter_config.json").read_text())
-        except (OSError, ValueError):
+            ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+            rank = max(int(r) for r in ranks)
+        except (OSError, ValueError, TypeError, AttributeError):
             raise InvalidRequestError(
                 f"source.path: {source.path} is not a PEFT adapter folder", param="source.path"
             ) from None
-        rank = max(
-            [int(config.get("r") or 0), *map(int, (config.get("rank_pattern") or {}).values())]
-        )
         if rank > self.config.max_lora_rank:
             raise InvalidRequestError(
                 f"source.path: the adapter's LoRA rank is {rank}; provider {self.provider_id!r} "
@@ -213,8 +240,9 @@ class VLLMInference:
         folder = Path(self.config.to_local(root))
         return folder if (folder / "config.json").is_file() else None
 
-    async def _read_cards(self) -> dict[str, dict[str, Any]]:
-        body = await self.client.call(ROUTES["models", "list_models"])
+    async def _read_cards(self, quick: bool = False) -> dict[str, dict[str, Any]]:
+        route = ROUTES["models", "list_models"]
+        body = await (self.client.probe(route) if quick else self.client.call(route))
         self.cards = {c["id"]: c for c in body.get("data", []) if isinstance(c, dict)}
         return self.cards
 
@@ -266,8 +294,11 @@ class VLLMInference:
         events = await self._upstream(request, lambda r: self.client.stream(route, r))
 
         async def read() -> AsyncIterator[M]:
-            async for event in events:
-                yield self._read(event, request.model, shape)
+            try:
+                async for event in events:
+                    yield self._read(event, request.model, shape)
+            finally:
+                await events.aclose()  # closes the upstream's response, read to the end or not
 
         return read()
 
@@ -279,14 +310,11 @@ class VLLMInference:
         try:
             return await send(upstream)
         except NotFoundError:
-            path = self.adapters.get(model_id)
-            if path is None or model_id in await self._read_cards():
+            loaded = self.adapters.get(model_id)
+            if loaded is None or model_id in await self._read_cards():
                 raise
             log.warning("%s lost adapter %s; loading it again", self.config.url, model_id)
-            await self.client.call(
-                ROUTES["models", "load_lora_adapter"],
-                LoadLoraAdapterRequest(lora_name=model_id, lora_path=path),
-            )
+            await self._load_adapter(loaded)
             return await send(upstream)
 
     def _read(self, data: Any, model_id: str, shape: type[M]) -> M:
