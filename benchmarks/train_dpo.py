@@ -95,7 +95,7 @@ def main() -> None:
 
 def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
     from providers.inline.post_training.peft import recipe_dpo
-    from providers.inline.post_training.peft.job import JobSpec
+    from providers.jobs.folder import JobSpec
 
     job_dir = Path(tmp) / "ours"
     job_dir.mkdir()

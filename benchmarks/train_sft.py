@@ -115,7 +115,7 @@ def main() -> None:
 
 def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
     from providers.inline.post_training.peft import recipe_sft
-    from providers.inline.post_training.peft.job import JobSpec
+    from providers.jobs.folder import JobSpec
 
     job_dir = Path(tmp) / name
     job_dir.mkdir()

@@ -83,7 +83,7 @@ def compile_routes(protocols: Iterable[tuple[str, type]]) -> list[Route]:
     seen: dict[tuple[str, str], str] = {}
     operations: set[str] = set()
     for api, protocol in protocols:
-        for name, fn in vars(protocol).items():  # in the order they are written
+        for name, fn in _methods(protocol):
             if not inspect.isfunction(fn):
                 continue
             for i, declared in enumerate(webmethods_of(fn)):
@@ -97,6 +97,16 @@ def compile_routes(protocols: Iterable[tuple[str, type]]) -> list[Route]:
                 operations.add(route.operation_id)
                 routes.append(route)
     return routes
+
+
+def _methods(protocol: type) -> list[tuple[str, object]]:
+    """A Protocol's methods in the order they are written, those of the Protocols it extends
+    first (`PostTraining` adds OpenAI's routes to `PostTrainingJobs`)."""
+    found: dict[str, object] = {}
+    for klass in reversed(protocol.__mro__):
+        if klass.__module__ not in ("builtins", "typing"):
+            found.update(vars(klass))
+    return list(found.items())
 
 
 def _compile_one(api: str, name: str, fn: object, declared: WebMethod, alias: bool) -> Route:

@@ -6,7 +6,7 @@ creating something picks the provider the request names, or the first one.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from llama_post.apis import Api
@@ -28,6 +28,20 @@ from llama_post.apis.files import (
     ListFilesRequest,
     ListFilesResponse,
     UploadFileRequest,
+)
+from llama_post.apis.post_training import (
+    JobEvent,
+    JobLogsResponse,
+    JobMetricsResponse,
+    ListPostTrainingJobsResponse,
+    PostTrainingJob,
+    PostTrainingJobArtifactsResponse,
+    PostTrainingJobs,
+    PostTrainingJobStatusResponse,
+    PreferenceOptimizeRequest,
+    PreflightResponse,
+    SupervisedFineTuneRequest,
+    TrainingRequest,
 )
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from llama_post.schema import FileContent
@@ -141,7 +155,75 @@ class FilesRouter:
         return await (await self._for(file_id)).delete_file(file_id)
 
 
+class PostTrainingRouter:
+    """A job is created on the provider its request names (`provider_id`, else the first);
+    every later call finds the provider that holds the job."""
+
+    def __init__(self, providers: dict[str, PostTrainingJobs]) -> None:
+        self.providers = providers
+
+    async def _for(self, job_uuid: str) -> PostTrainingJobs:
+        return await _owner(
+            self.providers, lambda p: p.get_job_status(job_uuid), f"job {job_uuid!r}", "job_uuid"
+        )
+
+    async def _runs(self, request: TrainingRequest) -> PostTrainingJobs:
+        provider_id = request.provider_id or next(iter(self.providers))
+        if provider_id not in self.providers:
+            names = ", ".join(self.providers)
+            raise NotFoundError(
+                f"provider_id: no post-training provider {provider_id!r} (there are {names})",
+                param="provider_id",
+            )
+        if request.job_uuid is not None:
+            try:
+                await self._for(request.job_uuid)
+            except NotFoundError:
+                pass
+            else:
+                raise ConflictError(f"job {request.job_uuid!r} already exists", param="job_uuid")
+        return self.providers[provider_id]
+
+    async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
+        return await (await self._runs(request)).supervised_fine_tune(request)
+
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        return await (await self._runs(request)).preference_optimize(request)
+
+    async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
+        provider = self.providers.get(request.provider_id or next(iter(self.providers)))
+        if provider is None:
+            raise NotFoundError(
+                f"provider_id: no post-training provider {request.provider_id!r}",
+                param="provider_id",
+            )
+        return await provider.preflight(request)
+
+    async def list_jobs(self) -> ListPostTrainingJobsResponse:
+        jobs = [j for p in self.providers.values() for j in (await p.list_jobs()).data]
+        return ListPostTrainingJobsResponse(data=jobs)
+
+    async def get_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        return await (await self._for(job_uuid)).get_job_status(job_uuid)
+
+    async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        return await (await self._for(job_uuid)).cancel_job(job_uuid)
+
+    async def get_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
+        return await (await self._for(job_uuid)).get_job_artifacts(job_uuid)
+
+    async def get_job_logs(self, job_uuid: str) -> JobLogsResponse:
+        return await (await self._for(job_uuid)).get_job_logs(job_uuid)
+
+    async def get_job_metrics(self, job_uuid: str) -> JobMetricsResponse:
+        return await (await self._for(job_uuid)).get_job_metrics(job_uuid)
+
+    async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
+        return await (await self._for(job_uuid)).stream_job_events(job_uuid)
+
+
 ROUTERS: dict[Api, Callable[[dict[str, Any]], Any]] = {
     Api.files: FilesRouter,
     Api.datasets: DatasetsRouter,
+    Api.post_training: PostTrainingRouter,
 }

@@ -18,6 +18,7 @@ from llama_post.apis.inspect import (
     RouteInfo,
     VersionInfo,
 )
+from llama_post.apis.post_training import OpenAIFineTuning
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.routers import ROUTERS
@@ -77,10 +78,11 @@ class Stack:
                 if api == Api.inference:
                     models.providers = group
                     impls[api] = InferenceRouter(models)
-                elif len(group) == 1:
-                    impls[api] = next(iter(group.values()))
-                else:
-                    impls[api] = ROUTERS[api](group)
+                    continue
+                one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
+                if api == Api.post_training:  # OpenAI's fine-tuning jobs, over any provider
+                    one = OpenAIFineTuning(one, impls[Api.datasets])
+                impls[api] = one
             await models.restore(run.models)
         except BaseException:
             await _shutdown(built)

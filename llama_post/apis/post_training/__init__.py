@@ -1,4 +1,4 @@
-from llama_post.apis.post_training.api import PostTraining
+from llama_post.apis.post_training.api import PostTraining, PostTrainingJobs
 from llama_post.apis.post_training.fine_tuning import (
     CreateFineTuningJobRequest,
     FineTuningJob,
@@ -59,6 +59,7 @@ __all__ = [
     "PostTrainingJob",
     "PostTrainingJobArtifactsResponse",
     "PostTrainingJobStatusResponse",
+    "PostTrainingJobs",
     "PreferenceOptimizeRequest",
     "PreflightResponse",
     "RowProblem",

@@ -28,8 +28,10 @@ from llama_post.apis.post_training.models import (
 from llama_post.schema import OPENAI_FINE_TUNING, V0_2, V0_7, creates, webmethod
 
 
-class PostTraining(Protocol):
-    """Fine-tuning as durable jobs: queued, run in worker processes, resumable, cancellable."""
+class PostTrainingJobs(Protocol):
+    """Fine-tuning as durable jobs: queued, run in worker processes, resumable, cancellable.
+
+    What a post-training provider implements; the stack serves `PostTraining` over it."""
 
     @creates(job_uuid="/job_uuid")
     @webmethod(route="/v1/post-training/supervised-fine-tune", method="POST")
@@ -98,7 +100,11 @@ class PostTraining(Protocol):
         """Follow a job: its log lines, metrics and status as server-sent events, to its end."""
         ...
 
-    # -- OpenAI's fine-tuning jobs, over the methods above (see `fine_tuning.py`) ---------------
+
+class PostTraining(PostTrainingJobs, Protocol):
+    """The PostTraining API: the jobs of its providers, and OpenAI's fine-tuning jobs, which the
+    stack serves over them (`OpenAIFineTuning` in `fine_tuning.py`), whichever provider runs a
+    job."""
 
     @creates(fine_tuning_job_id="/id")
     @webmethod(route="/v1/fine_tuning/jobs", method="POST", compat=OPENAI_FINE_TUNING)

@@ -22,8 +22,8 @@ import contextlib
 import math
 import secrets
 import time
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,6 +38,8 @@ from llama_post.apis.post_training.models import (
     BASE_LR,
     AlgorithmConfig,
     Checkpoint,
+    JobEvent,
+    JobLogsResponse,
     JobMetricsResponse,
     JobStatus,
     ListPostTrainingJobsResponse,
@@ -46,13 +48,17 @@ from llama_post.apis.post_training.models import (
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
+    PreflightResponse,
     StepMetrics,
     SupervisedFineTuneRequest,
     TrainingRequest,
     lora_without_type,
 )
-from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
+from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
 from llama_post.schema import StrictModel
+
+if TYPE_CHECKING:
+    from llama_post.apis.post_training.api import PostTrainingJobs
 
 Auto = Literal["auto"]
 # What "auto" means here (OpenAI picks by dataset size; these suit small datasets on a CPU).
@@ -308,35 +314,45 @@ class FineTuningJobCheckpointList(BaseModel):
 
 
 class OpenAIFineTuning:
-    """OpenAI's fine-tuning jobs, as calls to the native methods of the class it is mixed into."""
+    """The PostTraining API the stack serves: the jobs of whatever serves post-training (one
+    provider, or the router over several), and OpenAI's fine-tuning jobs written over them, so
+    they work the same for every provider."""
 
-    datasets: Datasets
+    def __init__(self, jobs: PostTrainingJobs, datasets: Datasets) -> None:
+        self.jobs = jobs
+        self.datasets = datasets
 
-    # The native PostTraining methods it is written over, and one more: `job_request`.
+    # -- the native methods, as the providers serve them ----------------------------------------
+
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
-        raise NotImplementedError
+        return await self.jobs.supervised_fine_tune(request)
 
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
-        raise NotImplementedError
+        return await self.jobs.preference_optimize(request)
+
+    async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
+        return await self.jobs.preflight(request)
 
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
-        raise NotImplementedError
+        return await self.jobs.list_jobs()
 
     async def get_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
-        raise NotImplementedError
-
-    async def get_job_metrics(self, job_uuid: str) -> JobMetricsResponse:
-        raise NotImplementedError
+        return await self.jobs.get_job_status(job_uuid)
 
     async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
-        raise NotImplementedError
+        return await self.jobs.cancel_job(job_uuid)
 
     async def get_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
-        raise NotImplementedError
+        return await self.jobs.get_job_artifacts(job_uuid)
 
-    def job_request(self, job_uuid: str) -> TrainingRequest:
-        """The request a job was created with (its id is known to exist)."""
-        raise NotImplementedError
+    async def get_job_logs(self, job_uuid: str) -> JobLogsResponse:
+        return await self.jobs.get_job_logs(job_uuid)
+
+    async def get_job_metrics(self, job_uuid: str) -> JobMetricsResponse:
+        return await self.jobs.get_job_metrics(job_uuid)
+
+    async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
+        return await self.jobs.stream_job_events(job_uuid)
 
     # -- create ------------------------------------------------------------------------------
 
@@ -447,7 +463,7 @@ class OpenAIFineTuning:
 
     async def retrieve_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
         status = await self._status(fine_tuning_job_id)
-        request = self.job_request(fine_tuning_job_id)
+        request = _request_of(status)
         metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
         data = request.training_config.data
         params = _resolved(request)
@@ -485,7 +501,7 @@ class OpenAIFineTuning:
         self, fine_tuning_job_id: str, request: PageRequest
     ) -> FineTuningJobEventList:
         status = await self._status(fine_tuning_job_id)
-        data = self.job_request(fine_tuning_job_id).training_config.data
+        data = _request_of(status).training_config.data
         metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
         events = _events(status, metrics, await self._file_of(data.dataset_id))
         page, has_more = _page(events[::-1], request, lambda e: e.id)
@@ -519,6 +535,12 @@ class OpenAIFineTuning:
         except NotFoundError:
             return dataset_id
         return dataset.source.file_id or dataset_id
+
+
+def _request_of(status: PostTrainingJobStatusResponse) -> TrainingRequest:
+    if status.request is None:  # every provider fills it in; one that does not is a bug
+        raise LlamaPostError(f"job {status.job_uuid!r}: its provider did not say its request")
+    return status.request
 
 
 def _hyperparameters(

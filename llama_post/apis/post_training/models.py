@@ -162,6 +162,9 @@ class JobRequest(ConfigModel):
     """What every job request has besides its model, method and algorithm."""
 
     job_uuid: str | None = Field(None, pattern=JOB_UUID_PATTERN)
+    provider_id: str | None = Field(
+        None, description="The post-training provider that runs the job; unset: the first."
+    )
     training_config: TrainingConfig
     checkpoint_dir: str | None = Field(
         None, description="A folder under the provider's checkpoint root; default: the job's own."
@@ -333,6 +336,10 @@ class PostTrainingJobStatusResponse(BaseModel):
     error: str | None = None
     fine_tuned_model: str | None = None
     metadata: dict[str, str] = {}
+    provider_id: str | None = Field(None, description="The provider running the job.")
+    request: SupervisedFineTuneRequest | PreferenceOptimizeRequest | None = Field(
+        None, description="The request the job runs, its defaults filled in."
+    )
 
 
 class PostTrainingJobArtifactsResponse(BaseModel):

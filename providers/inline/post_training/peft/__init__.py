@@ -7,14 +7,14 @@ from llama_post.distribution.spec import Deps
 from providers.inline.post_training.peft.config import PeftPostTrainingConfig
 
 if TYPE_CHECKING:
-    from llama_post.apis.post_training import PostTraining
+    from llama_post.apis.post_training import PostTrainingJobs
 
 __all__ = ["PeftPostTrainingConfig", "create"]
 
 
-async def create(config: PeftPostTrainingConfig, deps: Deps, provider_id: str) -> PostTraining:
+async def create(config: PeftPostTrainingConfig, deps: Deps, provider_id: str) -> PostTrainingJobs:
     from providers.inline.post_training.peft.post_training import PeftPostTraining
 
-    trainer = PeftPostTraining(config, datasets=deps[Api.datasets], models=deps[Api.models])
+    trainer = PeftPostTraining(config, deps[Api.datasets], deps[Api.models], provider_id)
     await trainer.start()
     return trainer

@@ -7,7 +7,6 @@ request fails in seconds with the rows and fields at fault.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
 from llama_post.apis.post_training import (
@@ -25,15 +24,7 @@ from providers.inline.post_training.peft.data import (
     render_pair,
     steps_per_epoch,
 )
-from providers.inline.post_training.peft.job import JobSpec
-
-
-@dataclass
-class Prepared:
-    spec: JobSpec
-    train: list[dict[str, Any]]
-    validation: list[dict[str, Any]]
-    report: PreflightResponse
+from providers.jobs.folder import JobSpec, Prepared
 
 
 def prepare(

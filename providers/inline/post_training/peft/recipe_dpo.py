@@ -30,12 +30,6 @@ from providers.inline.post_training.peft.data import (
     render_pair,
     steps_per_epoch,
 )
-from providers.inline.post_training.peft.job import (
-    JobSpec,
-    checkpoints,
-    read_jsonl,
-    write_json_atomic,
-)
 from providers.inline.post_training.peft.training import (
     Cancelled,
     clip,
@@ -52,6 +46,12 @@ from providers.inline.post_training.peft.training import (
     save,
     seed_everything,
     truncate_metrics,
+)
+from providers.jobs.folder import (
+    JobFolder,
+    checkpoints,
+    read_jsonl,
+    write_json_atomic,
 )
 
 log = logging.getLogger("recipe_dpo")
@@ -87,7 +87,7 @@ def _first_trained(example: Example) -> int:
 
 def main(job_dir: Path) -> None:
     # -- setup ---------------------------------------------------------------------------------
-    spec = JobSpec.model_validate_json((job_dir / "job.json").read_text())
+    spec = JobFolder(job_dir).read_spec()
     request = spec.request
     assert isinstance(request, PreferenceOptimizeRequest)
     cfg = request.training_config
@@ -101,8 +101,8 @@ def main(job_dir: Path) -> None:
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    train = _pairs(job_dir / "train.jsonl", tokenizer, data_cfg.max_seq_len)
-    validation = _pairs(job_dir / "validation.jsonl", tokenizer, data_cfg.max_seq_len)
+    train = _pairs(JobFolder(job_dir).train, tokenizer, data_cfg.max_seq_len)
+    validation = _pairs(JobFolder(job_dir).validation, tokenizer, data_cfg.max_seq_len)
     plan = steps_per_epoch([p.chosen for p in train], request)
     total_steps = sum(plan)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -127,7 +127,7 @@ def main(job_dir: Path) -> None:
     if latest:
         epoch, step_in_epoch, global_step = restore(latest[-1][1], model, optimizer, scheduler)
         log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
-    truncate_metrics(job_dir / "metrics.jsonl", global_step)
+    truncate_metrics(JobFolder(job_dir).metrics, global_step)
 
     # -- the loop ------------------------------------------------------------------------------
     model.train()
@@ -211,7 +211,7 @@ def main(job_dir: Path) -> None:
                     ),
                 )
             write_json_atomic(
-                job_dir / "progress.json",
+                JobFolder(job_dir).progress,
                 {"step": global_step, "total_steps": total_steps, "epoch": epoch},
             )
             epoch_done = step_in_epoch == plan[epoch]

@@ -27,12 +27,6 @@ from providers.inline.post_training.peft.data import (
     steps_per_epoch,
     trained_tokens,
 )
-from providers.inline.post_training.peft.job import (
-    JobSpec,
-    checkpoints,
-    read_jsonl,
-    write_json_atomic,
-)
 from providers.inline.post_training.peft.training import (
     Cancelled,
     clip,
@@ -49,13 +43,19 @@ from providers.inline.post_training.peft.training import (
     seed_everything,
     truncate_metrics,
 )
+from providers.jobs.folder import (
+    JobFolder,
+    checkpoints,
+    read_jsonl,
+    write_json_atomic,
+)
 
 log = logging.getLogger("recipe_sft")
 
 
 def main(job_dir: Path) -> None:
     # -- setup ---------------------------------------------------------------------------------
-    spec = JobSpec.model_validate_json((job_dir / "job.json").read_text())
+    spec = JobFolder(job_dir).read_spec()
     request = spec.request
     assert isinstance(request, SupervisedFineTuneRequest)
     cfg = request.training_config
@@ -69,8 +69,8 @@ def main(job_dir: Path) -> None:
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    train = _examples(job_dir / "train.jsonl", tokenizer, request)
-    validation = _examples(job_dir / "validation.jsonl", tokenizer, request)
+    train = _examples(JobFolder(job_dir).train, tokenizer, request)
+    validation = _examples(JobFolder(job_dir).validation, tokenizer, request)
     plan = steps_per_epoch(train, request)
     total_steps = sum(plan)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -92,7 +92,7 @@ def main(job_dir: Path) -> None:
     if latest:
         epoch, step_in_epoch, global_step = restore(latest[-1][1], model, optimizer, scheduler)
         log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
-    truncate_metrics(job_dir / "metrics.jsonl", global_step)
+    truncate_metrics(JobFolder(job_dir).metrics, global_step)
 
     # -- the loop ------------------------------------------------------------------------------
     model.train()
@@ -144,7 +144,7 @@ def main(job_dir: Path) -> None:
                     ),
                 )
             write_json_atomic(
-                job_dir / "progress.json",
+                JobFolder(job_dir).progress,
                 {"step": global_step, "total_steps": total_steps, "epoch": epoch},
             )
             epoch_done = step_in_epoch == plan[epoch]

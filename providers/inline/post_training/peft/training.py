@@ -23,10 +23,11 @@ from llama_post.apis.post_training import (
     TrainingRequest,
 )
 from providers.inline.post_training.peft.data import IGNORE
-from providers.inline.post_training.peft.job import (
+from providers.jobs.folder import (
     CHECKPOINT_PREFIX,
     EXIT_CANCELLED,
     EXIT_OUT_OF_MEMORY,
+    JobFolder,
     JobSpec,
     read_jsonl,
 )
@@ -184,7 +185,7 @@ class FrozenHeadLogps(torch.autograd.Function):
 
 def last_validation_loss(job_dir: Path) -> float | None:
     """The newest validation loss the job's metrics hold, for its final checkpoint."""
-    metrics = read_jsonl(job_dir / "metrics.jsonl")
+    metrics = read_jsonl(JobFolder(job_dir).metrics)
     return next(
         (m["validation_loss"] for m in reversed(metrics) if m.get("validation_loss") is not None),
         None,
@@ -223,7 +224,7 @@ def clip(params: list[Any], max_norm: float | None) -> float:
 
 
 def record(job_dir: Path, metrics: StepMetrics) -> None:
-    with (job_dir / "metrics.jsonl").open("a") as f:
+    with (JobFolder(job_dir).metrics).open("a") as f:
         f.write(metrics.model_dump_json(exclude_none=True) + "\n")
     extras = "".join(
         f" {name.replace('_', ' ')} {value:.4f}"

@@ -1,4 +1,5 @@
-"""What the server hands a worker (`job.json`) and the files a worker leaves in its job folder.
+"""A job's folder: what the server hands a worker and what the worker leaves there. `JobFolder`
+is the one place these names are spelled; every trainer's worker reads and writes through it.
 
 job.json           the request, with the model folder and the data snapshot resolved
 train.jsonl        the training rows, snapshotted when the job was created
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from llama_post.apis.post_training import TrainingRequest
+from llama_post.apis.post_training import PreflightResponse, TrainingRequest
 
 CHECKPOINT_PREFIX = "step-"
 EXIT_CANCELLED = 3  # worker exit codes
@@ -33,6 +36,44 @@ class JobSpec(BaseModel):
     checkpoint_dir: str
     device: str = "cpu"
     torch_threads: int | None = None
+
+
+@dataclass
+class Prepared:
+    """A job checked and ready to queue: its spec, its data snapshot, the pre-flight report."""
+
+    spec: JobSpec
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    report: PreflightResponse
+
+
+class JobFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.spec = path / "job.json"
+        self.train = path / "train.jsonl"
+        self.validation = path / "validation.jsonl"
+        self.log = path / "train.log"
+        self.metrics = path / "metrics.jsonl"
+        self.progress = path / "progress.json"
+
+    def read_spec(self) -> JobSpec:
+        return JobSpec.model_validate_json(self.spec.read_text())
+
+    def write(self, prepared: Prepared) -> None:
+        """Write the job's files into a staging folder, then move it into place whole."""
+        staging = JobFolder(self.path.with_name(self.path.name + ".partial"))
+        shutil.rmtree(staging.path, ignore_errors=True)
+        staging.path.mkdir(parents=True)
+        staging.spec.write_text(prepared.spec.model_dump_json(indent=2))
+        for path, rows in (
+            (staging.train, prepared.train),
+            (staging.validation, prepared.validation),
+        ):
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        shutil.rmtree(self.path, ignore_errors=True)
+        staging.path.replace(self.path)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -1,0 +1,1 @@
+"""Machinery every local trainer shares: job folders, the queue of worker processes."""

@@ -1,0 +1,504 @@
+"""Durable local jobs, for every trainer that runs workers on this machine: SQLite records, a
+queue, worker processes, cancel, failure reasons, restart recovery, logs, metrics, events,
+checkpoints, and the publication of the final checkpoint as the model `ft/<job>`.
+
+A trainer subclasses `LocalJobs` with two things of its own: `prepare` (validate a request
+against its model and data, and snapshot the rows; in seconds, so a bad request never reaches a
+worker) and `worker` (the command that runs a job's folder). Up to `max_concurrent_jobs` workers
+run at once, each in its own process; a crash fails only its own job. Workers die with the
+server; at the next start, jobs that were running are queued again and resume from their newest
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import re
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
+from llama_post.apis.models import AdapterSource, HuggingFaceSource, Models, RegisterModelRequest
+from llama_post.apis.post_training import (
+    Checkpoint,
+    JobEvent,
+    JobLogsResponse,
+    JobMetricsResponse,
+    JobProgress,
+    JobStatus,
+    ListPostTrainingJobsResponse,
+    LoraFinetuningConfig,
+    PostTrainingJob,
+    PostTrainingJobArtifactsResponse,
+    PostTrainingJobStatusResponse,
+    PreferenceOptimizeRequest,
+    PreflightResponse,
+    StepMetrics,
+    SupervisedFineTuneRequest,
+    TrainingMetrics,
+    TrainingRequest,
+)
+from llama_post.apis.post_training.models import JOB_UUID_PATTERN
+from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError, UpstreamError
+from llama_post.storage import Database, check_id
+from providers.jobs.config import LocalJobsConfig
+from providers.jobs.folder import (
+    EXIT_OUT_OF_MEMORY,
+    JobFolder,
+    JobSpec,
+    Prepared,
+    checkpoints,
+    read_jsonl,
+)
+
+log = logging.getLogger(__name__)
+REQUEST: TypeAdapter[TrainingRequest] = TypeAdapter(TrainingRequest)
+JOB_ID = re.compile(JOB_UUID_PATTERN)
+TERMINAL = {JobStatus.completed, JobStatus.failed, JobStatus.cancelled}
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_uuid TEXT UNIQUE NOT NULL,
+    request TEXT NOT NULL,
+    status TEXT NOT NULL,
+    scheduled_at INTEGER,
+    started_at INTEGER,
+    completed_at INTEGER,
+    error TEXT,
+    fine_tuned_model TEXT,
+    resources TEXT
+);
+"""
+
+
+class LocalJobs:
+    """The PostTraining API's job methods over local worker processes."""
+
+    def __init__(
+        self, config: LocalJobsConfig, datasets: Datasets, models: Models, provider_id: str
+    ) -> None:
+        self.config = config
+        self.provider_id = provider_id
+        self.datasets = datasets
+        self.models = models
+        self.jobs_dir = config.storage_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        config.checkpoint_root.mkdir(parents=True, exist_ok=True)
+        self.db = Database(config.storage_dir / "jobs.db", SCHEMA)
+        self.workers: dict[str, asyncio.subprocess.Process] = {}
+        self.monitors: dict[str, asyncio.Task[None]] = {}
+        self.cancelling: set[str] = set()
+        self.stopping = False
+        self._wake = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        resumed = self.db.execute(
+            "UPDATE jobs SET status = ? WHERE status = ?",
+            (JobStatus.scheduled.value, JobStatus.in_progress.value),
+        )
+        if resumed:
+            log.info("%d job(s) were running when the server stopped; they resume", resumed)
+        self._scheduler = asyncio.create_task(self._schedule())
+        self._wake.set()
+
+    async def shutdown(self) -> None:
+        """Stop workers without failing their jobs: they resume at the next start."""
+        self.stopping = True
+        if self._scheduler:
+            self._scheduler.cancel()
+        for proc in list(self.workers.values()):
+            _signal(proc, signal.SIGTERM)
+        if self.monitors:
+            await asyncio.wait(
+                list(self.monitors.values()), timeout=self.config.cancel_grace_seconds
+            )
+        for proc in list(self.workers.values()):
+            _signal(proc, signal.SIGKILL)
+        self.db.close()
+
+    # -- creating jobs -------------------------------------------------------------------------
+
+    async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
+        return await self._create(request, "sft")
+
+    async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        return await self._create(request, "dpo")
+
+    async def _create(self, request: TrainingRequest, prefix: str) -> PostTrainingJob:
+        job_uuid = request.job_uuid or f"{prefix}-{secrets.token_hex(8)}"
+        if self._row(job_uuid) is not None:
+            raise ConflictError(f"job {job_uuid!r} already exists", param="job_uuid")
+        prepared = await self.prepare(request, job_uuid)
+        errors = prepared.report.errors
+        if errors:
+            shown = "; ".join(f"row {e.row}: {e.message}" for e in errors[:5])
+            raise InvalidRequestError(
+                f"{len(errors)} training row(s) cannot be used: {shown}",
+                param="training_config.data_config.dataset_id",
+            )
+        job_dir = self.jobs_dir / job_uuid
+        await asyncio.to_thread(JobFolder(job_dir).write, prepared)
+        request = request.model_copy(update={"job_uuid": job_uuid})
+        self.db.execute(
+            "INSERT INTO jobs (job_uuid, request, status, scheduled_at) VALUES (?, ?, ?, ?)",
+            (job_uuid, request.model_dump_json(), JobStatus.scheduled.value, int(time.time())),
+        )
+        self._wake.set()
+        return PostTrainingJob(job_uuid=job_uuid)
+
+    async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
+        return (await self.prepare(request, request.job_uuid or "preflight")).report
+
+    async def prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
+        """Check the request against its model and data; snapshot the rows. The trainer's."""
+        raise NotImplementedError
+
+    def worker(self, request: TrainingRequest, job_dir: Path) -> list[str]:
+        """The command that runs the job in `job_dir`. The trainer's."""
+        raise NotImplementedError
+
+    async def _rows(
+        self, dataset_id: str, wanted: set[DatasetPurpose], field: str
+    ) -> tuple[list[dict[str, Any]], DatasetPurpose]:
+        param = f"training_config.data_config.{field}"
+        try:
+            dataset = await self.datasets.get_dataset(dataset_id)
+        except NotFoundError:
+            raise NotFoundError(f"{param}: no dataset {dataset_id!r}", param=param) from None
+        if dataset.purpose not in wanted:
+            names = " or ".join(sorted(p.value for p in wanted))
+            raise InvalidRequestError(
+                f"{param}: dataset {dataset_id!r} has purpose {dataset.purpose.value}; "
+                f"this job needs a {names} dataset",
+                param=param,
+            )
+        rows: list[dict[str, Any]] = []
+        start: int | None = 0
+        while start is not None:
+            page = await self.datasets.iterrows(
+                dataset_id, IterRowsRequest(start_index=start, limit=10000)
+            )
+            rows += page.data
+            start = page.next_start_index
+        return rows, dataset.purpose
+
+    def _checkpoint_dir(self, request: TrainingRequest, job_uuid: str) -> Path:
+        root = self.config.checkpoint_root.resolve()
+        if request.checkpoint_dir is None:
+            return root / job_uuid
+        folder = (root / request.checkpoint_dir).resolve()
+        if not folder.is_relative_to(root) or folder == root:
+            raise InvalidRequestError(
+                f"checkpoint_dir: {request.checkpoint_dir} must be a folder under {root}",
+                param="checkpoint_dir",
+            )
+        return folder
+
+    def _device(self) -> str:
+        if self.config.device != "auto":
+            return self.config.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    # -- running jobs --------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self.workers) < self.config.max_concurrent_jobs and not self.stopping:
+                row = self.db.one(
+                    "SELECT job_uuid FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
+                    (JobStatus.scheduled.value,),
+                )
+                if row is None:
+                    break
+                await self._launch(row["job_uuid"])
+
+    async def _launch(self, job_uuid: str) -> None:
+        job_dir = self.jobs_dir / job_uuid
+        with JobFolder(job_dir).log.open("ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                *self.worker(self._request(job_uuid), job_dir),
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        resources = {
+            "device": self._device(),
+            "worker_pid": proc.pid,
+            "torch_threads": self.config.torch_threads,
+        }
+        self.db.execute(
+            "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), resources = ? "
+            "WHERE job_uuid = ?",
+            (JobStatus.in_progress.value, int(time.time()), json.dumps(resources), job_uuid),
+        )
+        self.workers[job_uuid] = proc
+        self.monitors[job_uuid] = asyncio.create_task(self._monitor(job_uuid, proc))
+
+    async def _monitor(self, job_uuid: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        try:
+            if job_uuid in self.cancelling:
+                self._set(job_uuid, JobStatus.cancelled)
+            elif self.stopping:
+                pass  # left in_progress: it resumes at the next start
+            elif code == 0:
+                await self._complete(job_uuid)
+            else:
+                self._set(job_uuid, JobStatus.failed, error=self._failure(job_uuid, code))
+        except Exception as exc:
+            log.exception("job %s could not be finished", job_uuid)
+            self._set(job_uuid, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.workers.pop(job_uuid, None)
+            self.monitors.pop(job_uuid, None)
+            self.cancelling.discard(job_uuid)
+            self._wake.set()
+
+    async def _complete(self, job_uuid: str) -> None:
+        """Publish the final checkpoint as `ft/<job>` to the provider serving the trained model
+        (an adapter is served over its base; hot-loaded where the provider is remote)."""
+        request = self._request(job_uuid)
+        final = checkpoints(Path(self._spec(job_uuid).checkpoint_dir))[-1][1]
+        model_id = f"ft/{job_uuid}"
+        served = await self.models.get_model(request.model_id)
+        if isinstance(request.tuning, LoraFinetuningConfig):
+            base = served.base_model or served.id
+            source: AdapterSource | HuggingFaceSource = AdapterSource(
+                type="adapter", path=str(final), base_model=base
+            )
+        else:
+            source = HuggingFaceSource(type="huggingface", path=str(final))
+        registration = RegisterModelRequest(
+            model_id=model_id,
+            source=source,
+            provider_id=served.provider_id,
+            metadata={"job_uuid": job_uuid, "checkpoint": final.name},
+        )
+        try:
+            await self.models.register_model(registration)
+        except (InvalidRequestError, UpstreamError) as exc:
+            # The weights are trained and kept: a provider that cannot take them now (its
+            # upstream is down; a remote one serves no new full models) does not undo the job.
+            if isinstance(exc, InvalidRequestError) and isinstance(source, AdapterSource):
+                raise
+            note = (
+                f"trained, but provider {served.provider_id!r} did not serve it: {exc.message}; "
+                f"register {final} with POST /v1/models"
+            )
+            log.warning("job %s: %s", job_uuid, note)
+            self._set(job_uuid, JobStatus.completed, error=note)
+            return
+        self._set(job_uuid, JobStatus.completed, fine_tuned_model=model_id)
+
+    def _failure(self, job_uuid: str, code: int) -> str:
+        """The reason a worker failed, from its exit and the end of its log."""
+        log_path = JobFolder(self.jobs_dir / job_uuid).log
+        lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
+        tail = [line for line in lines[-40:] if line.strip()]
+        kept = checkpoints(Path(self._spec(job_uuid).checkpoint_dir))
+        resume = f"; checkpoint {kept[-1][1].name} is intact" if kept else ""
+        if code == -signal.SIGKILL:
+            return (
+                "the worker was killed (SIGKILL), which on Linux is most often the kernel's "
+                f"out-of-memory killer: the job needs more memory than the machine had{resume}"
+            )
+        if code == EXIT_OUT_OF_MEMORY or any("out of memory" in line.lower() for line in tail):
+            return f"the worker ran out of memory: {tail[-1] if tail else ''}{resume}"
+        if any("No space left on device" in line for line in tail):
+            return f"the disk is full: {tail[-1]}{resume}"
+        reason = tail[-1] if tail else f"the worker exited with code {code}"
+        return f"{reason} (the job's log has the traceback){resume}"
+
+    def _set(
+        self,
+        job_uuid: str,
+        status: JobStatus,
+        error: str | None = None,
+        fine_tuned_model: str | None = None,
+    ) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status = ?, completed_at = ?, error = COALESCE(?, error), "
+            "fine_tuned_model = COALESCE(?, fine_tuned_model) WHERE job_uuid = ?",
+            (
+                status.value,
+                int(time.time()) if status in TERMINAL else None,
+                error,
+                fine_tuned_model,
+                job_uuid,
+            ),
+        )
+
+    # -- reading jobs --------------------------------------------------------------------------
+
+    async def list_jobs(self) -> ListPostTrainingJobsResponse:
+        rows = self.db.all("SELECT job_uuid FROM jobs ORDER BY seq")
+        return ListPostTrainingJobsResponse(
+            data=[PostTrainingJob(job_uuid=r["job_uuid"]) for r in rows]
+        )
+
+    async def get_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        row = self._existing(job_uuid)
+        request = REQUEST.validate_json(row["request"])
+        progress = JobFolder(self.jobs_dir / job_uuid).progress
+        return PostTrainingJobStatusResponse(
+            job_uuid=job_uuid,
+            status=JobStatus(row["status"]),
+            model=request.model_id,
+            method="dpo" if isinstance(request, PreferenceOptimizeRequest) else "sft",
+            algorithm=request.tuning.type,
+            scheduled_at=row["scheduled_at"],
+            started_at=row["started_at"],
+            completed_at=row["completed_at"],
+            resources_allocated=json.loads(row["resources"]) if row["resources"] else None,
+            checkpoints=self._checkpoints(job_uuid, row["fine_tuned_model"]),
+            progress=JobProgress.model_validate_json(progress.read_text())
+            if progress.is_file()
+            else JobProgress(),
+            error=row["error"],
+            fine_tuned_model=row["fine_tuned_model"],
+            metadata=request.metadata,
+            provider_id=self.provider_id,
+            request=request,
+        )
+
+    async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        status = JobStatus(self._existing(job_uuid)["status"])
+        if status in TERMINAL:
+            raise ConflictError(f"job {job_uuid!r} is already {status.value}", param="job_uuid")
+        proc = self.workers.get(job_uuid)
+        if proc is None:
+            self._set(job_uuid, JobStatus.cancelled)
+            return await self.get_job_status(job_uuid)
+        self.cancelling.add(job_uuid)
+        _signal(proc, signal.SIGTERM)
+        monitor = self.monitors.get(job_uuid)
+        if monitor is not None:
+            done, _ = await asyncio.wait({monitor}, timeout=self.config.cancel_grace_seconds)
+            if not done:
+                _signal(proc, signal.SIGKILL)
+                await monitor
+        return await self.get_job_status(job_uuid)
+
+    async def get_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
+        row = self._existing(job_uuid)
+        return PostTrainingJobArtifactsResponse(
+            job_uuid=job_uuid, checkpoints=self._checkpoints(job_uuid, row["fine_tuned_model"])
+        )
+
+    async def get_job_logs(self, job_uuid: str) -> JobLogsResponse:
+        self._existing(job_uuid)
+        path = JobFolder(self.jobs_dir / job_uuid).log
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        return JobLogsResponse(job_uuid=job_uuid, lines=text.splitlines()[-10000:])
+
+    async def get_job_metrics(self, job_uuid: str) -> JobMetricsResponse:
+        self._existing(job_uuid)
+        rows = read_jsonl(JobFolder(self.jobs_dir / job_uuid).metrics)
+        return JobMetricsResponse(
+            job_uuid=job_uuid, data=[StepMetrics.model_validate(m) for m in rows]
+        )
+
+    async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
+        self._existing(job_uuid)
+        return self._follow(job_uuid)
+
+    async def _follow(self, job_uuid: str) -> AsyncIterator[JobEvent]:
+        folder = JobFolder(self.jobs_dir / job_uuid)
+        log_offset, metrics_seen = 0, 0
+        while True:
+            status = await self.get_job_status(job_uuid)
+            if folder.log.is_file():
+                with folder.log.open("rb") as f:
+                    f.seek(log_offset)
+                    chunk = f.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                log_offset += len(complete)
+                for line in complete.decode(errors="replace").splitlines():
+                    yield JobEvent(type="log", log=line)
+            metrics = read_jsonl(folder.metrics)
+            for m in metrics[metrics_seen:]:
+                yield JobEvent(type="metrics", metrics=StepMetrics.model_validate(m))
+            metrics_seen = max(metrics_seen, len(metrics))
+            if status.status in TERMINAL:
+                yield JobEvent(type="status", status=status)
+                return
+            await asyncio.sleep(0.5)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _checkpoints(self, job_uuid: str, final_model: str | None) -> list[Checkpoint]:
+        folder = Path(self._spec(job_uuid).checkpoint_dir)
+        found = checkpoints(folder)
+        out = []
+        for i, (step, path) in enumerate(found):
+            meta = json.loads((path / "checkpoint.json").read_text())
+            out.append(
+                Checkpoint(
+                    identifier=f"{job_uuid}/{path.name}",
+                    created_at=meta["created_at"],
+                    epoch=meta["epoch"],
+                    step=step,
+                    post_training_job_id=job_uuid,
+                    path=str(path),
+                    training_metrics=TrainingMetrics(
+                        epoch=meta["epoch"],
+                        train_loss=meta["train_loss"],
+                        validation_loss=meta["validation_loss"],
+                        perplexity=None
+                        if "reward_margin" in meta  # a DPO loss is no cross-entropy
+                        else _perplexity(meta["validation_loss"] or meta["train_loss"]),
+                    ),
+                    model_id=final_model if i == len(found) - 1 and meta.get("final") else None,
+                )
+            )
+        return out
+
+    def _spec(self, job_uuid: str) -> JobSpec:
+        return JobFolder(self.jobs_dir / job_uuid).read_spec()
+
+    def _request(self, job_uuid: str) -> TrainingRequest:
+        return REQUEST.validate_json(self._existing(job_uuid)["request"])
+
+    def _row(self, job_uuid: str) -> Any:
+        return self.db.one("SELECT * FROM jobs WHERE job_uuid = ?", (job_uuid,))
+
+    def _existing(self, job_uuid: str) -> Any:
+        check_id(job_uuid, JOB_ID, "job")
+        row = self._row(job_uuid)
+        if row is None:
+            raise NotFoundError(f"no job {job_uuid!r}", param="job_uuid")
+        return row
+
+
+def _perplexity(loss: float | None) -> float | None:
+    import math
+
+    return math.exp(min(loss, 50.0)) if loss is not None else None
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: be killed when the server dies, however it dies."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
