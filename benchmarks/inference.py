@@ -190,7 +190,7 @@ async def _measure(url: str, tokens: int, requests: int) -> dict[str, float]:
         await asyncio.gather(
             *(_ask(client, QUESTIONS[i % len(QUESTIONS)], 2, stream=False) for i in range(requests))
         )  # warm up, open the connections
-        ttft = min([await _ask(client, QUESTIONS[0], 1, stream=True) for _ in range(3)])
+        ttft = min([await _ask(client, QUESTIONS[0], 1, stream=True) for _ in range(7)])
         # Best of 3 and of 2: two cores shared with the machine's other work are noisy.
         single = tokens / min([await _ask(client, QUESTIONS[0], tokens, False) for _ in range(3)])
         rounds = []
