@@ -126,13 +126,7 @@ def measure_vllm(
             "LLAMA_POST_PORT": "8392",
             "VLLM_URL": f"http://127.0.0.1:{port}",
         }
-        with (tmp / "front.log").open("wb") as log:
-            front = subprocess.Popen(
-                [sys.executable, "-m", "llama_post", "run", str(ROOT / "distributions/vllm.yaml")],
-                env=front_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        front = _serve(ROOT / "distributions/vllm.yaml", front_env, tmp / "front.log")
         try:
             _wait("http://127.0.0.1:8392", front)
             remote = asyncio.run(_measure("http://127.0.0.1:8392", tokens, requests))
@@ -168,13 +162,7 @@ def measure_server(home: Path, tmp: Path, tokens: int, requests: int) -> dict[st
         "LLAMA_POST_PORT": str(port),
         "LLAMA_POST_MAX_BATCH": str(max(8, requests)),
     }
-    log = (tmp / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_post", "run", str(ROOT / "run.yaml")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = _serve(ROOT / "run.yaml", env, tmp / "server.log")
     try:
         _wait(f"http://127.0.0.1:{port}", proc)
         return asyncio.run(_measure(f"http://127.0.0.1:{port}", tokens, requests))
@@ -229,6 +217,17 @@ async def _ask(client: httpx.AsyncClient, question: str, tokens: int, stream: bo
             if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
                 return time.perf_counter() - start
     raise RuntimeError("no token arrived")
+
+
+def _serve(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`llama-post run CONFIG` in its own process, its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "llama_post", "run", str(config)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], health: str = "/v1/health") -> None:

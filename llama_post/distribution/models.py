@@ -100,10 +100,9 @@ class ModelRegistry:
 
     async def _discover(self) -> None:
         """Register the models each provider's upstream already serves (remote providers)."""
-        stored = {m.id for m in self._all()}
         for provider_id, provider in self.providers.items():
-            for request in await provider.discover():
-                if request.model_id in stored:
+            for request in await provider.discover():  # most providers discover nothing
+                if self._exists(request.model_id):
                     continue
                 request = request.model_copy(update={"provider_id": provider_id})
                 try:

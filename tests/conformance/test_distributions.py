@@ -16,8 +16,8 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,11 @@ ROWS = [
 
 @dataclass
 class Context:
-    """What a distribution's setup is given: folders, and the tiny model."""
+    """What a distribution's setup is given: its folder, and the tiny model. A setup starts the
+    distribution's upstreams and yields (the env its YAML reads, capabilities they lack)."""
 
     home: Path
     model: Path
-    stack: ExitStack
 
 
 @dataclass
@@ -55,10 +55,6 @@ class Target:
     http: httpx.Client
     capabilities: set[str]
     lacks: dict[str, str] = field(default_factory=dict)  # capability -> why this upstream lacks it
-
-
-Setup = Callable[[Context], AbstractContextManager[tuple[dict[str, str], dict[str, str]]]]
-"""A distribution's upstreams started: (the env its YAML reads, capabilities an upstream lacks)."""
 
 
 @contextmanager
@@ -123,7 +119,7 @@ def target(
     raw = yaml.safe_load(DISTRIBUTIONS[name].read_text())
     raw["models"] = [_tiny(declared["source"], model) for declared in raw.get("models", [])[:1]]
     with ExitStack() as stack:
-        env, lacks = stack.enter_context(setup(Context(home, model, stack)))
+        env, lacks = stack.enter_context(setup(Context(home, model)))
         env = {
             "LLAMA_POST_HOME": str(home),
             "LLAMA_POST_IMPORT_DIR": str(_mkdir(home / "import")),

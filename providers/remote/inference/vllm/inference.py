@@ -128,11 +128,11 @@ class VLLMInference:
             )
 
     async def load_model(self, model: Model, base: Model | None) -> ModelInfo:
-        if isinstance(model.source, AdapterSource) and base is not None:
+        if isinstance(model.source, AdapterSource):
+            assert base is not None  # the registry hands every adapter its base
             return await self._publish(model, base)
-        if not isinstance(model.source, ProviderModelSource):
-            await self.check_source(model.source)
-            raise AssertionError("check_source refuses every other source")
+        await self.check_source(model.source)  # refuses what no upstream serves
+        assert isinstance(model.source, ProviderModelSource)
         name = model.source.provider_model_id
         card = (await self._read_cards()).get(name)
         if card is None or not _is_base(card):
