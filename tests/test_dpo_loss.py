@@ -108,9 +108,9 @@ def test_a_shared_prompt_scores_like_separate_sequences(tokenizer: Any, tiny_mod
     the answers' log-probs must equal those of each full sequence run on its own."""
     from transformers import AutoModelForCausalLM
 
-    from providers.inline.post_training.peft.data import collate, render_pair
     from providers.inline.post_training.peft.recipe_dpo import Pair, pair_logps
     from providers.inline.post_training.peft.training import label_logps
+    from providers.training.data import collate, render_pair
 
     model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model))
     model.eval()

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from providers.inline.post_training.peft.data import (
+from providers.training.data import (
     IGNORE,
     Example,
     collate,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,16 @@ class JobSpec(BaseModel):
 
 @dataclass
 class Prepared:
-    """A job checked and ready to queue: its spec, its data snapshot, the pre-flight report."""
+    """A job checked and ready to queue: its spec, its data snapshot, the pre-flight report,
+    the training rows as rendered (per row, one example or a preference pair), and any files of
+    the trainer's own to write into the job's folder (name -> text)."""
 
     spec: JobSpec
     train: list[dict[str, Any]]
     validation: list[dict[str, Any]]
     report: PreflightResponse
+    examples: list[Any] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
 
 
 class JobFolder:
@@ -72,6 +76,8 @@ class JobFolder:
             (staging.validation, prepared.validation),
         ):
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for name, text in prepared.files.items():
+            (staging.path / name).write_text(text)
         shutil.rmtree(self.path, ignore_errors=True)
         staging.path.replace(self.path)
 

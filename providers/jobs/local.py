@@ -22,13 +22,20 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
 
 from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
-from llama_post.apis.models import AdapterSource, HuggingFaceSource, Models, RegisterModelRequest
+from llama_post.apis.models import (
+    AdapterSource,
+    HuggingFaceSource,
+    Model,
+    Models,
+    RegisterModelRequest,
+)
 from llama_post.apis.post_training import (
     Checkpoint,
     JobEvent,
@@ -79,6 +86,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     resources TEXT
 );
 """
+
+
+@dataclass
+class Gathered:
+    """A request's model and rows, found and checked; its spec, for the trainer to finish."""
+
+    model: Model
+    spec: JobSpec
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]] | None
 
 
 class LocalJobs:
@@ -167,6 +184,141 @@ class LocalJobs:
     def worker(self, request: TrainingRequest, job_dir: Path) -> list[str]:
         """The command that runs the job in `job_dir`. The trainer's."""
         raise NotImplementedError
+
+    async def gather(self, request: TrainingRequest, job_uuid: str) -> Gathered:
+        """What every trainer checks first: the model (registered, its weights readable here,
+        a LoRA rank its provider serves), the trainer's own refusals (`refuse`), and the rows,
+        read from the datasets and checked against the job's method."""
+        request.training_config.data  # noqa: B018  (a job without a dataset: the 400 first)
+        dpo = isinstance(request, PreferenceOptimizeRequest)
+        model_field = "finetuned_model" if dpo else "model"
+        tuning_field = "finetuning_config" if dpo else "algorithm_config"
+        try:
+            model = await self.models.get_model(request.model_id)
+        except NotFoundError:
+            raise NotFoundError(
+                f"{model_field}: no registered model {request.model_id!r}", param=model_field
+            ) from None
+        weights = model.weights
+        if weights is None:
+            raise InvalidRequestError(
+                f"{model_field}: {model.id!r} is served by provider {model.provider_id!r}, which "
+                "holds its weights where this server cannot read them; map the upstream's "
+                "folder to one here (the provider's path_map) or train a model held here",
+                param=model_field,
+            )
+        self.refuse(request)  # after the lookups: a missing model is a 404 first
+        base, adapter = weights.path, weights.adapter_path
+        rank = getattr(request.tuning, "rank", None)
+        if rank is not None and model.max_lora_rank is not None and rank > model.max_lora_rank:
+            raise InvalidRequestError(
+                f"{tuning_field}.rank: provider {model.provider_id!r} serves LoRA ranks up to "
+                f"{model.max_lora_rank} over {model.id!r}; train with rank <= "
+                f"{model.max_lora_rank}",
+                param=f"{tuning_field}.rank",
+            )
+        if adapter is not None and not isinstance(request.tuning, LoraFinetuningConfig):
+            raise InvalidRequestError(
+                f"{tuning_field}: {request.model_id!r} is a LoRA adapter; continue it with LoRA",
+                param=f"{tuning_field}.type",
+            )
+        data = request.training_config.data
+        if dpo:
+            wanted = {DatasetPurpose.preference}
+        elif data.data_format is None:  # the dataset's purpose says how to read its rows
+            wanted = {DatasetPurpose.instruct, DatasetPurpose.dialog}
+        else:
+            wanted = {DatasetPurpose(data.data_format)}
+        train, purpose = await self._rows(data.dataset_id, wanted, "dataset_id")
+        if not dpo:
+            data.data_format = "instruct" if purpose == DatasetPurpose.instruct else "dialog"
+        validation = None
+        if data.validation_dataset_id:
+            validation, _ = await self._rows(
+                data.validation_dataset_id, {purpose}, "validation_dataset_id"
+            )
+        if dpo and data.data_format is not None:
+            check_prompt_field(data.data_format, train, validation)
+        checkpoint_dir = self._checkpoint_dir(request, job_uuid)
+        spec = JobSpec(
+            job_uuid=job_uuid,
+            request=request,
+            base_folder=base,
+            adapter_folder=adapter,
+            checkpoint_dir=str(checkpoint_dir),
+            device=self._device(),
+            torch_threads=self.config.torch_threads,
+        )
+        return Gathered(model, spec, train, validation)
+
+    def refuse(self, request: TrainingRequest) -> None:
+        """Raise a 400 naming the first field this trainer cannot honour."""
+        for field, why in self.refusals(request):
+            raise InvalidRequestError(f"{field}: {why}", param=field)
+
+    def refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
+        """(field, why) for each field of the request this trainer cannot honour; a trainer
+        extends the list every local trainer shares."""
+        refusals = []
+        dpo = isinstance(request, PreferenceOptimizeRequest)
+        algo = request.tuning
+        tuning_field = "finetuning_config" if dpo else "algorithm_config"
+        if isinstance(algo, LoraFinetuningConfig) and algo.quantize_base:
+            refusals.append(
+                (
+                    f"{tuning_field}.quantize_base",
+                    "a quantized base is not supported; leave it unset or false",
+                )
+            )
+        data = request.training_config.data
+        if dpo:
+            if data.packed:
+                refusals.append(
+                    (
+                        "training_config.data_config.packed",
+                        "DPO trains on whole pairs; leave it unset or false",
+                    )
+                )
+            if data.train_on_input:
+                refusals.append(
+                    (
+                        "training_config.data_config.train_on_input",
+                        "DPO compares the answers only; leave it unset or false",
+                    )
+                )
+        eff = request.training_config.efficiency_config
+        if (
+            eff is not None
+            and not eff.enable_activation_checkpointing
+            and "activation_checkpointing_every_n_layers" in eff.model_fields_set
+        ):
+            refusals.append(
+                (
+                    "training_config.efficiency_config.activation_checkpointing_every_n_layers",
+                    "applies only with enable_activation_checkpointing; leave it unset or false",
+                )
+            )
+        if eff is not None:
+            for name in (
+                "enable_activation_offloading",
+                "memory_efficient_fsdp_wrap",
+                "fsdp_cpu_offload",
+            ):
+                if getattr(eff, name):
+                    refusals.append(
+                        (
+                            f"training_config.efficiency_config.{name}",
+                            "is not supported by the single-process trainer; leave it false",
+                        )
+                    )
+        if request.hyperparam_search_config:
+            refusals.append(
+                (
+                    "hyperparam_search_config",
+                    "hyperparameter search is not supported; leave it unset or false",
+                )
+            )
+        return refusals
 
     async def _rows(
         self, dataset_id: str, wanted: set[DatasetPurpose], field: str
@@ -502,3 +654,20 @@ def _die_with_parent() -> None:
     """In the worker, before exec: be killed when the server dies, however it dies."""
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def check_prompt_field(
+    data_format: str, train: list[dict[str, Any]], validation: list[dict[str, Any]] | None
+) -> None:
+    """A preference job told its `data_format` reads that prompt field from every row:
+    `messages` for dialog, `prompt` for instruct (Llama Stack's clients always send one)."""
+    needed = "messages" if data_format == "dialog" else "prompt"
+    for name, rows in (("dataset_id", train), ("validation_dataset_id", validation or [])):
+        for number, row in enumerate(rows, start=1):
+            if row.get(needed) is None:
+                raise InvalidRequestError(
+                    f"training_config.data_config.data_format: {data_format} reads each row's "
+                    f"`{needed}`; row {number} of {name} has none (leave data_format unset to "
+                    "read whichever a row has)",
+                    param="training_config.data_config.data_format",
+                )

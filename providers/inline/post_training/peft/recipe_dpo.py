@@ -22,14 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from llama_post.apis.post_training import DPOLossType, PreferenceOptimizeRequest, StepMetrics
-from providers.inline.post_training.peft.data import (
-    IGNORE,
-    Example,
-    epoch_order,
-    first_fit,
-    render_pair,
-    steps_per_epoch,
-)
 from providers.inline.post_training.peft.training import (
     Cancelled,
     clip,
@@ -52,6 +44,14 @@ from providers.jobs.folder import (
     checkpoints,
     read_jsonl,
     write_json_atomic,
+)
+from providers.training.data import (
+    IGNORE,
+    Example,
+    epoch_order,
+    first_fit,
+    render_pair,
+    steps_per_epoch,
 )
 
 log = logging.getLogger("recipe_dpo")

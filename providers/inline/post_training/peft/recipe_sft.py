@@ -17,16 +17,6 @@ from typing import Any
 import torch
 
 from llama_post.apis.post_training import StepMetrics, SupervisedFineTuneRequest
-from providers.inline.post_training.peft.data import (
-    Example,
-    collate,
-    epoch_order,
-    group,
-    render,
-    repack,
-    steps_per_epoch,
-    trained_tokens,
-)
 from providers.inline.post_training.peft.training import (
     Cancelled,
     clip,
@@ -48,6 +38,16 @@ from providers.jobs.folder import (
     checkpoints,
     read_jsonl,
     write_json_atomic,
+)
+from providers.training.data import (
+    Example,
+    collate,
+    epoch_order,
+    group,
+    render,
+    repack,
+    steps_per_epoch,
+    trained_tokens,
 )
 
 log = logging.getLogger("recipe_sft")

@@ -22,7 +22,6 @@ from llama_post.apis.post_training import (
     StepMetrics,
     TrainingRequest,
 )
-from providers.inline.post_training.peft.data import IGNORE
 from providers.jobs.folder import (
     CHECKPOINT_PREFIX,
     EXIT_CANCELLED,
@@ -31,6 +30,8 @@ from providers.jobs.folder import (
     JobSpec,
     read_jsonl,
 )
+from providers.training.data import IGNORE
+from providers.training.preflight import lora_targets
 
 log = logging.getLogger("recipe")
 
@@ -75,15 +76,6 @@ def load_model(spec: JobSpec) -> tuple[Any, Any]:
                 ),
             )
     return tokenizer, model.to(spec.device)
-
-
-def lora_targets(algo: LoraFinetuningConfig) -> list[str]:
-    targets = list(algo.lora_attn_modules)
-    if algo.apply_lora_to_mlp:
-        targets += ["gate_proj", "up_proj", "down_proj"]
-    if algo.apply_lora_to_output:
-        targets.append("lm_head")
-    return targets
 
 
 def label_logps(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ request fails in seconds with the rows and fields at fault.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from llama_post.apis.post_training import (
@@ -15,30 +16,33 @@ from llama_post.apis.post_training import (
     PreflightResponse,
     RowProblem,
     TokenStats,
+    TrainingRequest,
 )
 from llama_post.errors import InvalidRequestError
-from providers.inline.post_training.peft.data import (
+from providers.jobs.folder import JobSpec, Prepared
+from providers.training.data import (
     Example,
     marked,
     render,
     render_pair,
     steps_per_epoch,
 )
-from providers.jobs.folder import JobSpec, Prepared
+
+Plan = Callable[[list[Example], TrainingRequest], list[int]]
 
 
 def prepare(
-    spec: JobSpec, rows: list[dict[str, Any]], validation: list[dict[str, Any]] | None
+    spec: JobSpec,
+    rows: list[dict[str, Any]],
+    validation: list[dict[str, Any]] | None,
+    plan: Plan = steps_per_epoch,
 ) -> Prepared:
+    """The rows rendered as the trainer will see them, and the report on them. `plan` is the
+    trainer's count of optimizer steps per epoch, from the examples (one per row)."""
     from transformers import AutoTokenizer
 
     request = spec.request
     data = request.training_config.data
-    tuning_field = "algorithm_config"
-    if isinstance(request, PreferenceOptimizeRequest):
-        tuning_field = "finetuning_config"
-    if isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None:
-        check_lora_targets(spec.base_folder, request.tuning, tuning_field)
     if validation is None:
         rows, validation = _split(rows, data.validation_split, request.training_config.seed)
     if not rows:
@@ -69,7 +73,7 @@ def prepare(
     ][:50]
     examples = [e for row in per_row for e in row]
     lengths = sorted(e.length for e in examples)
-    plan = steps_per_epoch([row[0] for row in per_row], request)
+    steps = plan([row[0] for row in per_row], request)
     report = PreflightResponse(
         rows=len(rows),
         validation_rows=len(validation),
@@ -83,12 +87,12 @@ def prepare(
         trained_tokens=sum(e.trained for e in examples),
         truncated_rows=sum(1 for e in examples if e.truncated),
         max_seq_len=data.max_seq_len,
-        steps_per_epoch=plan[0],
-        total_steps=sum(plan),
+        steps_per_epoch=steps[0],
+        total_steps=sum(steps),
         example="\n\n".join(marked(e, tokenizer) for e in per_row[0]),
         errors=errors,
     )
-    return Prepared(spec, rows, validation, report)
+    return Prepared(spec, rows, validation, report, per_row)
 
 
 def check_lora_targets(
@@ -97,8 +101,6 @@ def check_lora_targets(
     """Every LoRA target must name modules the model has (checked on an empty 'meta' model)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from providers.inline.post_training.peft.training import lora_targets
 
     config = AutoConfig.from_pretrained(base_folder)
     with torch.device("meta"):
@@ -126,3 +128,13 @@ def _split(
     held = max(1, int(len(rows) * fraction))
     keep = sorted(order[held:])
     return [rows[i] for i in keep], [rows[i] for i in sorted(order[:held])]
+
+
+def lora_targets(algo: LoraFinetuningConfig) -> list[str]:
+    """The Hugging Face names of the modules a LoRA config adapts."""
+    targets = list(algo.lora_attn_modules)
+    if algo.apply_lora_to_mlp:
+        targets += ["gate_proj", "up_proj", "down_proj"]
+    if algo.apply_lora_to_output:
+        targets.append("lm_head")
+    return targets
