@@ -5,7 +5,7 @@ from llama_post.distribution.spec import ProviderSpec, build_registry
 from providers.inline.datasets import localfs as localfs_datasets
 from providers.inline.files import localfs as localfs_files
 from providers.inline.inference import transformers
-from providers.inline.post_training import peft
+from providers.inline.post_training import peft, torchtune
 from providers.remote.inference import vllm
 
 REGISTRY = build_registry(
@@ -46,6 +46,15 @@ REGISTRY = build_registry(
             factory=peft.create,
             deps=(Api.datasets, Api.models),
             description="LoRA and full fine-tuning with transformers + peft, in worker processes.",
+        ),
+        ProviderSpec(
+            api=Api.post_training,
+            provider_type="inline::torchtune",
+            config_class=torchtune.TorchtunePostTrainingConfig,
+            factory=torchtune.create,
+            deps=(Api.datasets, Api.models),
+            description="LoRA SFT and DPO by torchtune's recipes, in torchtune's own environment "
+            "(make engine-torchtune).",
         ),
     ]
 )

@@ -80,7 +80,7 @@ def vllm_over_llama_post(ctx: Context) -> Iterator[tuple[dict[str, str], dict[st
 def vllm_over_vllm(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     from providers.remote.inference.vllm.launch import command, environment
 
-    env_dir = _vllm_environment()
+    env_dir = _engine_environment("vllm")
     port = free_port()
     log = ctx.home / "vllm.log"
     argv = command(env_dir, ctx.model, TINY, port=port, max_model_len=256, max_lora_rank=8)
@@ -97,8 +97,16 @@ def vllm_over_vllm(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str
             proc.kill()
 
 
+@contextmanager
+def torchtune(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """The embedded default trained by torchtune, in its environment (`make engine-torchtune`)."""
+    _engine_environment("torchtune")
+    yield {"LLAMA_POST_MODEL_DIR": str(ctx.model.parent)}, {}
+
+
 TARGETS = [
     pytest.param(("embedded", embedded), id="embedded"),
+    pytest.param(("torchtune", torchtune), id="torchtune", marks=pytest.mark.slow),
     pytest.param(("vllm", vllm_over_llama_post), id="vllm-over-llama-post"),
     pytest.param(("vllm", vllm_over_vllm), id="vllm-over-vllm", marks=pytest.mark.slow),
 ]
@@ -240,7 +248,7 @@ def test_a_lora_job_is_served_with_the_same_greedy_output(target: Target) -> Non
             "n_epochs": 1,
             "max_steps_per_epoch": 2,
             "data_config": {"dataset_id": dataset_id, "batch_size": 4},
-            "optimizer_config": {"lr": 5e-2},
+            "optimizer_config": {"lr": 1e-1},
             "seed": 0,
         },
         "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
@@ -327,13 +335,13 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _vllm_environment() -> Path:
-    """vLLM's own environment, built by the project's Makefile (or found in its cache)."""
+def _engine_environment(name: str) -> Path:
+    """An engine's own environment, built by the project's Makefile (or found in its cache)."""
     built = subprocess.run(
-        ["make", "-s", "engine-vllm"], cwd=ROOT, capture_output=True, text=True, timeout=1800
+        ["make", "-s", f"engine-{name}"], cwd=ROOT, capture_output=True, text=True, timeout=1800
     )
     if built.returncode != 0:
-        pytest.skip(f"vLLM's environment could not be built here: {built.stderr[-2000:]}")
+        pytest.skip(f"{name}'s environment could not be built here: {built.stderr[-2000:]}")
     return Path(built.stdout.strip().splitlines()[-1])
 
 

@@ -1,0 +1,379 @@
+"""The PostTraining API of `inline::torchtune`: LoRA SFT and LoRA DPO through torchtune's own
+single-device recipes (`tune run lora_finetune_single_device` / `lora_dpo_single_device`),
+run in torchtune's environment on the shared local jobs (`providers/jobs/local.py`).
+
+At creation the server checks the request, builds the model's torchtune description from its
+`config.json` (Llama and Qwen2 architectures; anything else is refused by name), renders and
+tokenizes the rows with llama-post's own data code (so torchtune and peft train on identical
+tokens and masks) and writes the recipe config. The worker (`engine/llama_post_torchtune.py`)
+runs in torchtune's environment and reads nothing but the job's folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from llama_post.apis.datasets import Datasets
+from llama_post.apis.models import Models
+from llama_post.apis.post_training import (
+    DPOLossType,
+    LoraFinetuningConfig,
+    PreferenceOptimizeRequest,
+    TrainingRequest,
+)
+from llama_post.errors import ConfigError, InvalidRequestError
+from providers.inline.post_training.torchtune.config import TorchtunePostTrainingConfig
+from providers.jobs.folder import JobFolder, JobSpec, Prepared
+from providers.jobs.local import LocalJobs
+from providers.training.data import IGNORE, Example
+from providers.training.preflight import prepare
+from providers.utils.engines import engine_env, is_built
+
+log = logging.getLogger(__name__)
+ENGINE = Path(__file__).resolve().parent / "engine" / "llama_post_torchtune.py"
+ARCHITECTURES = ("llama", "qwen2")
+# torchtune's names for the attention projections LoRA can adapt
+ATTENTION = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
+ATTENTION["output_proj"] = "output_proj"
+
+
+class TorchtunePostTraining(LocalJobs):
+    """LoRA SFT and DPO by torchtune's recipes, each job a `tune run` in torchtune's own
+    environment."""
+
+    def __init__(
+        self,
+        config: TorchtunePostTrainingConfig,
+        datasets: Datasets,
+        models: Models,
+        provider_id: str,
+    ) -> None:
+        env = config.environment or engine_env("torchtune")
+        if env is None or not is_built(env):
+            where = f" at {env}" if env else ""
+            raise ConfigError(
+                f"provider {provider_id!r} (inline::torchtune): no torchtune environment{where}; "
+                "build it with `make engine-torchtune`, or name one in the provider's "
+                "`environment`"
+            )
+        super().__init__(config, datasets, models, provider_id)
+        self.config = config
+        self.python = env / "bin" / "python"
+
+    def worker(self, request: TrainingRequest, job_dir: Path) -> list[str]:
+        return [str(self.python), str(ENGINE), str(job_dir)]
+
+    def refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
+        dpo = isinstance(request, PreferenceOptimizeRequest)
+        tuning_field = "finetuning_config" if dpo else "algorithm_config"
+        cfg = request.training_config
+        data = cfg.data
+        found = []
+        algo = request.tuning
+        if not isinstance(algo, LoraFinetuningConfig):
+            found.append(
+                (
+                    f"{tuning_field}.type",
+                    "inline::torchtune trains LoRA adapters; use LoRA, or inline::peft for "
+                    "full fine-tuning",
+                )
+            )
+        else:
+            unknown = [m for m in algo.lora_attn_modules if m not in ATTENTION]
+            if unknown:
+                found.append(
+                    (
+                        f"{tuning_field}.lora_attn_modules",
+                        f"torchtune adapts {', '.join(sorted(ATTENTION))}, not "
+                        f"{', '.join(unknown)}",
+                    )
+                )
+        if (
+            isinstance(request, PreferenceOptimizeRequest)
+            and request.algorithm_config.loss_type == DPOLossType.ipo
+        ):
+            found.append(
+                (
+                    "algorithm_config.loss_type",
+                    "torchtune 0.6.1 has the sigmoid (DPO) and hinge (RSO) losses; use one of "
+                    "those, or inline::peft for ipo",
+                )
+            )
+        no_validation = "torchtune's single-device LoRA recipes run no validation; leave it unset"
+        if data.validation_dataset_id:
+            found.append(("training_config.data_config.validation_dataset_id", no_validation))
+        if data.validation_split:
+            found.append(("training_config.data_config.validation_split", no_validation))
+        if cfg.max_validation_steps is not None:
+            found.append(("training_config.max_validation_steps", no_validation))
+        if data.packed and not dpo:
+            found.append(
+                (
+                    "training_config.data_config.packed",
+                    "not supported by inline::torchtune; leave it false, or use inline::peft",
+                )
+            )
+        if cfg.save_every is not None:
+            found.append(
+                (
+                    "training_config.save_every",
+                    "torchtune saves at the end of each epoch only; leave it unset (each epoch "
+                    "is a checkpoint), or use inline::peft",
+                )
+            )
+        eff = cfg.efficiency_config
+        if (
+            eff is not None
+            and eff.enable_activation_checkpointing
+            and "activation_checkpointing_every_n_layers" in eff.model_fields_set
+            and eff.activation_checkpointing_every_n_layers != 1
+        ):
+            found.append(
+                (
+                    "training_config.efficiency_config.activation_checkpointing_every_n_layers",
+                    "torchtune checkpoints every layer; set 1 or leave it unset",
+                )
+            )
+        return super().refusals(request) + found
+
+    async def prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
+        got = await self.gather(request, job_uuid)
+        dpo = isinstance(request, PreferenceOptimizeRequest)
+        model_field = "finetuned_model" if dpo else "model"
+        if got.spec.adapter_folder is not None:
+            raise InvalidRequestError(
+                f"{model_field}: {request.model_id!r} is a LoRA adapter; inline::torchtune "
+                "starts adapters from a base model (train its base, or continue it with "
+                "inline::peft)",
+                param=model_field,
+            )
+        model = describe(Path(got.spec.base_folder), request, model_field)
+        prepared = await asyncio.to_thread(
+            prepare, got.spec, got.train, got.validation, steps_per_epoch
+        )
+        if prepared.report.steps_per_epoch == 0:
+            cfg = request.training_config
+            raise InvalidRequestError(
+                f"training_config.data_config.batch_size: {prepared.report.rows} rows make no "
+                f"full step of {cfg.data.batch_size} rows x {cfg.gradient_accumulation_steps} "
+                "accumulation steps (torchtune drops a last partial batch); use a smaller batch",
+                param="training_config.data_config.batch_size",
+            )
+        job_dir = self.jobs_dir / job_uuid
+        plan = recipe_plan(got.spec, model, prepared, job_dir)
+        prepared.files = {
+            TOKENS: "".join(json.dumps(row) + "\n" for row in tokenized(prepared.examples, dpo)),
+            PLAN: json.dumps(plan, indent=2),
+        }
+        return prepared
+
+
+TOKENS = "tokens.jsonl"
+PLAN = "torchtune.json"
+
+
+def steps_per_epoch(examples: list[Example], request: TrainingRequest) -> list[int]:
+    """Optimizer steps per epoch as torchtune counts them: whole batches only (it drops the
+    last partial one), then whole accumulation groups, capped by `max_steps_per_epoch`."""
+    cfg = request.training_config
+    steps = len(examples) // cfg.data.batch_size // cfg.gradient_accumulation_steps
+    if cfg.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    return [steps] * cfg.n_epochs
+
+
+def tokenized(examples: list[list[Example]], dpo: bool) -> list[dict[str, list[int]]]:
+    """Rows as torchtune's collators take them. Labels line up with the tokens (the recipes
+    shift them); the first is never learned, as in inline::peft."""
+
+    def labels(example: Example) -> list[int]:
+        return [IGNORE, *example.labels[1:]]
+
+    if dpo:
+        return [
+            {
+                "chosen_input_ids": chosen.input_ids,
+                "chosen_labels": labels(chosen),
+                "rejected_input_ids": rejected.input_ids,
+                "rejected_labels": labels(rejected),
+            }
+            for chosen, rejected in examples
+        ]
+    return [{"tokens": e.input_ids, "labels": labels(e)} for (e,) in examples]
+
+
+def describe(base: Path, request: TrainingRequest, field: str) -> dict[str, Any]:
+    """The model as torchtune builds it: its builder's arguments, from `config.json`, and the
+    checkpointer's model type. A model torchtune cannot build is a 400 naming what it can."""
+    config = json.loads((base / "config.json").read_text())
+    kind = config.get("model_type")
+    name = request.model_id
+    if kind not in ARCHITECTURES:
+        raise InvalidRequestError(
+            f"{field}: {name!r} is a {kind!r} model; inline::torchtune builds "
+            f"{' and '.join(ARCHITECTURES)} models (use inline::peft for others)",
+            param=field,
+        )
+    heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    problems = []
+    if config.get("head_dim") not in (None, hidden // heads):
+        problems.append(f"head_dim {config['head_dim']} is not hidden_size / heads")
+    if config.get("rope_scaling"):
+        problems.append("its RoPE is scaled (rope_scaling)")
+    if config.get("hidden_act", "silu") != "silu":
+        problems.append(f"its activation is {config['hidden_act']}")
+    if kind == "llama" and (config.get("attention_bias") or config.get("mlp_bias")):
+        problems.append("its projections have biases")
+    if kind == "qwen2" and config.get("use_sliding_window"):
+        problems.append("it uses sliding-window attention")
+    if problems:
+        raise InvalidRequestError(
+            f"{field}: torchtune's {kind} builder cannot reproduce {name!r}: "
+            f"{'; '.join(problems)}; use inline::peft",
+            param=field,
+        )
+    tied = bool(config.get("tie_word_embeddings", kind == "llama"))
+    algo = request.tuning
+    assert isinstance(algo, LoraFinetuningConfig)
+    if tied and algo.apply_lora_to_output:
+        tuning = "finetuning_config" if field == "finetuned_model" else "algorithm_config"
+        raise InvalidRequestError(
+            f"{tuning}.apply_lora_to_output: {name!r} ties its output to its embeddings, "
+            "which torchtune does not adapt; leave it false",
+            param=f"{tuning}.apply_lora_to_output",
+        )
+    weights = sorted(p.name for p in base.glob("*.safetensors"))
+    if not weights:
+        raise InvalidRequestError(
+            f"{field}: {name!r} has no safetensors weights, which torchtune's checkpointer reads",
+            param=field,
+        )
+    builder: dict[str, Any] = {
+        "vocab_size": config["vocab_size"],
+        "num_layers": config["num_hidden_layers"],
+        "num_heads": heads,
+        "num_kv_heads": config.get("num_key_value_heads", heads),
+        "embed_dim": hidden,
+        "intermediate_dim": config["intermediate_size"],
+        "max_seq_len": min(
+            config.get("max_position_embeddings", 4096), request.training_config.data.max_seq_len
+        ),
+        "norm_eps": config.get("rms_norm_eps", 1e-5),
+        "rope_base": config.get("rope_theta", 10000.0),
+        "tie_word_embeddings": tied,
+        "lora_attn_modules": sorted({ATTENTION[m] for m in algo.lora_attn_modules}),
+        "apply_lora_to_mlp": algo.apply_lora_to_mlp,
+        "apply_lora_to_output": algo.apply_lora_to_output,
+        "lora_rank": algo.rank,
+        "lora_alpha": algo.alpha,
+        "lora_dropout": algo.dropout,
+        "use_dora": algo.use_dora,
+    }
+    if kind == "llama":
+        # Llama 3.2's builder, with no Llama-3 RoPE scaling (scale_factor 1)
+        builder.update(_component_="torchtune.models.llama3_2.lora_llama3_2", scale_factor=1)
+        model_type = "LLAMA3_2" if tied else "LLAMA3"
+    else:
+        builder.update(_component_="torchtune.models.qwen2.lora_qwen2")
+        model_type = "QWEN2"
+    return {"builder": builder, "model_type": model_type, "weights": weights}
+
+
+def recipe_plan(
+    spec: JobSpec, model: dict[str, Any], prepared: Prepared, job_dir: Path
+) -> dict[str, Any]:
+    """What the worker runs: the recipe and its config, in torchtune's own terms."""
+    request = spec.request
+    dpo = isinstance(request, PreferenceOptimizeRequest)
+    cfg = request.training_config
+    data = cfg.data
+    opt = cfg.optimizer
+    per_epoch = prepared.report.steps_per_epoch
+    total = prepared.report.total_steps
+    folder = JobFolder(job_dir)
+    tokenizer = json.loads((Path(spec.base_folder) / "config.json").read_text())
+    eos = tokenizer.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    pad = tokenizer.get("pad_token_id")
+    efficiency = cfg.efficiency_config
+    config: dict[str, Any] = {
+        "output_dir": str(job_dir / "torchtune"),
+        "model": model["builder"],
+        "tokenizer": {
+            "_component_": "llama_post_torchtune.tokenizer",
+            "pad_id": pad if pad is not None else (eos or 0),
+            "eos_id": eos or 0,
+            "max_seq_len": data.max_seq_len,
+        },
+        "checkpointer": {
+            "_component_": "llama_post_torchtune.checkpointer",
+            "publish_dir": spec.checkpoint_dir,
+            "base_model": spec.base_folder,
+            "steps_per_epoch": per_epoch,
+            "dpo": dpo,
+            "checkpoint_dir": spec.base_folder,
+            "checkpoint_files": model["weights"],
+            "model_type": model["model_type"],
+            "output_dir": str(job_dir / "torchtune"),
+        },
+        "resume_from_checkpoint": False,
+        "save_adapter_weights_only": True,
+        "dataset": {"_component_": "llama_post_torchtune.dataset", "path": str(job_dir / TOKENS)},
+        "seed": cfg.seed,
+        "shuffle": data.shuffle,
+        "batch_size": data.batch_size,
+        "optimizer": {
+            "_component_": "llama_post_torchtune.optimizer",
+            "kind": opt.optimizer_type,
+            "lr": opt.lr,
+            "weight_decay": opt.weight_decay,
+        },
+        "lr_scheduler": {
+            "_component_": "llama_post_torchtune.lr_scheduler",
+            "lr": opt.lr,
+            "warmup": opt.num_warmup_steps,
+            "kind": opt.lr_scheduler,
+            "total_steps": total,
+        },
+        "epochs": cfg.n_epochs,
+        "max_steps_per_epoch": per_epoch,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "compile": False,
+        "metric_logger": {
+            "_component_": "llama_post_torchtune.MetricLogger",
+            "job_dir": str(folder.path),
+            "steps_per_epoch": per_epoch,
+            "total_steps": total,
+        },
+        "log_every_n_steps": request.logger_config.log_every_n_steps
+        if request.logger_config
+        else 1,
+        "log_peak_memory_stats": False,
+        "device": spec.device,
+        "dtype": cfg.dtype,
+        "enable_activation_checkpointing": efficiency is None
+        or efficiency.enable_activation_checkpointing,
+        "enable_activation_offloading": False,
+    }
+    if dpo:
+        assert isinstance(request, PreferenceOptimizeRequest)
+        alignment = request.algorithm_config
+        if alignment.loss_type == DPOLossType.hinge:
+            loss = {"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": alignment.beta}
+        else:
+            loss = {"_component_": "torchtune.rlhf.loss.DPOLoss", "beta": alignment.beta}
+        config["loss"] = loss
+        config["optimizer"]["max_grad_norm"] = cfg.max_grad_norm  # the recipe does not clip
+    else:
+        config["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
+        config["clip_grad_norm"] = cfg.max_grad_norm
+    return {
+        "recipe": "lora_dpo_single_device" if dpo else "lora_finetune_single_device",
+        "rows": len(prepared.train),
+        "torch_threads": spec.torch_threads,
+        "config": config,
+    }
