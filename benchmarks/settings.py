@@ -30,8 +30,9 @@ def run_each(script: str, names: tuple[str, ...], *args: str) -> dict[str, dict[
 
 
 def report_one(run: Callable[..., dict[str, float]], argv: list[str]) -> None:
-    """In the setting's own process: run it, and print its figures with the peak RSS."""
+    """In the setting's own process: run it, and print its figures with the peak RSS (its
+    own, unless the setting reports that of the worker it ran)."""
     name, folder, data, steps, tmp = argv
     result: dict[str, Any] = run(name, folder, Path(data), int(steps), tmp)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({**result, "peak_rss_mib": peak}))
+    print(json.dumps({"peak_rss_mib": peak, **result}))

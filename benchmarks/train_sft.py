@@ -1,4 +1,5 @@
-"""LoRA SFT throughput and memory: llama-post's recipe against TRL's SFTTrainer.
+"""LoRA SFT throughput and memory: llama-post's trainers (inline::peft's recipe, and
+inline::torchtune, torchtune's own recipe) against TRL's SFTTrainer.
 
 Both train SmolLM2-135M-Instruct (float32; on this CPU fp32 matmuls beat bf16) with LoRA rank 8
 on q/v projections, sequence length 256, batch 8, the same synthetic instruct rows (loss on the
@@ -8,6 +9,9 @@ process, so peak RSS is its own:
 - llama-post, padded batches and packed batches (the recipe that jobs run, `recipe_sft.py`,
   with its defaults: activation checkpointing on, a padded batch run as the fewest packed rows),
   and padded batches with activations kept (`enable_activation_checkpointing: false`);
+- inline::torchtune: the job folder its provider writes for the same request, run by its
+  worker in torchtune's environment (`make engine-torchtune`): `tune run
+  lora_finetune_single_device`, padded batches, activation checkpointing on every layer;
 - TRL, its default (padded) setting, and packing (`bfd`, padding-free).
 
 Reported: trained tokens per second (real tokens, padding excluded, over the timed steps),
@@ -86,6 +90,7 @@ def main() -> None:
                 "ours-padded",
                 "ours-packed",
                 "ours-padded-keep",
+                "torchtune",
                 "trl-default",
                 "trl-packing",
             ),
@@ -107,29 +112,31 @@ def main() -> None:
     for theirs in ("trl-default", "trl-packing"):
         ratio = best_ours / results[theirs]["tokens_per_second"]
         print(f"llama-post (best) over {theirs}: {ratio:.2f}x tokens/s")
-    for ours, theirs in (("ours-padded", "trl-default"), ("ours-packed", "trl-packing")):
+    ratio = results["ours-padded"]["tokens_per_second"] / results["torchtune"]["tokens_per_second"]
+    print(f"inline::peft (padded) over inline::torchtune: {ratio:.2f}x tokens/s")
+    for ours, theirs in (
+        ("ours-padded", "trl-default"),
+        ("ours-packed", "trl-packing"),
+        ("torchtune", "trl-default"),
+    ):
         r = results[ours]["peak_rss_mib"] / results[theirs]["peak_rss_mib"]
         print(f"peak RSS {ours} / {theirs}: {r:.2f}")
     print(json.dumps(results))
 
 
-def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
-    from providers.inline.post_training.peft import recipe_sft
-    from providers.jobs.folder import JobSpec
-
-    job_dir = Path(tmp) / name
-    job_dir.mkdir()
-    (job_dir / "train.jsonl").write_text(data.read_text())
-    (job_dir / "validation.jsonl").write_text("")
-    request = {
+def request(name: str, steps: int) -> dict[str, Any]:
+    """The job every llama-post setting runs (torchtune's takes its rows in order, so its
+    batches, whose real tokens it does not log, can be counted here)."""
+    return {
         "model": "smollm2",
         "training_config": {
             "n_epochs": 1,
             "max_steps_per_epoch": steps,
             "data_config": {
                 "dataset_id": "bench",
+                "data_format": "instruct",
                 "batch_size": 8,
-                "shuffle": True,
+                "shuffle": name != "torchtune",
                 "packed": name == "ours-packed",
                 "max_seq_len": 256,
             },
@@ -144,9 +151,19 @@ def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[s
             "lora_attn_modules": ["q_proj", "v_proj"],
         },
     }
+
+
+def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
+    from providers.inline.post_training.peft import recipe_sft
+    from providers.jobs.folder import JobSpec
+
+    job_dir = Path(tmp) / name
+    job_dir.mkdir()
+    (job_dir / "train.jsonl").write_text(data.read_text())
+    (job_dir / "validation.jsonl").write_text("")
     spec = {
         "job_uuid": name,
-        "request": request,
+        "request": request(name, steps),
         "base_folder": folder,
         "checkpoint_dir": str(job_dir / "checkpoints"),
     }
@@ -157,6 +174,62 @@ def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[s
     seconds = sum(m["step_seconds"] for m in timed)
     tokens = sum(m["tokens"] for m in timed)
     return {"tokens_per_second": tokens / seconds, "seconds_per_step": seconds / len(timed)}
+
+
+def run_torchtune(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
+    """The provider's own preparation and worker; the peak RSS is the worker's."""
+    import resource
+    import subprocess
+
+    from llama_post.apis.post_training import SupervisedFineTuneRequest
+    from providers.inline.post_training.torchtune.post_training import (
+        ENGINE,
+        describe,
+        job_files,
+        steps_per_epoch,
+    )
+    from providers.jobs.folder import JobFolder, JobSpec
+    from providers.training.preflight import prepare
+    from providers.utils.engines import engine_env, is_built
+
+    env = engine_env("torchtune")
+    if env is None or not is_built(env):
+        sys.exit("torchtune's environment is missing: make engine-torchtune")
+    job_dir = Path(tmp) / name
+    train = SupervisedFineTuneRequest.model_validate(request(name, steps))
+    spec = JobSpec(
+        job_uuid=name,
+        request=train,
+        base_folder=folder,
+        checkpoint_dir=str(job_dir / "checkpoints"),
+        torch_threads=None,
+    )
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    prepared = prepare(spec, records, None, steps_per_epoch)
+    prepared.files = job_files(describe(Path(folder), train, "model"), prepared, job_dir)
+    JobFolder(job_dir).write(prepared)
+    with (job_dir / "train.log").open("wb") as log:
+        subprocess.run(
+            [str(env / "bin" / "python"), str(ENGINE), str(job_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+    metrics = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    # step n trained rows [8(n-1), 8n) in order: their real tokens
+    per_step = [
+        sum(len(e.input_ids) for (e,) in prepared.examples[i : i + 8])
+        for i in range(0, 8 * steps, 8)
+    ]
+    timed = metrics[WARMUP:]
+    seconds = sum(m["step_seconds"] for m in timed)
+    tokens = sum(per_step[m["step"] - 1] for m in timed)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "tokens_per_second": tokens / seconds,
+        "seconds_per_step": seconds / len(timed),
+        "peak_rss_mib": peak,
+    }
 
 
 def run_trl(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[str, float]:
@@ -230,6 +303,7 @@ def run_trl(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[st
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--run":
-        report_one(run_ours if sys.argv[2].startswith("ours") else run_trl, sys.argv[2:7])
+        runs = {"ours": run_ours, "torchtune": run_torchtune, "trl": run_trl}
+        report_one(runs[sys.argv[2].split("-")[0]], sys.argv[2:7])
     else:
         main()

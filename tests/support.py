@@ -92,6 +92,19 @@ def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dic
     return {**config, **overrides}
 
 
+def engine_environment(name: str) -> Path:
+    """An engine's own environment, built by the project's Makefile (or found in its cache)."""
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run(
+        ["make", "-s", f"engine-{name}"], cwd=root, capture_output=True, text=True, timeout=1800
+    )
+    if built.returncode != 0:
+        pytest.fail(f"make engine-{name} failed: {built.stderr[-2000:]}")
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

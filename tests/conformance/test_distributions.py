@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import TINY, Server, distribution, free_port, parse_sse
+from tests.support import TINY, Server, distribution, engine_environment, free_port, parse_sse
 from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def vllm_over_llama_post(ctx: Context) -> Iterator[tuple[dict[str, str], dict[st
 def vllm_over_vllm(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     from providers.remote.inference.vllm.launch import command, environment
 
-    env_dir = _engine_environment("vllm")
+    env_dir = engine_environment("vllm")
     port = free_port()
     log = ctx.home / "vllm.log"
     argv = command(env_dir, ctx.model, TINY, port=port, max_model_len=256, max_lora_rank=8)
@@ -100,7 +100,7 @@ def vllm_over_vllm(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str
 @contextmanager
 def torchtune(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     """The embedded default trained by torchtune, in its environment (`make engine-torchtune`)."""
-    _engine_environment("torchtune")
+    engine_environment("torchtune")
     yield {"LLAMA_POST_MODEL_DIR": str(ctx.model.parent)}, {}
 
 
@@ -333,16 +333,6 @@ def _started(server: Server) -> Iterator[Server]:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _engine_environment(name: str) -> Path:
-    """An engine's own environment, built by the project's Makefile (or found in its cache)."""
-    built = subprocess.run(
-        ["make", "-s", f"engine-{name}"], cwd=ROOT, capture_output=True, text=True, timeout=1800
-    )
-    if built.returncode != 0:
-        pytest.skip(f"{name}'s environment could not be built here: {built.stderr[-2000:]}")
-    return Path(built.stdout.strip().splitlines()[-1])
 
 
 def _wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:

@@ -163,17 +163,23 @@ class TorchtunePostTraining(LocalJobs):
                 "accumulation steps (torchtune drops a last partial batch); use a smaller batch",
                 param="training_config.data_config.batch_size",
             )
-        job_dir = self.jobs_dir / job_uuid
-        plan = recipe_plan(got.spec, model, prepared, job_dir)
-        prepared.files = {
-            TOKENS: "".join(json.dumps(row) + "\n" for row in tokenized(prepared.examples, dpo)),
-            PLAN: json.dumps(plan, indent=2),
-        }
+        prepared.files = job_files(model, prepared, self.jobs_dir / job_uuid)
         return prepared
 
 
 TOKENS = "tokens.jsonl"
 PLAN = "torchtune.json"
+
+
+def job_files(model: dict[str, Any], prepared: Prepared, job_dir: Path) -> dict[str, str]:
+    """The worker's files: the tokenized rows and the recipe plan."""
+    dpo = isinstance(prepared.spec.request, PreferenceOptimizeRequest)
+    rows = tokenized(prepared.examples, dpo)
+    plan = recipe_plan(prepared.spec, model, prepared, job_dir)
+    return {
+        TOKENS: "".join(json.dumps(row) + "\n" for row in rows),
+        PLAN: json.dumps(plan, indent=2),
+    }
 
 
 def steps_per_epoch(examples: list[Example], request: TrainingRequest) -> list[int]:
