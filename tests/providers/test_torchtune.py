@@ -198,7 +198,11 @@ def test_refused_at_creation_by_name(server: Server, tiny_model: Path) -> None:
             "algorithm_config.type",
             "LoRA",
         ),
-        (_body("torchtune", save_every=1), "training_config.save_every", "epoch"),
+        (
+            _body("torchtune", max_steps_per_epoch=None, save_every=3),
+            "training_config.save_every",
+            "every 4 steps here",
+        ),
         (
             {
                 **_body("torchtune"),

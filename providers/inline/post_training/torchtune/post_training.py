@@ -117,14 +117,6 @@ class TorchtunePostTraining(LocalJobs):
                     "not supported by inline::torchtune; leave it false, or use inline::peft",
                 )
             )
-        if cfg.save_every is not None:
-            found.append(
-                (
-                    "training_config.save_every",
-                    "torchtune saves at the end of each epoch only; leave it unset (each epoch "
-                    "is a checkpoint), or use inline::peft",
-                )
-            )
         eff = cfg.efficiency_config
         if (
             eff is not None
@@ -162,6 +154,15 @@ class TorchtunePostTraining(LocalJobs):
                 f"full step of {cfg.data.batch_size} rows x {cfg.gradient_accumulation_steps} "
                 "accumulation steps (torchtune drops a last partial batch); use a smaller batch",
                 param="training_config.data_config.batch_size",
+            )
+        per_epoch = prepared.report.steps_per_epoch
+        save_every = request.training_config.save_every
+        if save_every is not None and save_every < per_epoch:
+            raise InvalidRequestError(
+                f"training_config.save_every: torchtune checkpoints at epoch ends only, every "
+                f"{per_epoch} steps here; set save_every to {per_epoch} or more (a checkpoint "
+                "at each epoch end), leave it unset, or use inline::peft",
+                param="training_config.save_every",
             )
         prepared.files = job_files(model, prepared, self.jobs_dir / job_uuid)
         return prepared
