@@ -13,6 +13,8 @@ environment (`make engine-vllm`), in the slow lane.
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import time
 import uuid
@@ -278,6 +280,50 @@ def test_a_lora_job_is_served_with_the_same_greedy_output(target: Target) -> Non
     assert http.delete(f"/v1/models/{model_id}").status_code == 200
     gone = http.post("/v1/chat/completions", json=chat)
     assert gone.status_code == 404
+
+
+def test_openai_fine_tuning_over_its_trainer(target: Target) -> None:
+    """The openai SDK's fine-tuning flow, over whichever provider trains in this distribution."""
+    _require(target, "fine_tuning")
+    import openai
+
+    base_url = str(target.http.base_url).rstrip("/")
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    chats = [
+        {
+            "messages": [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["completion"]},
+            ]
+        }
+        for row in ROWS
+    ]
+    lines = "".join(json.dumps(c) + "\n" for c in chats).encode()
+    upload = client.files.create(file=("chats.jsonl", io.BytesIO(lines)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=TINY,
+        training_file=upload.id,
+        method={
+            "type": "supervised",
+            "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}},
+        },
+    )
+    deadline = time.monotonic() + 180
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"{job.id} did not finish"
+        time.sleep(0.5)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [4, 2]  # one per epoch, newest first
+    assert checkpoints[0].fine_tuned_model_checkpoint == job.fine_tuned_model
+    chat = client.chat.completions.create(
+        model=str(job.fine_tuned_model),
+        messages=PROMPT,  # type: ignore[arg-type]
+        max_tokens=4,
+    )
+    assert chat.choices[0].message.content is not None
+    assert target.http.delete(f"/v1/models/{job.fine_tuned_model}").status_code == 200
 
 
 # -- helpers -----------------------------------------------------------------------------------
