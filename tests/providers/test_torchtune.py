@@ -173,6 +173,60 @@ def test_first_step_losses_agree_with_peft(server: Server, method: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_qwen2_model_trains_the_same_under_both(server: Server, tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    folder = tiny_model.parent / "qwen2"  # where the inference provider reads models
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    registered = httpx.post(
+        f"{server.url}/v1/models",
+        json={"model_id": "tiny/qwen2", "source": {"type": "huggingface", "path": str(folder)}},
+        timeout=60,
+    )
+    assert registered.status_code == 200, registered.text
+    first = {}
+    for provider in ("peft", "torchtune"):
+        lora = {
+            "type": "LoRA",
+            "rank": 4,
+            "alpha": 8,
+            "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        }
+        body = _body(provider) | {"model": "tiny/qwen2", "algorithm_config": lora}
+        status = _run(server, body)
+        assert status["status"] == "completed", status
+        first[provider] = _metrics(server, status["job_uuid"])[0]["loss"]
+    assert abs(first["peft"] - first["torchtune"]) < 1e-4, first
+    served = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={
+            "model": status["fine_tuned_model"],
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 3,
+        },
+        timeout=60,
+    )
+    assert served.status_code == 200, served.text
+
+
+@pytest.mark.slow
 def test_refused_at_creation_by_name(server: Server, tiny_model: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
