@@ -12,12 +12,14 @@ from rich.console import Console
 
 from llama_post.errors import ConfigError
 from llama_post.jobs_cli import jobs
+from llama_post.keys_cli import keys
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Self-hosted post-training behind typed APIs."
 )
 err = Console(stderr=True)
 app.add_typer(jobs, name="jobs")
+app.add_typer(keys, name="keys")
 
 
 @app.command()

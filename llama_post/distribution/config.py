@@ -31,6 +31,14 @@ class ServerConfig(StrictModel):
     port: int = Field(8321, ge=0, le=65535)
 
 
+class AuthConfig(StrictModel):
+    enabled: bool | None = Field(
+        None,
+        description="API keys required (`llama-post keys create`). Unset: on when the server "
+        "binds anything but loopback, where starting without a key is an error.",
+    )
+
+
 Capability = Literal["logprobs", "fine_tuning", "structured_outputs"]
 
 
@@ -41,6 +49,7 @@ class RunConfig(StrictModel):
         Path("~/.llama-post"), validate_default=True, description="The stack's own state."
     )
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
     providers: dict[Api, list[ProviderConfig]]
     models: list[RegisterModelRequest] = Field([], description="Registered at every start.")
     capabilities: list[Capability] = Field(

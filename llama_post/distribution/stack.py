@@ -21,6 +21,7 @@ from llama_post.apis.inspect import (
 from llama_post.apis.post_training import OpenAIFineTuning
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
+from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
@@ -47,6 +48,7 @@ class Stack:
         self.providers = providers
         self.impls = dict(impls)
         self.impls[Api.inspect] = InspectImpl(self)
+        self.owners: Owners | None = None
         self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
 
     @classmethod
@@ -61,8 +63,17 @@ class Stack:
         registry = installed_registry() if registry is None else registry
         run, resolved = load_run_config(source, env, registry)
         models = ModelRegistry(run.storage_dir)
+        owners = Owners(run.storage_dir)
+        routes: dict[Api, list[Route]] = {}
+        for route in all_routes():
+            routes.setdefault(Api(route.api), []).append(route)
+
+        def guard(api: Api, impl: Any) -> Guarded:
+            return Guarded(impl, routes.get(api, []), owners)
+
         built: list[ProviderInstance] = []
-        impls: dict[Api, Any] = {Api.models: models}
+        # what providers receive and routes call: checked against the caller's ownership
+        impls: dict[Api, Any] = {Api.models: guard(Api.models, models)}
         try:
             for api in _dependency_order(resolved, registry):
                 group: dict[str, Any] = {}
@@ -77,18 +88,21 @@ class Stack:
                     group[entry.provider_id] = impl
                 if api == Api.inference:
                     models.providers = group
-                    impls[api] = InferenceRouter(models)
+                    impls[api] = guard(api, InferenceRouter(models))
                     continue
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
                 if api == Api.post_training:  # OpenAI's fine-tuning jobs, over any provider
-                    one = OpenAIFineTuning(one, impls[Api.datasets])
-                impls[api] = one
+                    one = OpenAIFineTuning(guard(api, one), impls[Api.datasets])
+                impls[api] = guard(api, one)
             await models.restore(run.models)
         except BaseException:
             await _shutdown(built)
             await models.shutdown()
+            owners.close()
             raise
-        return cls(run, built, impls)
+        stack = cls(run, built, impls)
+        stack.owners = owners
+        return stack
 
     def call(self, route: Route) -> Any:
         """The bound implementation method a route dispatches to."""
@@ -97,6 +111,8 @@ class Stack:
     async def shutdown(self) -> None:
         await _shutdown(self.providers)
         await self.impls[Api.models].shutdown()
+        if self.owners is not None:
+            self.owners.close()
 
 
 async def _start(factory: Any, entry: ResolvedProvider, deps: dict[Api, Any]) -> Any:

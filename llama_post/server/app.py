@@ -17,9 +17,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from llama_post.auth import AuthMiddleware, KeyStore, is_loopback
 from llama_post.codec import build_request, carried_arguments
+from llama_post.distribution.config import RunConfig
 from llama_post.distribution.stack import Stack
 from llama_post.errors import (
+    ConfigError,
     ConflictError,
     ErrorBody,
     ErrorResponse,
@@ -232,11 +235,19 @@ async def _on_http_error(request: Request, exc: HTTPException) -> Response:
 async def serve(config: Path | str, host: str | None = None, port: int | None = None) -> None:
     """Build the stack from `config` and serve it until SIGINT or SIGTERM."""
     stack = await Stack.build(config)
-    app = create_app(stack)
+    host = host or stack.run.server.host
+    try:
+        app: Any = create_app(stack)
+        keys = _keys(stack.run, host)
+        if keys is not None:
+            app = AuthMiddleware(app, keys)
+    except BaseException:
+        await stack.shutdown()
+        raise
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=host or stack.run.server.host,
+            host=host,
             port=stack.run.server.port if port is None else port,
             log_level="info",
             timeout_graceful_shutdown=10,
@@ -246,3 +257,23 @@ async def serve(config: Path | str, host: str | None = None, port: int | None = 
         await server.serve()
     finally:
         await stack.shutdown()
+        if keys is not None:
+            keys.close()
+
+
+def _keys(run: RunConfig, host: str) -> KeyStore | None:
+    """The key store when auth is on: as run.yaml says, else whenever the server binds beyond
+    loopback, and then only once a key exists."""
+    enabled = run.auth.enabled if run.auth.enabled is not None else not is_loopback(host)
+    if not enabled:
+        return None
+    keys = KeyStore(run.storage_dir)
+    if keys.active() == 0:
+        keys.close()
+        why = "auth.enabled is true" if run.auth.enabled else f"the server binds {host}"
+        raise ConfigError(
+            f"API keys are required ({why}) and none exists: make one with "
+            f"`llama-post keys create --owner <name> --admin <run.yaml>`"
+        )
+    log.info("API keys required: %d active", keys.active())
+    return keys

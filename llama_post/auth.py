@@ -1,0 +1,173 @@
+"""API keys and who is calling.
+
+A key belongs to an owner and may be an admin's. Keys are made by `llama-post keys create`, shown
+once, and stored as the SHA-256 of their secret part (a key is 240 random bits: a slow hash adds
+nothing). A key is `tml-` (Tinker's SDK refuses any other), a 12-hex id by which it is looked up,
+and a 48-hex secret compared in constant time: the time a check takes does not depend on how much
+of a key matched, nor on whether its id exists.
+
+`PRINCIPAL` holds the caller of the request being served (`None`: auth is off, or an in-process
+library call, which sees everything). `AuthMiddleware` sets it from `Authorization: Bearer`,
+`X-API-Key` (any case) and refuses a key in the query string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from llama_post.errors import AuthenticationError, InvalidRequestError, LlamaPostError
+from llama_post.storage import Database
+
+KEY = re.compile(r"tml-([0-9a-f]{12})([0-9a-f]{48})")
+OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+QUERY_KEYS = {"api_key", "apikey", "key", "token", "access_token", "x-api-key"}
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    admin INTEGER NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+"""
+_DUMMY = hashlib.sha256(b"no such key").hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    owner: str
+    admin: bool
+    key_id: str
+
+
+PRINCIPAL: ContextVar[Principal | None] = ContextVar("llama_post_principal", default=None)
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+class KeyStore:
+    def __init__(self, storage_dir: Path) -> None:
+        self.db = Database(storage_dir / "keys.db", SCHEMA)
+
+    def create(self, owner: str, admin: bool = False) -> tuple[str, str]:
+        """A new key for `owner`: (its id, the key itself, which is not stored)."""
+        if not re.fullmatch(OWNER_PATTERN, owner):
+            raise InvalidRequestError(
+                f"owner: {owner!r} must be 1-64 letters, digits, or _ . @ - (not first)",
+                param="owner",
+            )
+        key_id, secret = secrets.token_hex(6), secrets.token_hex(24)
+        self.db.execute(
+            "INSERT INTO api_keys (key_id, owner, admin, secret_sha256, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key_id, owner, int(admin), _sha256(secret), int(time.time())),
+        )
+        return key_id, f"tml-{key_id}{secret}"
+
+    def list(self) -> list[dict[str, Any]]:
+        rows = self.db.all(
+            "SELECT key_id, owner, admin, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        )
+        return [dict(r) | {"admin": bool(r["admin"])} for r in rows]
+
+    def revoke(self, key_id: str) -> bool:
+        return (
+            self.db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (int(time.time()), key_id),
+            )
+            > 0
+        )
+
+    def active(self) -> int:
+        row = self.db.one("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL")
+        return int(row["n"]) if row else 0
+
+    def verify(self, key: str) -> Principal:
+        match = KEY.fullmatch(key)
+        if match is None:
+            raise AuthenticationError(
+                "the API key is malformed: llama-post keys look like tml-<60 hex digits> "
+                "(make one with `llama-post keys create`)"
+            )
+        key_id, secret = match.groups()
+        row = self.db.one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
+        expected = row["secret_sha256"] if row is not None else _DUMMY
+        matched = hmac.compare_digest(_sha256(secret), expected)
+        if row is None or not matched or row["revoked_at"] is not None:
+            raise AuthenticationError("the API key is not valid: unknown, or revoked")
+        return Principal(owner=row["owner"], admin=bool(row["admin"]), key_id=key_id)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def presented_key(headers: dict[str, str]) -> str | None:
+    """The key a request carries: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    return headers.get("x-api-key") or None
+
+
+class AuthMiddleware:
+    """Every route but the open ones needs a valid key; the caller becomes `PRINCIPAL`."""
+
+    OPEN = ("/v1/health", "/v1/version", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+
+    def __init__(self, app: Any, keys: KeyStore) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN:
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = self._principal(scope)
+        except LlamaPostError as exc:
+            from llama_post.server.app import error_response
+
+            response = error_response(exc)
+            response.headers["x-should-retry"] = "false"
+            if exc.status == AuthenticationError.status:
+                response.headers["www-authenticate"] = 'Bearer realm="llama-post"'
+            await response(scope, receive, send)
+            return
+        token = PRINCIPAL.set(principal)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            PRINCIPAL.reset(token)
+
+    def _principal(self, scope: Any) -> Principal:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        if QUERY_KEYS & {name.lower() for name in query}:
+            raise AuthenticationError(
+                "an API key in the query string is refused (URLs end up in logs): send it as "
+                "Authorization: Bearer <key> or X-API-Key"
+            )
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        key = presented_key(headers)
+        if key is None:
+            raise AuthenticationError(
+                "this server needs an API key: send Authorization: Bearer <key> or X-API-Key "
+                "(an admin makes keys with `llama-post keys create`)"
+            )
+        return self.keys.verify(key)

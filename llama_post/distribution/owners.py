@@ -1,0 +1,155 @@
+"""Who owns what: files, datasets, jobs and models belong to the owner whose key created them.
+
+`Guarded` wraps an API's implementation and reads what to guard from the route table: a create
+(`@creates`) records its new ids as the caller's; a method taking an id (`file_id`, `dataset_id`,
+`model_id`, `job_uuid`, `fine_tuning_job_id`, `lora_name`, in the path, the query or the body)
+answers 404 for another owner's, as for an id that does not exist; a list leaves them out. The
+stack installs the guarded implementations as the ones providers receive too, so a reference made
+inside a request (a job's model and dataset, a dataset's file) is checked the same way. A thing
+no owner created (run.yaml's models, what an upstream serves, anything made while auth was off)
+is everyone's. An admin key, and an in-process call (no key), see everything.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from llama_post.auth import PRINCIPAL
+from llama_post.errors import NotFoundError
+from llama_post.routes import Route
+from llama_post.storage import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS owned (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+"""
+KINDS = {
+    "file_id": "file",
+    "dataset_id": "dataset",
+    "model_id": "model",
+    "lora_name": "model",
+    "job_uuid": "job",
+    "fine_tuning_job_id": "job",
+}
+# ids a request body names, by method: (kind, how to read it)
+BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
+    name: [("model", lambda r: r.model)]
+    for name in ("chat_completion", "completion", "batch_chat_completion", "batch_completion")
+}
+BODY["register_model"] = [("model", lambda r: getattr(r.source, "base_model", None))]
+BODY["load_lora_adapter"] = [("model", lambda r: r.base_model)]
+BODY["unload_lora_adapter"] = [("model", lambda r: r.lora_name)]
+# lists: (the field holding the items, the item's id attribute, the kind)
+LISTS = {
+    "list_files": ("data", "id", "file"),
+    "list_datasets": ("data", "identifier", "dataset"),
+    "list_models": ("data", "id", "model"),
+    "list_jobs": ("data", "job_uuid", "job"),
+}
+
+
+class Owners:
+    def __init__(self, storage_dir: Path) -> None:
+        self.db = Database(storage_dir / "owners.db", SCHEMA)
+
+    def record(self, kind: str, id: str) -> None:
+        principal = PRINCIPAL.get()
+        if principal is not None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO owned (kind, id, owner) VALUES (?, ?, ?)",
+                (kind, id, principal.owner),
+            )
+
+    def visible(self, kind: str, id: str) -> bool:
+        principal = PRINCIPAL.get()
+        if principal is None or principal.admin:
+            return True
+        row = self.db.one("SELECT owner FROM owned WHERE kind = ? AND id = ?", (kind, id))
+        return row is None or row["owner"] == principal.owner
+
+    def check(self, kind: str, id: str | None, param: str) -> None:
+        if id is not None and not self.visible(kind, id):
+            raise NotFoundError(f"no {kind} {id!r}", param=param)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Guarded:
+    """`impl` with its routes' methods checked against the caller; anything else passes."""
+
+    def __init__(self, impl: Any, routes: list[Route], owners: Owners) -> None:
+        self._impl = impl
+        self._owners = owners
+        self._methods: dict[str, Callable[..., Any]] = {}
+        by_name: dict[str, list[Route]] = {}
+        for route in routes:
+            by_name.setdefault(route.name, []).append(route)
+        for name, named in by_name.items():
+            if hasattr(impl, name):
+                self._methods[name] = self._guard(name, named, getattr(impl, name))
+
+    def __getattr__(self, name: str) -> Any:
+        methods = self.__dict__.get("_methods", {})
+        if name in methods:
+            return methods[name]
+        return getattr(self._impl, name)
+
+    def _guard(self, name: str, routes: list[Route], method: Callable[..., Any]) -> Any:
+        owners = self._owners
+        signature = inspect.signature(method)
+        ids = [
+            (param, KINDS[param])
+            for param in dict.fromkeys(
+                p for r in routes for p in (*r.path_params, *r.carried_params)
+            )
+            if param in KINDS
+        ]
+        creates = {param: pointer for r in routes for param, pointer in r.creates}
+        body = BODY.get(name, [])
+        listing = LISTS.get(name)
+
+        @functools.wraps(method)
+        async def guarded(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs).arguments
+            for param, kind in ids:
+                owners.check(kind, bound.get(param), param)
+            request = bound.get("request")
+            if request is not None:
+                for kind, read in body:
+                    owners.check(kind, read(request), "model")
+            result = await method(*args, **kwargs)
+            for param, pointer in creates.items():
+                created = _pointer(result, pointer)
+                if created is not None:
+                    owners.record(KINDS[param], created)
+                    if KINDS[param] == "job":  # the model its final checkpoint is served as
+                        owners.record("model", f"ft/{created}")
+            if listing is not None:
+                field, attr, kind = listing
+                items = [
+                    i for i in getattr(result, field) if owners.visible(kind, getattr(i, attr))
+                ]
+                result = result.model_copy(update={field: items})
+            return result
+
+        return guarded
+
+
+def _pointer(result: Any, pointer: str) -> str | None:
+    node: Any = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+    for part in pointer.strip("/").split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, str) else None

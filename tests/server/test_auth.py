@@ -1,0 +1,244 @@
+"""API keys and owners, on a real server whose keys are made with `llama-post keys create`.
+
+Owner A's files, datasets, jobs and models are not B's to read, list, use, cancel, delete or chat
+with: B gets 404, as for what does not exist. An admin key sees everything."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.support import TINY, Server, distribution
+from tests.tiny import build_tiny_adapter
+
+ROWS = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)]
+
+
+def _keys(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llama_post", "keys", *args, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _key(config: Path, owner: str, *flags: str) -> str:
+    made = _keys(config, "create", "--owner", owner, *flags)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+class Caller:
+    def __init__(self, url: str, key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=60)
+        self.key = key
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.http.get(path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.http.post(path, **kw)
+
+    def delete(self, path: str) -> httpx.Response:
+        return self.http.delete(path)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[dict[str, Any]]:
+    home = tmp_path_factory.mktemp("auth")
+    config = distribution(home, tiny_model) | {"auth": {"enabled": True}}
+    server = Server(config, home)
+    keys = {
+        "alice": _key(server.config, "alice"),
+        "bob": _key(server.config, "bob"),
+        "root": _key(server.config, "ops", "--admin"),
+    }
+    server.start(timeout=60)
+    callers = {name: Caller(server.url, key) for name, key in keys.items()}
+    yield {"server": server, "keys": keys, "home": home, **callers}
+    for caller in callers.values():
+        caller.http.close()
+    server.stop()
+
+
+def test_every_route_but_health_needs_a_valid_key(served: dict[str, Any]) -> None:
+    server: Server = served["server"]
+    url = server.url
+    assert httpx.get(f"{url}/v1/health").status_code == 200  # for load balancers
+    missing = httpx.get(f"{url}/v1/models")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "authentication_error"
+    assert "Authorization: Bearer" in missing.json()["error"]["message"]
+    assert missing.headers["x-should-retry"] == "false"
+    malformed = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sk-123"})
+    assert malformed.status_code == 401 and "malformed" in malformed.json()["error"]["message"]
+    unknown = httpx.get(f"{url}/v1/models", headers={"X-API-Key": "tml-" + "0" * 60})
+    assert unknown.status_code == 401 and "not valid" in unknown.json()["error"]["message"]
+    key = served["keys"]["alice"]
+    for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}, {"x-api-key": key}):
+        assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 200, headers
+    in_query = httpx.get(f"{url}/v1/models", params={"api_key": key})
+    assert in_query.status_code == 401 and "query string" in in_query.json()["error"]["message"]
+
+    # a revoked key stops working at once; `keys list` never shows a key
+    spare = _key(server.config, "carol")
+    assert httpx.get(f"{url}/v1/models", headers={"X-API-Key": spare}).status_code == 200
+    key_id = spare[4:16]
+    listed = _keys(server.config, "list")
+    assert key_id in listed.stdout and spare not in listed.stdout
+    assert _keys(server.config, "revoke", key_id).returncode == 0
+    revoked = httpx.get(f"{url}/v1/models", headers={"X-API-Key": spare})
+    assert revoked.status_code == 401
+
+    # the openai SDK sends the same key, and gets its own error type without one
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    assert TINY in [m.id for m in client.models.list().data]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_owners_do_not_see_each_others_things(served: dict[str, Any], models_dir: Path) -> None:
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    root: Caller = served["root"]
+
+    # files
+    upload = alice.post(
+        "/v1/files",
+        files={"file": ("rows.jsonl", io.BytesIO(b'{"prompt": "a", "completion": "b"}\n'))},
+        data={"purpose": "fine-tune"},
+    )
+    assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    for path in (f"/v1/files/{file_id}", f"/v1/files/{file_id}/content"):
+        assert bob.get(path).status_code == 404
+        assert alice.get(path).status_code == 200
+    assert file_id not in [f["id"] for f in bob.get("/v1/files").json()["data"]]
+    assert file_id in [f["id"] for f in root.get("/v1/files").json()["data"]]
+    assert bob.delete(f"/v1/files/{file_id}").status_code == 404
+    from_file = {
+        "dataset_id": "bobs",
+        "purpose": "instruct",
+        "source": {"type": "file", "file_id": file_id},
+    }
+    stolen = bob.post("/v1/datasets", json=from_file)
+    assert stolen.status_code == 404, stolen.text
+
+    # datasets
+    made = alice.post(
+        "/v1/datasets",
+        json={
+            "dataset_id": "alices",
+            "purpose": "instruct",
+            "source": {"type": "rows", "rows": ROWS},
+        },
+    )
+    assert made.status_code == 200, made.text
+    assert bob.get("/v1/datasets/alices").status_code == 404
+    assert bob.get("/v1/datasetio/iterrows/alices").status_code == 404
+    appended = bob.post("/v1/datasetio/append-rows/alices", json={"rows": ROWS[:1]})
+    assert appended.status_code == 404
+    assert "alices" not in [d["identifier"] for d in bob.get("/v1/datasets").json()["data"]]
+    assert bob.delete("/v1/datasets/alices").status_code == 404
+    assert alice.get("/v1/datasetio/iterrows/alices").json()["data"] == ROWS
+
+    # jobs, and the model a job makes
+    job = {
+        "model": TINY,
+        "training_config": {
+            "n_epochs": 1,
+            "max_steps_per_epoch": 1,
+            "data_config": {"dataset_id": "alices", "batch_size": 2},
+            "optimizer_config": {"lr": 1e-2},
+        },
+        "algorithm_config": {"type": "LoRA", "rank": 2, "alpha": 4},
+    }
+    on_her_data = bob.post("/v1/post-training/supervised-fine-tune", json=job)
+    assert on_her_data.status_code == 404, on_her_data.text
+    assert on_her_data.json()["error"]["param"] == "training_config.data_config.dataset_id"
+    created = alice.post("/v1/post-training/supervised-fine-tune", json=job)
+    assert created.status_code == 200, created.text
+    job_uuid = created.json()["job_uuid"]
+    for path in ("", "/logs", "/metrics", "/artifacts", "/events"):
+        assert bob.get(f"/v1/post-training/jobs/{job_uuid}{path}").status_code == 404, path
+    assert bob.post(f"/v1/post-training/jobs/{job_uuid}/cancel").status_code == 404
+    assert bob.get(f"/v1/fine_tuning/jobs/{job_uuid}").status_code == 404
+    assert job_uuid not in [j["job_uuid"] for j in bob.get("/v1/post-training/jobs").json()["data"]]
+    assert job_uuid not in [j["id"] for j in bob.get("/v1/fine_tuning/jobs").json()["data"]]
+    assert job_uuid in [j["job_uuid"] for j in root.get("/v1/post-training/jobs").json()["data"]]
+    deadline = time.monotonic() + 180
+    while (status := alice.get(f"/v1/post-training/jobs/{job_uuid}").json())["status"] not in (
+        "completed",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert status["status"] == "completed", status
+    tuned = status["fine_tuned_model"]
+    chat = {"model": tuned, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert alice.post("/v1/chat/completions", json=chat).status_code == 200
+    assert bob.post("/v1/chat/completions", json=chat).status_code == 404
+    assert (
+        bob.post(
+            "/v1/completions", json={"model": tuned, "prompt": "Hi", "max_tokens": 2}
+        ).status_code
+        == 404
+    )
+    assert bob.get(f"/v1/models/{tuned}").status_code == 404
+    assert tuned not in [m["id"] for m in bob.get("/v1/models").json()["data"]]
+    assert TINY in [m["id"] for m in bob.get("/v1/models").json()["data"]]  # run.yaml's: everyone's
+    assert bob.delete(f"/v1/models/{tuned}").status_code == 404
+
+    # models registered through the API
+    adapter = build_tiny_adapter(models_dir / "auth-adapter", models_dir / "tiny", seed=5)
+    registered = alice.post(
+        "/v1/models",
+        json={
+            "model_id": "alice/adapter",
+            "source": {"type": "adapter", "path": str(adapter), "base_model": TINY},
+        },
+    )
+    assert registered.status_code == 200, registered.text
+    over_hers = bob.post(
+        "/v1/models",
+        json={
+            "model_id": "bob/adapter",
+            "source": {"type": "adapter", "path": str(adapter), "base_model": "alice/adapter"},
+        },
+    )
+    assert over_hers.status_code == 404
+    assert bob.get("/v1/models/alice/adapter").status_code == 404
+    assert root.get("/v1/models/alice/adapter").status_code == 200
+    assert bob.delete("/v1/models/alice/adapter").status_code == 404
+    assert alice.delete("/v1/models/alice/adapter").status_code == 200
+
+
+def test_a_server_beyond_loopback_does_not_start_without_keys(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    config = distribution(tmp_path, tiny_model)
+    config["server"] = {"host": "0.0.0.0", "port": 0}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = subprocess.run(
+        [sys.executable, "-m", "llama_post", "run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert started.returncode == 2, started.stderr
+    assert "binds 0.0.0.0" in started.stderr and "llama-post keys create" in started.stderr
