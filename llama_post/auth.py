@@ -130,13 +130,16 @@ class AuthMiddleware:
     """Every route but the open ones needs a valid key; the caller becomes `PRINCIPAL`."""
 
     OPEN = ("/v1/health", "/v1/version", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+    # URLs that carry their own expiring, signed token (checkpoint archives)
+    CAPABILITIES = ("/v1/post-training/checkpoint-archives/",)
 
     def __init__(self, app: Any, keys: KeyStore) -> None:
         self.app = app
         self.keys = keys
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in self.OPEN:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.OPEN or path.startswith(self.CAPABILITIES):
             await self.app(scope, receive, send)
             return
         try:
@@ -145,7 +148,6 @@ class AuthMiddleware:
             from llama_post.server.app import error_response
 
             response = error_response(exc)
-            response.headers["x-should-retry"] = "false"
             if exc.status == AuthenticationError.status:
                 response.headers["www-authenticate"] = 'Bearer realm="llama-post"'
             await response(scope, receive, send)

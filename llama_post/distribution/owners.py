@@ -32,6 +32,11 @@ CREATE TABLE IF NOT EXISTS owned (
     owner TEXT NOT NULL,
     PRIMARY KEY (kind, id)
 );
+CREATE TABLE IF NOT EXISTS published (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
 """
 KINDS = {
     "file_id": "file",
@@ -70,12 +75,29 @@ class Owners:
                 (kind, id, principal.owner),
             )
 
-    def visible(self, kind: str, id: str) -> bool:
+    def owns(self, kind: str, id: str) -> bool:
+        """The caller may change it: theirs, no one's, or the caller is an admin."""
         principal = PRINCIPAL.get()
         if principal is None or principal.admin:
             return True
+        if kind == "checkpoint":
+            return self.owns("job", id.split("/", 1)[0])
         row = self.db.one("SELECT owner FROM owned WHERE kind = ? AND id = ?", (kind, id))
         return row is None or row["owner"] == principal.owner
+
+    def visible(self, kind: str, id: str) -> bool:
+        """The caller may read it: it may change it, or it is published."""
+        return self.owns(kind, id) or self.is_public(kind, id)
+
+    def is_public(self, kind: str, id: str) -> bool:
+        found = self.db.one("SELECT 1 FROM published WHERE kind = ? AND id = ?", (kind, id))
+        return found is not None
+
+    def publish(self, kind: str, id: str, public: bool = True) -> None:
+        if public:
+            self.db.execute("INSERT OR IGNORE INTO published (kind, id) VALUES (?, ?)", (kind, id))
+        else:
+            self.db.execute("DELETE FROM published WHERE kind = ? AND id = ?", (kind, id))
 
     def check(self, kind: str, id: str | None, param: str) -> None:
         if id is not None and not self.visible(kind, id):
@@ -108,13 +130,13 @@ class Guarded:
     def _guard(self, name: str, routes: list[Route], method: Callable[..., Any]) -> Any:
         owners = self._owners
         signature = inspect.signature(method)
-        ids = [
-            (param, KINDS[param])
-            for param in dict.fromkeys(
-                p for r in routes for p in (*r.path_params, *r.carried_params)
-            )
-            if param in KINDS
-        ]
+        named = dict.fromkeys(p for r in routes for p in (*r.path_params, *r.carried_params))
+        ids = [(param, KINDS[param]) for param in named if param in KINDS]
+        # a job's checkpoint is read by its job's owner, or by anyone once published
+        checkpoint = "checkpoint_id" in named
+        job_param = next((p for p in named if KINDS.get(p) == "job"), None)
+        if checkpoint:
+            ids = [(param, kind) for param, kind in ids if kind != "job"]
         creates = {param: pointer for r in routes for param, pointer in r.creates}
         body = BODY.get(name, [])
         listing = LISTS.get(name)
@@ -124,6 +146,9 @@ class Guarded:
             bound = signature.bind(*args, **kwargs).arguments
             for param, kind in ids:
                 owners.check(kind, bound.get(param), param)
+            if checkpoint and job_param is not None:
+                job, name = bound.get(job_param), bound.get("checkpoint_id")
+                owners.check("checkpoint", f"{job}/{name}", "checkpoint_id")
             request = bound.get("request")
             if request is not None:
                 for kind, read in body:

@@ -19,6 +19,7 @@ from llama_post.apis.inspect import (
     VersionInfo,
 )
 from llama_post.apis.post_training import OpenAIFineTuning
+from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.owners import Guarded, Owners
@@ -49,6 +50,7 @@ class Stack:
         self.impls = dict(impls)
         self.impls[Api.inspect] = InspectImpl(self)
         self.owners: Owners | None = None
+        self.checkpoints: Checkpoints | None = None
         self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
 
     @classmethod
@@ -72,6 +74,7 @@ class Stack:
             return Guarded(impl, routes.get(api, []), owners)
 
         built: list[ProviderInstance] = []
+        checkpoints: Checkpoints | None = None
         # what providers receive and routes call: checked against the caller's ownership
         impls: dict[Api, Any] = {Api.models: guard(Api.models, models)}
         try:
@@ -91,17 +94,24 @@ class Stack:
                     impls[api] = guard(api, InferenceRouter(models))
                     continue
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
-                if api == Api.post_training:  # OpenAI's fine-tuning jobs, over any provider
-                    one = OpenAIFineTuning(guard(api, one), impls[Api.datasets])
+                if api == Api.post_training:  # checkpoints and OpenAI's jobs, over any provider
+                    fine_tuning = OpenAIFineTuning(guard(api, one), impls[Api.datasets])
+                    checkpoints = Checkpoints(
+                        fine_tuning, one, impls[Api.models], owners, run.storage_dir
+                    )
+                    checkpoints.start()
+                    one = checkpoints
                 impls[api] = guard(api, one)
             await models.restore(run.models)
         except BaseException:
+            if checkpoints is not None:
+                await checkpoints.shutdown()
             await _shutdown(built)
             await models.shutdown()
             owners.close()
             raise
         stack = cls(run, built, impls)
-        stack.owners = owners
+        stack.owners, stack.checkpoints = owners, checkpoints
         return stack
 
     def call(self, route: Route) -> Any:
@@ -109,6 +119,8 @@ class Stack:
         return getattr(self.impls[Api(route.api)], route.name)
 
     async def shutdown(self) -> None:
+        if self.checkpoints is not None:
+            await self.checkpoints.shutdown()
         await _shutdown(self.providers)
         await self.impls[Api.models].shutdown()
         if self.owners is not None:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llama_post.auth import AuthMiddleware, KeyStore, is_loopback
 from llama_post.codec import build_request, carried_arguments
+from llama_post.distribution.checkpoints import BASE_URL
 from llama_post.distribution.config import RunConfig
 from llama_post.distribution.stack import Stack
 from llama_post.errors import (
@@ -61,9 +62,25 @@ def create_app(stack: Dispatcher) -> FastAPI:
             name=route.operation_id,
             include_in_schema=False,
         )
+    app.add_middleware(BaseUrlMiddleware)
     app.add_exception_handler(LlamaPostError, _on_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
     return app
+
+
+class BaseUrlMiddleware:
+    """Remember the address a request reached the server by, for the URLs it hands out."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            host = headers.get(b"host", b"").decode("latin-1")
+            if host:
+                BASE_URL.set(f"{scope.get('scheme', 'http')}://{host}")
+        await self.app(scope, receive, send)
 
 
 def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Request], Any]:
@@ -207,7 +224,11 @@ def _attachment(filename: str) -> str:
 
 def error_response(exc: LlamaPostError) -> JSONResponse:
     body = ErrorResponse(error=exc.to_body()).model_dump(mode="json")
-    return JSONResponse(body, status_code=exc.status)
+    headers = {}
+    if 400 <= exc.status < 500 and exc.status not in (408, 429):
+        # the same request would fail again: SDKs that retry 409s (Tinker's, OpenAI's) stop
+        headers["x-should-retry"] = "false"
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 async def _on_error(request: Request, exc: LlamaPostError) -> Response:

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -592,6 +593,24 @@ class LocalJobs:
                 return
             await asyncio.sleep(0.5)
 
+    async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
+        """Delete a checkpoint's folder; the job's log (and so its events) says why."""
+        row = self._existing(job_uuid)
+        if JobStatus(row["status"]) not in TERMINAL:
+            raise ConflictError(
+                f"job {job_uuid!r} is {row['status']}: it resumes from its checkpoints; cancel it "
+                "or let it finish first",
+                param="job_uuid",
+            )
+        found = dict((p.name, p) for _, p in checkpoints(Path(self._spec(job_uuid).checkpoint_dir)))
+        if checkpoint_id not in found:
+            raise NotFoundError(
+                f"job {job_uuid!r} has no checkpoint {checkpoint_id!r}", param="checkpoint_id"
+            )
+        await asyncio.to_thread(shutil.rmtree, found[checkpoint_id])
+        with JobFolder(self.jobs_dir / job_uuid).log.open("a") as log_file:
+            log_file.write(f"checkpoint {checkpoint_id} removed: {reason}\n")
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _checkpoints(self, job_uuid: str, final_model: str | None) -> list[Checkpoint]:
@@ -600,9 +619,13 @@ class LocalJobs:
         out = []
         for i, (step, path) in enumerate(found):
             meta = json.loads((path / "checkpoint.json").read_text())
+            resumable = any((path / n).is_file() for n in ("state.pt", "recipe_state.pt"))
             out.append(
                 Checkpoint(
                     identifier=f"{job_uuid}/{path.name}",
+                    checkpoint_id=path.name,
+                    type="training" if resumable else "sampler",
+                    size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
                     created_at=meta["created_at"],
                     epoch=meta["epoch"],
                     step=step,

@@ -242,3 +242,104 @@ def test_a_server_beyond_loopback_does_not_start_without_keys(
     )
     assert started.returncode == 2, started.stderr
     assert "binds 0.0.0.0" in started.stderr and "llama-post keys create" in started.stderr
+
+
+def _finished(caller: Caller, job_uuid: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 180
+    while True:
+        status: dict[str, Any] = caller.get(f"/v1/post-training/jobs/{job_uuid}").json()
+        if status["status"] in ("completed", "failed", "cancelled"):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.3)
+
+
+def test_checkpoints_are_listed_published_expired_downloaded_and_deleted(
+    served: dict[str, Any],
+) -> None:
+    import tarfile
+
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    made = alice.post(
+        "/v1/datasets",
+        json={
+            "dataset_id": "ckpts",
+            "purpose": "instruct",
+            "source": {"type": "rows", "rows": ROWS},
+        },
+    )
+    assert made.status_code == 200, made.text
+    job = {
+        "model": TINY,
+        "training_config": {
+            "n_epochs": 1,
+            "max_steps_per_epoch": 2,
+            "save_every": 1,
+            "data_config": {"dataset_id": "ckpts", "batch_size": 2},
+            "optimizer_config": {"lr": 1e-2},
+        },
+        "algorithm_config": {"type": "LoRA", "rank": 2, "alpha": 4},
+    }
+    job_uuid = alice.post("/v1/post-training/supervised-fine-tune", json=job).json()["job_uuid"]
+    status = _finished(alice, job_uuid)
+    assert status["status"] == "completed", status
+    base = f"/v1/post-training/jobs/{job_uuid}/checkpoints"
+    listed = alice.get(base).json()["data"]
+    # inline::peft keeps its resume state in every checkpoint, so each is a training one
+    assert [(c["checkpoint_id"], c["type"]) for c in listed] == [
+        ("step-000001", "training"),
+        ("step-000002", "training"),
+    ]
+    assert all(c["size_bytes"] > 0 and not c["public"] for c in listed)
+    mine = alice.get("/v1/post-training/checkpoints", params={"limit": 1}).json()
+    assert mine["total"] >= 2 and len(mine["data"]) == 1
+    assert bob.get(base).status_code == 404
+    assert bob.get(f"{base}/step-000002").status_code == 404
+    assert not [
+        c
+        for c in bob.get("/v1/post-training/checkpoints").json()["data"]
+        if c["post_training_job_id"] == job_uuid
+    ]
+
+    # published: every key reads it and chats with its model; only the owner changes it
+    tuned = status["fine_tuned_model"]
+    chat = {"model": tuned, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    assert bob.post("/v1/chat/completions", json=chat).status_code == 404
+    published = alice.post(f"{base}/step-000002/publish")
+    assert published.status_code == 200 and published.json()["public"] is True
+    again = alice.post(f"{base}/step-000002/publish")
+    assert again.status_code == 409 and again.headers["x-should-retry"] == "false"
+    assert bob.get(f"{base}/step-000002").json()["public"] is True
+    assert bob.post("/v1/chat/completions", json=chat).status_code == 200
+    assert bob.post(f"{base}/step-000002/publish").status_code in (403, 409)
+    assert bob.delete(f"{base}/step-000002").status_code == 403
+    assert bob.get(f"{base}/step-000001").status_code == 404  # its sibling stays private
+    assert alice.delete(f"{base}/step-000002/publish").json()["public"] is False
+    assert bob.post("/v1/chat/completions", json=chat).status_code == 404
+
+    # an archive URL needs no key, and holds the checkpoint's files
+    url = alice.post(f"{base}/step-000002/archive-url").json()["url"]
+    assert bob.post(f"{base}/step-000002/archive-url").status_code == 404
+    download = httpx.get(url)
+    assert download.status_code == 200, download.text
+    with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:gz") as tar:
+        names = tar.getnames()
+        config = tar.extractfile(f"{job_uuid}-step-000002/adapter_config.json")
+        assert config is not None and b"lora_alpha" in config.read()
+    assert f"{job_uuid}-step-000002/adapter_model.safetensors" in names
+    assert httpx.get(url[:-3] + "abc").status_code == 404  # a forged token
+
+    # a TTL removes it, the job's log says so; deleting the served one unregisters its model
+    ttl = alice.http.put(f"{base}/step-000001/ttl", json={"ttl_seconds": 1})
+    assert ttl.status_code == 200 and ttl.json()["expires_at"] is not None
+    deadline = time.monotonic() + 30
+    while alice.get(f"{base}/step-000001").status_code == 200:
+        assert time.monotonic() < deadline, "the expired checkpoint was not removed"
+        time.sleep(0.5)
+    logs = alice.get(f"/v1/post-training/jobs/{job_uuid}/logs").json()["lines"]
+    assert "checkpoint step-000001 removed: its TTL expired" in logs
+    deleted = alice.delete(f"{base}/step-000002")
+    assert deleted.status_code == 200 and deleted.json()["model_removed"] == tuned
+    assert alice.get(f"/v1/models/{tuned}").status_code == 404
+    assert alice.get(base).json()["data"] == []

@@ -13,10 +13,18 @@ from llama_post.apis.post_training.fine_tuning import (
     PageRequest,
 )
 from llama_post.apis.post_training.models import (
+    ArchiveUrl,
+    Checkpoint,
+    CheckpointId,
+    CheckpointList,
+    CheckpointPage,
+    CheckpointTTLRequest,
+    DeletedCheckpoint,
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
     JobUuid,
+    ListCheckpointsRequest,
     ListPostTrainingJobsResponse,
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
@@ -25,7 +33,7 @@ from llama_post.apis.post_training.models import (
     PreflightResponse,
     SupervisedFineTuneRequest,
 )
-from llama_post.schema import OPENAI_FINE_TUNING, V0_2, V0_7, creates, webmethod
+from llama_post.schema import OPENAI_FINE_TUNING, V0_2, V0_7, FileContent, creates, webmethod
 
 
 class PostTrainingJobs(Protocol):
@@ -100,11 +108,85 @@ class PostTrainingJobs(Protocol):
         """Follow a job: its log lines, metrics and status as server-sent events, to its end."""
         ...
 
+    async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
+        """Delete one of a finished job's checkpoints (not a route: the stack's `Checkpoints`
+        serves deleting, with what else must go). `reason` goes to the job's events."""
+        ...
+
 
 class PostTraining(PostTrainingJobs, Protocol):
-    """The PostTraining API: the jobs of its providers, and OpenAI's fine-tuning jobs, which the
-    stack serves over them (`OpenAIFineTuning` in `fine_tuning.py`), whichever provider runs a
-    job."""
+    """The PostTraining API: the jobs of its providers; their checkpoints as a resource, and
+    OpenAI's fine-tuning jobs, which the stack serves over them (`Checkpoints` in
+    `distribution/checkpoints.py`, `OpenAIFineTuning` in `fine_tuning.py`), whichever provider
+    runs a job."""
+
+    @webmethod(route="/v1/post-training/checkpoints", method="GET")
+    async def list_checkpoints(self, request: ListCheckpointsRequest) -> CheckpointPage:
+        """The caller's checkpoints across all their jobs, newest first, a page at a time."""
+        ...
+
+    @webmethod(route="/v1/post-training/jobs/{job_uuid}/checkpoints", method="GET")
+    async def list_job_checkpoints(self, job_uuid: JobUuid) -> CheckpointList:
+        """A job's checkpoints, oldest first: type, size, publication, expiry."""
+        ...
+
+    @webmethod(route="/v1/post-training/jobs/{job_uuid}/checkpoints/{checkpoint_id}", method="GET")
+    async def get_checkpoint(self, job_uuid: JobUuid, checkpoint_id: CheckpointId) -> Checkpoint:
+        """One checkpoint (its job's owner, or anyone once it is published)."""
+        ...
+
+    @webmethod(
+        route="/v1/post-training/jobs/{job_uuid}/checkpoints/{checkpoint_id}", method="DELETE"
+    )
+    async def delete_checkpoint(
+        self, job_uuid: JobUuid, checkpoint_id: CheckpointId
+    ) -> DeletedCheckpoint:
+        """Delete a finished job's checkpoint; the model it is served as is unregistered too."""
+        ...
+
+    @webmethod(
+        route="/v1/post-training/jobs/{job_uuid}/checkpoints/{checkpoint_id}/publish",
+        method="POST",
+    )
+    async def publish_checkpoint(
+        self, job_uuid: JobUuid, checkpoint_id: CheckpointId
+    ) -> Checkpoint:
+        """Let every key read and download it (and chat with its model); 409 if it is already."""
+        ...
+
+    @webmethod(
+        route="/v1/post-training/jobs/{job_uuid}/checkpoints/{checkpoint_id}/publish",
+        method="DELETE",
+    )
+    async def unpublish_checkpoint(
+        self, job_uuid: JobUuid, checkpoint_id: CheckpointId
+    ) -> Checkpoint:
+        """Make it its owner's alone again; 409 if it is not published."""
+        ...
+
+    @webmethod(
+        route="/v1/post-training/jobs/{job_uuid}/checkpoints/{checkpoint_id}/ttl", method="PUT"
+    )
+    async def set_checkpoint_ttl(
+        self, job_uuid: JobUuid, checkpoint_id: CheckpointId, request: CheckpointTTLRequest
+    ) -> Checkpoint:
+        """Remove it that many seconds from now (its job's events say so); null keeps it."""
+        ...
+
+    @webmethod(
+        route="/v1/post-training/jobs/{job_uuid}/checkpoints/{checkpoint_id}/archive-url",
+        method="POST",
+    )
+    async def checkpoint_archive_url(
+        self, job_uuid: JobUuid, checkpoint_id: CheckpointId
+    ) -> ArchiveUrl:
+        """A URL that downloads the checkpoint as a tar.gz with no credentials, for an hour."""
+        ...
+
+    @webmethod(route="/v1/post-training/checkpoint-archives/{token}", method="GET")
+    async def download_checkpoint_archive(self, token: str) -> FileContent:
+        """The archive an archive URL names (the token in the path is its credential)."""
+        ...
 
     @creates(fine_tuning_job_id="/id")
     @webmethod(route="/v1/fine_tuning/jobs", method="POST", compat=OPENAI_FINE_TUNING)

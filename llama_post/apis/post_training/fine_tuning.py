@@ -354,6 +354,9 @@ class OpenAIFineTuning:
     async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
         return await self.jobs.stream_job_events(job_uuid)
 
+    async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
+        await self.jobs.remove_checkpoint(job_uuid, checkpoint_id, reason)
+
     # -- create ------------------------------------------------------------------------------
 
     async def create_fine_tuning_job(self, request: CreateFineTuningJobRequest) -> FineTuningJob:

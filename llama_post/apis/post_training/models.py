@@ -296,8 +296,13 @@ class TrainingMetrics(BaseModel):
     perplexity: float | None = None
 
 
+CHECKPOINT_ID_PATTERN = r"^step-[0-9]{1,12}$"
+CheckpointId = Annotated[str, Field(pattern=CHECKPOINT_ID_PATTERN, examples=["step-000010"])]
+
+
 class Checkpoint(BaseModel):
-    identifier: str
+    identifier: str = Field(description="`<job_uuid>/<checkpoint_id>`.")
+    checkpoint_id: str = Field("", description="Its name within the job: `step-000010`.")
     created_at: int
     epoch: int
     step: int
@@ -305,6 +310,49 @@ class Checkpoint(BaseModel):
     path: str
     training_metrics: TrainingMetrics | None = None
     model_id: str | None = Field(None, description="The model it is served as, once registered.")
+    type: Literal["training", "sampler"] = Field(
+        "sampler",
+        description="training: it holds the state a job resumes from, and the weights; sampler: "
+        "the weights alone (a job's final checkpoint).",
+    )
+    size_bytes: int | None = None
+    public: bool = Field(False, description="Published: every key may read and download it.")
+    expires_at: int | None = Field(None, description="When the server removes it (a TTL).")
+
+
+class CheckpointList(BaseModel):
+    data: list[Checkpoint]
+
+
+class ListCheckpointsRequest(StrictModel):
+    limit: int = Field(20, ge=1, le=1000)
+    offset: int = Field(0, ge=0)
+
+
+class CheckpointPage(BaseModel):
+    data: list[Checkpoint]
+    total: int
+    limit: int
+    offset: int
+
+
+class DeletedCheckpoint(BaseModel):
+    identifier: str
+    deleted: bool = True
+    model_removed: str | None = Field(
+        None, description="The model it was served as, unregistered with it."
+    )
+
+
+class CheckpointTTLRequest(StrictModel):
+    ttl_seconds: int | None = Field(
+        ..., ge=1, le=10 * 365 * 86400, description="From now; null clears the expiry."
+    )
+
+
+class ArchiveUrl(BaseModel):
+    url: str = Field(description="Fetch it with no credentials: the URL carries its own token.")
+    expires_at: int
 
 
 class PostTrainingJob(BaseModel):

@@ -1,0 +1,318 @@
+"""Checkpoints as a resource of their own, served by the stack over whatever runs the jobs.
+
+Every checkpoint of every job is listed (per job, or across the caller's jobs, paged), described
+(type, size, when made, whether published, when it expires), deleted (the model it is served as
+is unregistered with it), published and unpublished (by its job's owner; a published checkpoint,
+and the model made from it, is readable by every key), given a TTL (a sweeper removes it when it
+expires, and the job's events say so), and downloaded as a tar.gz from a URL that carries its own
+expiring token, so it is fetched with no credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import tarfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from llama_post.apis.models import Models
+from llama_post.apis.post_training import Checkpoint
+from llama_post.apis.post_training.models import (
+    ArchiveUrl,
+    CheckpointList,
+    CheckpointPage,
+    CheckpointTTLRequest,
+    DeletedCheckpoint,
+    JobStatus,
+    ListCheckpointsRequest,
+)
+from llama_post.distribution.owners import Owners
+from llama_post.errors import ConflictError, NotFoundError, PermissionDeniedError
+from llama_post.schema import FileContent
+from llama_post.storage import Database
+
+log = logging.getLogger(__name__)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS expiry (
+    job_uuid TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (job_uuid, checkpoint_id)
+);
+"""
+ARCHIVE_ROUTE = "/v1/post-training/checkpoint-archives/"
+ARCHIVE_SECONDS = 3600
+SWEEP_SECONDS = 5.0
+# The server's own address as the current request reached it, for the URLs it hands out.
+BASE_URL: ContextVar[str] = ContextVar("llama_post_base_url", default="http://127.0.0.1:8321")
+
+
+class Checkpoints:
+    """The checkpoint routes of PostTraining, over `jobs` (everything else passes to it).
+    `raw` is what runs the jobs, unguarded: a published checkpoint of another owner's job is
+    read through it, and every owner check here is this class's own."""
+
+    def __init__(
+        self, jobs: Any, raw: Any, models: Models, owners: Owners, storage_dir: Path
+    ) -> None:
+        self.jobs = jobs
+        self.raw = raw
+        self.models = models
+        self.owners = owners
+        self.db = Database(storage_dir / "checkpoints.db", SCHEMA)
+        self.secret = _secret(storage_dir / "archive.key")
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["jobs"], name)
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def shutdown(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.db.close()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def list_job_checkpoints(self, job_uuid: str) -> CheckpointList:
+        found = (await self.raw.get_job_artifacts(job_uuid)).checkpoints
+        visible = [c for c in found if self.owners.visible("checkpoint", c.identifier)]
+        return CheckpointList(data=[self._described(c) for c in visible])
+
+    async def list_checkpoints(self, request: ListCheckpointsRequest) -> CheckpointPage:
+        """The caller's checkpoints (an admin's: everyone's), newest first."""
+        found: list[Checkpoint] = []
+        for job in (await self.raw.list_jobs()).data:
+            if self.owners.owns("job", job.job_uuid):
+                found += (await self.raw.get_job_artifacts(job.job_uuid)).checkpoints
+        found.sort(key=lambda c: (c.created_at, c.identifier), reverse=True)
+        page = found[request.offset : request.offset + request.limit]
+        return CheckpointPage(
+            data=[self._described(c) for c in page],
+            total=len(found),
+            limit=request.limit,
+            offset=request.offset,
+        )
+
+    async def get_checkpoint(self, job_uuid: str, checkpoint_id: str) -> Checkpoint:
+        return self._described(await self._find(job_uuid, checkpoint_id))
+
+    # -- changing ------------------------------------------------------------------------------
+
+    async def delete_checkpoint(self, job_uuid: str, checkpoint_id: str) -> DeletedCheckpoint:
+        found = await self._mine(job_uuid, checkpoint_id)
+        removed = await self._remove(found, "deleted by its owner")
+        return DeletedCheckpoint(identifier=found.identifier, model_removed=removed)
+
+    async def publish_checkpoint(self, job_uuid: str, checkpoint_id: str) -> Checkpoint:
+        found = await self._mine(job_uuid, checkpoint_id)
+        if self.owners.is_public("checkpoint", found.identifier):
+            raise ConflictError(f"checkpoint {found.identifier} is already published")
+        self._publish(found, True)
+        return self._described(found)
+
+    async def unpublish_checkpoint(self, job_uuid: str, checkpoint_id: str) -> Checkpoint:
+        found = await self._mine(job_uuid, checkpoint_id)
+        if not self.owners.is_public("checkpoint", found.identifier):
+            raise ConflictError(f"checkpoint {found.identifier} is not published")
+        self._publish(found, False)
+        return self._described(found)
+
+    async def set_checkpoint_ttl(
+        self, job_uuid: str, checkpoint_id: str, request: CheckpointTTLRequest
+    ) -> Checkpoint:
+        found = await self._mine(job_uuid, checkpoint_id)
+        if request.ttl_seconds is None:
+            self.db.execute(
+                "DELETE FROM expiry WHERE job_uuid = ? AND checkpoint_id = ?",
+                (job_uuid, checkpoint_id),
+            )
+        else:
+            self.db.execute(
+                "INSERT OR REPLACE INTO expiry (job_uuid, checkpoint_id, expires_at) "
+                "VALUES (?, ?, ?)",
+                (job_uuid, checkpoint_id, int(time.time()) + request.ttl_seconds),
+            )
+        return self._described(found)
+
+    # -- archives ------------------------------------------------------------------------------
+
+    async def checkpoint_archive_url(self, job_uuid: str, checkpoint_id: str) -> ArchiveUrl:
+        await self._find(job_uuid, checkpoint_id)
+        expires = int(time.time()) + ARCHIVE_SECONDS
+        payload = base64.urlsafe_b64encode(
+            json.dumps([job_uuid, checkpoint_id, expires]).encode()
+        ).decode()
+        token = f"{payload.rstrip('=')}.{self._sign(payload.rstrip('='))}"
+        return ArchiveUrl(url=f"{BASE_URL.get()}{ARCHIVE_ROUTE}{token}", expires_at=expires)
+
+    async def download_checkpoint_archive(self, token: str) -> FileContent:
+        payload, _, signature = token.partition(".")
+        gone = NotFoundError("no archive at this URL: it is wrong or has expired", param="token")
+        if not hmac.compare_digest(self._sign(payload), signature):
+            raise gone
+        try:
+            padded = payload + "=" * (-len(payload) % 4)
+            job_uuid, checkpoint_id, expires = json.loads(base64.urlsafe_b64decode(padded))
+        except ValueError:
+            raise gone from None
+        if expires < time.time():
+            raise gone
+        found = await self._find(job_uuid, checkpoint_id, check_owner=False)
+        return FileContent(
+            chunks=_tar_gz(Path(found.path), f"{job_uuid}-{checkpoint_id}"),
+            media_type="application/gzip",
+            filename=f"{job_uuid}-{checkpoint_id}.tar.gz",
+        )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _find(
+        self, job_uuid: str, checkpoint_id: str, check_owner: bool = True
+    ) -> Checkpoint:
+        found: Checkpoint
+        for found in (await self.raw.get_job_artifacts(job_uuid)).checkpoints:
+            if found.checkpoint_id == checkpoint_id:
+                if check_owner and not self.owners.visible("checkpoint", found.identifier):
+                    break
+                return found
+        raise NotFoundError(
+            f"job {job_uuid!r} has no checkpoint {checkpoint_id!r}", param="checkpoint_id"
+        )
+
+    async def _mine(self, job_uuid: str, checkpoint_id: str) -> Checkpoint:
+        found = await self._find(job_uuid, checkpoint_id)
+        if not self.owners.owns("checkpoint", found.identifier):
+            raise PermissionDeniedError(
+                f"checkpoint {found.identifier} is published, but only its job's owner may "
+                "change it",
+                param="checkpoint_id",
+            )
+        return found
+
+    def _publish(self, found: Checkpoint, public: bool) -> None:
+        self.owners.publish("checkpoint", found.identifier, public)
+        if found.model_id is not None:  # the model made from it goes with it
+            self.owners.publish("model", found.model_id, public)
+
+    async def _remove(self, found: Checkpoint, reason: str) -> str | None:
+        job_uuid = found.post_training_job_id
+        status = (await self.raw.get_job_status(job_uuid)).status
+        if status not in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled):
+            raise ConflictError(
+                f"job {job_uuid!r} is {status.value}: it resumes from its checkpoints; cancel "
+                "it or let it finish first",
+                param="checkpoint_id",
+            )
+        if found.model_id is not None:
+            with contextlib.suppress(NotFoundError):
+                await self.models.unregister_model(found.model_id)
+        await self.raw.remove_checkpoint(job_uuid, found.checkpoint_id, reason)
+        self._publish(found, False)
+        self.db.execute(
+            "DELETE FROM expiry WHERE job_uuid = ? AND checkpoint_id = ?",
+            (job_uuid, found.checkpoint_id),
+        )
+        return found.model_id
+
+    def _described(self, found: Checkpoint) -> Checkpoint:
+        job_uuid, name = found.post_training_job_id, found.checkpoint_id
+        row = self.db.one(
+            "SELECT expires_at FROM expiry WHERE job_uuid = ? AND checkpoint_id = ?",
+            (job_uuid, name),
+        )
+        return found.model_copy(
+            update={
+                "public": self.owners.is_public("checkpoint", found.identifier),
+                "expires_at": row["expires_at"] if row else None,
+            }
+        )
+
+    async def _sweep(self) -> None:
+        """Remove checkpoints whose TTL has passed."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            due = self.db.all(
+                "SELECT job_uuid, checkpoint_id FROM expiry WHERE expires_at <= ?",
+                (int(time.time()),),
+            )
+            for row in due:
+                try:
+                    found = await self._find(row["job_uuid"], row["checkpoint_id"], False)
+                    await self._remove(found, "its TTL expired")
+                    log.info("removed expired checkpoint %s", found.identifier)
+                except NotFoundError:  # gone already
+                    self.db.execute(
+                        "DELETE FROM expiry WHERE job_uuid = ? AND checkpoint_id = ?",
+                        (row["job_uuid"], row["checkpoint_id"]),
+                    )
+                except Exception:
+                    log.exception("could not remove expired checkpoint %s", dict(row))
+
+    def _sign(self, payload: str) -> str:
+        digest = hmac.new(self.secret, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _secret(path: Path) -> bytes:
+    """The key archive URLs are signed with, made once, readable by this user alone."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+async def _tar_gz(folder: Path, name: str) -> AsyncIterator[bytes]:
+    """A tar.gz of `folder` (its files under `name/`), made in a thread as it is sent: it never
+    sits whole in memory or on disk."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+
+    class Pipe:
+        def write(self, data: bytes) -> int:
+            if stop.is_set():
+                raise BrokenPipeError("the download was abandoned")
+            asyncio.run_coroutine_threadsafe(queue.put(bytes(data)), loop).result()
+            return len(data)
+
+        def flush(self) -> None:
+            pass
+
+    def produce() -> None:
+        try:
+            with tarfile.open(fileobj=Pipe(), mode="w|gz") as tar:  # type: ignore[call-overload]
+                tar.add(folder, arcname=name)
+        finally:
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+    finally:
+        stop.set()
+        while not worker.done():  # let a blocked writer finish
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+            await asyncio.sleep(0.01)
+        with contextlib.suppress(BrokenPipeError):
+            await worker
