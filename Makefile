@@ -86,7 +86,8 @@ lock: | $(UV)
 	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
 	$(COMPILE) requirements/engines/torchtune.in -c requirements/constraints.txt -o $(TORCHTUNE_LOCK)
 	for pins in tests/compat/pins/*.in; do \
-	  $(UV) pip compile --quiet --generate-hashes --python-version 3.12 \
+	  version=$$(sed -n 's/^# python \([0-9.]*\)$$/\1/p' $$pins); \
+	  $(UV) pip compile --quiet --generate-hashes --python-version $${version:-3.12} \
 	    --python-platform x86_64-manylinux_2_28 $$pins -o $${pins%.in}.txt || exit 1; \
 	done
 

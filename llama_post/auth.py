@@ -129,9 +129,16 @@ def presented_key(headers: dict[str, str]) -> str | None:
 class AuthMiddleware:
     """Every route but the open ones needs a valid key; the caller becomes `PRINCIPAL`."""
 
-    OPEN = ("/v1/health", "/v1/version", "/openapi.json", "/docs", "/docs/oauth2-redirect")
-    # URLs that carry their own expiring, signed token (checkpoint archives)
-    CAPABILITIES = ("/v1/post-training/checkpoint-archives/",)
+    OPEN = (
+        "/v1/health",
+        "/v1/version",
+        "/api/v1/healthz",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+    )
+    # URLs that carry their own expiring, signed token (checkpoint archives and files)
+    CAPABILITIES = ("/v1/post-training/checkpoint-archives/", "/v1/post-training/checkpoint-files/")
 
     def __init__(self, app: Any, keys: KeyStore) -> None:
         self.app = app

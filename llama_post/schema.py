@@ -30,6 +30,7 @@ OPENAI_FINE_TUNING = "openai-fine-tuning"  # the openai SDK's `client.fine_tunin
 V0_2 = "llama-stack-v0.2"  # llama-stack-client 0.2.x: ids in the query or body, /v1/openai/v1
 V0_7 = "llama-stack-v0.7"  # llama-stack-client 0.7.0: /v1alpha post-training, /v1beta datasets
 VLLM = "vllm"  # vLLM's own routes beside its OpenAI ones: hot-loading LoRA adapters
+TINKER = "tinker"  # the tinker SDK's RestClient (/api/v1): training runs and their checkpoints
 
 
 @dataclass(frozen=True)

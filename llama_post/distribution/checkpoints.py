@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS expiry (
 );
 """
 ARCHIVE_ROUTE = "/v1/post-training/checkpoint-archives/"
+FILE_ROUTE = "/v1/post-training/checkpoint-files/"
 ARCHIVE_SECONDS = 3600
 SWEEP_SECONDS = 5.0
 # The server's own address as the current request reached it, for the URLs it hands out.
@@ -156,30 +157,36 @@ class Checkpoints:
     async def checkpoint_archive_url(self, job_uuid: str, checkpoint_id: str) -> ArchiveUrl:
         await self._find(job_uuid, checkpoint_id)
         expires = int(time.time()) + ARCHIVE_SECONDS
-        payload = base64.urlsafe_b64encode(
-            json.dumps([job_uuid, checkpoint_id, expires]).encode()
-        ).decode()
-        token = f"{payload.rstrip('=')}.{self._sign(payload.rstrip('='))}"
+        token = self._token([job_uuid, checkpoint_id, expires])
         return ArchiveUrl(url=f"{BASE_URL.get()}{ARCHIVE_ROUTE}{token}", expires_at=expires)
 
     async def download_checkpoint_archive(self, token: str) -> FileContent:
-        payload, _, signature = token.partition(".")
-        gone = NotFoundError("no archive at this URL: it is wrong or has expired", param="token")
-        if not hmac.compare_digest(self._sign(payload), signature):
-            raise gone
-        try:
-            padded = payload + "=" * (-len(payload) % 4)
-            job_uuid, checkpoint_id, expires = json.loads(base64.urlsafe_b64decode(padded))
-        except ValueError:
-            raise gone from None
-        if expires < time.time():
-            raise gone
+        job_uuid, checkpoint_id, _ = self._untoken(token, 3)
         found = await self._find(job_uuid, checkpoint_id, check_owner=False)
         return FileContent(
             chunks=_tar_gz(Path(found.path), f"{job_uuid}-{checkpoint_id}"),
             media_type="application/gzip",
             filename=f"{job_uuid}-{checkpoint_id}.tar.gz",
         )
+
+    async def file_urls(self, job_uuid: str, checkpoint_id: str) -> tuple[dict[str, str], int]:
+        """A URL for each file of a checkpoint, each carrying its own token."""
+        folder = Path((await self._find(job_uuid, checkpoint_id)).path)
+        expires = int(time.time()) + ARCHIVE_SECONDS
+        urls = {}
+        for name in await asyncio.to_thread(_files, folder):
+            token = self._token([job_uuid, checkpoint_id, name, expires])
+            urls[name] = f"{BASE_URL.get()}{FILE_ROUTE}{token}"
+        return urls, expires
+
+    async def download_checkpoint_file(self, token: str) -> FileContent:
+        job_uuid, checkpoint_id, name, _ = self._untoken(token, 4)
+        folder = Path((await self._find(job_uuid, checkpoint_id, check_owner=False)).path)
+        if name not in await asyncio.to_thread(_files, folder):
+            raise NotFoundError("no file at this URL", param="token")
+        path = folder / name
+        size = (await asyncio.to_thread(path.stat)).st_size
+        return FileContent(chunks=_read(path), filename=path.name, size=size)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -265,6 +272,24 @@ class Checkpoints:
                 except Exception:
                     log.exception("could not remove expired checkpoint %s", dict(row))
 
+    def _token(self, fields: list[Any]) -> str:
+        payload = base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
+        return f"{payload}.{self._sign(payload)}"
+
+    def _untoken(self, token: str, count: int) -> list[Any]:
+        """The fields a token signed, if it is ours, whole and unexpired (its last field)."""
+        payload, _, signature = token.partition(".")
+        gone = NotFoundError("nothing at this URL: it is wrong or has expired", param="token")
+        if not hmac.compare_digest(self._sign(payload), signature):
+            raise gone
+        try:
+            fields = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            raise gone from None
+        if not isinstance(fields, list) or len(fields) != count or fields[-1] < time.time():
+            raise gone
+        return fields
+
     def _sign(self, payload: str) -> str:
         digest = hmac.new(self.secret, payload.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
@@ -278,6 +303,21 @@ def _secret(path: Path) -> bytes:
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))
     return path.read_bytes()
+
+
+def _files(folder: Path) -> list[str]:
+    """A checkpoint's files, by their paths in it (links are not followed)."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    )
+
+
+async def _read(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, size):
+            yield chunk
 
 
 async def _tar_gz(folder: Path, name: str) -> AsyncIterator[bytes]:

@@ -45,6 +45,7 @@ KINDS = {
     "lora_name": "model",
     "job_uuid": "job",
     "fine_tuning_job_id": "job",
+    "training_run_id": "job",
 }
 # ids a request body names, by method: (kind, how to read it)
 BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
@@ -88,6 +89,18 @@ class Owners:
     def visible(self, kind: str, id: str) -> bool:
         """The caller may read it: it may change it, or it is published."""
         return self.owns(kind, id) or self.is_public(kind, id)
+
+    def owner_of(self, kind: str, id: str) -> str | None:
+        row = self.db.one("SELECT owner FROM owned WHERE kind = ? AND id = ?", (kind, id))
+        return str(row["owner"]) if row else None
+
+    def any_public(self, kind: str, prefix: str) -> bool:
+        """Whether something of `kind` whose id starts with `prefix` is published."""
+        found = self.db.one(
+            "SELECT 1 FROM published WHERE kind = ? AND substr(id, 1, ?) = ?",
+            (kind, len(prefix), prefix),
+        )
+        return found is not None
 
     def is_public(self, kind: str, id: str) -> bool:
         found = self.db.one("SELECT 1 FROM published WHERE kind = ? AND id = ?", (kind, id))
@@ -133,7 +146,10 @@ class Guarded:
         named = dict.fromkeys(p for r in routes for p in (*r.path_params, *r.carried_params))
         ids = [(param, KINDS[param]) for param in named if param in KINDS]
         # a job's checkpoint is read by its job's owner, or by anyone once published
-        checkpoint = "checkpoint_id" in named
+        checkpoint_param = next(
+            (p for p in ("checkpoint_id", "checkpoint_name") if p in named), None
+        )
+        checkpoint = checkpoint_param is not None
         job_param = next((p for p in named if KINDS.get(p) == "job"), None)
         if checkpoint:
             ids = [(param, kind) for param, kind in ids if kind != "job"]
@@ -147,8 +163,8 @@ class Guarded:
             for param, kind in ids:
                 owners.check(kind, bound.get(param), param)
             if checkpoint and job_param is not None:
-                job, name = bound.get(job_param), bound.get("checkpoint_id")
-                owners.check("checkpoint", f"{job}/{name}", "checkpoint_id")
+                job, name = bound.get(job_param), bound.get(str(checkpoint_param))
+                owners.check("checkpoint", f"{job}/{name}", str(checkpoint_param))
             request = bound.get("request")
             if request is not None:
                 for kind, read in body:

@@ -25,6 +25,7 @@ from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
+from llama_post.distribution.tinker import TinkerCheckpointsService
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
 from llama_post.routes import Route, all_routes
 from llama_post.version import __version__
@@ -96,7 +97,7 @@ class Stack:
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
                 if api == Api.post_training:  # checkpoints and OpenAI's jobs, over any provider
                     fine_tuning = OpenAIFineTuning(guard(api, one), impls[Api.datasets])
-                    checkpoints = Checkpoints(
+                    checkpoints = TinkerCheckpointsService(
                         fine_tuning, one, impls[Api.models], owners, run.storage_dir
                     )
                     checkpoints.start()

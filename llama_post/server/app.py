@@ -35,7 +35,7 @@ from llama_post.errors import (
 )
 from llama_post.openapi.generator import build_spec
 from llama_post.routes import Route
-from llama_post.schema import FileContent, UploadedFile
+from llama_post.schema import TINKER, FileContent, UploadedFile
 
 log = logging.getLogger("llama_post.server")
 
@@ -88,7 +88,12 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
         try:
             return await handle(request)
         except LlamaPostError as exc:
-            if route.compat and exc.status == ConflictError.status and not route.creates:
+            if (
+                route.compat
+                and route.compat != TINKER  # its SDK's own 409s (publishing a public one)
+                and exc.status == ConflictError.status
+                and not route.creates
+            ):
                 # Foreign SDKs retry a 409; for them a forbidding state is a plain bad request.
                 # A create whose id is taken stays a 409: the SDK's own ConflictError.
                 return error_response(

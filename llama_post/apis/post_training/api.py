@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Annotated, Protocol
+
+from pydantic import Field
 
 from llama_post.apis.post_training.fine_tuning import (
     CreateFineTuningJobRequest,
@@ -33,7 +35,39 @@ from llama_post.apis.post_training.models import (
     PreflightResponse,
     SupervisedFineTuneRequest,
 )
-from llama_post.schema import OPENAI_FINE_TUNING, V0_2, V0_7, FileContent, creates, webmethod
+from llama_post.apis.post_training.tinker import (
+    TinkerAccepted,
+    TinkerCapabilities,
+    TinkerCheckpointPageRequest,
+    TinkerCheckpoints,
+    TinkerClientConfig,
+    TinkerDynamicConfig,
+    TinkerEmpty,
+    TinkerExternalWeightsUrls,
+    TinkerHealth,
+    TinkerHello,
+    TinkerPageRequest,
+    TinkerScopeRequest,
+    TinkerTrainingRun,
+    TinkerTrainingRuns,
+    TinkerTTLRequest,
+    TinkerWeightsInfo,
+    TinkerWeightsInfoRequest,
+)
+from llama_post.schema import (
+    OPENAI_FINE_TUNING,
+    TINKER,
+    V0_2,
+    V0_7,
+    FileContent,
+    creates,
+    webmethod,
+)
+
+TinkerKind = Annotated[
+    str,
+    Field(pattern=r"^(weights|sampler_weights|external_weights)$", examples=["weights"]),
+]
 
 
 class PostTrainingJobs(Protocol):
@@ -239,4 +273,134 @@ class PostTraining(PostTrainingJobs, Protocol):
         self, fine_tuning_job_id: JobUuid, request: PageRequest
     ) -> FineTuningJobCheckpointList:
         """A job's checkpoints, newest first, with their step and losses."""
+        ...
+
+    @webmethod(route="/v1/post-training/checkpoint-files/{token}", method="GET")
+    async def download_checkpoint_file(self, token: str) -> FileContent:
+        """One file of a checkpoint, named by a URL from `external_weights_urls` (the token in
+        the path is its credential)."""
+        ...
+
+    # -- Tinker's RestClient (the tinker SDK), over the same jobs and checkpoints -----------------
+
+    @webmethod(route="/api/v1/client/config", method="POST", compat=TINKER)
+    async def tinker_client_config(self, request: TinkerHello) -> TinkerClientConfig:
+        """The SDK's first call: keys are taken as they are (no token exchange)."""
+        ...
+
+    @webmethod(route="/api/v1/client/dynamic_config", method="POST", compat=TINKER)
+    async def tinker_dynamic_config(self, request: TinkerHello) -> TinkerDynamicConfig:
+        """The SDK's second call; defaults."""
+        ...
+
+    @webmethod(route="/api/v1/telemetry", method="POST", compat=TINKER)
+    async def tinker_telemetry(self, request: TinkerHello) -> TinkerAccepted:
+        """The SDK's telemetry: accepted and dropped; nothing leaves the server."""
+        ...
+
+    @webmethod(route="/api/v1/healthz", method="GET", compat=TINKER)
+    async def tinker_healthz(self) -> TinkerHealth:
+        """Up (no key needed)."""
+        ...
+
+    @webmethod(route="/api/v1/get_server_capabilities", method="GET", compat=TINKER)
+    async def tinker_server_capabilities(self) -> TinkerCapabilities:
+        """The base models served here."""
+        ...
+
+    @webmethod(route="/api/v1/training_runs", method="GET", compat=TINKER)
+    async def tinker_list_training_runs(self, request: TinkerPageRequest) -> TinkerTrainingRuns:
+        """The caller's jobs as training runs, a page at a time (`accessible`: and those with a
+        published checkpoint)."""
+        ...
+
+    @webmethod(route="/api/v1/training_runs/{training_run_id}", method="GET", compat=TINKER)
+    async def tinker_get_training_run(
+        self, training_run_id: JobUuid, request: TinkerScopeRequest
+    ) -> TinkerTrainingRun:
+        """A job as a run: base model, owner, LoRA rank, last checkpoints, metadata."""
+        ...
+
+    @webmethod(route="/api/v1/weights_info", method="POST", compat=TINKER)
+    async def tinker_weights_info(self, request: TinkerWeightsInfoRequest) -> TinkerWeightsInfo:
+        """What a checkpoint's weights are: base model, LoRA or not, rank, what was trained."""
+        ...
+
+    @webmethod(
+        route="/api/v1/training_runs/{training_run_id}/checkpoints", method="GET", compat=TINKER
+    )
+    async def tinker_list_run_checkpoints(self, training_run_id: JobUuid) -> TinkerCheckpoints:
+        """A run's checkpoints."""
+        ...
+
+    @webmethod(route="/api/v1/checkpoints", method="GET", compat=TINKER)
+    async def tinker_list_user_checkpoints(
+        self, request: TinkerCheckpointPageRequest
+    ) -> TinkerCheckpoints:
+        """The caller's checkpoints across their runs, newest first, with a cursor."""
+        ...
+
+    @webmethod(
+        route="/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_kind}/"
+        "{checkpoint_name}",
+        method="DELETE",
+        compat=TINKER,
+    )
+    async def tinker_delete_checkpoint(
+        self, training_run_id: JobUuid, checkpoint_kind: TinkerKind, checkpoint_name: CheckpointId
+    ) -> TinkerEmpty:
+        """Delete a checkpoint (and the model it is served as)."""
+        ...
+
+    @webmethod(
+        route="/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_kind}/"
+        "{checkpoint_name}/publish",
+        method="POST",
+        compat=TINKER,
+    )
+    async def tinker_publish_checkpoint(
+        self, training_run_id: JobUuid, checkpoint_kind: TinkerKind, checkpoint_name: CheckpointId
+    ) -> TinkerEmpty:
+        """Publish it; 409 if it is already."""
+        ...
+
+    @webmethod(
+        route="/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_kind}/"
+        "{checkpoint_name}/publish",
+        method="DELETE",
+        compat=TINKER,
+    )
+    async def tinker_unpublish_checkpoint(
+        self, training_run_id: JobUuid, checkpoint_kind: TinkerKind, checkpoint_name: CheckpointId
+    ) -> TinkerEmpty:
+        """Unpublish it; 409 if it is not published."""
+        ...
+
+    @webmethod(
+        route="/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_kind}/"
+        "{checkpoint_name}/ttl",
+        method="PUT",
+        compat=TINKER,
+    )
+    async def tinker_set_checkpoint_ttl(
+        self,
+        training_run_id: JobUuid,
+        checkpoint_kind: TinkerKind,
+        checkpoint_name: CheckpointId,
+        request: TinkerTTLRequest,
+    ) -> TinkerEmpty:
+        """Expire it `ttl_seconds` from now; null keeps it."""
+        ...
+
+    @webmethod(
+        route="/api/v1/training_runs/{training_run_id}/checkpoints/external_weights/"
+        "{checkpoint_name}/external_weights_urls",
+        method="GET",
+        compat=TINKER,
+    )
+    async def tinker_external_weights_urls(
+        self, training_run_id: JobUuid, checkpoint_name: CheckpointId
+    ) -> TinkerExternalWeightsUrls:
+        """A URL per file of the checkpoint, each usable with no key until `expires` (what
+        `tinker checkpoint download tinker://<run>/external_weights/<name>` fetches)."""
         ...
