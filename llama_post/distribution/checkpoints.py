@@ -280,7 +280,7 @@ class Checkpoints:
         """The fields a token signed, if it is ours, whole and unexpired (its last field)."""
         payload, _, signature = token.partition(".")
         gone = NotFoundError("nothing at this URL: it is wrong or has expired", param="token")
-        if not hmac.compare_digest(self._sign(payload), signature):
+        if not hmac.compare_digest(self._sign(payload).encode(), signature.encode()):
             raise gone
         try:
             fields = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

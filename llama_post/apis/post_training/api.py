@@ -64,6 +64,10 @@ from llama_post.schema import (
     webmethod,
 )
 
+Token = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9_-]{1,4096}\.[A-Za-z0-9_-]{43}$", description="A signed token."),
+]
 TinkerKind = Annotated[
     str,
     Field(pattern=r"^(weights|sampler_weights|external_weights)$", examples=["weights"]),
@@ -218,7 +222,7 @@ class PostTraining(PostTrainingJobs, Protocol):
         ...
 
     @webmethod(route="/v1/post-training/checkpoint-archives/{token}", method="GET")
-    async def download_checkpoint_archive(self, token: str) -> FileContent:
+    async def download_checkpoint_archive(self, token: Token) -> FileContent:
         """The archive an archive URL names (the token in the path is its credential)."""
         ...
 
@@ -276,7 +280,7 @@ class PostTraining(PostTrainingJobs, Protocol):
         ...
 
     @webmethod(route="/v1/post-training/checkpoint-files/{token}", method="GET")
-    async def download_checkpoint_file(self, token: str) -> FileContent:
+    async def download_checkpoint_file(self, token: Token) -> FileContent:
         """One file of a checkpoint, named by a URL from `external_weights_urls` (the token in
         the path is its credential)."""
         ...
