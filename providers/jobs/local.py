@@ -395,11 +395,21 @@ class LocalJobs:
             "worker_pid": proc.pid,
             "torch_threads": self.config.torch_threads,
         }
-        self.db.execute(
+        started = self.db.execute(
             "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), resources = ? "
-            "WHERE job_uuid = ?",
-            (JobStatus.in_progress.value, int(time.time()), json.dumps(resources), job_uuid),
+            "WHERE job_uuid = ? AND status = ?",
+            (
+                JobStatus.in_progress.value,
+                int(time.time()),
+                json.dumps(resources),
+                job_uuid,
+                JobStatus.scheduled.value,
+            ),
         )
+        if not started:  # cancelled while its worker was being started
+            _signal(proc, signal.SIGKILL)
+            await proc.wait()
+            return
         self.workers[job_uuid] = proc
         self.monitors[job_uuid] = asyncio.create_task(self._monitor(job_uuid, proc))
 

@@ -310,3 +310,14 @@ def _peft_loads_it(checkpoint: str, base: str) -> None:
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), checkpoint)
     assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_a_job_cancelled_as_its_worker_starts_stays_cancelled(api: Driver) -> None:
+    """Cancel lands between the scheduler taking the job and its worker being recorded."""
+    body = request(dataset(api, FACTS * 4), **{"training_config.n_epochs": 50})
+    for _ in range(3):
+        job_uuid = start(api, body).body["job_uuid"]
+        assert api.call("post_training", "cancel_job", job_uuid).body["status"] == "cancelled"
+        time.sleep(1.0)  # long enough for a worker started anyway to have been recorded
+        status = api.call("post_training", "get_job_status", job_uuid).body
+        assert status["status"] == "cancelled", status
