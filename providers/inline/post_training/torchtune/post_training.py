@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +175,13 @@ PLAN = "torchtune.json"
 
 def job_files(model: dict[str, Any], prepared: Prepared, job_dir: Path) -> dict[str, str]:
     """The worker's files: the tokenized rows and the recipe plan."""
-    dpo = isinstance(prepared.spec.request, PreferenceOptimizeRequest)
+    request = prepared.spec.request
+    dpo = isinstance(request, PreferenceOptimizeRequest)
     rows = tokenized(prepared.examples, dpo)
+    if request.training_config.data.shuffle:
+        # torchtune's sampler shuffles each epoch with a seed of its own (0): rows stored in an
+        # order drawn from the request's seed make the seed decide the batches, as in peft
+        random.Random(request.training_config.seed).shuffle(rows)
     plan = recipe_plan(prepared.spec, model, prepared, job_dir)
     return {
         TOKENS: "".join(json.dumps(row) + "\n" for row in rows),
