@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -124,6 +125,24 @@ def presented_key(headers: dict[str, str]) -> str | None:
     if auth[:7].lower() == "bearer " and auth[7:].strip():
         return auth[7:].strip()
     return headers.get("x-api-key") or None
+
+
+class RedactSecrets(logging.Filter):
+    """Keeps keys sent in a query string, and the tokens of archive URLs, out of access logs."""
+
+    NAMES = "|".join(map(re.escape, sorted(QUERY_KEYS)))
+    QUERY = re.compile(rf"((?:{NAMES})=)[^&\s]*", re.I)
+    TOKEN = re.compile(r"(/checkpoint-(?:archives|files)/)[^\s?]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                self.TOKEN.sub(r"\1<redacted>", self.QUERY.sub(r"\1<redacted>", a))
+                if isinstance(a, str)
+                else a
+                for a in record.args
+            )
+        return True
 
 
 class AuthMiddleware:

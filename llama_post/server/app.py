@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llama_post.auth import AuthMiddleware, KeyStore, is_loopback
+from llama_post.auth import AuthMiddleware, KeyStore, RedactSecrets, is_loopback
 from llama_post.codec import build_request, carried_arguments
 from llama_post.distribution.checkpoints import BASE_URL
 from llama_post.distribution.config import RunConfig
@@ -262,6 +262,9 @@ async def serve(config: Path | str, host: str | None = None, port: int | None = 
     """Build the stack from `config` and serve it until SIGINT or SIGTERM."""
     stack = await Stack.build(config)
     host = host or stack.run.server.host
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in access.filters):
+        access.addFilter(RedactSecrets())
     try:
         app: Any = create_app(stack)
         keys = _keys(stack.run, host)
