@@ -345,3 +345,29 @@ def test_checkpoints_are_listed_published_expired_downloaded_and_deleted(
     assert deleted.status_code == 200 and deleted.json()["model_removed"] == tuned
     assert alice.get(f"/v1/models/{tuned}").status_code == 404
     assert alice.get(base).json()["data"] == []
+
+
+def test_llama_stack_client_uses_the_same_keys(served: dict[str, Any]) -> None:
+    from tests.compat.envs import client_python, python312
+
+    python = client_python("llama-stack-client-0.7.0", python312())
+    script = (
+        "import sys, llama_stack_client as l\n"
+        "c = l.LlamaStackClient(base_url=sys.argv[1], max_retries=0)\n"
+        "try:\n"
+        "    print(sorted(m.id for m in c.models.list()))\n"
+        "except l.AuthenticationError:\n"
+        "    print('401')\n"
+    )
+    server: Server = served["server"]
+    for key, expected in ((served["keys"]["alice"], TINY), ("", "401")):
+        env = {"LLAMA_STACK_CLIENT_API_KEY": key} if key else {}
+        done = subprocess.run(
+            [str(python), "-c", script, server.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", **env},
+        )
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout, done.stdout
