@@ -173,6 +173,10 @@ class TransformersInference:
             await asyncio.to_thread(target.base.engine.stop)
             return
         engine, name = target.base.engine, target.adapter
+        # a request whose answer was just sent may hold its slot a moment longer
+        deadline = time.monotonic() + 5.0
+        while engine.busy_with(name) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # the engine's own thread frees the slot; nothing to await
         if engine.busy_with(name):
             raise ConflictError(f"model {model_id!r} is answering requests; try again shortly")
         del self.targets[model_id]
