@@ -83,8 +83,8 @@ class Owners:
             return True
         if kind == "checkpoint":
             return self.owns("job", id.split("/", 1)[0])
-        row = self.db.one("SELECT owner FROM owned WHERE kind = ? AND id = ?", (kind, id))
-        return row is None or row["owner"] == principal.owner
+        owner = self.owner_of(kind, id)
+        return owner is None or owner == principal.owner
 
     def visible(self, kind: str, id: str) -> bool:
         """The caller may read it: it may change it, or it is published."""

@@ -38,8 +38,13 @@ log = logging.getLogger(__name__)
 ENGINE = Path(__file__).resolve().parent / "engine" / "llama_post_torchtune.py"
 ARCHITECTURES = ("llama", "qwen2")
 # torchtune's names for the attention projections LoRA can adapt
-ATTENTION = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
-ATTENTION["output_proj"] = "output_proj"
+ATTENTION = {
+    "q_proj": "q_proj",
+    "k_proj": "k_proj",
+    "v_proj": "v_proj",
+    "o_proj": "output_proj",
+    "output_proj": "output_proj",
+}
 
 
 class TorchtunePostTraining(LocalJobs):
