@@ -68,6 +68,9 @@ def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dic
         inference = {
             "cache_dir": str(home / "cache"),
             "model_dirs": [str(model.parent), str(home / "checkpoints")],
+            # outputs are compared token for token with fp32 references (plain transformers,
+            # peft, vLLM); bf16 serving has its own tests (tests/server/test_mixed_precision.py)
+            "dtype": "float32",
             **overrides.pop("inference", {}),
         }
         training = {

@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -35,6 +35,8 @@ class JobSpec(BaseModel):
     adapter_folder: str | None = None
     checkpoint_dir: str
     device: str = "cpu"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    dtype_reason: str = ""
     torch_threads: int | None = None
 
 

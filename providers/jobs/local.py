@@ -68,6 +68,7 @@ from providers.jobs.folder import (
     checkpoints,
     read_jsonl,
 )
+from providers.utils.precision import UnsupportedPrecision, choose
 
 log = logging.getLogger(__name__)
 REQUEST: TypeAdapter[TrainingRequest] = TypeAdapter(TrainingRequest)
@@ -241,13 +242,22 @@ class LocalJobs:
         if dpo and data.data_format is not None:
             check_prompt_field(data.data_format, train, validation)
         checkpoint_dir = self._checkpoint_dir(request, job_uuid)
+        device = self._device()
+        try:
+            precision = await asyncio.to_thread(choose, request.training_config.dtype, device)
+        except UnsupportedPrecision as exc:
+            raise InvalidRequestError(
+                f"training_config.dtype: {exc}", param="training_config.dtype"
+            ) from None
         spec = JobSpec(
             job_uuid=job_uuid,
             request=request,
             base_folder=base,
             adapter_folder=adapter,
             checkpoint_dir=str(checkpoint_dir),
-            device=self._device(),
+            device=device,
+            dtype=precision.precision,
+            dtype_reason=precision.why,
             torch_threads=self.config.torch_threads,
         )
         return Gathered(model, spec, train, validation)
@@ -392,6 +402,7 @@ class LocalJobs:
             )
         resources = {
             "device": self._device(),
+            "dtype": self._spec(job_uuid).dtype,
             "worker_pid": proc.pid,
             "torch_threads": self.config.torch_threads,
         }

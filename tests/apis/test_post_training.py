@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any
 
+from providers.utils.precision import choose
 from tests.support import TINY, Driver, Result, with_changes
 
 FACTS = [
@@ -73,6 +74,10 @@ def test_a_lora_job_runs_to_a_served_model(api: Driver) -> None:
     assert status["algorithm"] == "LoRA" and status["model"] == TINY
     assert status["scheduled_at"] <= status["started_at"] <= status["completed_at"]
     assert status["resources_allocated"]["device"] == "cpu"
+    # dtype auto (the default): the type this machine computes fastest, said in the log too
+    assert status["request"]["training_config"]["dtype"] == "auto"
+    chosen = choose("auto", "cpu")
+    assert status["resources_allocated"]["dtype"] == chosen.precision
     assert status["progress"] == {"step": 6, "total_steps": 6, "epoch": 1}
     steps = [c["step"] for c in status["checkpoints"]]
     assert steps == [2, 4, 6]
@@ -88,6 +93,7 @@ def test_a_lora_job_runs_to_a_served_model(api: Driver) -> None:
 
     logs = api.call("post_training", "get_job_logs", job_uuid).body["lines"]
     assert any("saved checkpoint step-000006" in line for line in logs)
+    assert any(f"computing in {chosen.precision} (" in line for line in logs)
     artifacts = api.call("post_training", "get_job_artifacts", job_uuid).body
     assert artifacts["checkpoints"] == status["checkpoints"]
 

@@ -91,6 +91,7 @@ def _body(provider: str, method: str = "sft", **training: Any) -> dict[str, Any]
         },
         "optimizer_config": {"lr": 5e-2},
         "seed": 0,
+        "dtype": "fp32",  # the same losses to 1e-4: torchtune's bf16 trains LoRA in bf16 too
         **training,
     }
     if method == "sft":

@@ -32,7 +32,12 @@ PAIRS = [
 
 
 def _job(
-    server: Server, job_uuid: str, dataset_id: str, epochs: int = 6, method: str = "sft"
+    server: Server,
+    job_uuid: str,
+    dataset_id: str,
+    epochs: int = 6,
+    method: str = "sft",
+    dtype: str = "auto",
 ) -> None:
     lora = {"type": "LoRA", "rank": 4, "alpha": 8, "dropout": 0.1}
     body: dict[str, Any] = {
@@ -43,6 +48,7 @@ def _job(
             "data_config": {"dataset_id": dataset_id, "batch_size": 2, "shuffle": True},
             "optimizer_config": {"lr": 3e-3, "num_warmup_steps": 2, "lr_scheduler": "cosine"},
             "save_every": 3,
+            "dtype": dtype,
         },
     }
     if method == "sft":
@@ -83,17 +89,17 @@ def _dataset(server: Server) -> None:
         assert made.status_code == 200, made.text
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo"])
+@pytest.mark.parametrize(("method", "dtype"), [("sft", "fp32"), ("sft", "bf16"), ("dpo", "bf16")])
 def test_a_killed_server_resumes_its_job_exactly(
-    tmp_path: Path, tiny_model: Path, method: str
+    tmp_path: Path, tiny_model: Path, method: str, dtype: str
 ) -> None:
     config = distribution(tmp_path, tiny_model)
     server = Server(config, tmp_path).start()
     _dataset(server)
     data = "facts" if method == "sft" else "prefs"
-    _job(server, "straight", data, method=method)
+    _job(server, "straight", data, method=method, dtype=dtype)
     _wait(server, "straight", lambda s: s["status"] == "completed")
-    _job(server, "killed", data, method=method)
+    _job(server, "killed", data, method=method, dtype=dtype)
     _wait(server, "killed", lambda s: s["progress"]["step"] >= 7)
     server.stop(signal.SIGKILL)
 

@@ -133,6 +133,7 @@ def test_fine_tuning_smollm2_teaches_it_a_new_word(tmp_path: Path, home: Path) -
                     "n_epochs": 8,
                     "data_config": {"dataset_id": "zorblat", "batch_size": 3},
                     "optimizer_config": {"lr": 1e-3},
+                    "dtype": "bf16",  # it learns in bf16 (and so wherever auto picks it)
                 },
                 "algorithm_config": {
                     "type": "LoRA",
@@ -145,6 +146,7 @@ def test_fine_tuning_smollm2_teaches_it_a_new_word(tmp_path: Path, home: Path) -
             timeout=120,
         ).json()["job_uuid"]
         status = _completes(url, job)
+        assert status["resources_allocated"]["dtype"] == "bf16"
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
         def ask(model: str) -> str:

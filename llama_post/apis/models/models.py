@@ -141,6 +141,12 @@ class Model(BaseModel):
     max_lora_rank: int | None = Field(
         None, description="The highest LoRA rank its provider serves over it; null: any."
     )
+    dtype: str | None = Field(
+        None,
+        description="The type its provider computes it in (fp32, bf16, fp16); null where the "
+        "provider cannot tell.",
+        examples=["bf16"],
+    )
     source: HuggingFaceSource | GGUFSource | AdapterSource | ProviderModelSource
     sampling_defaults: SamplingDefaults = Field(
         SamplingDefaults(), description="As registered (run.yaml or POST /v1/models)."
@@ -195,3 +201,4 @@ class ModelInfo(BaseModel):
     provider_model_id: str | None = None
     weights: ModelWeights | None = None
     max_lora_rank: int | None = None
+    dtype: str | None = None

@@ -115,7 +115,14 @@ class TrainingConfig(ConfigModel):
         "full fine-tuning, no warm-up, constant schedule.",
     )
     efficiency_config: EfficiencyConfig | None = None
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="fp32 is faster on most CPUs.")
+    dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The type the model computes in. auto: bf16 where the device computes it "
+        "faster (CUDA with bf16; a CPU with AMX-BF16, or where a measured probe finds it "
+        "faster), else fp32. In bf16 the trained weights (LoRA's, or full fine-tuning's master "
+        "copy), the optimizer state, the loss and the log-softmax stay fp32. The job's "
+        "`resources_allocated.dtype` says what was chosen.",
+    )
     seed: int = 42
     save_every: int | None = Field(None, ge=1, description="Checkpoint every this many steps.")
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Clip gradients; null: never.")

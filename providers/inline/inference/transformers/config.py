@@ -8,7 +8,10 @@ from llama_post.schema import StrictModel, UserPath
 class TransformersInferenceConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 on CPU (faster there than bf16), bfloat16 on CUDA."
+        "auto",
+        description="The type weights, activations and the KV cache are held in. auto: "
+        "bfloat16 where the device computes it faster (CUDA with bf16; a CPU with AMX-BF16 or "
+        "where a measured probe finds it faster), else float32. Adapters are served in it too.",
     )
     cache_dir: UserPath = Field(
         description="Where GGUF files are converted to Hugging Face folders."

@@ -4,6 +4,7 @@ LoRA adapters served over their base without loading it again."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -45,13 +46,17 @@ from llama_post.apis.models import (
     ModelWeights,
     RegisterModelRequest,
 )
-from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
+from llama_post.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
 from providers.inline.inference.transformers.config import TransformersInferenceConfig
 from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
 from providers.inline.inference.transformers.loading import load_base, source_path
 from providers.inline.inference.transformers.sampling import SamplingParams
 from providers.utils.gguf import converted_gguf
 from providers.utils.huggingface import recommended_sampling
+from providers.utils.precision import UnsupportedPrecision, choose
+
+log = logging.getLogger(__name__)
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass
@@ -79,10 +84,15 @@ class TransformersInference:
         self.device = (
             "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
         )
-        dtype = config.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device == "cuda" else "float32"
-        self.dtype = getattr(torch, dtype)
+        if config.dtype == "float16":
+            self.dtype, why = torch.float16, "asked for"
+        else:
+            try:
+                choice = choose(config.dtype, self.device)
+            except UnsupportedPrecision as exc:
+                raise ConfigError(f"{provider_id}: config.dtype {exc}") from None
+            self.dtype, why = choice.torch_dtype, choice.why
+        log.info("%s computes in %s (%s)", provider_id, DTYPE_NAMES[self.dtype], why)
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         self.bases: dict[str, Base] = {}
@@ -112,6 +122,7 @@ class TransformersInference:
             context = min(context, self.config.max_context_length)
         info = ModelInfo(
             context_length=context,
+            dtype=DTYPE_NAMES[self.dtype],
             parameter_count=sum(p.numel() for p in hf_model.parameters()),
             has_chat_template=bool(tokenizer.chat_template),
             generation_config=recommended_sampling(path),
@@ -139,10 +150,15 @@ class TransformersInference:
             from peft import PeftModel
 
             before = int(sum(p.numel() for p in engine.model.parameters()))
+            # served in the base's type (peft would otherwise upcast a bf16 base's adapter)
             if isinstance(engine.model, PeftModel):
-                engine.model.load_adapter(str(path), adapter_name=name)
+                engine.model.load_adapter(
+                    str(path), adapter_name=name, autocast_adapter_dtype=False
+                )
             else:
-                engine.model = PeftModel.from_pretrained(engine.model, str(path), adapter_name=name)
+                engine.model = PeftModel.from_pretrained(
+                    engine.model, str(path), adapter_name=name, autocast_adapter_dtype=False
+                )
             engine.model.eval()
             engine.adapters.add(name)
             return int(sum(p.numel() for p in engine.model.parameters())) - before

@@ -44,11 +44,18 @@ class Cancelled(Exception):
 
 def load_model(spec: JobSpec) -> tuple[Any, Any]:
     """The tokenizer and the model to train: a fresh LoRA adapter on the base, an existing
-    adapter to continue, or the whole model."""
+    adapter to continue, or the whole model.
+
+    In bf16 (mixed precision), what is trained stays fp32: LoRA's weights sit in fp32 over a
+    bf16 base (the frozen base needs no master copy), while full fine-tuning keeps the model
+    in fp32 and runs its decoder and output head under bf16 autocast. The optimizer's state
+    follows its parameters, so it is fp32 too; the loss is taken in fp32 (`head_logps`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     request = spec.request
-    dtype = torch.bfloat16 if request.training_config.dtype == "bf16" else torch.float32
+    lora = isinstance(request.tuning, LoraFinetuningConfig)
+    log.info("computing in %s (%s)", spec.dtype, spec.dtype_reason or "asked for")
+    dtype = torch.bfloat16 if spec.dtype == "bf16" and lora else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(spec.base_folder)
     model: Any = AutoModelForCausalLM.from_pretrained(spec.base_folder, dtype=dtype)
     efficiency = request.training_config.efficiency_config or EfficiencyConfig()
@@ -75,6 +82,14 @@ def load_model(spec: JobSpec) -> tuple[Any, Any]:
                     task_type="CAUSAL_LM",
                 ),
             )
+        for param in model.parameters():  # peft upcasts new adapters; a loaded one too
+            if param.requires_grad:
+                param.data = param.data.float()
+    elif spec.dtype == "bf16":  # fp32 master weights, bf16 products (as accelerate does it)
+        device_type = "cuda" if spec.device.startswith("cuda") else "cpu"
+        for module in (model.get_decoder(), model.get_output_embeddings()):
+            autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+            module.forward = autocast(module.forward)
     return tokenizer, model.to(spec.device)
 
 

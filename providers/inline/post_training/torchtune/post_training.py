@@ -372,7 +372,7 @@ def recipe_plan(
         else 1,
         "log_peak_memory_stats": False,
         "device": spec.device,
-        "dtype": cfg.dtype,
+        "dtype": spec.dtype,  # torchtune trains its LoRA weights in this type too
         "enable_activation_checkpointing": efficiency is None
         or efficiency.enable_activation_checkpointing,
         "enable_activation_offloading": False,
