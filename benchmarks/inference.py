@@ -1,18 +1,34 @@
-"""Inference throughput and latency: llama-post's servers against vLLM and plain transformers.
+"""Inference throughput and latency: llama-post's servers against vLLM and plain transformers,
+and the one-request decode rate against the machine's memory bound, measured in the same run.
 
-All run SmolLM2-135M-Instruct (the embedded default's model, the same weights, float32) on this
-machine, one after the other in one run:
+All run SmolLM2-135M-Instruct (the embedded default's model, the same weights) on this machine,
+one after the other in one run:
 
-- llama-post on the embedded distribution (`inline::transformers`);
+- llama-post on the embedded distribution (`inline::transformers`; run.yaml with its inference
+  provider's `dtype` set to `--dtype`);
 - vLLM (its CPU build, from its own environment: `make engine-vllm`), asked directly;
 - llama-post on `distributions/vllm.yaml` (`remote::vllm`) in front of that same vLLM;
-- plain transformers `generate()` in this process.
+- plain transformers `generate()` in this process, in the dtype our server computes in.
+
+`--dtype` (float32, bfloat16, auto; default auto) is what our server is given, and the
+transformers baseline computes in the dtype the server then reports for the model (GET
+/v1/models/ID, `dtype`); auto is the server's pick (llama-post's rule,
+`providers/utils/precision.py`: bf16 where the device computes it faster; a server that does
+not report its dtype is taken to have followed that rule). vLLM computes in float32 (its launch
+command's `--dtype float32`).
 
 Each server gets one request of 128 new tokens (time to first token, output tokens per second)
 and 8 requests of 128 new tokens at once over HTTP; plain transformers serves the 8 one after
 another (a naive server) and as one padded batch (the best case for a static batch).
 
+The bound: a decode step of one request reads every weight once, so it cannot run faster than
+memory bandwidth / bytes of weights (parameters x bytes per element of the dtype; SmolLM2's tied
+embedding read once, as the head; `bounds.py` documents the count). The bandwidth (and the fp32
+and bf16 matmul peaks, for the record) are measured before and after the servers, the better
+figure kept. Each column's one-request tokens/s is printed as a fraction of its dtype's bound.
+
 Run: .venv/bin/python benchmarks/inference.py [--home DIR] [--tokens 128] [--requests 8]
+     [--dtype auto|float32|bfloat16]
      [--vllm-env DIR]   (default: what `make -s engine-vllm` prints; `--no-vllm` skips it)
 """
 
@@ -29,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bounds
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,16 +74,45 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--vllm-env", type=Path, help="vLLM's environment")
     parser.add_argument("--no-vllm", action="store_true", help="leave vLLM out")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="our server's inference dtype, and the transformers baseline's (auto: what the "
+        "server picks)",
+    )
     args = parser.parse_args()
+    machine = bounds.measure()
+    print(bounds.describe(machine), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours = measure_server(args.home, Path(tmp), args.tokens, args.requests)
+        ours, reported = measure_server(
+            args.home, Path(tmp), args.tokens, args.requests, args.dtype
+        )
+        dtype, why = (reported, "as the server reports") if reported else server_dtype(args.dtype)
+        print(f"dtype {args.dtype}: our server and transformers compute in {dtype} ({why})")
         folder = next((args.home / "models").glob("SmolLM2-135M-Instruct*"))
         served = {"inline::transformers": ours}
         if not args.no_vllm:
             env = args.vllm_env or _vllm_environment()
             served.update(measure_vllm(env, folder, Path(tmp), args.tokens, args.requests))
-    plain = measure_plain(folder, args.tokens, args.requests)
+    plain = measure_plain(folder, args.tokens, args.requests, dtype)
+    machine = bounds.best(machine, bounds.measure())
+    print(bounds.describe(machine) + " (the better of before and after)")
+
+    model = bounds.Decoder.from_folder(folder)
+    vllm = "float32"  # launch.command's --dtype
+    dtypes = {"inline::transformers": dtype, "remote::vllm": vllm, "vLLM": vllm}
+    dtypes = {n: d for n, d in dtypes.items() if n in served} | {"transformers": dtype}
+    bound = {
+        d: machine["bandwidth_gbs"] * 1e9 / model.decode_bytes(d) for d in set(dtypes.values())
+    }
+    for d, steps in sorted(bound.items()):
+        print(
+            f"decode bound, {d}: {model.decode_bytes(d) / 1e6:.0f} MB of weights a step "
+            f"({model.parameters:,} parameters) at {machine['bandwidth_gbs']:.1f} GB/s: "
+            f"{steps:.1f} steps/s"
+        )
 
     names = list(served)
     print(f"\n{'measure':<40}" + "".join(f"{n:>22}" for n in [*names, "transformers"]))
@@ -79,6 +125,11 @@ def main() -> None:
         print(
             f"{label:<40}" + "".join(f"{served[n][key]:>22.3f}" for n in names) + f"{theirs:>22.3f}"
         )
+    print(
+        f"{'1 request: fraction of decode bound':<40}"
+        + "".join(f"{served[n]['single_tps'] / bound[dtypes[n]]:>22.3f}" for n in names)
+        + f"{plain['single_tps'] / bound[dtype]:>22.3f}"
+    )
     print(f"{'transformers, one padded batch: tokens/s':<40}{plain['batch_tps']:>22.3f}")
     print(
         "\nratios (tokens/s: the first over the second; time to first token: the second over "
@@ -103,7 +154,37 @@ def main() -> None:
             f"1 request {first['single_tps'] / second['single_tps']:.2f}x, "
             f"{args.requests} at once {first['concurrent_tps'] / second['concurrent_tps']:.2f}x"
         )
-    print(json.dumps({"served": served, "transformers": plain}))
+    print(
+        json.dumps(
+            {
+                "dtype": dtype,
+                "machine": machine,
+                "decode_bound_steps_per_second": bound,
+                "served": served,
+                "transformers": plain,
+            }
+        )
+    )
+
+
+def server_dtype(requested: str) -> tuple[str, str]:
+    """The dtype a server that does not report it computes in when given `requested`, and why:
+    a named one is itself; auto is llama-post's rule for the device the server picks (CUDA when
+    present), or, where that rule is not there, the provider's old one (bfloat16 on CUDA,
+    float32 on a CPU)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested != "auto":
+        return requested, "asked for"
+    try:
+        from providers.utils.precision import choose
+    except ImportError:
+        return ("bfloat16" if device == "cuda" else "float32"), f"auto on {device}"
+    choice = choose("auto", device)
+    return {"fp32": "float32", "bf16": "bfloat16"}[choice.precision], choice.why
 
 
 def measure_vllm(
@@ -154,7 +235,11 @@ def _vllm_environment() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def measure_server(home: Path, tmp: Path, tokens: int, requests: int) -> dict[str, float]:
+def measure_server(
+    home: Path, tmp: Path, tokens: int, requests: int, dtype: str
+) -> tuple[dict[str, float], str | None]:
+    """Our server's figures, and the dtype it reports computing the model in (None if it does
+    not say)."""
     port = 8390
     env = {
         **os.environ,
@@ -162,13 +247,29 @@ def measure_server(home: Path, tmp: Path, tokens: int, requests: int) -> dict[st
         "LLAMA_POST_PORT": str(port),
         "LLAMA_POST_MAX_BATCH": str(max(8, requests)),
     }
-    proc = _serve(ROOT / "run.yaml", env, tmp / "server.log")
+    proc = _serve(run_config(tmp, dtype), env, tmp / "server.log")
     try:
         _wait(f"http://127.0.0.1:{port}", proc)
-        return asyncio.run(_measure(f"http://127.0.0.1:{port}", tokens, requests))
+        figures = asyncio.run(_measure(f"http://127.0.0.1:{port}", tokens, requests))
+        model = httpx.get(f"http://127.0.0.1:{port}/v1/models/{MODEL}", timeout=30).json()
     finally:
         proc.terminate()
         proc.wait(30)
+    names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    return figures, names.get(model.get("dtype") or "")
+
+
+def run_config(tmp: Path, dtype: str) -> Path:
+    """run.yaml, its inline::transformers provider given `dtype`, written to `tmp`."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "run.yaml").read_text())
+    for provider in config["providers"]["inference"]:
+        if provider["provider_type"] == "inline::transformers":
+            provider["config"]["dtype"] = dtype
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 async def _measure(url: str, tokens: int, requests: int) -> dict[str, float]:
@@ -243,13 +344,14 @@ def _wait(url: str, proc: subprocess.Popen[bytes], health: str = "/v1/health") -
     raise RuntimeError("the server did not start")
 
 
-def measure_plain(folder: Path, tokens: int, requests: int) -> dict[str, float]:
+def measure_plain(folder: Path, tokens: int, requests: int, dtype: str) -> dict[str, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer: Any = AutoTokenizer.from_pretrained(str(folder))
     tokenizer.padding_side = "left"
-    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+    model.eval()
 
     def encode(questions: list[str]) -> Any:
         texts = [

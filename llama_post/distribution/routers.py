@@ -41,6 +41,7 @@ from llama_post.apis.post_training import (
     PreferenceOptimizeRequest,
     PreflightResponse,
     SupervisedFineTuneRequest,
+    TrainingEstimate,
     TrainingRequest,
 )
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -191,13 +192,21 @@ class PostTrainingRouter:
         return await (await self._runs(request)).preference_optimize(request)
 
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
-        provider = self.providers.get(request.provider_id or next(iter(self.providers)))
+        return await self._named(request.provider_id).preflight(request)
+
+    async def estimate(self, request: SupervisedFineTuneRequest) -> TrainingEstimate:
+        return await self._named(request.provider_id).estimate(request)
+
+    async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
+        return await self._named(request.provider_id).estimate_preference(request)
+
+    def _named(self, provider_id: str | None) -> PostTrainingJobs:
+        provider = self.providers.get(provider_id or next(iter(self.providers)))
         if provider is None:
             raise NotFoundError(
-                f"provider_id: no post-training provider {request.provider_id!r}",
-                param="provider_id",
+                f"provider_id: no post-training provider {provider_id!r}", param="provider_id"
             )
-        return await provider.preflight(request)
+        return provider
 
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
         jobs = [j for p in self.providers.values() for j in (await p.list_jobs()).data]

@@ -1,8 +1,18 @@
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from llama_post.apis.post_training.models import Phase, StallSeconds
 from llama_post.schema import StrictModel, UserPath
+
+# a big model loads (and its reference pass runs) for a long time before its first step
+STALL_DEFAULTS: dict[Phase, float] = {
+    "loading": 1800.0,
+    "reference": 1800.0,
+    "training": 600.0,
+    "validating": 1800.0,
+    "saving": 900.0,
+}
 
 
 class LocalJobsConfig(StrictModel):
@@ -16,3 +26,28 @@ class LocalJobsConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="Per worker; torch's default.")
     cancel_grace_seconds: float = Field(8.0, gt=0, le=60, description="Then the worker is killed.")
+    stall_seconds: dict[Phase, StallSeconds] = Field(
+        default_factory=lambda: dict(STALL_DEFAULTS),
+        description="How long a worker may show no progress in each phase before it is "
+        "killed and retried; a job's supervision.stall_seconds overrides them.",
+    )
+    price_per_device_hour: float | None = Field(
+        None,
+        gt=0,
+        description="What an hour of this provider's device costs (any currency): estimates "
+        "then give a cost, and jobs may set supervision.max_cost.",
+    )
+    memory_limit_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="The memory a job may use, to refuse one that will not fit; unset: what "
+        "the device has available (CUDA's free memory, or the machine's available RAM).",
+    )
+    watch_interval_seconds: float = Field(
+        2.0, gt=0, le=60, description="How often the watchdog reads the workers' heartbeats."
+    )
+
+    @field_validator("stall_seconds")
+    @classmethod
+    def _every_phase(cls, given: dict[Phase, float]) -> dict[Phase, float]:
+        return {**STALL_DEFAULTS, **given}  # the phases it leaves out keep their defaults

@@ -7,6 +7,7 @@ validation.jsonl   the validation rows (a dataset, or a held-out split)
 train.log          the worker's output, tracebacks included
 metrics.jsonl      one StepMetrics line per logged step
 progress.json      step, total_steps, epoch (replaced atomically each step)
+heartbeat.json     the worker's own time, pid, phase, step and micro-batch, as it makes progress
 <checkpoint_dir>/step-000010/   checkpoint.json, the PEFT adapter (or full model), state.pt
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +28,7 @@ from llama_post.apis.post_training import PreflightResponse, TrainingRequest
 CHECKPOINT_PREFIX = "step-"
 EXIT_CANCELLED = 3  # worker exit codes
 EXIT_OUT_OF_MEMORY = 4
+EXIT_NONFINITE = 5  # a non-finite loss or gradient: the job's fault, never retried
 
 
 class JobSpec(BaseModel):
@@ -38,6 +41,7 @@ class JobSpec(BaseModel):
     dtype: Literal["fp32", "bf16"] = "fp32"
     dtype_reason: str = ""
     torch_threads: int | None = None
+    low_memory: bool = False  # a retry after running out of memory: recompute every layer
 
 
 @dataclass
@@ -63,6 +67,7 @@ class JobFolder:
         self.log = path / "train.log"
         self.metrics = path / "metrics.jsonl"
         self.progress = path / "progress.json"
+        self.heartbeat = path / "heartbeat.json"
 
     def read_spec(self) -> JobSpec:
         return JobSpec.model_validate_json(self.spec.read_text())
@@ -91,6 +96,37 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     partial.replace(path)
+
+
+class Heartbeat:
+    """A worker's evidence of progress: its own clock, its pid, what it is doing. Written at
+    most every `every` seconds within a step of a phase (at once when either changes), so a
+    loop of fast micro-batches costs nothing; the server's watchdog reads it
+    (`read_heartbeat`)."""
+
+    def __init__(self, path: Path, every: float = 1.0) -> None:
+        self.path = path
+        self.every = every
+        self.pid = os.getpid()
+        self._last: tuple[float, str, int | None] = (0.0, "", None)
+
+    def __call__(self, phase: str, step: int | None = None, micro: int | None = None) -> None:
+        now = time.time()
+        if (phase, step) == self._last[1:] and now - self._last[0] < self.every:
+            return
+        self._last = (now, phase, step)
+        beat = {"time": now, "pid": self.pid, "phase": phase, "step": step, "micro": micro}
+        partial = self.path.with_name(f"{self.path.name}.partial")
+        partial.write_text(json.dumps(beat))
+        partial.replace(self.path)
+
+
+def read_heartbeat(path: Path) -> dict[str, Any] | None:
+    try:
+        beat = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return beat if isinstance(beat, dict) and isinstance(beat.get("time"), float) else None
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:

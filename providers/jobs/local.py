@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import re
 import secrets
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,7 +40,9 @@ from llama_post.apis.models import (
     RegisterModelRequest,
 )
 from llama_post.apis.post_training import (
+    Calibration,
     Checkpoint,
+    JobAttempt,
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
@@ -53,6 +57,7 @@ from llama_post.apis.post_training import (
     PreflightResponse,
     StepMetrics,
     SupervisedFineTuneRequest,
+    TrainingEstimate,
     TrainingMetrics,
     TrainingRequest,
 )
@@ -61,13 +66,19 @@ from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError,
 from llama_post.storage import Database, check_id
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import (
+    EXIT_CANCELLED,
+    EXIT_NONFINITE,
     EXIT_OUT_OF_MEMORY,
     JobFolder,
     JobSpec,
     Prepared,
     checkpoints,
+    read_heartbeat,
     read_jsonl,
 )
+from providers.training.data import steps_per_epoch
+from providers.training.estimate import Shape, Work, available_memory, count
+from providers.training.estimate import memory as estimate_memory
 from providers.utils.precision import UnsupportedPrecision, choose
 
 log = logging.getLogger(__name__)
@@ -85,7 +96,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     completed_at INTEGER,
     error TEXT,
     fine_tuned_model TEXT,
-    resources TEXT
+    resources TEXT,
+    attempts TEXT NOT NULL DEFAULT '[]'
 );
 """
 
@@ -114,28 +126,53 @@ class LocalJobs:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         config.checkpoint_root.mkdir(parents=True, exist_ok=True)
         self.db = Database(config.storage_dir / "jobs.db", SCHEMA)
+        columns = {r["name"] for r in self.db.all("PRAGMA table_info(jobs)")}
+        if "attempts" not in columns:  # a store from before attempts were recorded
+            self.db.execute("ALTER TABLE jobs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]'")
         self.workers: dict[str, asyncio.subprocess.Process] = {}
         self.monitors: dict[str, asyncio.Task[None]] = {}
         self.cancelling: set[str] = set()
+        self.stalled: dict[str, str] = {}  # job -> why the watchdog killed its worker
+        self.overrun: dict[str, str] = {}  # job -> the limit of its own it ran past
+        self.launched_at: dict[str, float] = {}
         self.stopping = False
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        resumed = self.db.execute(
-            "UPDATE jobs SET status = ? WHERE status = ?",
-            (JobStatus.scheduled.value, JobStatus.in_progress.value),
+        interrupted = self.db.all(
+            "SELECT job_uuid FROM jobs WHERE status = ?", (JobStatus.in_progress.value,)
         )
-        if resumed:
-            log.info("%d job(s) were running when the server stopped; they resume", resumed)
+        for row in interrupted:
+            job_uuid = row["job_uuid"]
+            attempts = self._attempts(job_uuid)
+            if attempts and attempts[-1].get("ended_at") is None:
+                # the server did not stop this worker itself (it crashed, or was killed): that
+                # counts against the job's retries; a worker stopped with the server does not
+                reason = "the server stopped under it (it crashed or was killed)"
+                self._end_attempt(job_uuid, reason, machine=True)
+                self._retry_or_fail(job_uuid, reason)
+            else:
+                self._note(job_uuid, "the server started again; the job resumes")
+                self.db.execute(
+                    "UPDATE jobs SET status = ? WHERE job_uuid = ?",
+                    (JobStatus.scheduled.value, job_uuid),
+                )
+        if interrupted:
+            log.info("%d job(s) were running when the server stopped", len(interrupted))
         self._scheduler = asyncio.create_task(self._schedule())
+        self._watchdog = asyncio.create_task(self._watch())
         self._wake.set()
 
     async def shutdown(self) -> None:
         """Stop workers without failing their jobs: they resume at the next start."""
         self.stopping = True
-        if self._scheduler:
-            self._scheduler.cancel()
+        for task in (self._scheduler, self._watchdog):
+            if task:
+                task.cancel()
+        for job_uuid in list(self.workers):
+            self._end_attempt(job_uuid, "the server was stopped; the job resumes when it starts")
         for proc in list(self.workers.values()):
             _signal(proc, signal.SIGTERM)
         if self.monitors:
@@ -166,6 +203,8 @@ class LocalJobs:
                 f"{len(errors)} training row(s) cannot be used: {shown}",
                 param="training_config.data_config.dataset_id",
             )
+        figures = await asyncio.to_thread(self._check_estimate, prepared)
+        prepared.files["estimate.json"] = figures.model_dump_json()
         job_dir = self.jobs_dir / job_uuid
         await asyncio.to_thread(JobFolder(job_dir).write, prepared)
         request = request.model_copy(update={"job_uuid": job_uuid})
@@ -178,6 +217,161 @@ class LocalJobs:
 
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         return (await self.prepare(request, request.job_uuid or "preflight")).report
+
+    # -- estimates -----------------------------------------------------------------------------
+
+    async def estimate(self, request: SupervisedFineTuneRequest) -> TrainingEstimate:
+        prepared = await self.prepare(request, request.job_uuid or "estimate")
+        return await asyncio.to_thread(self._estimate, prepared, True)
+
+    async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
+        prepared = await self.prepare(request, request.job_uuid or "estimate")
+        return await asyncio.to_thread(self._estimate, prepared, True)
+
+    def calibrator(self, folder: Path) -> list[str] | None:
+        """The command that calibrates a job's largest micro-batch in `folder` (see
+        `providers/training/estimate.py`); None where the trainer has none. The trainer's."""
+        return None
+
+    def _estimate(self, prepared: Prepared, calibrate: bool) -> TrainingEstimate:
+        """The job's work, memory, time and cost on this device (time and cost need a
+        calibration: measured now, or found in the cache)."""
+        spec = prepared.spec
+        request = spec.request
+        shape = Shape.read(spec.base_folder)
+        plan = steps_per_epoch([row[0] for row in prepared.examples], request)
+        work = count(request, prepared.examples, plan, spec.low_memory, shape)
+        memory = estimate_memory(shape, request, spec.dtype, work.largest, spec.low_memory)
+        memory.available = self.config.memory_limit_bytes or available_memory(spec.device)
+        calibration = self._calibration(spec, work) if calibrate else None
+        wall = cost = None
+        if calibration is not None:
+            memory.peak = calibration.peak_memory
+            every = request.training_config.save_every
+            saves = 1 + (sum(plan) // every if every else 0)
+            wall = (
+                calibration.load_seconds
+                + work.flops / calibration.flops_per_second
+                + saves * calibration.save_seconds
+            )
+            if self.config.price_per_device_hour is not None:
+                cost = wall / 3600 * self.config.price_per_device_hour
+        return TrainingEstimate(
+            device=spec.device,
+            dtype=spec.dtype,
+            optimizer_steps=sum(plan),
+            tokens=work.tokens,
+            trained_tokens=work.trained,
+            flops=work.flops,
+            memory=memory,
+            wall_seconds=wall,
+            cost=cost,
+            calibration=calibration,
+        )
+
+    def _calibration(self, spec: JobSpec, work: Work) -> Calibration | None:
+        """The calibration of this model, setting and micro-batch shape: from the cache, or
+        run now (a few micro-steps in a worker process of the trainer's)."""
+        folder = self.config.storage_dir / "calibrations"
+        request = spec.request
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "base": spec.base_folder,
+                    "adapter": spec.adapter_folder,
+                    "method": type(request).__name__,
+                    "tuning": request.tuning.model_dump(mode="json"),
+                    "optimizer": request.training_config.optimizer.optimizer_type,
+                    "efficiency": request.training_config.efficiency_config
+                    and request.training_config.efficiency_config.model_dump(mode="json"),
+                    "device": spec.device,
+                    "dtype": spec.dtype,
+                    "threads": spec.torch_threads,
+                    "low_memory": spec.low_memory,
+                    "batch": [[len(e.input_ids) for e in row] for row in work.largest],
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:24]
+        cached = folder / f"{key}.json"
+        if cached.is_file():
+            return Calibration.model_validate_json(cached.read_text()).model_copy(
+                update={"cached": True}
+            )
+        scratch = folder / f"{key}.partial"
+        command = self.calibrator(scratch)
+        if command is None:
+            return None
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        try:
+            (scratch / "job.json").write_text(spec.model_dump_json())
+            (scratch / "batch.json").write_text(
+                json.dumps(
+                    [
+                        [{"input_ids": e.input_ids, "labels": e.labels} for e in row]
+                        for row in work.largest
+                    ]
+                )
+            )
+            ran = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+            if ran.returncode != 0:
+                tail = (ran.stderr or ran.stdout).strip().splitlines()[-1:]
+                log.warning("calibration failed: %s", tail)
+                raise InvalidRequestError(
+                    f"the calibration run failed: {tail[0] if tail else ran.returncode}",
+                    param="training_config",
+                )
+            measured = json.loads((scratch / "calibration.json").read_text())
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        calibration = Calibration(
+            **measured,
+            flops_per_second=work.largest_flops / measured["seconds_per_micro_step"],
+            cached=False,
+        )
+        cached.write_text(calibration.model_dump_json())
+        return calibration
+
+    def _check_estimate(self, prepared: Prepared) -> TrainingEstimate:
+        """Refuse a job that will not fit the device, or whose estimate exceeds its limits."""
+        request = prepared.spec.request
+        limits = request.supervision
+        calibrate = limits.max_wall_seconds is not None or limits.max_cost is not None
+        figures = self._estimate(prepared, calibrate)
+        memory = figures.memory
+        if memory.available is not None and memory.peak > memory.available:
+            raise InvalidRequestError(
+                f"training_config: the job needs about {_gib(memory.peak)} at its peak "
+                f"(weights {_gib(memory.weights)}, trained state {_gib(memory.trained_state)}, "
+                f"activations {_gib(memory.activations)}, logits {_gib(memory.logits)}, runtime "
+                f"{_gib(memory.runtime)}) and the device {figures.device} has "
+                f"{_gib(memory.available)}; use LoRA, a smaller batch_size or max_seq_len, or "
+                "activation checkpointing",
+                param="training_config",
+            )
+        wall = figures.wall_seconds
+        if (
+            limits.max_wall_seconds is not None
+            and wall is not None
+            and wall > limits.max_wall_seconds
+        ):
+            raise InvalidRequestError(
+                f"supervision.max_wall_seconds: the job is estimated to take "
+                f"{figures.wall_seconds:.0f} s here ({figures.optimizer_steps} steps, "
+                f"{figures.tokens} tokens, {figures.flops:.3g} FLOPs), more than "
+                f"{limits.max_wall_seconds:g} s",
+                param="supervision.max_wall_seconds",
+            )
+        cost = figures.cost
+        if limits.max_cost is not None and cost is not None and cost > limits.max_cost:
+            raise InvalidRequestError(
+                f"supervision.max_cost: the job is estimated to cost {figures.cost:.4g} "
+                f"({figures.wall_seconds:.0f} s at {self.config.price_per_device_hour:g} "
+                f"an hour), more than {limits.max_cost:g}",
+                param="supervision.max_cost",
+            )
+        return figures
 
     async def prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
         """Check the request against its model and data; snapshot the rows. The trainer's."""
@@ -322,6 +516,23 @@ class LocalJobs:
                             "is not supported by the single-process trainer; leave it false",
                         )
                     )
+        limits = request.supervision
+        if (limits.max_wall_seconds or limits.max_cost) and self.calibrator(Path()) is None:
+            field = "max_wall_seconds" if limits.max_wall_seconds else "max_cost"
+            refusals.append(
+                (
+                    f"supervision.{field}",
+                    "this trainer runs no calibration, so it cannot estimate a job's time; "
+                    "leave it unset",
+                )
+            )
+        if limits.max_cost and self.config.price_per_device_hour is None:
+            refusals.append(
+                (
+                    "supervision.max_cost",
+                    "the provider sets no price_per_device_hour, so a job has no cost here",
+                )
+            )
         if request.hyperparam_search_config:
             refusals.append(
                 (
@@ -392,6 +603,7 @@ class LocalJobs:
 
     async def _launch(self, job_uuid: str) -> None:
         job_dir = self.jobs_dir / job_uuid
+        JobFolder(job_dir).heartbeat.unlink(missing_ok=True)  # evidence of this attempt only
         with JobFolder(job_dir).log.open("ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
                 *self.worker(self._request(job_uuid), job_dir),
@@ -421,28 +633,204 @@ class LocalJobs:
             _signal(proc, signal.SIGKILL)
             await proc.wait()
             return
+        self._begin_attempt(job_uuid)
+        self.launched_at[job_uuid] = time.time()
         self.workers[job_uuid] = proc
         self.monitors[job_uuid] = asyncio.create_task(self._monitor(job_uuid, proc))
 
     async def _monitor(self, job_uuid: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        stalled = self.stalled.pop(job_uuid, None)
+        overrun = self.overrun.pop(job_uuid, None)
         try:
-            if job_uuid in self.cancelling:
+            if overrun is not None:  # the job's own limit: not retried
+                self._end_attempt(job_uuid, overrun)
+                self._set(job_uuid, JobStatus.failed, error=overrun)
+            elif job_uuid in self.cancelling:
+                self._end_attempt(job_uuid, "cancelled")
                 self._set(job_uuid, JobStatus.cancelled)
             elif self.stopping:
                 pass  # left in_progress: it resumes at the next start
             elif code == 0:
+                self._end_attempt(job_uuid, None)
                 await self._complete(job_uuid)
             else:
-                self._set(job_uuid, JobStatus.failed, error=self._failure(job_uuid, code))
+                reason, machine = self._ending(job_uuid, code, stalled)
+                self._end_attempt(job_uuid, reason, machine)
+                if machine:
+                    self._retry_or_fail(job_uuid, reason)
+                else:
+                    self._set(job_uuid, JobStatus.failed, error=reason)
         except Exception as exc:
             log.exception("job %s could not be finished", job_uuid)
             self._set(job_uuid, JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.workers.pop(job_uuid, None)
             self.monitors.pop(job_uuid, None)
+            self.launched_at.pop(job_uuid, None)
             self.cancelling.discard(job_uuid)
             self._wake.set()
+
+    # -- supervision ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Kill a worker whose last heartbeat (its own clock) is older than its phase allows.
+        Before its first heartbeat, the attempt's start is the evidence."""
+        while True:
+            await asyncio.sleep(self.config.watch_interval_seconds)
+            now = time.time()
+            for job_uuid, proc in list(self.workers.items()):
+                if job_uuid in self.stalled or job_uuid in self.cancelling:
+                    continue
+                if job_uuid in self.overrun:
+                    continue
+                over = self._over_limits(job_uuid, now)
+                if over is not None:
+                    self.overrun[job_uuid] = over
+                    self._note(job_uuid, over)
+                    _signal(proc, signal.SIGKILL)
+                    continue
+                beat = read_heartbeat(JobFolder(self.jobs_dir / job_uuid).heartbeat)
+                if beat is None or beat.get("pid") != proc.pid:
+                    beat = {"time": self.launched_at.get(job_uuid, now), "phase": "loading"}
+                phase = str(beat.get("phase"))
+                limit = self._stall_limit(job_uuid, phase)
+                quiet = now - float(beat["time"])
+                if quiet <= limit:
+                    continue
+                where = f" at step {beat['step']}" if beat.get("step") is not None else ""
+                reason = (
+                    f"the worker stalled in its {phase} phase{where}: no progress for "
+                    f"{quiet:.0f} s (the limit is {limit:g} s)"
+                )
+                self.stalled[job_uuid] = reason
+                self._note(job_uuid, reason)
+                _signal(proc, signal.SIGKILL)  # a stopped or wedged process ignores SIGTERM
+
+    def _over_limits(self, job_uuid: str, now: float) -> str | None:
+        """The job's max_wall_seconds or max_cost, where its workers' running time (over all
+        attempts) has passed it."""
+        limits = self._request(job_uuid).supervision
+        if limits.max_wall_seconds is None and limits.max_cost is None:
+            return None
+        ran = sum((a.get("ended_at") or now) - a["started_at"] for a in self._attempts(job_uuid))
+        if limits.max_wall_seconds is not None and ran > limits.max_wall_seconds:
+            return (
+                f"stopped: its workers ran {ran:.0f} s, past supervision.max_wall_seconds "
+                f"{limits.max_wall_seconds:g}"
+            )
+        price = self.config.price_per_device_hour
+        if (
+            limits.max_cost is not None
+            and price is not None
+            and ran / 3600 * price > limits.max_cost
+        ):
+            return (
+                f"stopped: {ran:.0f} s at {price:g} an hour cost {ran / 3600 * price:.4g}, past "
+                f"supervision.max_cost {limits.max_cost:g}"
+            )
+        return None
+
+    def _stall_limit(self, job_uuid: str, phase: str) -> float:
+        limits: dict[str, float] = {str(k): v for k, v in self.config.stall_seconds.items()}
+        asked = self._request(job_uuid).supervision.stall_seconds
+        if isinstance(asked, dict):
+            limits |= {str(k): v for k, v in asked.items()}
+        elif asked is not None:
+            limits = dict.fromkeys(limits, asked)
+        return limits.get(phase, max(limits.values()))
+
+    def _ending(self, job_uuid: str, code: int, stalled: str | None) -> tuple[str, bool]:
+        """Why a worker ended, and whether that was the machine's fault (retried) rather than
+        the job's (not)."""
+        reason = self._failure(job_uuid, code)
+        if stalled:
+            return stalled, True
+        if code == EXIT_NONFINITE:
+            return reason, False
+        if code == EXIT_OUT_OF_MEMORY or code == -signal.SIGKILL or "out of memory" in reason:
+            lighter = self.lighter(self._spec(job_uuid))
+            if lighter is None:
+                return reason, False  # the retry would need as much memory as this one did
+            JobFolder(self.jobs_dir / job_uuid).spec.write_text(lighter.model_dump_json(indent=2))
+            return f"{reason}; the retry recomputes activations to use less", True
+        if code == EXIT_CANCELLED:  # stopped by a SIGTERM nobody here sent
+            return f"the worker was stopped from outside (SIGTERM){_intact(reason)}", True
+        if code < 0:  # killed by a signal nobody here sent: the worker was lost
+            return (
+                f"the worker was lost (signal {signal.Signals(-code).name}){_intact(reason)}",
+                True,
+            )
+        return reason, False
+
+    def lighter(self, spec: JobSpec) -> JobSpec | None:
+        """The job's spec changed to use less memory, for a retry after it ran out; None where
+        the trainer has no lighter way to run it. The trainer's."""
+        return None
+
+    def _retry_or_fail(self, job_uuid: str, reason: str) -> None:
+        """Schedule the job again (it resumes from its newest intact checkpoint) while its
+        retries last; fail it once they are spent."""
+        attempts = self._attempts(job_uuid)
+        retries = sum(1 for a in attempts if a.get("machine"))
+        allowed = self._request(job_uuid).supervision.max_retries
+        if retries > allowed:
+            tried = f"after {allowed} retr{'y' if allowed == 1 else 'ies'}" if allowed else ""
+            self._note(job_uuid, f"giving up {tried or 'at once (max_retries is 0)'}: {reason}")
+            self._set(
+                job_uuid,
+                JobStatus.failed,
+                error=f"{reason} (attempt {len(attempts)}; giving up {tried or 'at once'})",
+            )
+            return
+        self._note(
+            job_uuid,
+            f"attempt {len(attempts)} ended: {reason}; retrying (retry {retries} of {allowed})",
+        )
+        self.db.execute(
+            "UPDATE jobs SET status = ? WHERE job_uuid = ? AND status = ?",
+            (JobStatus.scheduled.value, job_uuid, JobStatus.in_progress.value),
+        )
+        self._wake.set()
+
+    def _attempts(self, job_uuid: str) -> list[dict[str, Any]]:
+        row = self.db.one("SELECT attempts FROM jobs WHERE job_uuid = ?", (job_uuid,))
+        found: list[dict[str, Any]] = json.loads(row["attempts"]) if row else []
+        return found
+
+    def _begin_attempt(self, job_uuid: str) -> None:
+        attempts = self._attempts(job_uuid)
+        kept = checkpoints(Path(self._spec(job_uuid).checkpoint_dir))
+        attempt = {
+            "attempt": len(attempts) + 1,
+            "started_at": int(time.time()),
+            "resumed_from": kept[-1][1].name if kept else None,
+        }
+        if attempts:
+            self._note(
+                job_uuid,
+                f"attempt {attempt['attempt']} starts"
+                + (f", resuming from {attempt['resumed_from']}" if kept else ", from the start"),
+            )
+        self.db.execute(
+            "UPDATE jobs SET attempts = ? WHERE job_uuid = ?",
+            (json.dumps([*attempts, attempt]), job_uuid),
+        )
+
+    def _end_attempt(self, job_uuid: str, reason: str | None, machine: bool = False) -> None:
+        attempts = self._attempts(job_uuid)
+        if not attempts or attempts[-1].get("ended_at") is not None:
+            return
+        attempts[-1] |= {"ended_at": int(time.time()), "ended_because": reason, "machine": machine}
+        self.db.execute(
+            "UPDATE jobs SET attempts = ? WHERE job_uuid = ?", (json.dumps(attempts), job_uuid)
+        )
+
+    def _note(self, job_uuid: str, line: str) -> None:
+        """A line of the supervisor's in the job's log, so its events tell the story."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with JobFolder(self.jobs_dir / job_uuid).log.open("a") as f:
+            f.write(f"{stamp} SUPERVISOR {line}\n")
 
     async def _complete(self, job_uuid: str) -> None:
         """Publish the final checkpoint as `ft/<job>` to the provider serving the trained model
@@ -496,6 +884,9 @@ class LocalJobs:
             return f"the worker ran out of memory: {tail[-1] if tail else ''}{resume}"
         if any("No space left on device" in line for line in tail):
             return f"the disk is full: {tail[-1]}{resume}"
+        if code == EXIT_NONFINITE:
+            said = [line[line.index("non-finite") :] for line in tail if "non-finite" in line]
+            return f"{said[-1] if said else 'a non-finite loss'}: the job stopped{resume}"
         reason = tail[-1] if tail else f"the worker exited with code {code}"
         return f"{reason} (the job's log has the traceback){resume}"
 
@@ -548,6 +939,10 @@ class LocalJobs:
             fine_tuned_model=row["fine_tuned_model"],
             metadata=request.metadata,
             provider_id=self.provider_id,
+            attempts=[JobAttempt.model_validate(a) for a in json.loads(row["attempts"])],
+            estimate=TrainingEstimate.model_validate_json(figures.read_text())
+            if (figures := JobFolder(self.jobs_dir / job_uuid).path / "estimate.json").is_file()
+            else None,
             request=request,
         )
 
@@ -680,6 +1075,16 @@ class LocalJobs:
         if row is None:
             raise NotFoundError(f"no job {job_uuid!r}", param="job_uuid")
         return row
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _intact(reason: str) -> str:
+    """The "; checkpoint X is intact" a failure reason ends with, if it does."""
+    at = reason.find("; checkpoint ")
+    return reason[at:] if at >= 0 else ""
 
 
 def _perplexity(loss: float | None) -> float | None:

@@ -290,6 +290,13 @@ def test_refused_at_creation_by_name(server: Server, tiny_model: Path) -> None:
             "partial batch",
         )
     )
+    cases.append(
+        (
+            {**_body("torchtune"), "supervision": {"on_nonfinite": "skip"}},
+            "supervision.on_nonfinite",
+            "can only stop",
+        )
+    )
     for body, param, words in cases:
         refused = httpx.post(
             f"{server.url}/v1/post-training/supervised-fine-tune", json=body, timeout=60

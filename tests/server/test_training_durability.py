@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -112,6 +113,9 @@ def test_a_killed_server_resumes_its_job_exactly(
             line.split("resumed from step-")[1][:6] for line in logs if "resumed from step-" in line
         ]
         assert len(resumed) == 1 and 6 <= int(resumed[0]) < 36, "\n".join(logs[-30:])
+        attempts = done["attempts"]
+        assert attempts[0]["ended_because"].startswith("the server stopped under it")
+        assert attempts[1]["resumed_from"] == f"step-{resumed[0]}"
         metrics = {}
         for job in ("straight", "killed"):
             found = httpx.get(f"{again.url}/v1/post-training/jobs/{job}/metrics").json()["data"]
@@ -247,7 +251,7 @@ def test_a_full_disk_fails_the_job_and_keeps_the_last_checkpoint(
         assert load_file(str(first / "adapter_model.safetensors"))
 
 
-def test_a_worker_killed_for_memory_fails_with_that_reason(
+def test_a_worker_killed_for_memory_is_retried_lighter_then_fails_with_that_reason(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     # the kernel's out-of-memory killer ends a worker with SIGKILL; so does this test
@@ -257,12 +261,30 @@ def test_a_worker_killed_for_memory_fails_with_that_reason(
         _job(server, "oom", "facts", epochs=200)
         running = _wait(server, "oom", lambda s: len(s["checkpoints"]) >= 1)
         os.kill(running["resources_allocated"]["worker_pid"], signal.SIGKILL)
+        # retried once, recomputing every layer's activations (it checkpointed every second)
+        pid = running["resources_allocated"]["worker_pid"]
+        retried = _wait(
+            server,
+            "oom",
+            lambda s: (
+                s["status"] == "in_progress"
+                and s["resources_allocated"]["worker_pid"] != pid
+                and len(s["attempts"]) == 2
+            ),
+        )
+        spec = json.loads((tmp_path / "post-training" / "jobs" / "oom" / "job.json").read_text())
+        assert spec["low_memory"] is True
+        os.kill(retried["resources_allocated"]["worker_pid"], signal.SIGKILL)
         failed = _wait(server, "oom", lambda s: s["status"] != "in_progress")
         assert httpx.get(f"{server.url}/v1/health").status_code == 200
     finally:
         server.stop()
     assert failed["status"] == "failed", failed
     assert "out-of-memory killer" in failed["error"], failed["error"]
+    first, second = failed["attempts"]
+    assert "the retry recomputes activations to use less" in first["ended_because"]
+    assert "out-of-memory killer" in second["ended_because"]
+    assert second["resumed_from"] is not None
     kept = failed["checkpoints"][-1]
     assert f"checkpoint {Path(kept['path']).name} is intact" in failed["error"]
     assert load_file(str(Path(kept["path"]) / "adapter_model.safetensors"))

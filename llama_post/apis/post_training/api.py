@@ -34,6 +34,7 @@ from llama_post.apis.post_training.models import (
     PreferenceOptimizeRequest,
     PreflightResponse,
     SupervisedFineTuneRequest,
+    TrainingEstimate,
 )
 from llama_post.apis.post_training.tinker import (
     TinkerAccepted,
@@ -102,6 +103,18 @@ class PostTrainingJobs(Protocol):
     @webmethod(route="/v1/post-training/preflight", method="POST")
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         """Check a job request without training: rows, token lengths, truncation, an example."""
+        ...
+
+    @webmethod(route="/v1/post-training/estimate", method="POST")
+    async def estimate(self, request: SupervisedFineTuneRequest) -> TrainingEstimate:
+        """What a supervised job would take on this deployment's device, before it runs:
+        optimizer steps, tokens, FLOPs, peak memory by part, wall time and cost (from a few
+        timed micro-steps of its largest micro-batch, measured here and cached)."""
+        ...
+
+    @webmethod(route="/v1/post-training/estimate/preference-optimize", method="POST")
+    async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
+        """The same estimate for a preference optimization (DPO) job."""
         ...
 
     @webmethod(route="/v1/post-training/jobs", method="GET")

@@ -51,6 +51,7 @@ from llama_post.apis.post_training.models import (
     PreflightResponse,
     StepMetrics,
     SupervisedFineTuneRequest,
+    TrainingEstimate,
     TrainingRequest,
     lora_without_type,
 )
@@ -333,6 +334,12 @@ class OpenAIFineTuning:
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         return await self.jobs.preflight(request)
 
+    async def estimate(self, request: SupervisedFineTuneRequest) -> TrainingEstimate:
+        return await self.jobs.estimate(request)
+
+    async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
+        return await self.jobs.estimate_preference(request)
+
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
         return await self.jobs.list_jobs()
 
@@ -483,7 +490,10 @@ class OpenAIFineTuning:
             method=_method(status.method, params),
             model=status.model,
             seed=request.training_config.seed,
-            status=STATUS[status.status],
+            # a job waiting for its retry (it has run before) is still running to its user
+            status="running"
+            if status.status == JobStatus.scheduled and status.attempts
+            else STATUS[status.status],
             trained_tokens=sum(m.tokens or 0 for m in metrics) if metrics else None,
             training_file=await self._file_of(data.dataset_id),
             validation_file=await self._file_of(data.validation_dataset_id)
@@ -749,6 +759,20 @@ def _events(
                     created_at=c.created_at,
                     level="info",
                     message=f"Checkpoint created at step {c.step}",
+                ),
+            )
+        )
+    for before, attempt in zip(status.attempts, status.attempts[1:], strict=False):
+        where = f", resuming from {attempt.resumed_from}" if attempt.resumed_from else ""
+        timed.append(
+            (
+                attempt.started_at,
+                FineTuningJobEvent(
+                    id=f"ftevent-{job}-attempt-{attempt.attempt}",
+                    created_at=attempt.started_at,
+                    level="warn",
+                    message=f"Attempt {attempt.attempt} started{where}; attempt "
+                    f"{before.attempt} ended: {before.ended_because}",
                 ),
             )
         )

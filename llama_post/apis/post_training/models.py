@@ -165,6 +165,48 @@ AlgorithmConfig = Annotated[
 ]
 
 
+Phase = Literal["loading", "reference", "training", "validating", "saving"]
+StallSeconds = Annotated[float, Field(ge=5, le=86400)]
+
+
+class SupervisionConfig(ConfigModel):
+    """How the server watches a job's worker: llama-post's own (Llama Stack has none)."""
+
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Times a job is restarted from its newest intact checkpoint after a "
+        "failure that is the machine's (its worker stalled, was killed or lost, ran out of "
+        "memory where the retry can use less, or the server restarted under it). A failure "
+        "of the job's own (a traceback, a non-finite loss) is never retried.",
+    )
+    stall_seconds: StallSeconds | dict[Phase, StallSeconds] | None = Field(
+        None,
+        description="A worker that shows no progress for this long is killed (and retried). "
+        "A number sets every phase; an object sets the phases it names. Unset phases take "
+        "the provider's defaults (loading and the reference pass get longer ones).",
+    )
+    max_wall_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Refused at creation when the estimate is longer; stopped (failed, with "
+        "that reason) once its workers have run this long, over all attempts.",
+    )
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        description="In the provider's price_per_device_hour units: refused at creation when "
+        "the estimate costs more; stopped once its running time costs this much.",
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A non-finite loss or gradient norm: stop the job (failed, naming the "
+        "step), or skip that optimizer step (at most max_skipped_steps times, then stop).",
+    )
+    max_skipped_steps: int = Field(3, ge=0, le=10000)
+
+
 class JobRequest(ConfigModel):
     """What every job request has besides its model, method and algorithm."""
 
@@ -182,6 +224,10 @@ class JobRequest(ConfigModel):
         json_schema_extra={"maxProperties": 0},
     )
     logger_config: LoggerConfig | None = None
+    supervision: SupervisionConfig = Field(
+        default_factory=SupervisionConfig,
+        description="Stall watchdog, automatic retries and the non-finite guard.",
+    )
     metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(
         default_factory=dict, max_length=16, description="Up to 16 labels, returned with the job."
     )
@@ -376,6 +422,67 @@ class JobProgress(BaseModel):
     epoch: int = 0
 
 
+class MemoryEstimate(BaseModel):
+    """Peak memory of a job's worker, in bytes, by what holds it."""
+
+    weights: int = Field(description="The model's weights, in the type they are held in.")
+    trained_state: int = Field(
+        description="What training adds per trained parameter: its fp32 copy where the "
+        "weights are not fp32, its gradient, the optimizer's state."
+    )
+    activations: int = Field(
+        description="Kept for the backward pass of the largest micro-batch, under the job's "
+        "activation checkpointing."
+    )
+    logits: int = Field(description="The output head's chunk of logits and its gradient.")
+    runtime: int = Field(description="The interpreter, torch and its libraries.")
+    peak: int = Field(
+        description="The estimate: measured on this device by the calibration where it ran, "
+        "else the sum of the parts."
+    )
+    available: int | None = Field(None, description="What the device has for it.")
+
+
+class Calibration(BaseModel):
+    """A few timed micro-steps of the job's largest micro-batch, run on this device."""
+
+    seconds_per_micro_step: float
+    flops_per_second: float = Field(description="Achieved on the calibration's micro-steps.")
+    load_seconds: float
+    save_seconds: float
+    peak_memory: int
+    cached: bool = Field(description="Measured before for the same model and settings.")
+
+
+class TrainingEstimate(BaseModel):
+    """What a job will take on this deployment's device, before it runs."""
+
+    device: str
+    dtype: Literal["fp32", "bf16"]
+    optimizer_steps: int
+    tokens: int = Field(description="Tokens run through the model, over every step.")
+    trained_tokens: int = Field(description="Of those, the labelled ones the loss is taken on.")
+    flops: float = Field(description="Model FLOPs, counted from the architecture.")
+    memory: MemoryEstimate
+    wall_seconds: float | None = Field(
+        None, description="From the calibration; null where it did not run."
+    )
+    cost: float | None = Field(
+        None, description="wall_seconds times the distribution's price_per_device_hour."
+    )
+    calibration: Calibration | None = None
+
+
+class JobAttempt(BaseModel):
+    """One run of a job's worker."""
+
+    attempt: int = Field(description="1 for the first run.")
+    started_at: int
+    ended_at: int | None = None
+    ended_because: str | None = Field(None, description="Why it ended, where it did not finish.")
+    resumed_from: str | None = Field(None, description="The checkpoint it started from.")
+
+
 class PostTrainingJobStatusResponse(BaseModel):
     job_uuid: str
     status: JobStatus
@@ -392,6 +499,12 @@ class PostTrainingJobStatusResponse(BaseModel):
     fine_tuned_model: str | None = None
     metadata: dict[str, str] = {}
     provider_id: str | None = Field(None, description="The provider running the job.")
+    estimate: TrainingEstimate | None = Field(
+        None, description="What the job was estimated to take when it was created."
+    )
+    attempts: list[JobAttempt] = Field(
+        [], description="Each run of its worker: retries after a stall, a lost worker, ..."
+    )
     request: SupervisedFineTuneRequest | PreferenceOptimizeRequest | None = Field(
         None, description="The request the job runs, its defaults filled in."
     )

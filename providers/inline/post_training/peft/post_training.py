@@ -13,6 +13,7 @@ from typing import Any
 from llama_post.apis.datasets import Datasets
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import (
+    EfficiencyConfig,
     LoraFinetuningConfig,
     PreferenceOptimizeRequest,
     TrainingRequest,
@@ -37,6 +38,21 @@ class PeftPostTraining(LocalJobs):
 
     def worker(self, request: TrainingRequest, job_dir: Path) -> list[str]:
         return [sys.executable, "-m", _recipe(request), str(job_dir)]
+
+    def calibrator(self, folder: Path) -> list[str] | None:
+        return [sys.executable, "-m", "providers.inline.post_training.peft.calibrate", str(folder)]
+
+    def lighter(self, spec: JobSpec) -> JobSpec | None:
+        """After running out of memory: recompute every layer's activations, unless the job
+        already did (the same numbers, for less memory)."""
+        efficiency = spec.request.training_config.efficiency_config or EfficiencyConfig()
+        every_layer = (
+            efficiency.enable_activation_checkpointing
+            and efficiency.activation_checkpointing_every_n_layers == 1
+        )
+        if spec.low_memory or every_layer:
+            return None
+        return spec.model_copy(update={"low_memory": True})
 
     async def prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
         got = await self.gather(request, job_uuid)

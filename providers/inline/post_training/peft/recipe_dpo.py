@@ -24,9 +24,12 @@ import torch.nn.functional as F
 from llama_post.apis.post_training import DPOLossType, PreferenceOptimizeRequest, StepMetrics
 from providers.inline.post_training.peft.training import (
     Cancelled,
+    NonFiniteGuard,
+    beat,
     clip,
     decoder_states,
     head_logps,
+    injected_fault,
     install_cancel_handler,
     last_validation_loss,
     load_model,
@@ -131,6 +134,7 @@ def main(job_dir: Path) -> None:
 
     # -- the loop ------------------------------------------------------------------------------
     model.train()
+    guard = NonFiniteGuard(request.supervision)
     every = request.logger_config.log_every_n_steps if request.logger_config else 1
     beta, loss_type = request.algorithm_config.beta, request.algorithm_config.loss_type
     last: dict[str, float | None] = {"train_loss": None}
@@ -146,9 +150,10 @@ def main(job_dir: Path) -> None:
             n_pairs = sum(len(b) for b in micro)
             totals = dict.fromkeys(("loss", "chosen", "rejected", "accuracy"), 0.0)
             tokens = 0
-            for indices in micro:
+            for m, indices in enumerate(micro):
                 if stop.is_set():
                     raise Cancelled
+                beat("training", global_step + 1, m)
                 pairs = [train[i] for i in indices]
                 chosen, rejected, n_chosen, n_rejected = pair_logps(
                     model, pairs, pad_id, spec.device
@@ -163,6 +168,7 @@ def main(job_dir: Path) -> None:
                     beta,
                     loss_type,
                 )
+                losses = injected_fault(losses, global_step + 1)
                 torch.autograd.backward(losses.sum() / n_pairs)
                 totals["loss"] += float(losses.detach().sum())
                 totals["chosen"] += float(chosen_rewards.sum())
@@ -171,7 +177,8 @@ def main(job_dir: Path) -> None:
                 tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
             grad_norm = clip(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
-            optimizer.step()
+            if guard.admits(global_step + 1, totals["loss"] / n_pairs, grad_norm):
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step_in_epoch += 1
@@ -385,6 +392,7 @@ def _reference(
     ):
         values = torch.full((len(pairs), 2), float("nan"))
         for start in range(0, len(wanted), REFERENCE_BATCH):
+            beat("reference", None, start)
             indices = wanted[start : start + REFERENCE_BATCH]
             chosen, rejected, _, _ = pair_logps(model, [pairs[i] for i in indices], pad_id, device)
             values[indices, 0] = chosen.float().cpu()
@@ -415,6 +423,7 @@ def _validate(
     batch = request.training_config.data.batch_size
     limit = request.training_config.max_validation_steps
     starts = list(range(0, len(pairs), batch))[:limit]
+    beat("validating")
     model.eval()
     loss = margin = accuracy = 0.0
     seen = 0

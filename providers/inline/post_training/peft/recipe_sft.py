@@ -19,7 +19,10 @@ import torch
 from llama_post.apis.post_training import StepMetrics, SupervisedFineTuneRequest
 from providers.inline.post_training.peft.training import (
     Cancelled,
+    NonFiniteGuard,
+    beat,
     clip,
+    injected_fault,
     install_cancel_handler,
     label_logps,
     last_validation_loss,
@@ -96,6 +99,7 @@ def main(job_dir: Path) -> None:
 
     # -- the loop ------------------------------------------------------------------------------
     model.train()
+    guard = NonFiniteGuard(request.supervision)
     every = request.logger_config.log_every_n_steps if request.logger_config else 1
     last_train_loss: float | None = None
     while epoch < cfg.n_epochs:
@@ -107,18 +111,20 @@ def main(job_dir: Path) -> None:
             micro = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
             n_items = max(1, sum(trained_tokens(b) for b in micro))
             loss_sum, tokens = 0.0, 0
-            for batch in micro:
+            for i, batch in enumerate(micro):
                 if stop.is_set():
                     raise Cancelled
+                beat("training", global_step + 1, i)
                 rows = repack(batch)
                 inputs = {k: v.to(spec.device) for k, v in collate(rows, pad_id, True).items()}
-                loss = completion_loss(model, inputs) / n_items
+                loss = injected_fault(completion_loss(model, inputs), global_step + 1) / n_items
                 torch.autograd.backward(loss)
                 loss_sum += float(loss.detach()) * n_items
                 tokens += sum(len(e.input_ids) for row in batch for e in row)
             grad_norm = clip(params, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
-            optimizer.step()
+            if guard.admits(global_step + 1, loss_sum / n_items, grad_norm):
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step_in_epoch += 1
@@ -204,6 +210,7 @@ def _validate(
 ) -> float:
     data = request.training_config.data
     limit = request.training_config.max_validation_steps
+    beat("validating")
     model.eval()
     total, count = 0.0, 0
     batches = group(examples, list(range(len(examples))), data.batch_size, False, data.max_seq_len)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -20,12 +21,16 @@ from llama_post.apis.post_training import (
     EfficiencyConfig,
     LoraFinetuningConfig,
     StepMetrics,
+    SupervisionConfig,
     TrainingRequest,
 )
+from llama_post.apis.post_training.models import Phase
 from providers.jobs.folder import (
     CHECKPOINT_PREFIX,
     EXIT_CANCELLED,
+    EXIT_NONFINITE,
     EXIT_OUT_OF_MEMORY,
+    Heartbeat,
     JobFolder,
     JobSpec,
     read_jsonl,
@@ -59,10 +64,10 @@ def load_model(spec: JobSpec) -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(spec.base_folder)
     model: Any = AutoModelForCausalLM.from_pretrained(spec.base_folder, dtype=dtype)
     efficiency = request.training_config.efficiency_config or EfficiencyConfig()
-    if efficiency.enable_activation_checkpointing:
+    if efficiency.enable_activation_checkpointing or spec.low_memory:
+        every = 1 if spec.low_memory else efficiency.activation_checkpointing_every_n_layers
         model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False},
-            every_n_layers=efficiency.activation_checkpointing_every_n_layers,
+            activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every
         )
     algo = request.tuning
     if isinstance(algo, LoraFinetuningConfig):
@@ -190,6 +195,63 @@ class FrozenHeadLogps(torch.autograd.Function):
         return grad[:, None].to(dlogp_dh.dtype) * dlogp_dh, None, None, None
 
 
+# -- supervision: what the server's watchdog and retries need from a recipe -------------------
+
+_heartbeat: Heartbeat | None = None
+
+
+def beat(phase: Phase, step: int | None = None, micro: int | None = None) -> None:
+    """Evidence of progress for the server's stall watchdog (`Heartbeat`)."""
+    if _heartbeat is not None:
+        _heartbeat(phase, step, micro)
+
+
+class NonFinite(Exception):
+    pass
+
+
+class NonFiniteGuard:
+    """A non-finite loss or gradient norm stops the job naming the step, or (`on_nonfinite:
+    skip`) skips that optimizer step, at most `max_skipped_steps` times."""
+
+    def __init__(self, supervision: SupervisionConfig) -> None:
+        self.supervision = supervision
+        self.skipped = 0
+
+    def admits(self, step: int, loss: float, grad_norm: float) -> bool:
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return True
+        what = f"loss ({loss})" if not math.isfinite(loss) else f"gradient norm ({grad_norm})"
+        allowed = self.supervision.max_skipped_steps
+        if self.supervision.on_nonfinite == "skip" and self.skipped < allowed:
+            self.skipped += 1
+            log.warning(
+                "non-finite %s at step %d: step skipped (%d of %d)",
+                what,
+                step,
+                self.skipped,
+                allowed,
+            )
+            return False
+        skipped = f" after skipping {self.skipped} step(s)" if self.skipped else ""
+        raise NonFinite(f"non-finite {what} at step {step}{skipped}")
+
+
+def injected_fault(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """Test hook: LLAMA_POST_TEST_FAULT=nan@N makes step N's loss NaN; stall@N wedges the
+    worker at step N (it stops making progress, as a hung collective or driver would)."""
+    fault = os.environ.get("LLAMA_POST_TEST_FAULT", "")
+    kind, _, at = fault.partition("@")
+    if not at or int(at) != step:
+        return loss
+    if kind == "nan":
+        return loss * float("nan")
+    if kind == "stall":
+        while True:
+            time.sleep(1.0)
+    return loss
+
+
 def last_validation_loss(job_dir: Path) -> float | None:
     """The newest validation loss the job's metrics hold, for its final checkpoint."""
     metrics = read_jsonl(JobFolder(job_dir).metrics)
@@ -268,6 +330,7 @@ def save(
 ) -> None:
     """Write a checkpoint beside its final place, then rename it there: a crash mid-write
     (a kill, a full disk) leaves the previous checkpoint as the newest complete one."""
+    beat("saving", step)
     target = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
     partial = folder / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -360,17 +423,24 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run(main: Any, job_dir: Path) -> None:
-    """A worker's entry: run the recipe; exit 3 when cancelled, 4 when out of memory."""
+    """A worker's entry: run the recipe; exit 3 when cancelled, 4 when out of memory, 5 on a
+    non-finite loss."""
     import sys
 
+    global _heartbeat
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s"
     )
+    _heartbeat = Heartbeat(JobFolder(job_dir).heartbeat)
+    beat("loading")
     try:
         main(job_dir)
     except Cancelled:
         log.info("cancelled")
         sys.exit(EXIT_CANCELLED)
+    except NonFinite as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_NONFINITE)
     except BaseException as exc:
         if not is_out_of_memory(exc):
             raise

@@ -109,6 +109,14 @@ class TorchtunePostTraining(LocalJobs):
                     "those, or inline::peft for ipo",
                 )
             )
+        if request.supervision.on_nonfinite == "skip":
+            found.append(
+                (
+                    "supervision.on_nonfinite",
+                    "torchtune's recipes take every step; its worker can only stop at a "
+                    "non-finite loss: use stop, or inline::peft to skip steps",
+                )
+            )
         no_validation = "torchtune's single-device LoRA recipes run no validation; leave it unset"
         if data.validation_dataset_id:
             found.append(("training_config.data_config.validation_dataset_id", no_validation))

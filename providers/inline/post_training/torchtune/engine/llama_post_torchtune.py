@@ -34,6 +34,7 @@ from typing import Any
 
 ENGINE_DIR = Path(__file__).resolve().parent
 CHECKPOINT_PREFIX = "step-"  # as providers/jobs/folder.py spells them
+EXIT_NONFINITE = 5  # and numbers this exit
 LAST: dict[str, float] = {}  # the newest logged figures, for the checkpoint's record
 
 
@@ -41,6 +42,7 @@ LAST: dict[str, float] = {}  # the newest logged figures, for the checkpoint's r
 
 
 def main(job_dir: Path) -> None:
+    _beat(job_dir, "loading", None)
     plan = json.loads((job_dir / "torchtune.json").read_text())
     config: dict[str, Any] = plan["config"]
     publish = Path(config["checkpointer"]["publish_dir"])
@@ -104,6 +106,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError):
             break  # a line cut off by a kill
     path.write_text("".join(kept))
+
+
+def _beat(job_dir: Path, phase: str, step: int | None) -> None:
+    """The worker's heartbeat for the server's stall watchdog (llama-post's `Heartbeat`: its
+    own clock, its pid, which `tune run` keeps, replacing this process)."""
+    beat = {"time": time.time(), "pid": os.getpid(), "phase": phase, "step": step, "micro": None}
+    partial = job_dir / "heartbeat.json.partial"
+    partial.write_text(json.dumps(beat))
+    partial.replace(job_dir / "heartbeat.json")
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -224,6 +235,11 @@ class MetricLogger:
         line["step_seconds"] = now - self.last
         line["timestamp"] = time.time()
         self.last = now
+        _beat(self.folder, "training", step)
+        loss = line.get("loss")
+        if loss is not None and not math.isfinite(loss):  # torchtune would train on
+            print(f"non-finite loss ({loss}) at step {step}", flush=True)
+            os._exit(EXIT_NONFINITE)
         LAST.update({k: v for k, v in line.items() if isinstance(v, float)})
         with (self.folder / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(line) + "\n")

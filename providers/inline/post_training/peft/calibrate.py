@@ -1,0 +1,118 @@
+"""A calibration: the job's largest micro-batch, run for a few timed micro-steps by the recipes'
+own code on this device, and one checkpoint saved. It reports the seconds per micro-step, the
+model's load and save times and the process's peak memory, from which the server's estimates
+take their time and memory (`providers/training/estimate.py`).
+
+Run by the server: `python -m providers.inline.post_training.peft.calibrate DIR`, where DIR
+holds the job's `job.json` and `batch.json` (the micro-batch's rows of examples); it writes
+`calibration.json` there.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from llama_post.apis.post_training import PreferenceOptimizeRequest
+from providers.inline.post_training.peft.recipe_dpo import Pair, dpo_loss, pair_logps
+from providers.inline.post_training.peft.recipe_sft import completion_loss
+from providers.inline.post_training.peft.training import (
+    clip,
+    load_model,
+    make_optimizer,
+    make_scheduler,
+    save,
+)
+from providers.jobs.folder import JobFolder
+from providers.training.data import Example, collate, repack
+
+TIMED = 2  # micro-steps timed, after one not timed
+
+
+def main(folder: Path) -> None:
+    spec = JobFolder(folder).read_spec()
+    request = spec.request
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
+    batch = [
+        [Example(e["input_ids"], e["labels"], len(e["input_ids"])) for e in row]
+        for row in json.loads((folder / "batch.json").read_text())
+    ]
+    started = time.perf_counter()
+    tokenizer, model = load_model(spec)
+    loaded = time.perf_counter() - started
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, request)
+    scheduler = make_scheduler(optimizer, request, TIMED + 1)
+    model.train()
+    dpo = isinstance(request, PreferenceOptimizeRequest)
+
+    def micro_step() -> None:
+        if dpo:
+            assert isinstance(request, PreferenceOptimizeRequest)
+            pairs = [Pair(row[0], row[1]) for row in batch]
+            chosen, rejected, n_chosen, n_rejected = pair_logps(model, pairs, pad_id, spec.device)
+            zeros = torch.zeros_like(chosen)
+            losses, _, _ = dpo_loss(
+                chosen,
+                rejected,
+                zeros,
+                zeros,
+                n_chosen,
+                n_rejected,
+                request.algorithm_config.beta,
+                request.algorithm_config.loss_type,
+            )
+            loss = losses.sum()
+        else:
+            inputs = {k: v.to(spec.device) for k, v in collate(repack(batch), pad_id, True).items()}
+            loss = completion_loss(model, inputs)
+        torch.autograd.backward(loss)
+        clip(params, request.training_config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    micro_step()  # allocations, kernel choices
+    started = time.perf_counter()
+    for _ in range(TIMED):
+        micro_step()
+    per_step = (time.perf_counter() - started) / TIMED
+    started = time.perf_counter()
+    save(
+        folder / "checkpoint",
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        request,
+        1,
+        (0, 1),
+        {},
+        final=False,
+    )
+    saved = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    if spec.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated()
+    (folder / "calibration.json").write_text(
+        json.dumps(
+            {
+                "seconds_per_micro_step": per_step,
+                "load_seconds": loaded,
+                "save_seconds": saved,
+                "peak_memory": peak,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
