@@ -139,8 +139,8 @@ def test_limits_the_estimate_exceeds_are_refused_at_creation(server: Server) -> 
 def test_a_job_that_will_not_fit_is_refused_with_the_figures(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    small = {"post_training": {**PRICED["post_training"], "memory_limit_bytes": 64 * 2**20}}
-    server = _start(tmp_path, tiny_model, **small)
+    small = {**PRICED["post_training"], "memory_limit_bytes": 64 * 2**20}
+    server = _start(tmp_path, tiny_model, post_training=small)
     try:
         made = httpx.post(
             f"{server.url}/v1/post-training/supervised-fine-tune", json=_sft() | {"job_uuid": "big"}
