@@ -254,9 +254,8 @@ def run_ours(name: str, folder: str, data: Path, steps: int, tmp: str) -> dict[s
         "request": request(name, steps),
         "base_folder": folder,
         "checkpoint_dir": str(job_dir / "checkpoints"),
+        "dtype": _dtype(name),  # as the server resolves training_config.dtype into the spec
     }
-    if "dtype" in JobSpec.model_fields:  # where the server writes the dtype it chose
-        spec["dtype"] = _dtype(name)
     (job_dir / "job.json").write_text(JobSpec.model_validate(spec).model_dump_json())
     recipe_sft.main(job_dir)
     metrics = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]

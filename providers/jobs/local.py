@@ -216,7 +216,9 @@ class LocalJobs:
         return PostTrainingJob(job_uuid=job_uuid)
 
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
-        return (await self.prepare(request, request.job_uuid or "preflight")).report
+        prepared = await self.prepare(request, request.job_uuid or "preflight")
+        figures = await asyncio.to_thread(self._estimate, prepared, False)
+        return prepared.report.model_copy(update={"estimate": figures})
 
     # -- estimates -----------------------------------------------------------------------------
 
@@ -243,7 +245,7 @@ class LocalJobs:
         work = count(request, prepared.examples, plan, spec.low_memory, shape)
         memory = estimate_memory(shape, request, spec.dtype, work.largest, spec.low_memory)
         memory.available = self.config.memory_limit_bytes or available_memory(spec.device)
-        calibration = self._calibration(spec, work) if calibrate else None
+        calibration = self._calibration(spec, work, run=calibrate)
         wall = cost = None
         if calibration is not None:
             memory.peak = calibration.peak_memory
@@ -269,9 +271,9 @@ class LocalJobs:
             calibration=calibration,
         )
 
-    def _calibration(self, spec: JobSpec, work: Work) -> Calibration | None:
+    def _calibration(self, spec: JobSpec, work: Work, run: bool) -> Calibration | None:
         """The calibration of this model, setting and micro-batch shape: from the cache, or
-        run now (a few micro-steps in a worker process of the trainer's)."""
+        (with `run`) run now, a few micro-steps in a worker process of the trainer's."""
         folder = self.config.storage_dir / "calibrations"
         request = spec.request
         key = hashlib.sha256(
@@ -300,7 +302,7 @@ class LocalJobs:
             )
         scratch = folder / f"{key}.partial"
         command = self.calibrator(scratch)
-        if command is None:
+        if command is None or not run:
             return None
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
@@ -314,6 +316,7 @@ class LocalJobs:
                     ]
                 )
             )
+            launched = time.time()
             ran = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
             if ran.returncode != 0:
                 tail = (ran.stderr or ran.stdout).strip().splitlines()[-1:]
@@ -326,8 +329,11 @@ class LocalJobs:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         calibration = Calibration(
-            **measured,
+            seconds_per_micro_step=measured["seconds_per_micro_step"],
             flops_per_second=work.largest_flops / measured["seconds_per_micro_step"],
+            load_seconds=measured["loaded_at"] - launched,  # the interpreter's start included
+            save_seconds=measured["save_seconds"],
+            peak_memory=measured["peak_memory"],
             cached=False,
         )
         cached.write_text(calibration.model_dump_json())

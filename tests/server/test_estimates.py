@@ -66,6 +66,9 @@ def test_an_estimate_counts_the_work_and_times_it_here(server: Server) -> None:
     first = made.json()
     preflight = httpx.post(f"{server.url}/v1/post-training/preflight", json=_sft()).json()
     assert first["optimizer_steps"] == preflight["total_steps"] == 12
+    # preflight gives the same figures (its time from the calibration just cached)
+    assert preflight["estimate"]["wall_seconds"] == first["wall_seconds"]
+    assert preflight["estimate"]["memory"]["peak"] == first["memory"]["peak"]
     assert first["device"] == "cpu" and first["dtype"] in ("fp32", "bf16")
     assert 0 < first["trained_tokens"] < first["tokens"]
     assert first["flops"] > 4 * 1e5 * first["tokens"]  # more than 4 N per token of the tiny model

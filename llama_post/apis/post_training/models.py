@@ -420,6 +420,9 @@ class JobProgress(BaseModel):
     step: int = 0
     total_steps: int = 0
     epoch: int = 0
+    peak_memory_bytes: int | None = Field(
+        None, description="The worker's peak memory so far, where its trainer reports it."
+    )
 
 
 class MemoryEstimate(BaseModel):
@@ -577,3 +580,8 @@ class PreflightResponse(BaseModel):
     total_steps: int
     example: str = Field(description="One rendered example; trained tokens are inside [[ ]].")
     errors: list[RowProblem]
+    estimate: TrainingEstimate | None = Field(
+        None,
+        description="Work and memory on this device; time and cost where a calibration of "
+        "the same setting is cached (POST /v1/post-training/estimate runs one).",
+    )

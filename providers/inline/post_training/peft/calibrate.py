@@ -11,7 +11,6 @@ holds the job's `job.json` and `batch.json` (the micro-batch's rows of examples)
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from providers.inline.post_training.peft.training import (
     load_model,
     make_optimizer,
     make_scheduler,
+    peak_memory,
     save,
 )
 from providers.jobs.folder import JobFolder
@@ -43,9 +43,8 @@ def main(folder: Path) -> None:
         [Example(e["input_ids"], e["labels"], len(e["input_ids"])) for e in row]
         for row in json.loads((folder / "batch.json").read_text())
     ]
-    started = time.perf_counter()
     tokenizer, model = load_model(spec)
-    loaded = time.perf_counter() - started
+    loaded_at = time.time()  # the server counts the load from when it started this process
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
@@ -99,14 +98,12 @@ def main(folder: Path) -> None:
         final=False,
     )
     saved = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    if spec.device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated()
+    peak = peak_memory(spec.device)
     (folder / "calibration.json").write_text(
         json.dumps(
             {
                 "seconds_per_micro_step": per_step,
-                "load_seconds": loaded,
+                "loaded_at": loaded_at,
                 "save_seconds": saved,
                 "peak_memory": peak,
             }

@@ -29,6 +29,7 @@ from providers.inline.post_training.peft.training import (
     load_model,
     make_optimizer,
     make_scheduler,
+    peak_memory,
     record,
     restore,
     run,
@@ -151,7 +152,12 @@ def main(job_dir: Path) -> None:
                 )
             write_json_atomic(
                 JobFolder(job_dir).progress,
-                {"step": global_step, "total_steps": total_steps, "epoch": epoch},
+                {
+                    "step": global_step,
+                    "total_steps": total_steps,
+                    "epoch": epoch,
+                    "peak_memory_bytes": peak_memory(spec.device),
+                },
             )
             epoch_done = step_in_epoch == plan[epoch]
             next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)

@@ -237,6 +237,15 @@ class NonFiniteGuard:
         raise NonFinite(f"non-finite {what} at step {step}{skipped}")
 
 
+def peak_memory(device: str) -> int:
+    """The worker's peak memory so far: its peak RSS (CUDA: the allocator's peak)."""
+    import resource
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def injected_fault(loss: torch.Tensor, step: int) -> torch.Tensor:
     """Test hook: LLAMA_POST_TEST_FAULT=nan@N makes step N's loss NaN; stall@N wedges the
     worker at step N (it stops making progress, as a hung collective or driver would)."""
