@@ -53,11 +53,12 @@ about 1.3% of its weights).
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from providers.training.estimate import Shape
 
 PEAK_SHAPES = ((2048, 2048, 2048), (2048, 576, 1536), (2048, 1536, 576))
 BANDWIDTH_MIB = 256
@@ -126,62 +127,29 @@ def peak_flops(machine: dict[str, float], dtype: str) -> float:
     return machine[f"{short}_gflops"] * 1e9
 
 
-@dataclass(frozen=True)
-class Decoder:
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    tied: bool
+class Decoder(Shape):
+    """The model's shape as llama-post's estimates read it (`providers.training.estimate`),
+    with what these benchmarks count on top."""
 
     @classmethod
     def from_folder(cls, folder: Path | str) -> Decoder:
-        config: dict[str, Any] = json.loads((Path(folder) / "config.json").read_text())
-        heads = config["num_attention_heads"]
-        return cls(
-            hidden=config["hidden_size"],
-            layers=config["num_hidden_layers"],
-            heads=heads,
-            kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-            intermediate=config["intermediate_size"],
-            vocab=config["vocab_size"],
-            tied=bool(config.get("tie_word_embeddings", False)),
-        )
+        shape = Shape.read(folder)
+        return cls(**{f.name: getattr(shape, f.name) for f in fields(Shape)})
 
     @property
     def widths(self) -> dict[str, tuple[int, int]]:
         """(d_in, d_out) of each projection of a layer."""
-        h, q, kv, i = (
-            self.hidden,
-            self.heads * self.head_dim,
-            self.kv_heads * self.head_dim,
-            self.intermediate,
-        )
-        return {
-            "q_proj": (h, q),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (q, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
+        return self.modules()
 
     @property
     def matmul_weights(self) -> int:
         """N: the decoder's matrix-product weights (all layers; not the embedding or head)."""
-        return self.layers * sum(a * b for a, b in self.widths.values())
+        return self.linear
 
     @property
     def parameters(self) -> int:
         """Every parameter, a tied embedding once (norms included; no biases)."""
-        head = self.vocab * self.hidden
-        norms = (2 * self.layers + 1) * self.hidden
-        return self.matmul_weights + norms + head * (1 if self.tied else 2)
+        return self.params
 
     def decode_bytes(self, dtype: str) -> int:
         """Bytes of weights one decode step reads: the decoder, the final norm, the head (a
