@@ -59,9 +59,14 @@ class Target:
     lacks: dict[str, str] = field(default_factory=dict)  # capability -> why this upstream lacks it
 
 
+# Served outputs are compared token for token with plain peft in fp32 (`_greedy`); bf16 serving
+# has its own tests (tests/server/test_mixed_precision.py).
+EXACT = {"LLAMA_POST_DTYPE": "float32"}
+
+
 @contextmanager
 def embedded(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
-    yield {"LLAMA_POST_MODEL_DIR": str(ctx.model.parent)}, {}
+    yield {"LLAMA_POST_MODEL_DIR": str(ctx.model.parent), **EXACT}, {}
 
 
 @contextmanager
@@ -103,7 +108,7 @@ def vllm_over_vllm(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str
 def torchtune(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     """The embedded default trained by torchtune, in its environment (`make engine-torchtune`)."""
     engine_environment("torchtune")
-    yield {"LLAMA_POST_MODEL_DIR": str(ctx.model.parent)}, {}
+    yield {"LLAMA_POST_MODEL_DIR": str(ctx.model.parent), **EXACT}, {}
 
 
 TARGETS = [
