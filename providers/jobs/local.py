@@ -135,6 +135,7 @@ class LocalJobs:
         self.stalled: dict[str, str] = {}  # job -> why the watchdog killed its worker
         self.overrun: dict[str, str] = {}  # job -> the limit of its own it ran past
         self.launched_at: dict[str, float] = {}
+        self.running: dict[str, TrainingRequest] = {}  # read once a launch, for the watchdog
         self.stopping = False
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -223,10 +224,12 @@ class LocalJobs:
     # -- estimates -----------------------------------------------------------------------------
 
     async def estimate(self, request: SupervisedFineTuneRequest) -> TrainingEstimate:
-        prepared = await self.prepare(request, request.job_uuid or "estimate")
-        return await asyncio.to_thread(self._estimate, prepared, True)
+        return await self._estimated(request)
 
     async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
+        return await self._estimated(request)
+
+    async def _estimated(self, request: TrainingRequest) -> TrainingEstimate:
         prepared = await self.prepare(request, request.job_uuid or "estimate")
         return await asyncio.to_thread(self._estimate, prepared, True)
 
@@ -641,6 +644,7 @@ class LocalJobs:
             return
         self._begin_attempt(job_uuid)
         self.launched_at[job_uuid] = time.time()
+        self.running[job_uuid] = self._request(job_uuid)
         self.workers[job_uuid] = proc
         self.monitors[job_uuid] = asyncio.create_task(self._monitor(job_uuid, proc))
 
@@ -674,6 +678,7 @@ class LocalJobs:
             self.workers.pop(job_uuid, None)
             self.monitors.pop(job_uuid, None)
             self.launched_at.pop(job_uuid, None)
+            self.running.pop(job_uuid, None)
             self.cancelling.discard(job_uuid)
             self._wake.set()
 
@@ -716,7 +721,7 @@ class LocalJobs:
     def _over_limits(self, job_uuid: str, now: float) -> str | None:
         """The job's max_wall_seconds or max_cost, where its workers' running time (over all
         attempts) has passed it."""
-        limits = self._request(job_uuid).supervision
+        limits = self.running[job_uuid].supervision
         if limits.max_wall_seconds is None and limits.max_cost is None:
             return None
         ran = sum((a.get("ended_at") or now) - a["started_at"] for a in self._attempts(job_uuid))
@@ -739,7 +744,7 @@ class LocalJobs:
 
     def _stall_limit(self, job_uuid: str, phase: str) -> float:
         limits: dict[str, float] = {str(k): v for k, v in self.config.stall_seconds.items()}
-        asked = self._request(job_uuid).supervision.stall_seconds
+        asked = self.running[job_uuid].supervision.stall_seconds
         if isinstance(asked, dict):
             limits |= {str(k): v for k, v in asked.items()}
         elif asked is not None:
