@@ -80,7 +80,7 @@ test: lint
 # Writes the lock from pyproject.toml's ranges: the newest releases they allow, today.
 # Run it to take new releases on purpose, then `make test`, and commit the lock with the fixes.
 lock: | $(UV)
-	$(COMPILE) pyproject.toml --extra ml --extra test -c requirements/constraints.txt -o $(LOCK)
+	$(COMPILE) pyproject.toml --extra ml --extra trackers --extra test -c requirements/constraints.txt -o $(LOCK)
 	$(COMPILE) --no-deps requirements/nodeps.in -o $(NODEPS)
 	$(COMPILE) requirements/engines/vllm.in -o $(VLLM_LOCK) \
 	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
