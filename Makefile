@@ -16,7 +16,7 @@ COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-ve
 	--python-platform x86_64-manylinux_2_28
 
 .PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engine-vllm \
-	engine-torchtune vllm
+	engine-torchtune vllm browser
 
 # Heavy engines that conflict with .venv live in environments of their own, built from their
 # hashed locks (requirements/engines/*.txt) into a cache outside the clone, named after the lock's
@@ -66,15 +66,25 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/llama-post openapi --check
 
-test-fast: setup
+test-fast: setup browser
 	$(BIN)/pytest -m "not slow"
 
 # pytest exits 5 when a lane selects no test; an empty lane is not a failure.
 test-slow: setup
 	$(BIN)/pytest -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
+# Debian's Chromium for the web page's browser test (tests/server/test_ui.py), installed where
+# this user can (root with apt-get); elsewhere that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	      >/dev/null || echo "chromium could not be installed: the browser test will be skipped"; \
+	  else echo "chromium is not installed (needs root and apt-get): the browser test will be skipped"; fi; }
+
 # Both lanes in one run, so its closing line counts every test.
-test: lint
+test: lint browser
 	$(BIN)/pytest
 
 # Writes the lock from pyproject.toml's ranges: the newest releases they allow, today.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from llama_post.codec import build_request
 from llama_post.distribution.spec import Registry
 from llama_post.distribution.stack import Stack
-from llama_post.routes import Route
+from llama_post.routes import Dispatcher, Route
 from llama_post.schema import FileContent
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ T = TypeVar("T")
 class ApiProxy:
     """One API of the stack, its methods dispatched through the route table."""
 
-    def __init__(self, stack: Stack, api: str) -> None:
+    def __init__(self, stack: Dispatcher, api: str) -> None:
         self._stack = stack
         self._routes = {r.name: r for r in stack.routes if r.api == api and r.primary}
         self._api = api

@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -27,6 +27,15 @@ from llama_post.schema import (
 
 RequestKind = Literal["none", "json", "query", "multipart"]
 ResponseKind = Literal["json", "sse", "json_or_sse", "binary"]
+
+
+class Dispatcher(Protocol):
+    """What serves a route table: the routes and the implementation behind each (the `Stack`)."""
+
+    routes: list[Route]
+
+    def call(self, route: Route) -> Any: ...
+
 
 _PARAM = re.compile(r"{(\w+)(?::(\w+))?}")
 

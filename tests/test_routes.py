@@ -176,7 +176,7 @@ def test_the_spec_and_library_come_from_the_same_table() -> None:
 
     import asyncio
 
-    proxy = ApiProxy(stack, "echo")  # type: ignore[arg-type]  # a duck-typed stack
+    proxy = ApiProxy(stack, "echo")  # a duck-typed stack: a Dispatcher
     assert asyncio.run(proxy.echo("n", text="a", times=3)) == Echoed(name="n", text="aaa")
     assert asyncio.run(proxy.echo("n", EchoRequest(text="b"))) == Echoed(name="n", text="b")
 

@@ -7,7 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from llama_post.auth import AuthMiddleware, KeyStore, RedactSecrets, is_loopback
 from llama_post.codec import build_request, carried_arguments
@@ -34,23 +34,17 @@ from llama_post.errors import (
     RequestValidationError,
 )
 from llama_post.openapi.generator import build_spec
-from llama_post.routes import Route
+from llama_post.routes import Dispatcher, Route
 from llama_post.schema import TINKER, FileContent, UploadedFile
+from llama_post.ui import ui_routes
 
 log = logging.getLogger("llama_post.server")
 
 MAX_JSON_BODY = 64 << 20
 
 
-class Dispatcher(Protocol):
-    """What the app serves: a route table and the implementation behind each route."""
-
-    routes: list[Route]
-
-    def call(self, route: Route) -> Any: ...
-
-
-def create_app(stack: Dispatcher) -> FastAPI:
+def create_app(stack: Dispatcher, keys: KeyStore | None = None) -> FastAPI:
+    """The API's routes over `stack`, and the web page (`/ui`); `keys` when keys are required."""
     app = FastAPI(title="llama-post", docs_url="/docs", redoc_url=None)
     spec = build_spec(stack.routes)
     app.openapi = lambda: spec  # type: ignore[method-assign]
@@ -62,10 +56,16 @@ def create_app(stack: Dispatcher) -> FastAPI:
             name=route.operation_id,
             include_in_schema=False,
         )
+    app.router.routes.extend(ui_routes(stack, keys))
+    app.router.add_route("/", _to_ui, methods=["GET"], include_in_schema=False)
     app.add_middleware(BaseUrlMiddleware)
     app.add_exception_handler(LlamaPostError, _on_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
     return app
+
+
+async def _to_ui(request: Request) -> Response:
+    return RedirectResponse("/ui", status_code=307)
 
 
 class BaseUrlMiddleware:
@@ -266,8 +266,8 @@ async def serve(config: Path | str, host: str | None = None, port: int | None = 
     if not any(isinstance(f, RedactSecrets) for f in access.filters):
         access.addFilter(RedactSecrets())
     try:
-        app: Any = create_app(stack)
         keys = _keys(stack.run, host)
+        app: Any = create_app(stack, keys)
         if keys is not None:
             app = AuthMiddleware(app, keys)
     except BaseException:
