@@ -660,6 +660,8 @@ class LocalJobs:
 
     async def _monitor(self, job_uuid: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        if job_uuid in self.forwarders:  # every step reaches the trackers before the status
+            await self._send(job_uuid, self.forwarders[job_uuid])
         stalled = self.stalled.pop(job_uuid, None)
         overrun = self.overrun.pop(job_uuid, None)
         try:

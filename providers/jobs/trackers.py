@@ -312,6 +312,9 @@ class Forwarder:
                 tracker = self.open.pop(i, None)
                 if tracker is not None:
                     self._attempt(i, lambda t=tracker: t.end(status))  # type: ignore[misc]
+                ended = self.runs[i]
+                if status is not None and ended is not None and i not in self.errors:
+                    ended.ended = True
             self._save()
 
     def _forward(self) -> None:

@@ -548,6 +548,12 @@ class TrackerRun(BaseModel):
     run_dir: str | None = Field(None, description="W&B: the run's local folder.")
     url: str | None = Field(None, description="W&B online: the run's page.")
     last_step: int = Field(0, description="The last step sent to it.")
+    ended: bool = Field(
+        False,
+        description="The job has ended and its run is closed (MLflow: FINISHED, FAILED or "
+        "KILLED by the job's status; W&B: finished with exit code 0, or 1 if the job did not "
+        "complete). Every step is sent before the job's status changes; closing follows.",
+    )
     error: str | None = Field(
         None, description="Its last failure, until it works again (the job goes on without it)."
     )
