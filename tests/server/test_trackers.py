@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from llama_post import LlamaPostClient
-from tests.support import TINY, LibraryDriver, Server, distribution
+from tests.support import TINY, LibraryDriver, Server, distribution, free_port
 
 ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
@@ -36,6 +36,8 @@ def _offline(home: Path) -> dict[str, str]:
         "WANDB_CONFIG_DIR": str(home / "wandb-config"),
         "WANDB_DATA_DIR": str(home / "wandb-data"),
         "MLFLOW_ALLOW_FILE_STORE": "true",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",  # a tracking server that is down fails at once
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
     }
 
 
@@ -241,6 +243,22 @@ def test_openai_integrations_are_a_wandb_tracker(served: Server) -> None:
     assert sorted(steps) == sorted(losses) and exit_code == 0
     last = max(losses)
     assert steps[last]["loss"] == losses[last]
+
+
+def test_a_failing_tracker_is_noted_and_never_fails_the_job(served: Server) -> None:
+    down = {"type": "mlflow", "tracking_uri": f"http://127.0.0.1:{free_port()}"}
+    made = httpx.post(
+        f"{served.url}/v1/post-training/supervised-fine-tune",
+        json=_job("tracker-down", [down], max_steps_per_epoch=3),
+    )
+    assert made.status_code == 200, made.text
+    status = _wait(served, "tracker-down", lambda s: s["status"] in ("completed", "failed"))
+    assert status["status"] == "completed", status
+    (mlflow,) = status["trackers"]
+    assert mlflow["error"] and mlflow["last_step"] == 0 and not mlflow["ended"]
+    logs = httpx.get(f"{served.url}/v1/post-training/jobs/tracker-down/logs").json()["lines"]
+    failed = [line for line in logs if "SUPERVISOR tracker 0 (mlflow) failed" in line]
+    assert len(failed) == 1, "\n".join(logs[-20:])  # noted once, not at every try
 
 
 def test_a_restarted_server_sends_no_step_twice(tmp_path: Path, tiny_model: Path) -> None:
