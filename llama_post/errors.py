@@ -87,7 +87,7 @@ class RequestValidationError(InvalidRequestError):
     @classmethod
     def from_pydantic(cls, errors: list[Any], prefix: str = "") -> RequestValidationError:
         details = [
-            ErrorDetail(field=_join_loc(prefix, e["loc"]), message=str(e["msg"])) for e in errors
+            ErrorDetail(field=_join_loc(prefix, _located(e)), message=str(e["msg"])) for e in errors
         ]
         summary = "; ".join(f"{d.field or '(body)'}: {d.message}" for d in details[:5])
         first = details[0].field if details else None
@@ -168,6 +168,14 @@ def for_status(status: int) -> type[LlamaPostError]:
         if cls.status == status:
             return cls
     return InvalidRequestError
+
+
+def _located(error: Any) -> tuple[Any, ...]:
+    """Where an error is; a union's unknown or missing tag is its discriminator field's."""
+    loc = tuple(error["loc"])
+    if error.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        return (*loc, str(error.get("ctx", {}).get("discriminator", "")).strip("'"))
+    return loc
 
 
 def _join_loc(prefix: str, loc: tuple[Any, ...] | list[Any]) -> str:

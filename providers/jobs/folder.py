@@ -8,6 +8,9 @@ train.log          the worker's output, tracebacks included
 metrics.jsonl      one StepMetrics line per logged step
 progress.json      step, total_steps, epoch (replaced atomically each step)
 heartbeat.json     the worker's own time, pid, phase, step and micro-batch, as it makes progress
+trackers.json      the server's: where each experiment tracker's run is, and the last step sent
+tensorboard/       the server's: TensorBoard event files (a tracker's default folder)
+wandb/             the server's: W&B's offline runs
 <checkpoint_dir>/step-000010/   checkpoint.json, the PEFT adapter (or full model), state.pt
 """
 
@@ -68,6 +71,9 @@ class JobFolder:
         self.metrics = path / "metrics.jsonl"
         self.progress = path / "progress.json"
         self.heartbeat = path / "heartbeat.json"
+        self.trackers = path / "trackers.json"
+        self.tensorboard = path / "tensorboard"
+        self.wandb = path  # wandb.init(dir=...) writes its own `wandb/` folder in it
 
     def read_spec(self) -> JobSpec:
         return JobSpec.model_validate_json(self.spec.read_text())

@@ -76,6 +76,8 @@ from providers.jobs.folder import (
     read_heartbeat,
     read_jsonl,
 )
+from providers.jobs.trackers import Forwarder, Roots, read_runs, trackers_of
+from providers.jobs.trackers import refusals as tracker_refusals
 from providers.training.data import steps_per_epoch
 from providers.training.estimate import Shape, Work, available_memory, count
 from providers.training.estimate import memory as estimate_memory
@@ -136,6 +138,9 @@ class LocalJobs:
         self.overrun: dict[str, str] = {}  # job -> the limit of its own it ran past
         self.launched_at: dict[str, float] = {}
         self.running: dict[str, TrainingRequest] = {}  # read once a launch, for the watchdog
+        self.roots = Roots(config.storage_dir, config.checkpoint_root)
+        self.forwarders: dict[str, Forwarder] = {}  # jobs with trackers, from their first launch
+        self.forwarding: dict[str, asyncio.Task[None]] = {}
         self.stopping = False
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -162,6 +167,8 @@ class LocalJobs:
                 )
         if interrupted:
             log.info("%d job(s) were running when the server stopped", len(interrupted))
+        for row in interrupted:  # out of retries: its trackers' runs end failed
+            await self._end_trackers(row["job_uuid"])
         self._scheduler = asyncio.create_task(self._schedule())
         self._watchdog = asyncio.create_task(self._watch())
         self._wake.set()
@@ -535,6 +542,7 @@ class LocalJobs:
                     "leave it unset",
                 )
             )
+        refusals += tracker_refusals(request, self.roots)
         if limits.max_cost and self.config.price_per_device_hour is None:
             refusals.append(
                 (
@@ -645,11 +653,15 @@ class LocalJobs:
         self._begin_attempt(job_uuid)
         self.launched_at[job_uuid] = time.time()
         self.running[job_uuid] = self._request(job_uuid)
+        if trackers_of(self.running[job_uuid]) and job_uuid not in self.forwarders:
+            self.forwarders[job_uuid] = self._forwarder(job_uuid)
         self.workers[job_uuid] = proc
         self.monitors[job_uuid] = asyncio.create_task(self._monitor(job_uuid, proc))
 
     async def _monitor(self, job_uuid: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        if job_uuid in self.forwarders:  # every step reaches the trackers before the status
+            await self._send(job_uuid, self.forwarders[job_uuid])
         stalled = self.stalled.pop(job_uuid, None)
         overrun = self.overrun.pop(job_uuid, None)
         try:
@@ -681,6 +693,7 @@ class LocalJobs:
             self.running.pop(job_uuid, None)
             self.cancelling.discard(job_uuid)
             self._wake.set()
+        await self._end_trackers(job_uuid)
 
     # -- supervision ---------------------------------------------------------------------------
 
@@ -689,6 +702,7 @@ class LocalJobs:
         Before its first heartbeat, the attempt's start is the evidence."""
         while True:
             await asyncio.sleep(self.config.watch_interval_seconds)
+            self._forward_metrics()
             now = time.time()
             for job_uuid, proc in list(self.workers.items()):
                 if job_uuid in self.stalled or job_uuid in self.cancelling:
@@ -741,6 +755,48 @@ class LocalJobs:
                 f"supervision.max_cost {limits.max_cost:g}"
             )
         return None
+
+    # -- experiment trackers (providers/jobs/trackers.py) ----------------------------------------
+
+    def _forwarder(self, job_uuid: str) -> Forwarder:
+        return Forwarder(
+            self._request(job_uuid),
+            self.jobs_dir / job_uuid,
+            self.roots,
+            lambda line: self._note(job_uuid, line),
+        )
+
+    def _forward_metrics(self) -> None:
+        """At each watchdog tick, send each running job's new metric lines to its trackers, in
+        a thread; a job still sending the last tick's waits for the next."""
+        for job_uuid, forwarder in self.forwarders.items():
+            task = self.forwarding.get(job_uuid)
+            if job_uuid in self.workers and (task is None or task.done()):
+                self.forwarding[job_uuid] = asyncio.create_task(self._send(job_uuid, forwarder))
+
+    async def _send(self, job_uuid: str, forwarder: Forwarder) -> None:
+        try:
+            await asyncio.to_thread(forwarder.forward)
+        except Exception:  # the job's metrics file, not a tracker (those are caught per tracker)
+            log.exception("job %s: its metrics could not be forwarded", job_uuid)
+
+    async def _end_trackers(self, job_uuid: str) -> None:
+        """Send a job's last metric lines and close its trackers' runs: with its status once it
+        has ended, without one when the server stops (the job goes on at the next start). A job
+        waiting for a retry keeps its runs open."""
+        try:
+            status = JobStatus(self._existing(job_uuid)["status"])
+            if status not in TERMINAL and not self.stopping:
+                return
+            forwarder = self.forwarders.pop(job_uuid, None)
+            self.forwarding.pop(job_uuid, None)
+            if forwarder is None:  # ended in a later server than its last step
+                if not read_runs(self.jobs_dir / job_uuid):
+                    return
+                forwarder = self._forwarder(job_uuid)
+            await asyncio.to_thread(forwarder.close, status if status in TERMINAL else None)
+        except Exception:
+            log.exception("job %s: its trackers could not be closed", job_uuid)
 
     def _stall_limit(self, job_uuid: str, phase: str) -> float:
         limits: dict[str, float] = {str(k): v for k, v in self.config.stall_seconds.items()}
@@ -955,6 +1011,7 @@ class LocalJobs:
             if (figures := JobFolder(self.jobs_dir / job_uuid).path / "estimate.json").is_file()
             else None,
             request=request,
+            trackers=read_runs(self.jobs_dir / job_uuid),
         )
 
     async def cancel_job(self, job_uuid: str) -> PostTrainingJobStatusResponse:
@@ -964,6 +1021,7 @@ class LocalJobs:
         proc = self.workers.get(job_uuid)
         if proc is None:
             self._set(job_uuid, JobStatus.cancelled)
+            await self._end_trackers(job_uuid)
             return await self.get_job_status(job_uuid)
         self.cancelling.add(job_uuid)
         _signal(proc, signal.SIGTERM)

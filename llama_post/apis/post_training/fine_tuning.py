@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +54,7 @@ from llama_post.apis.post_training.models import (
     SupervisedFineTuneRequest,
     TrainingEstimate,
     TrainingRequest,
+    WandbTracker,
     lora_without_type,
 )
 from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
@@ -149,6 +151,24 @@ class FineTuningMethod(StrictModel):
     dpo: DpoMethod | None = None
 
 
+class WandbSettings(StrictModel):
+    project: str = Field(min_length=1, max_length=128)
+    name: str | None = Field(None, max_length=128, description="Unset: the job's id.")
+    entity: str | None = Field(None, max_length=128)
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=20
+    )
+
+
+class WandbIntegration(StrictModel):
+    """OpenAI's Weights & Biases integration, served by the job's W&B tracker in its default
+    offline mode: the run is written in the job's folder, for `wandb sync` (the native
+    `logger_config.trackers` can send it online)."""
+
+    type: Literal["wandb"]
+    wandb: WandbSettings
+
+
 class CreateFineTuningJobRequest(StrictModel):
     """OpenAI's job request. `algorithm_config` (sent with the SDK's `extra_body`) is
     llama-post's own LoRA or full fine-tuning config; LoRA with its defaults if unset."""
@@ -193,8 +213,8 @@ class CreateFineTuningJobRequest(StrictModel):
         None, description="Deprecated by OpenAI in favour of `method`; taken for supervised jobs."
     )
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=16)
-    integrations: list[dict[str, Any]] | None = Field(
-        None, description="Not supported: none.", json_schema_extra={"maxItems": 0}
+    integrations: list[WandbIntegration] | None = Field(
+        None, max_length=8, description="Weights & Biases runs that get the job's metrics."
     )
     algorithm_config: AlgorithmConfig | None = None
 
@@ -261,7 +281,7 @@ class FineTuningJob(BaseModel):
     training_file: str
     validation_file: str | None = None
     metadata: dict[str, str] | None = None
-    integrations: list[dict[str, Any]] | None = None
+    integrations: list[WandbIntegration] | None = None
 
 
 class FineTuningJobList(BaseModel):
@@ -370,11 +390,6 @@ class OpenAIFineTuning:
         method = request.method or FineTuningMethod(type="supervised")
         dpo = method.type == "dpo"
         params = _hyperparameters(request, method)
-        if request.integrations:
-            raise InvalidRequestError(
-                "integrations: not supported; the job's metrics are in its events",
-                param="integrations",
-            )
         job_uuid = "-".join(filter(None, ["ftjob", request.suffix, secrets.token_hex(6)]))
         kinds = (
             [DatasetPurpose.preference]
@@ -500,6 +515,7 @@ class OpenAIFineTuning:
             if data.validation_dataset_id
             else None,
             metadata=status.metadata or None,
+            integrations=_integrations(request),
         )
 
     async def cancel_fine_tuning_job(self, fine_tuning_job_id: str) -> FineTuningJob:
@@ -625,6 +641,12 @@ def _native_request(
         "job_uuid": job_uuid,
         "training_config": training,
         "metadata": request.metadata or {},
+        "logger_config": {
+            "trackers": [
+                {"type": "wandb", **i.wandb.model_dump(exclude_none=True)}
+                for i in request.integrations or []
+            ]
+        },
     }
     if dpo:
         beta = AUTO_BETA if params.beta == "auto" else params.beta
@@ -641,10 +663,31 @@ def _native_request(
     )
 
 
+def _integrations(request: TrainingRequest) -> list[WandbIntegration] | None:
+    """The job's W&B trackers, in OpenAI's shape."""
+    found = [
+        WandbIntegration(
+            type="wandb",
+            wandb=WandbSettings(
+                project=t.project, name=t.name, entity=t.entity, tags=t.tags or None
+            ),
+        )
+        for t in (request.logger_config.trackers if request.logger_config else [])
+        if isinstance(t, WandbTracker)
+    ]
+    return found or None
+
+
 def _openai_param(native: str | None, method: str) -> str | None:
     """A native field's name as the OpenAI request calls it."""
     if native is None:
         return None
+    # the job's trackers are its integrations, in order; `type` and `mode` are the integration's
+    tracker = re.match(r"logger_config\.trackers(\[\d+\])(?:\.(\w+))?$", native)
+    if tracker is not None:
+        index, name = tracker.groups()
+        inner = f".wandb.{name}" if name in WandbSettings.model_fields else ".type"
+        return f"integrations{index}{inner}"
     hyper = f"method.{method}.hyperparameters"
     for prefix, name in (
         ("finetuned_model", "model"),

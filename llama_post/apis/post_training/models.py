@@ -89,8 +89,58 @@ class EfficiencyConfig(ConfigModel):
     fsdp_cpu_offload: bool = Field(False, json_schema_extra=only(False))
 
 
+class TensorBoardTracker(ConfigModel):
+    type: Literal["tensorboard"]
+    log_dir: str | None = Field(
+        None,
+        max_length=1024,
+        description="Where the event files go: a folder under the provider's storage_dir (a "
+        "relative path is taken from there) or its checkpoint_root. Unset: `tensorboard/` in "
+        "the job's folder.",
+    )
+
+
+class MLflowTracker(ConfigModel):
+    type: Literal["mlflow"]
+    tracking_uri: str = Field(
+        max_length=2048,
+        description="An http(s) MLflow tracking server, or a `file:` store under the "
+        "provider's storage_dir or checkpoint_root (MLflow 3 serves file stores only where "
+        "the server's environment sets MLFLOW_ALLOW_FILE_STORE=true).",
+    )
+    experiment_name: str | None = Field(
+        None, max_length=500, description="Created if missing. Unset: `llama-post`."
+    )
+    run_name: str | None = Field(None, max_length=250, description="Unset: the job's id.")
+
+
+class WandbTracker(ConfigModel):
+    type: Literal["wandb"]
+    project: str = Field(min_length=1, max_length=128)
+    entity: str | None = Field(None, max_length=128, description="Unset: W&B's default.")
+    name: str | None = Field(None, max_length=128, description="Unset: the job's id.")
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field([], max_length=20)
+    mode: Literal["offline", "online"] = Field(
+        "offline",
+        description="offline: the run is written under `wandb/` in the job's folder, for "
+        "`wandb sync`; online: sent to W&B, only where the server's environment has "
+        "WANDB_API_KEY.",
+    )
+
+
+TrackerConfig = Annotated[
+    TensorBoardTracker | MLflowTracker | WandbTracker, Field(discriminator="type")
+]
+
+
 class LoggerConfig(ConfigModel):
     log_every_n_steps: int = Field(1, ge=1, description="Optimizer steps between metric lines.")
+    trackers: list[TrackerConfig] = Field(
+        [],
+        max_length=8,
+        description="Experiment trackers the server sends the job's metric lines to, each "
+        "step once, as the job runs; where each run went is in the job's status (`trackers`).",
+    )
 
 
 class TrainingConfig(ConfigModel):
@@ -486,6 +536,29 @@ class JobAttempt(BaseModel):
     resumed_from: str | None = Field(None, description="The checkpoint it started from.")
 
 
+class TrackerRun(BaseModel):
+    """Where one of a job's trackers sends its metrics (the job's `logger_config.trackers`, in
+    order)."""
+
+    type: Literal["tensorboard", "mlflow", "wandb"]
+    log_dir: str | None = Field(None, description="TensorBoard: the event files' folder.")
+    tracking_uri: str | None = Field(None, description="MLflow: the tracking URI.")
+    experiment_id: str | None = Field(None, description="MLflow: the run's experiment.")
+    run_id: str | None = Field(None, description="MLflow or W&B: the run's id.")
+    run_dir: str | None = Field(None, description="W&B: the run's local folder.")
+    url: str | None = Field(None, description="W&B online: the run's page.")
+    last_step: int = Field(0, description="The last step sent to it.")
+    ended: bool = Field(
+        False,
+        description="The job has ended and its run is closed (MLflow: FINISHED, FAILED or "
+        "KILLED by the job's status; W&B: finished with exit code 0, or 1 if the job did not "
+        "complete). Every step is sent before the job's status changes; closing follows.",
+    )
+    error: str | None = Field(
+        None, description="Its last failure, until it works again (the job goes on without it)."
+    )
+
+
 class PostTrainingJobStatusResponse(BaseModel):
     job_uuid: str
     status: JobStatus
@@ -507,6 +580,9 @@ class PostTrainingJobStatusResponse(BaseModel):
     )
     attempts: list[JobAttempt] = Field(
         [], description="Each run of its worker: retries after a stall, a lost worker, ..."
+    )
+    trackers: list[TrackerRun] = Field(
+        [], description="Where its experiment trackers' runs are, once the job has started."
     )
     request: SupervisedFineTuneRequest | PreferenceOptimizeRequest | None = Field(
         None, description="The request the job runs, its defaults filled in."
