@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -61,3 +62,8 @@ def configure(fmt: LogFormat) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    if fmt == "json":
+        # every line a JSON object: Python's warnings become records, and Hugging Face's
+        # progress bars (loading weights) stay off the output
+        logging.captureWarnings(True)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
