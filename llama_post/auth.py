@@ -170,15 +170,16 @@ class AuthMiddleware:
     # URLs that carry their own expiring, signed token (checkpoint archives and files)
     CAPABILITIES = ("/v1/post-training/checkpoint-archives/", "/v1/post-training/checkpoint-files/")
 
-    def __init__(self, app: Any, keys: KeyStore) -> None:
+    def __init__(self, app: Any, keys: KeyStore, public: tuple[str, ...] = ()) -> None:
         self.app = app
         self.keys = keys
+        self.open = (*self.OPEN, *public)  # and what run.yaml opens (`server.metrics.public`)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
         if (
             scope["type"] != "http"
-            or path in self.OPEN
+            or path in self.open
             or path.startswith(self.CAPABILITIES + self.OPEN_PREFIXES)
         ):
             await self.app(scope, receive, send)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
+import click
 import typer
 from rich.console import Console
 
 from llama_post.errors import ConfigError
 from llama_post.jobs_cli import jobs
 from llama_post.keys_cli import keys
+from llama_post.logs import LogFormat
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Self-hosted post-training behind typed APIs."
@@ -27,17 +29,26 @@ def run(
     config: Annotated[Path, typer.Argument(help="The distribution to serve.")] = Path("run.yaml"),
     host: Annotated[str | None, typer.Option(help="Overrides server.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Overrides server.port.")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            click_type=click.Choice(get_args(LogFormat)),
+            envvar="LLAMA_POST_LOG_FORMAT",
+            help="text, or json (a JSON object a line, one line per request). Overrides "
+            "server.log_format.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a distribution over HTTP until SIGINT or SIGTERM."""
-    import logging
-
+    from llama_post import logs
     from llama_post.server import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    chosen = cast(LogFormat | None, log_format)
+    logs.configure(chosen or "text")  # until run.yaml is read
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; end with 0 then.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        asyncio.run(serve(config, host=host, port=port))
+        asyncio.run(serve(config, host=host, port=port, log_format=chosen))
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ErrorDetail(BaseModel):
@@ -48,6 +48,11 @@ class ErrorBody(BaseModel):
     param: str | None = None
     code: str | None = None
     details: list[ErrorDetail] = []
+    request_id: str | None = Field(
+        None,
+        description="The id of the request this answers (its `x-request-id`), as the server's "
+        "log lines name it.",
+    )
 
 
 class ErrorResponse(BaseModel):

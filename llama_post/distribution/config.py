@@ -26,9 +26,25 @@ class ProviderConfig(StrictModel):
     config: dict[str, Any] = {}
 
 
+class MetricsConfig(StrictModel):
+    enabled: bool = Field(True, description="Serve Prometheus metrics at `/metrics`.")
+    public: bool = Field(
+        False,
+        description="With auth on, serve `/metrics` without a key. Otherwise it needs an admin "
+        "key: its labels name every owner's models.",
+    )
+
+
 class ServerConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8321, ge=0, le=65535)
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object a line (time, level, logger, message, request_id) "
+        "and one line per request. `llama-post run --log-format` and LLAMA_POST_LOG_FORMAT "
+        "override it.",
+    )
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class AuthConfig(StrictModel):

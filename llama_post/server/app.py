@@ -11,31 +11,35 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from uvicorn.config import LOGGING_CONFIG
 
-from llama_post.auth import AuthMiddleware, KeyStore, RedactSecrets, is_loopback
+from llama_post import logs
+from llama_post.auth import PRINCIPAL, AuthMiddleware, KeyStore, RedactSecrets, is_loopback
 from llama_post.codec import build_request, carried_arguments
 from llama_post.distribution.checkpoints import BASE_URL
-from llama_post.distribution.config import RunConfig
+from llama_post.distribution.config import RunConfig, ServerConfig, load_run_config
 from llama_post.distribution.stack import Stack
 from llama_post.errors import (
     ConfigError,
     ConflictError,
     ErrorBody,
-    ErrorResponse,
     InvalidRequestError,
     LlamaPostError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RequestValidationError,
 )
 from llama_post.openapi.generator import build_spec
 from llama_post.routes import Dispatcher, Route
 from llama_post.schema import TINKER, FileContent, UploadedFile
+from llama_post.server.observe import RequestMiddleware, envelope
 from llama_post.ui import ui_routes
 
 log = logging.getLogger("llama_post.server")
@@ -43,8 +47,12 @@ log = logging.getLogger("llama_post.server")
 MAX_JSON_BODY = 64 << 20
 
 
-def create_app(stack: Dispatcher, keys: KeyStore | None = None) -> FastAPI:
-    """The API's routes over `stack`, and the web page (`/ui`); `keys` when keys are required."""
+def create_app(
+    stack: Dispatcher, keys: KeyStore | None = None, settings: ServerConfig | None = None
+) -> FastAPI:
+    """The app serving `stack`'s routes, the web page (`/ui`) and `/metrics`, requiring `keys`
+    when given."""
+    settings = settings or ServerConfig()
     app = FastAPI(title="llama-post", docs_url="/docs", redoc_url=None)
     spec = build_spec(stack.routes)
     app.openapi = lambda: spec  # type: ignore[method-assign]
@@ -58,7 +66,16 @@ def create_app(stack: Dispatcher, keys: KeyStore | None = None) -> FastAPI:
         )
     app.router.routes.extend(ui_routes(stack, keys))
     app.router.add_route("/", _to_ui, methods=["GET"], include_in_schema=False)
+    public: tuple[str, ...] = ()
+    if settings.metrics.enabled:
+        app.router.add_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+        public = ("/metrics",) if settings.metrics.public else ()
     app.add_middleware(BaseUrlMiddleware)
+    if keys is not None:
+        app.add_middleware(AuthMiddleware, keys=keys, public=public)
+    app.add_middleware(
+        RequestMiddleware, routes=app.router.routes, log_requests=settings.log_format == "json"
+    )
     app.add_exception_handler(LlamaPostError, _on_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _on_http_error)  # type: ignore[arg-type]
     return app
@@ -66,6 +83,17 @@ def create_app(stack: Dispatcher, keys: KeyStore | None = None) -> FastAPI:
 
 async def _to_ui(request: Request) -> Response:
     return RedirectResponse("/ui", status_code=307)
+
+
+async def _metrics(request: Request) -> Response:
+    """Prometheus's text exposition of the process's metrics (`llama_post.telemetry`)."""
+    principal = PRINCIPAL.get()
+    if principal is not None and not principal.admin:
+        raise PermissionDeniedError(
+            "/metrics needs an admin key (its labels name every owner's models); or set "
+            "server.metrics.public: true in run.yaml to serve it without a key"
+        )
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 class BaseUrlMiddleware:
@@ -212,11 +240,10 @@ async def _sse(events: AsyncIterator[BaseModel], done_marker: bool = True) -> As
         async for event in events:
             yield f"data: {event.model_dump_json()}\n\n"
     except LlamaPostError as exc:
-        yield f"data: {ErrorResponse(error=exc.to_body()).model_dump_json()}\n\n"
+        yield f"data: {json.dumps(envelope(exc.to_body()))}\n\n"
     except Exception:
         log.exception("stream failed")
-        body = ErrorResponse(error=LlamaPostError("internal error").to_body())
-        yield f"data: {body.model_dump_json()}\n\n"
+        yield f"data: {json.dumps(envelope(LlamaPostError('internal error').to_body()))}\n\n"
     if done_marker:
         yield "data: [DONE]\n\n"
 
@@ -228,7 +255,7 @@ def _attachment(filename: str) -> str:
 
 
 def error_response(exc: LlamaPostError) -> JSONResponse:
-    body = ErrorResponse(error=exc.to_body()).model_dump(mode="json")
+    body = envelope(exc.to_body())
     headers = {}
     if 400 <= exc.status < 500 and exc.status not in (408, 429):
         # the same request would fail again: SDKs that retry 409s (Tinker's, OpenAI's) stop
@@ -251,34 +278,42 @@ async def _on_http_error(request: Request, exc: HTTPException) -> Response:
     body = ErrorBody(
         message=messages.get(exc.status_code, str(exc.detail)), type=kind, code=str(exc.status_code)
     )
-    return JSONResponse(
-        ErrorResponse(error=body).model_dump(mode="json"),
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
+    return JSONResponse(envelope(body), status_code=exc.status_code, headers=exc.headers)
 
 
-async def serve(config: Path | str, host: str | None = None, port: int | None = None) -> None:
-    """Build the stack from `config` and serve it until SIGINT or SIGTERM."""
+async def serve(
+    config: Path | str,
+    host: str | None = None,
+    port: int | None = None,
+    log_format: logs.LogFormat | None = None,
+) -> None:
+    """Build the stack from `config` and serve it until SIGINT or SIGTERM. `log_format`
+    (the CLI's, or LLAMA_POST_LOG_FORMAT) overrides run.yaml's `server.log_format`."""
+    log_format = log_format or load_run_config(config)[0].server.log_format
+    logs.configure(log_format)
     stack = await Stack.build(config)
-    host = host or stack.run.server.host
+    settings = stack.run.server.model_copy(update={"log_format": log_format})
+    host = host or settings.host
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactSecrets) for f in access.filters):
         access.addFilter(RedactSecrets())
     try:
         keys = _keys(stack.run, host)
-        app: Any = create_app(stack, keys)
-        if keys is not None:
-            app = AuthMiddleware(app, keys)
+        app = create_app(stack, keys, settings)
     except BaseException:
         await stack.shutdown()
         raise
+    json_logs = log_format == "json"
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=host,
-            port=stack.run.server.port if port is None else port,
+            port=settings.port if port is None else port,
             log_level="info",
+            # JSON: uvicorn's records go through the root handler; its access lines give way to
+            # the server's own (RequestMiddleware)
+            log_config=None if json_logs else LOGGING_CONFIG,
+            access_log=not json_logs,
             timeout_graceful_shutdown=10,
         )
     )

@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from llama_post import telemetry
 from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
 from llama_post.apis.models import (
     AdapterSource,
@@ -141,10 +142,12 @@ class LocalJobs:
         self.roots = Roots(config.storage_dir, config.checkpoint_root)
         self.forwarders: dict[str, Forwarder] = {}  # jobs with trackers, from their first launch
         self.forwarding: dict[str, asyncio.Task[None]] = {}
+        self.steps_seen: dict[str, int] = {}  # job -> the highest step counted in the metrics
         self.stopping = False
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        telemetry.watch(self)
 
     async def start(self) -> None:
         interrupted = self.db.all(
@@ -176,6 +179,7 @@ class LocalJobs:
     async def shutdown(self) -> None:
         """Stop workers without failing their jobs: they resume at the next start."""
         self.stopping = True
+        telemetry.forget(self)
         for task in (self._scheduler, self._watchdog):
             if task:
                 task.cancel()
@@ -651,6 +655,7 @@ class LocalJobs:
             await proc.wait()
             return
         self._begin_attempt(job_uuid)
+        self.steps_seen.setdefault(job_uuid, self._progress_step(job_uuid))
         self.launched_at[job_uuid] = time.time()
         self.running[job_uuid] = self._request(job_uuid)
         if trackers_of(self.running[job_uuid]) and job_uuid not in self.forwarders:
@@ -664,6 +669,7 @@ class LocalJobs:
             await self._send(job_uuid, self.forwarders[job_uuid])
         stalled = self.stalled.pop(job_uuid, None)
         overrun = self.overrun.pop(job_uuid, None)
+        self._count_steps(job_uuid)
         try:
             if overrun is not None:  # the job's own limit: not retried
                 self._end_attempt(job_uuid, overrun)
@@ -678,6 +684,8 @@ class LocalJobs:
                 await self._complete(job_uuid)
             else:
                 reason, machine = self._ending(job_uuid, code, stalled)
+                failure = failure_class(code, stalled is not None, reason)
+                telemetry.WORKER_FAILURES.labels(self.provider_id, failure).inc()
                 self._end_attempt(job_uuid, reason, machine)
                 if machine:
                     self._retry_or_fail(job_uuid, reason)
@@ -705,6 +713,7 @@ class LocalJobs:
             self._forward_metrics()
             now = time.time()
             for job_uuid, proc in list(self.workers.items()):
+                self._count_steps(job_uuid)
                 if job_uuid in self.stalled or job_uuid in self.cancelling:
                     continue
                 if job_uuid in self.overrun:
@@ -731,6 +740,22 @@ class LocalJobs:
                 self.stalled[job_uuid] = reason
                 self._note(job_uuid, reason)
                 _signal(proc, signal.SIGKILL)  # a stopped or wedged process ignores SIGTERM
+
+    def _progress_step(self, job_uuid: str) -> int:
+        try:
+            progress = JobFolder(self.jobs_dir / job_uuid).progress.read_text()
+            return JobProgress.model_validate_json(progress).step
+        except (OSError, ValueError):
+            return 0
+
+    def _count_steps(self, job_uuid: str) -> None:
+        """Add the steps a worker completed since the last look to the step counter; a resumed
+        attempt's replay of steps already counted adds nothing."""
+        step = self._progress_step(job_uuid)
+        seen = self.steps_seen.get(job_uuid, step)
+        if step > seen:
+            telemetry.JOB_STEPS.labels(self.provider_id).inc(step - seen)
+            self.steps_seen[job_uuid] = step
 
     def _over_limits(self, job_uuid: str, now: float) -> str | None:
         """The job's max_wall_seconds or max_cost, where its workers' running time (over all
@@ -858,6 +883,7 @@ class LocalJobs:
             "UPDATE jobs SET status = ? WHERE job_uuid = ? AND status = ?",
             (JobStatus.scheduled.value, job_uuid, JobStatus.in_progress.value),
         )
+        telemetry.WORKER_RESTARTS.labels(self.provider_id).inc()
         self._wake.set()
 
     def _attempts(self, job_uuid: str) -> list[dict[str, Any]]:
@@ -975,8 +1001,17 @@ class LocalJobs:
                 job_uuid,
             ),
         )
+        if status in TERMINAL:
+            self.steps_seen.pop(job_uuid, None)
 
     # -- reading jobs --------------------------------------------------------------------------
+
+    def count_by_state(self) -> dict[str, int]:
+        """Every state's number of jobs, for the metrics (`telemetry.JobStore`)."""
+        rows = self.db.all("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return dict.fromkeys((s.value for s in JobStatus), 0) | {
+            r["status"]: int(r["n"]) for r in rows
+        }
 
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
         rows = self.db.all("SELECT job_uuid FROM jobs ORDER BY seq")
@@ -1144,6 +1179,21 @@ class LocalJobs:
         if row is None:
             raise NotFoundError(f"no job {job_uuid!r}", param="job_uuid")
         return row
+
+
+def failure_class(code: int, stalled: bool, reason: str) -> str:
+    """A failed attempt's reason as one of a few words, the metrics' label."""
+    if stalled:
+        return "stalled"
+    if code == EXIT_NONFINITE:
+        return "nonfinite"
+    if code == EXIT_OUT_OF_MEMORY or code == -signal.SIGKILL or "out of memory" in reason:
+        return "out_of_memory"
+    if "the disk is full" in reason:
+        return "disk_full"
+    if code < 0 or code == EXIT_CANCELLED:
+        return "lost"
+    return "error"
 
 
 def _gib(n: int) -> str:

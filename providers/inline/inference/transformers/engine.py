@@ -17,6 +17,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from llama_post import telemetry
 from providers.inline.inference.transformers.sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -96,13 +98,18 @@ class Sequence:
     sampler: Sampler
     detok: Detokenizer
     sink: Callable[[Event | BaseException], object]
+    model: str  # the model asked for (an adapter's id, or the base's): the metrics' label
+    queued_at: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
     finished: bool = False
     cancelled: bool = False
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, device: str, max_batch: int) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, device: str, max_batch: int, name: str = "model"
+    ) -> None:
+        self.name = name  # the base model's id, for the metrics
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -123,11 +130,12 @@ class Engine:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llama-post-engine", daemon=True)
         self._thread.start()
+        telemetry.watch(self)
 
     # -- the asyncio side ----------------------------------------------------------------------
 
     async def generate(
-        self, prompt: list[int], params: SamplingParams, adapter: str | None
+        self, prompt: list[int], params: SamplingParams, adapter: str | None, model: str = ""
     ) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
@@ -138,6 +146,7 @@ class Engine:
             sampler=Sampler(params, prompt, self.vocab, self.device),
             detok=Detokenizer(self.tokenizer, params.stop),
             sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
+            model=model or self.name,
         )
         with self._cond:
             self._waiting.append(seq)
@@ -165,7 +174,12 @@ class Engine:
         with self._cond:
             return sum(1 for s in [*self._waiting, *self._active] if s.adapter == adapter)
 
+    def occupancy(self) -> tuple[int, int]:
+        """(sequences in the decode batch, requests waiting), read without stopping a step."""
+        return len(self._active), len(self._waiting)
+
     def stop(self) -> None:
+        telemetry.forget(self)
         with self._cond:
             self._stopping = True
             self._cond.notify()
@@ -258,6 +272,10 @@ class Engine:
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
         choice = seq.sampler.choose(logits)
         seq.generated.append(choice.token)
+        if len(seq.generated) == 1:
+            first = time.monotonic() - seq.queued_at
+            telemetry.TIME_TO_FIRST_TOKEN.labels(seq.model).observe(first)
+        telemetry.GENERATED_TOKENS.labels(seq.model).inc()
         eos = choice.token in seq.params.eos_ids
         text, stopped = seq.detok.push(None if eos else choice.token)
         finish = None

@@ -129,7 +129,7 @@ class TransformersInference:
             weights=ModelWeights(path=str(path)),
         )
         eos = {tokenizer.eos_token_id, *_as_list(hf_model.generation_config.eos_token_id)}
-        engine = Engine(hf_model, tokenizer, self.device, self.config.max_batch_size)
+        engine = Engine(hf_model, tokenizer, self.device, self.config.max_batch_size, model.id)
         loaded = Base(engine, tokenizer, info, frozenset(e for e in eos if e is not None), path)
         self.bases[model.id] = loaded
         self.targets[model.id] = Target(model.id, loaded, None)
@@ -226,7 +226,7 @@ class TransformersInference:
             request.max_completion_tokens or request.max_tokens,
             top if request.logprobs else None,
         )
-        events = target.base.engine.generate(prompt, params, target.adapter)
+        events = target.base.engine.generate(prompt, params, target.adapter, target.model_id)
         if request.stream:
             return self._chat_chunks(request, events)
         return await self._chat_result(request, events)
@@ -248,7 +248,8 @@ class TransformersInference:
             )
             jobs.append(
                 self._chat_result(
-                    request, target.base.engine.generate(prompt, params, target.adapter)
+                    request,
+                    target.base.engine.generate(prompt, params, target.adapter, target.model_id),
                 )
             )
         return BatchChatCompletionResponse(data=list(await asyncio.gather(*jobs)))
@@ -323,7 +324,9 @@ class TransformersInference:
         for i, text in enumerate(prompts):
             ids = self._encode(target, text, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
             params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
-            streams.append(target.base.engine.generate(ids, params, target.adapter))
+            streams.append(
+                target.base.engine.generate(ids, params, target.adapter, target.model_id)
+            )
         if request.stream:
             return self._completion_chunks(request, streams)
         results = await asyncio.gather(*(_collect(s) for s in streams))
@@ -335,7 +338,9 @@ class TransformersInference:
         for i, text in enumerate(request.prompts):
             ids = self._encode(target, text, f"prompts[{i}]")
             params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
-            jobs.append(_collect(target.base.engine.generate(ids, params, target.adapter)))
+            jobs.append(
+                _collect(target.base.engine.generate(ids, params, target.adapter, target.model_id))
+            )
         results = await asyncio.gather(*jobs)
         return BatchCompletionResponse(data=[_completion(request, [(0, *r)]) for r in results])
 
