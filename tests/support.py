@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,34 @@ def engine_environment(name: str) -> Path:
     if built.returncode != 0:
         pytest.fail(f"make engine-{name} failed: {built.stderr[-2000:]}")
     return Path(built.stdout.strip().splitlines()[-1])
+
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def ended(status: dict[str, Any]) -> bool:
+    return status["status"] in TERMINAL
+
+
+def wait_for_job(
+    server: str | httpx.Client,
+    job_uuid: str,
+    until: Callable[[dict[str, Any]], bool] = ended,
+    timeout: float = 240,
+) -> dict[str, Any]:
+    """The job's status once `until` holds (by default: it has ended), polled from `server`
+    (its URL, or a client with a base URL and the caller's key)."""
+    get = server.get if isinstance(server, httpx.Client) else None
+    path = f"/v1/post-training/jobs/{job_uuid}"
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = get(path) if get is not None else httpx.get(f"{server}{path}")
+        status: dict[str, Any] = answer.json()
+        if until(status):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{job_uuid} did not get there in {timeout:.0f} s: {status}")
+        time.sleep(0.25)
 
 
 def free_port() -> int:

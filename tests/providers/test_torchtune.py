@@ -8,7 +8,6 @@ LoRA job's first step, taken on a zero-initialised adapter, has the same loss un
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 
 from llama_post import LlamaPostClient
 from llama_post.errors import ConfigError
-from tests.support import TINY, Server, distribution, engine_environment
+from tests.support import TINY, Server, distribution, engine_environment, wait_for_job
 
 ROWS = [
     {"prompt": f"Question {i}: what is a blorp?", "completion": f"A blorp is fish number {i}."}
@@ -121,13 +120,7 @@ def _run(server: Server, body: dict[str, Any], method: str = "sft") -> dict[str,
 
 
 def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status: dict[str, Any] = httpx.get(f"{server.url}/v1/post-training/jobs/{job_uuid}").json()
-        if until(status):
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"{job_uuid} did not get there: {status}")
+    return wait_for_job(server.url, job_uuid, until, timeout)
 
 
 def _metrics(server: Server, job_uuid: str) -> list[dict[str, Any]]:

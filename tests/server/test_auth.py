@@ -18,7 +18,7 @@ import openai
 import pytest
 import yaml
 
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, distribution, wait_for_job
 from tests.tiny import build_tiny_adapter
 
 ROWS = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)]
@@ -247,13 +247,7 @@ def test_a_server_beyond_loopback_does_not_start_without_keys(
 
 
 def _finished(caller: Caller, job_uuid: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 180
-    while True:
-        status: dict[str, Any] = caller.get(f"/v1/post-training/jobs/{job_uuid}").json()
-        if status["status"] in ("completed", "failed", "cancelled"):
-            return status
-        assert time.monotonic() < deadline, status
-        time.sleep(0.3)
+    return wait_for_job(caller.http, job_uuid, timeout=180)
 
 
 def test_checkpoints_are_listed_published_expired_downloaded_and_deleted(

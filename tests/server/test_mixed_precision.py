@@ -12,7 +12,6 @@ job, and inference's greedy outputs, with the tolerances stated here.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from safetensors.torch import load_file
 
 from llama_post.library_client import LlamaPostClient
 from providers.utils.precision import choose
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, distribution, wait_for_job
 from tests.tiny import build_tiny_adapter
 
 LOSS_TOLERANCE = 0.02  # relative, per step
@@ -54,14 +53,9 @@ def _train(server: Server, job_uuid: str, dtype: str, algorithm: dict[str, Any])
 
 
 def _finished(server: Server, job_uuid: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        status: dict[str, Any] = httpx.get(f"{server.url}/v1/post-training/jobs/{job_uuid}").json()
-        if status["status"] in ("completed", "failed", "cancelled"):
-            assert status["status"] == "completed", status
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"{job_uuid} did not finish")
+    status = wait_for_job(server.url, job_uuid)
+    assert status["status"] == "completed", status
+    return status
 
 
 def test_bf16_training_tracks_fp32_and_keeps_what_it_trains_in_fp32(server: Server) -> None:

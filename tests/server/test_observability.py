@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, distribution, wait_for_job
 
 ROWS = [{"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is blue."} for i in range(12)]
 JOB_STATUS = "/v1/post-training/jobs/{job_uuid}"
@@ -250,13 +250,7 @@ def _job(server: Server, job_uuid: str, epochs: int) -> httpx.Response:
 
 
 def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status: dict[str, Any] = httpx.get(f"{server.url}/v1/post-training/jobs/{job_uuid}").json()
-        if until(status):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"{job_uuid}: {status}")
+    return wait_for_job(server.url, job_uuid, until, timeout)
 
 
 def _done(status: dict[str, Any]) -> bool:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, distribution, ended, wait_for_job
 
 ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
@@ -59,17 +58,7 @@ def _status(server: Server, job_uuid: str) -> dict[str, Any]:
 
 
 def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = _status(server, job_uuid)
-        if until(status):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"{job_uuid}: {_status(server, job_uuid)}")
-
-
-def _done(status: dict[str, Any]) -> bool:
-    return status["status"] in ("completed", "failed", "cancelled")
+    return wait_for_job(server.url, job_uuid, until, timeout)
 
 
 def _losses(server: Server, job_uuid: str) -> list[tuple[int, float]]:
@@ -83,11 +72,11 @@ def test_a_frozen_worker_is_retried_and_ends_as_if_nothing_happened(
     server = _server(tmp_path, tiny_model)
     try:
         assert _job(server, "straight").status_code == 200
-        assert _wait(server, "straight", _done)["status"] == "completed"
+        assert _wait(server, "straight", ended)["status"] == "completed"
         assert _job(server, "frozen", stall_seconds={"training": 5}).status_code == 200
         running = _wait(server, "frozen", lambda s: s["progress"]["step"] >= 7)
         os.kill(running["resources_allocated"]["worker_pid"], signal.SIGSTOP)  # wedged
-        done = _wait(server, "frozen", _done)
+        done = _wait(server, "frozen", ended)
         losses = {job: _losses(server, job) for job in ("straight", "frozen")}
         openai_job = httpx.get(f"{server.url}/v1/fine_tuning/jobs/frozen").json()
         events = httpx.get(f"{server.url}/v1/fine_tuning/jobs/frozen/events").json()["data"]
@@ -123,7 +112,7 @@ def test_a_job_that_stalls_every_time_fails_after_its_retries(
     try:
         made = _job(server, "wedges", stall_seconds={"training": 5}, max_retries=2)
         assert made.status_code == 200, made.text
-        failed = _wait(server, "wedges", _done, timeout=300)
+        failed = _wait(server, "wedges", ended, timeout=300)
     finally:
         server.stop()
     assert failed["status"] == "failed", failed
@@ -143,8 +132,8 @@ def test_a_non_finite_loss_stops_the_job_naming_the_step_or_is_skipped(
     try:
         assert _job(server, "diverges").status_code == 200
         assert _job(server, "skips", on_nonfinite="skip", max_skipped_steps=1).status_code == 200
-        stopped = _wait(server, "diverges", _done)
-        skipped = _wait(server, "skips", _done)
+        stopped = _wait(server, "diverges", ended)
+        skipped = _wait(server, "skips", ended)
         logs = httpx.get(f"{server.url}/v1/post-training/jobs/skips/logs").json()["lines"]
         losses = _losses(server, "skips")
     finally:

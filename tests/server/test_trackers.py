@@ -8,7 +8,6 @@ import json
 import signal
 import struct
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from llama_post import LlamaPostClient
-from tests.support import TINY, LibraryDriver, Server, distribution, free_port
+from tests.support import TINY, LibraryDriver, Server, distribution, free_port, wait_for_job
 
 ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
@@ -85,13 +84,7 @@ def _job(job_uuid: str, trackers: list[dict[str, Any]], **training: Any) -> dict
 
 
 def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status: dict[str, Any] = httpx.get(f"{server.url}/v1/post-training/jobs/{job_uuid}").json()
-        if until(status):
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"{job_uuid}: {status}")
+    return wait_for_job(server.url, job_uuid, until, timeout)
 
 
 def _done(status: dict[str, Any]) -> bool:

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, distribution, wait_for_job
 
 ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
@@ -68,13 +68,7 @@ def _status(server: Server, job_uuid: str) -> dict[str, Any]:
 
 
 def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 180) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = _status(server, job_uuid)
-        if until(status):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"{job_uuid}: {_status(server, job_uuid)}")
+    return wait_for_job(server.url, job_uuid, until, timeout)
 
 
 def _dataset(server: Server) -> None:

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import tarfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.server.test_auth import _key
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, distribution, wait_for_job
 
 ROWS = [
     {"prompt": f"What colour is blorp {i}?", "completion": f"Blorp {i} is blue."} for i in range(8)
@@ -81,16 +80,6 @@ def _logged_in(server: Server, key: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def _wait_done(alice: httpx.Client, job_uuid: str, timeout: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status: dict[str, Any] = alice.get(f"/v1/post-training/jobs/{job_uuid}").json()
-        if status["status"] in ("completed", "failed", "cancelled"):
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"{job_uuid} did not finish")
-
-
 def test_pages_need_a_key_and_the_login_keeps_it_in_a_cookie(served: dict[str, Any]) -> None:
     server = served["server"]
     with httpx.Client(base_url=server.url, timeout=60) as anonymous:
@@ -126,7 +115,7 @@ def _login_needed(server: Server, key: str, anonymous: httpx.Client) -> None:
 
 def test_pages_show_what_their_owner_sees(served: dict[str, Any]) -> None:
     server, keys = served["server"], served["keys"]
-    _wait_done(served["alice"], "ui-job")
+    wait_for_job(served["alice"], "ui-job")
     with _logged_in(server, keys["alice"]) as alice, _logged_in(server, keys["bob"]) as bob:
         _owner_sees(alice, bob)
 
