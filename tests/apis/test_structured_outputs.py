@@ -7,15 +7,19 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import jsonschema
+import jsonschema_rs
+import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
-from tests.support import TINY, Driver, Result
+from tests.support import TINY, Driver, HttpDriver, Result, Server
 
 HI = [{"role": "user", "content": "Describe the weather today."}]
-SCHEMA = {
+SCHEMA: dict[str, object] = {
     "type": "object",
     "properties": {
         "answer": {"type": "string", "enum": ["yes", "no"]},
@@ -62,10 +66,10 @@ def closed(prefix: str) -> str:
 
 
 def check_schema(text: str) -> None:
-    jsonschema.validate(json.loads(text), SCHEMA)
+    jsonschema_rs.validate(SCHEMA, json.loads(text))
 
 
-def matcher(pattern: str) -> Any:
+def matcher(pattern: str) -> Callable[[str], None]:
     def check(text: str) -> None:
         assert re.fullmatch(pattern, text), text
 
@@ -76,7 +80,7 @@ def check_choice(text: str) -> None:
     assert text in CHOICES, text
 
 
-MODES = {
+MODES: dict[str, tuple[dict[str, Any], Callable[[str], None]]] = {
     "json_schema": (
         {
             "response_format": {
@@ -222,3 +226,56 @@ def test_text_response_format_is_free(api: Driver) -> None:
     free = chat(api, max_tokens=10, temperature=0).body
     text = chat(api, max_tokens=10, temperature=0, response_format={"type": "text"}).body
     assert text["choices"][0]["message"] == free["choices"][0]["message"]
+
+
+def test_a_constrained_and_a_free_request_sent_together(http_driver: HttpDriver) -> None:
+    """Sent at once, both are decoded in the same batch (tests/providers/ checks the sharing
+    step by step): the free one is what it is alone, the constrained one matches."""
+    alone = chat(http_driver, max_tokens=30, temperature=0).body["choices"][0]
+    constraint, check = MODES["regex"]
+    with ThreadPoolExecutor(2) as pool:
+        free = pool.submit(chat, http_driver, max_tokens=30, temperature=0)
+        guided = pool.submit(chat, http_driver, max_tokens=30, temperature=0, **constraint)
+        free_choice = free.result().body["choices"][0]
+        guided_choice = guided.result().body["choices"][0]
+    assert free_choice["message"] == alone["message"]
+    check(guided_choice["message"]["content"])
+    assert guided_choice["finish_reason"] == "stop"
+
+
+def test_the_openai_sdk(server: Server) -> None:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Weather?"}]
+    answer = client.chat.completions.create(
+        model=TINY,
+        messages=messages,
+        max_tokens=60,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA}},
+    )
+    check_schema(answer.choices[0].message.content or "")
+    assert answer.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(
+        model=TINY,
+        messages=messages,
+        max_tokens=10,
+        temperature=1.0,
+        seed=3,
+        stream=True,
+        extra_body={"structured_outputs": {"choice": CHOICES}},
+    )
+    check_choice("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    text = client.completions.create(
+        model=TINY,
+        prompt="Code:",
+        max_tokens=20,
+        extra_body={"structured_outputs": {"regex": REGEX}},
+    )
+    MODES["regex"][1](text.choices[0].text)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=TINY,
+            messages=messages,
+            extra_body={"structured_outputs": {"regex": "("}},
+        )
+    assert "structured_outputs.regex" in bad.value.message
