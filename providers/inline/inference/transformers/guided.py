@@ -5,7 +5,7 @@ dependencies, and compiles a JSON schema ~9x faster (0.8 ms against 7 ms), which
 new schema at admission; xgrammar computes a mask faster (2 us against 28 us median), but both are
 a small part of one decode step. Grammars are llguidance's: JSON schema, regex (Rust's `regex`
 syntax), a list of choices, and a context-free grammar in its Lark dialect or llama.cpp's GBNF
-(converted to Lark).
+(a grammar without a `start:` rule; converted to Lark).
 
 A constraint is compiled once per base model (so per tokenizer) and cached; each sequence gets a
 copy of the compiled matcher, masks its own row before sampling and is fed the token it chose.
