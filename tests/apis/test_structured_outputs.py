@@ -279,3 +279,18 @@ def test_the_openai_sdk(server: Server) -> None:
             extra_body={"structured_outputs": {"regex": "("}},
         )
     assert "structured_outputs.regex" in bad.value.message
+
+
+def test_every_prompt_of_a_batch_is_constrained(api: Driver) -> None:
+    body = {
+        "model": TINY,
+        "prompts": ["Colour:", "Another colour:", "A third:"],
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": 2,
+        "structured_outputs": {"choice": CHOICES},
+    }
+    answer = api.call("inference", "batch_completion", body=body)
+    assert answer.status == 200, answer.body
+    for completion in answer.body["data"]:
+        check_choice(completion["choices"][0]["text"])
