@@ -18,8 +18,11 @@ not report its dtype is taken to have followed that rule). vLLM computes in floa
 command's `--dtype float32`).
 
 Each server gets one request of 128 new tokens (time to first token, output tokens per second)
-and 8 requests of 128 new tokens at once over HTTP; plain transformers serves the 8 one after
-another (a naive server) and as one padded batch (the best case for a static batch).
+and 8 requests of 128 new tokens at once over HTTP; ours also one request constrained by a JSON
+schema (`response_format`; a string whose `minLength` outlasts the tokens, so it runs to the end)
+against the same request free, the best of 3 each: the cost per token of constrained decoding.
+Plain transformers serves the 8 one after another (a naive server) and as one padded batch (the
+best case for a static batch).
 
 The bound: a decode step of one request reads every weight once, so it cannot run faster than
 memory bandwidth / bytes of weights (parameters x bytes per element of the dtype; SmolLM2's tied
@@ -30,6 +33,7 @@ figure kept. Each column's one-request tokens/s is printed as a fraction of its 
 Run: .venv/bin/python benchmarks/inference.py [--home DIR] [--tokens 128] [--requests 8]
      [--dtype auto|float32|bfloat16]
      [--vllm-env DIR]   (default: what `make -s engine-vllm` prints; `--no-vllm` skips it)
+     [--constrained-only]  (our server's constrained and free request, nothing else)
 """
 
 from __future__ import annotations
@@ -82,7 +86,16 @@ def main() -> None:
         help="our server's inference dtype, and the transformers baseline's (auto: what the "
         "server picks)",
     )
+    parser.add_argument(
+        "--constrained-only",
+        action="store_true",
+        help="only our server's JSON-schema-constrained request against the same one free",
+    )
     args = parser.parse_args()
+    if args.constrained_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            print_constrained(measure_constrained(args.home, Path(tmp), args.tokens, args.dtype))
+        return
     machine = bounds.measure()
     print(bounds.describe(machine), flush=True)
 
@@ -159,6 +172,7 @@ def main() -> None:
         f"  inline::transformers, {args.requests} at once / transformers' one padded batch: "
         f"{ours['concurrent_tps'] / plain['batch_tps']:.2f}x (target 0.9x)"
     )
+    print_constrained(ours)
     print(
         f"  unmerged LoRA adapter / its base, inline::transformers: 1 request "
         f"{ours['adapter_single_tps'] / ours['single_tps']:.2f}x, {args.requests} at once "
@@ -278,11 +292,59 @@ def measure_server(
         registered.raise_for_status()
         served = asyncio.run(_measure(url, tokens, requests, model=ADAPTER))
         figures |= {f"adapter_{k}": v for k, v in served.items()}
+        figures |= asyncio.run(_constrained(url, tokens))
     finally:
         proc.terminate()
         proc.wait(30)
     names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     return figures, names.get(model.get("dtype") or "")
+
+
+def measure_constrained(home: Path, tmp: Path, tokens: int, dtype: str) -> dict[str, float]:
+    """Our server alone: one request constrained by a JSON schema against the same one free."""
+    port = 8390
+    env = {**os.environ, "LLAMA_POST_HOME": str(home), "LLAMA_POST_PORT": str(port)}
+    proc = _serve(run_config(tmp, dtype), env, tmp / "server.log")
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+        return asyncio.run(_constrained(f"http://127.0.0.1:{port}", tokens))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# A JSON object whose one string cannot end within the tokens asked for: every token is masked.
+LONG_STORY = {
+    "type": "object",
+    "properties": {"story": {"type": "string", "minLength": 100_000}},
+    "required": ["story"],
+}
+
+
+async def _constrained(url: str, tokens: int) -> dict[str, float]:
+    """Output tokens/s of one request constrained by a JSON schema, and of the same request
+    free; the best of 3 each, taken in turns."""
+    schema = {"type": "json_schema", "json_schema": {"name": "story", "schema": LONG_STORY}}
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await _ask(client, QUESTIONS[0], 2, False, response_format=schema)  # compiled, cached
+        free, constrained = [], []
+        for _ in range(3):
+            free.append(await _ask(client, QUESTIONS[0], tokens, False))
+            constrained.append(
+                await _ask(client, QUESTIONS[0], tokens, False, response_format=schema)
+            )
+    return {
+        "free_single_tps": tokens / min(free),
+        "constrained_single_tps": tokens / min(constrained),
+    }
+
+
+def print_constrained(figures: dict[str, float]) -> None:
+    free, constrained = figures["free_single_tps"], figures["constrained_single_tps"]
+    print(
+        f"  JSON-schema-constrained / free, inline::transformers, 1 request: {constrained:.1f} / "
+        f"{free:.1f} tokens/s = {constrained / free:.2f}x"
+    )
 
 
 def run_config(tmp: Path, dtype: str) -> Path:
@@ -342,10 +404,15 @@ async def _measure(url: str, tokens: int, requests: int, model: str = "") -> dic
 
 
 async def _ask(
-    client: httpx.AsyncClient, question: str, tokens: int, stream: bool, model: str = MODEL
+    client: httpx.AsyncClient,
+    question: str,
+    tokens: int,
+    stream: bool,
+    model: str = MODEL,
+    response_format: dict[str, Any] | None = None,
 ) -> float:
     """Seconds until the whole answer (or, streaming, its first token) has arrived."""
-    body = {
+    body: dict[str, Any] = {
         "model": model,
         "messages": [{"role": "user", "content": question}],
         "max_tokens": tokens,
@@ -354,6 +421,8 @@ async def _ask(
         "ignore_eos": True,
         "stream": stream,
     }
+    if response_format is not None:
+        body["response_format"] = response_format
     start = time.perf_counter()
     if not stream:
         response = await client.post("/v1/chat/completions", json=body)

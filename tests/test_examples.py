@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from tests.support import Server, distribution
+from tests.support import TINY, Server, distribution
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
@@ -40,3 +41,16 @@ def test_the_library_quickstart(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "registered" in done.stdout and "with 1 row(s)" in done.stdout
     assert "refused: 1 of 1 rows are invalid: row 1 field completion" in done.stdout
+
+
+def test_the_structured_output_example(server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "structured_output.py"), server.url, TINY],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    obj, yes_no, distance = done.stdout.splitlines()
+    assert obj.startswith("{'city': ") and yes_no in ("yes", "no")
+    assert re.fullmatch(r"[1-9][0-9]? (km|miles)", distance), distance

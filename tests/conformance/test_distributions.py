@@ -79,8 +79,7 @@ def vllm_over_llama_post(ctx: Context) -> Iterator[tuple[dict[str, str], dict[st
         inference={"model_dirs": [str(ctx.model.parent), str(ctx.home / "checkpoints")]},
     )
     with _started(Server(config, _mkdir(up_home))) as upstream:
-        lacks = {"structured_outputs": "llama-post's inline::transformers cannot constrain"}
-        yield {"VLLM_URL": upstream.url}, lacks
+        yield {"VLLM_URL": upstream.url}, {}
 
 
 @contextmanager

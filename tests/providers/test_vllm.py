@@ -270,3 +270,16 @@ def test_a_rank_above_the_upstreams_limit_is_refused_before_sending(
         with pytest.raises(NotFoundError, match=r"source\.path: .* is outside"):
             client.models.register_model({"model_id": "ft/outside", "source": outside})
         assert upstream.calls == []
+
+
+def test_constraints_reach_the_upstream_in_vllms_shape(tmp_path: Path, upstream: Upstream) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    with library(config(tmp_path, upstream.url)) as client:
+        client.inference.chat_completion({**CHAT, "structured_outputs": {"json": schema}})
+        assert upstream.calls[-1][1]["structured_outputs"] == {"json": schema}
+        named = {"name": "a", "schema": schema, "strict": True}
+        response_format = {"type": "json_schema", "json_schema": named}
+        client.inference.chat_completion({**CHAT, "response_format": response_format})
+        assert upstream.calls[-1][1]["response_format"] == response_format
+        client.inference.chat_completion({**CHAT, "structured_outputs": {"grammar": "start: /a/"}})
+        assert upstream.calls[-1][1]["structured_outputs"] == {"grammar": "start: /a/"}

@@ -4,7 +4,9 @@ One thread owns the model. Each turn it admits waiting sequences (prefilled toge
 then decodes one token for every active sequence in a single forward pass. The batch's KV cache is
 right-aligned: shorter sequences are padded on the left and masked, so a sequence can join or
 leave between any two steps. A LoRA adapter is chosen per sequence (PEFT's mixed-adapter batches),
-so requests for the base and for several adapters share the same forward pass.
+so requests for the base and for several adapters share the same forward pass. A constrained
+sequence (`Guide`) masks its own row of the step's logits before choosing; the other rows are
+untouched, so constrained and free requests share the batch too.
 
 The asyncio side talks to the thread through `generate()`, an async iterator of `Event`s.
 """
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from llama_post import telemetry
+from providers.inline.inference.transformers.guided import Guide, GuideError
 from providers.inline.inference.transformers.sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ class Sequence:
     detok: Detokenizer
     sink: Callable[[Event | BaseException], object]
     model: str  # the model asked for (an adapter's id, or the base's): the metrics' label
+    guide: Guide | None = None  # the request's constraint, if it has one
     queued_at: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
     finished: bool = False
@@ -135,7 +139,12 @@ class Engine:
     # -- the asyncio side ----------------------------------------------------------------------
 
     async def generate(
-        self, prompt: list[int], params: SamplingParams, adapter: str | None, model: str = ""
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        adapter: str | None,
+        model: str = "",
+        guide: Guide | None = None,
     ) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
@@ -147,6 +156,7 @@ class Engine:
             detok=Detokenizer(self.tokenizer, params.stop),
             sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
             model=model or self.name,
+            guide=guide,
         )
         with self._cond:
             self._waiting.append(seq)
@@ -270,7 +280,16 @@ class Engine:
         return out.logits  # type: ignore[no-any-return]
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
-        choice = seq.sampler.choose(logits)
+        try:
+            if seq.guide is not None:
+                seq.guide.mask(logits)  # this row only: a view of the step's logits
+            choice = seq.sampler.choose(logits)
+            if seq.guide is not None:
+                seq.guide.accept(choice.token)
+        except GuideError as exc:  # fails its own request, not the batch
+            seq.finished = True
+            seq.sink(exc)
+            return
         seq.generated.append(choice.token)
         if len(seq.generated) == 1:
             first = time.monotonic() - seq.queued_at
@@ -281,6 +300,9 @@ class Engine:
         finish = None
         if eos or stopped:
             finish = "stop"
+        elif seq.guide is not None and seq.guide.done:  # complete: only the end may follow
+            finish = "stop"
+            text += seq.detok.push(None)[0]
         elif len(seq.generated) >= seq.params.max_tokens:
             finish = "length"
             text += seq.detok.push(None)[0]

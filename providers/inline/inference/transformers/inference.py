@@ -7,7 +7,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from llama_post.apis.models import (
 from llama_post.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
 from providers.inline.inference.transformers.config import TransformersInferenceConfig
 from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
+from providers.inline.inference.transformers.guided import Grammars, Guide, constraint_of
 from providers.inline.inference.transformers.loading import load_base, source_path
 from providers.inline.inference.transformers.sampling import SamplingParams
 from providers.utils.gguf import converted_gguf
@@ -66,6 +67,7 @@ class Base:
     info: ModelInfo
     eos_ids: frozenset[int]
     folder: Path
+    grammars: Grammars
     adapters: dict[str, str] = field(default_factory=dict)  # model id -> PEFT adapter name
 
 
@@ -130,7 +132,9 @@ class TransformersInference:
         )
         eos = {tokenizer.eos_token_id, *_as_list(hf_model.generation_config.eos_token_id)}
         engine = Engine(hf_model, tokenizer, self.device, self.config.max_batch_size, model.id)
-        loaded = Base(engine, tokenizer, info, frozenset(e for e in eos if e is not None), path)
+        eos_ids = frozenset(e for e in eos if e is not None)
+        grammars = Grammars(tokenizer, engine.vocab, eos_ids)
+        loaded = Base(engine, tokenizer, info, eos_ids, path, grammars)
         self.bases[model.id] = loaded
         self.targets[model.id] = Target(model.id, loaded, None)
         return info
@@ -226,7 +230,10 @@ class TransformersInference:
             request.max_completion_tokens or request.max_tokens,
             top if request.logprobs else None,
         )
-        events = target.base.engine.generate(prompt, params, target.adapter, target.model_id)
+        guides = await self._guides(request, target)
+        events = target.base.engine.generate(
+            prompt, params, target.adapter, target.model_id, guides()
+        )
         if request.stream:
             return self._chat_chunks(request, events)
         return await self._chat_result(request, events)
@@ -236,6 +243,7 @@ class TransformersInference:
     ) -> BatchChatCompletionResponse:
         target = self._target(request.model)
         top = request.top_logprobs if request.logprobs else None
+        guides = await self._guides(request, target)
         jobs = []
         for i, messages in enumerate(request.messages_batch):
             prompt = self._chat_prompt(target, messages, f"messages_batch[{i}]")
@@ -249,7 +257,9 @@ class TransformersInference:
             jobs.append(
                 self._chat_result(
                     request,
-                    target.base.engine.generate(prompt, params, target.adapter, target.model_id),
+                    target.base.engine.generate(
+                        prompt, params, target.adapter, target.model_id, guides()
+                    ),
                 )
             )
         return BatchChatCompletionResponse(data=list(await asyncio.gather(*jobs)))
@@ -320,12 +330,13 @@ class TransformersInference:
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if not prompts:
             raise InvalidRequestError("prompt: give at least one prompt", param="prompt")
+        guides = await self._guides(request, target)
         streams = []
         for i, text in enumerate(prompts):
             ids = self._encode(target, text, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
             params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
             streams.append(
-                target.base.engine.generate(ids, params, target.adapter, target.model_id)
+                target.base.engine.generate(ids, params, target.adapter, target.model_id, guides())
             )
         if request.stream:
             return self._completion_chunks(request, streams)
@@ -334,12 +345,14 @@ class TransformersInference:
 
     async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
         target = self._target(request.model)
+        guides = await self._guides(request, target)
         jobs = []
         for i, text in enumerate(request.prompts):
             ids = self._encode(target, text, f"prompts[{i}]")
             params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
+            engine = target.base.engine
             jobs.append(
-                _collect(target.base.engine.generate(ids, params, target.adapter, target.model_id))
+                _collect(engine.generate(ids, params, target.adapter, target.model_id, guides()))
             )
         results = await asyncio.gather(*jobs)
         return BatchCompletionResponse(data=[_completion(request, [(0, *r)]) for r in results])
@@ -375,6 +388,16 @@ class TransformersInference:
             raise NotFoundError(f"model {model_id!r} is not loaded", param="model")
         return target
 
+    async def _guides(self, request: SamplingFields, target: Target) -> Callable[[], Guide | None]:
+        """The request's constraint compiled (in a thread: a new schema takes milliseconds, the
+        model's first one about a second more), as a maker of one matcher per sequence."""
+        constraint = constraint_of(request)
+        if constraint is None:
+            return lambda: None
+        grammars = target.base.grammars
+        compiled = await asyncio.to_thread(grammars.compile, constraint)
+        return lambda: grammars.guide(compiled)
+
     def _chat_prompt(
         self, target: Target, messages: list[ChatMessage], field: str = "messages"
     ) -> list[int]:
@@ -408,17 +431,6 @@ class TransformersInference:
         max_tokens: int | None,
         logprobs: int | None,
     ) -> SamplingParams:
-        constrained = request.response_format is not None and request.response_format.constrains()
-        for name, asked in (
-            ("response_format", constrained),
-            ("structured_outputs", request.structured_outputs is not None),
-        ):
-            if asked:
-                raise InvalidRequestError(
-                    f"{name}: provider {self.provider_id!r} (inline::transformers) cannot "
-                    "constrain its output; serve the model with remote::vllm for that",
-                    param=name,
-                )
         context = target.base.info.context_length
         if prompt_tokens >= context:
             raise InvalidRequestError(

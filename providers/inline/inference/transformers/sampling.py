@@ -60,7 +60,8 @@ class Sampler:
             logprob = float(raw[token])
             if p.logprobs:
                 values, ids = raw.topk(p.logprobs)
-                top = list(zip(ids.tolist(), values.tolist(), strict=True))
+                pairs = zip(ids.tolist(), values.tolist(), strict=True)
+                top = [(i, v) for i, v in pairs if v != float("-inf")]  # not masked out
         self._count(token)
         return Choice(token, logprob, top)
 
