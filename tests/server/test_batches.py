@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.server.test_auth import _key
-from tests.support import TINY, Server, distribution, running
+from tests.support import TINY, Server, distribution
 
 CHAT = "/v1/chat/completions"
 TOKENS = "llama_post_inference_generated_tokens_total"
@@ -83,7 +83,7 @@ def _scrape(url: str, name: str, **labels: str) -> float:
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("batches")
     batches = {"max_concurrent_lines": 8, "max_input_lines": 100, "max_input_bytes": 65536}
-    srv = Server(distribution(home, tiny_model, batches=batches), home).start(timeout=60)
+    srv = Server(distribution(home, tiny_model, batches=batches), home).start(timeout=120)
     yield srv
     srv.stop()
 
@@ -149,7 +149,7 @@ def test_every_line_is_answered_as_the_same_request_alone(server: Server) -> Non
 
 def test_a_completions_batch(server: Server) -> None:
     client = _client(server)
-    bodies = [{"model": TINY, "prompt": f"Once upon {i}", "max_tokens": 6, "temperature": 0}]
+    bodies = [{"model": TINY, "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}]
     bodies.append({**bodies[0], "prompt": "Another"})
     lines = [
         {"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions", "body": body}
@@ -225,10 +225,13 @@ def test_paging_and_cancel(server: Server) -> None:
 
 def test_a_batch_not_done_in_its_window_expires(tmp_path: Path, tiny_model: Path) -> None:
     batches = {"max_concurrent_lines": 1, "window_seconds": 1}
-    with running(distribution(tmp_path, tiny_model, batches=batches), tmp_path) as srv:
+    srv = Server(distribution(tmp_path, tiny_model, batches=batches), tmp_path).start(120)
+    try:
         client = _client(srv)
         lines = [_chat_line(f"e{i}", "Go.", max_tokens=200, ignore_eos=True) for i in range(30)]
         batch = _wait(client, _submit(client, lines).id)
+    finally:
+        srv.stop()
     assert batch.status == "expired" and batch.expired_at, batch
     counts = batch.request_counts
     assert counts is not None and counts.total == 30 and counts.completed + counts.failed == 30
@@ -238,9 +241,14 @@ def test_a_batch_not_done_in_its_window_expires(tmp_path: Path, tiny_model: Path
 def test_a_killed_server_finishes_its_batch_without_redoing_lines(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    config = distribution(tmp_path, tiny_model, batches={"max_concurrent_lines": 2})
+    config = distribution(
+        tmp_path,
+        tiny_model,
+        batches={"max_concurrent_lines": 2},
+        inference={"torch_threads": 1},  # a core left for the server while the batch resumes
+    )
     lines = [_chat_line(f"k{i}", f"Line {i}.", max_tokens=24, ignore_eos=True) for i in range(40)]
-    server = Server(config, tmp_path).start()
+    server = Server(config, tmp_path).start(timeout=120)
     client = _client(server)
     batch = _submit(client, lines)
     deadline = time.monotonic() + 60
@@ -252,7 +260,7 @@ def test_a_killed_server_finishes_its_batch_without_redoing_lines(
     ran = len(written.read_bytes().splitlines())
     assert 6 <= ran < 40
 
-    again = Server(config, tmp_path).start()
+    again = Server(config, tmp_path).start(timeout=120)
     try:
         client = _client(again)
         done = _wait(client, batch.id)
@@ -270,7 +278,7 @@ def test_a_killed_server_finishes_its_batch_without_redoing_lines(
 def test_another_owner_cannot_see_a_batch(tmp_path: Path, tiny_model: Path) -> None:
     server = Server(distribution(tmp_path, tiny_model) | {"auth": {"enabled": True}}, tmp_path)
     alice, bob = _key(server.config, "alice"), _key(server.config, "bob")
-    server.start(timeout=60)
+    server.start(timeout=120)
     try:
         as_alice, as_bob = _client(server, alice), _client(server, bob)
         batch = _submit(as_alice, [_chat_line("a", "Mine.")])
