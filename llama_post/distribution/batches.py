@@ -258,7 +258,10 @@ class BatchService:
         finished, completed, failed = await asyncio.to_thread(folder.done, lines)
         counts = {"completed": completed, "failed": failed}
         self._count(batch_id, counts, total=len(lines))
-        if self._row(batch_id)["status"] == "validating":
+        status = self._row(batch_id)["status"]
+        if status == "cancelling":  # cancelled while its lines were read
+            return "cancelled"
+        if status == "validating":
             self._set(batch_id, "in_progress")
         call = getattr(self.inference, ROUTES[endpoint].name)
         todo = iter([line for line in lines if line.number not in finished])
@@ -353,6 +356,11 @@ class BatchService:
                 out.write(chunk)
         lines = await asyncio.to_thread(_count_lines, part)
         snapshot_limits(size, lines, self.config.max_input_bytes, self.config.max_input_lines)
+        if lines == 0:
+            raise InvalidRequestError(
+                f"input_file_id: {file_id} holds no request, one JSON object a line",
+                param="input_file_id",
+            )
         part.replace(folder.input)
         return lines
 

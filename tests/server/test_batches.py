@@ -195,6 +195,11 @@ def test_what_is_refused_at_creation(server: Server) -> None:
         client.batches.create(input_file_id=tuning.id, endpoint=CHAT, completion_window="24h")
     assert caught.value.param == "input_file_id" and "purpose" in caught.value.message
 
+    empty = client.files.create(file=("empty.jsonl", b"\n\n"), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.batches.create(input_file_id=empty.id, endpoint=CHAT, completion_window="24h")
+    assert caught.value.param == "input_file_id" and "no request" in caught.value.message
+
     # over the server's limits (65536 bytes, 100 lines here): 413
     big = client.files.create(file=("big.jsonl", b" " * 70000 + b"\n"), purpose="batch")
     many = client.files.create(file=("many.jsonl", b"{}\n" * 101), purpose="batch")
