@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import Server, distribution
+from tests.support import TINY, Server, distribution
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
@@ -40,3 +40,15 @@ def test_the_library_quickstart(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "registered" in done.stdout and "with 1 row(s)" in done.stdout
     assert "refused: 1 of 1 rows are invalid: row 1 field completion" in done.stdout
+
+
+def test_the_openai_batch_example(server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "openai_batch.py"), server.url, TINY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("completed BatchRequestCounts(completed=2, failed=0, total=2)")
+    assert done.stdout.count("\nq") == 2, done.stdout
