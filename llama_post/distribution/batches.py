@@ -132,32 +132,8 @@ class BatchService:
     # -- the API -------------------------------------------------------------------------------
 
     async def create_batch(self, request: CreateBatchRequest) -> Batch:
-        if request.endpoint not in ENDPOINTS:
-            raise InvalidRequestError(
-                f"endpoint: must be one of {', '.join(ENDPOINTS)}, not {request.endpoint!r}",
-                param="endpoint",
-            )
-        if request.completion_window != WINDOW:
-            raise InvalidRequestError(
-                f"completion_window: only {WINDOW!r} is supported, not "
-                f"{request.completion_window!r}",
-                param="completion_window",
-            )
+        await self._check(request)
         file_id = request.input_file_id
-        try:
-            meta = await self.files.retrieve_file(file_id)
-        except NotFoundError:
-            raise NotFoundError(
-                f"input_file_id: no file {file_id!r}", param="input_file_id"
-            ) from None
-        if meta.purpose != FilePurpose.batch:
-            raise InvalidRequestError(
-                f"input_file_id: {file_id} was uploaded with purpose {meta.purpose.value!r}; "
-                "a batch's input needs purpose 'batch'",
-                param="input_file_id",
-            )
-        limits = (self.config.max_input_bytes, self.config.max_input_lines)
-        snapshot_limits(meta.bytes, 0, *limits)
         batch_id = f"batch_{secrets.token_hex(12)}"
         folder = BatchFolder(self.root / batch_id)
         try:
@@ -187,6 +163,34 @@ class BatchService:
         )
         self._run(batch_id)
         return self._batch(batch_id)
+
+    async def _check(self, request: CreateBatchRequest) -> None:
+        """Refuse what cannot make a batch: the endpoint, window and input file, by field."""
+        if request.endpoint not in ENDPOINTS:
+            raise InvalidRequestError(
+                f"endpoint: must be one of {', '.join(ENDPOINTS)}, not {request.endpoint!r}",
+                param="endpoint",
+            )
+        if request.completion_window != WINDOW:
+            raise InvalidRequestError(
+                f"completion_window: only {WINDOW!r} is supported, not "
+                f"{request.completion_window!r}",
+                param="completion_window",
+            )
+        file_id = request.input_file_id
+        try:
+            meta = await self.files.retrieve_file(file_id)
+        except NotFoundError:
+            raise NotFoundError(
+                f"input_file_id: no file {file_id!r}", param="input_file_id"
+            ) from None
+        if meta.purpose != FilePurpose.batch:
+            raise InvalidRequestError(
+                f"input_file_id: {file_id} was uploaded with purpose {meta.purpose.value!r}; "
+                "a batch's input needs purpose 'batch'",
+                param="input_file_id",
+            )
+        snapshot_limits(meta.bytes, 0, self.config.max_input_bytes, self.config.max_input_lines)
 
     async def retrieve_batch(self, batch_id: str) -> Batch:
         return self._batch(batch_id)
