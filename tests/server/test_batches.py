@@ -9,7 +9,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,6 +24,7 @@ from tests.support import TINY, Server, distribution
 CHAT: Final = "/v1/chat/completions"
 TOKENS = "llama_post_inference_generated_tokens_total"
 ACTIVE = "llama_post_inference_batch_active_sequences"
+Connect = Callable[..., openai.OpenAI]
 
 
 def _chat_line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
@@ -79,6 +80,20 @@ def _scrape(url: str, name: str, **labels: str) -> float:
     return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
+@pytest.fixture
+def connect() -> Iterator[Connect]:
+    """`connect(server, key)`: an SDK client, closed when the test ends."""
+    made: list[openai.OpenAI] = []
+
+    def connect(server: Server, key: str = "unused") -> openai.OpenAI:
+        made.append(_client(server, key))
+        return made[-1]
+
+    yield connect
+    for client in made:
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("batches")
@@ -88,8 +103,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     srv.stop()
 
 
-def test_every_line_is_answered_as_the_same_request_alone(server: Server) -> None:
-    client = _client(server)
+def test_every_line_is_answered_as_the_same_request_alone(server: Server, connect: Connect) -> None:
+    client = connect(server)
     good = [_chat_line(f"q{i}", f"Tell me about number {i}.") for i in range(16)]
     lines: list[Any] = [
         *good[:3],
@@ -148,8 +163,8 @@ def test_every_line_is_answered_as_the_same_request_alone(server: Server) -> Non
     assert client.files.retrieve(batch.output_file_id).purpose == "batch_output"
 
 
-def test_a_completions_batch(server: Server) -> None:
-    client = _client(server)
+def test_a_completions_batch(server: Server, connect: Connect) -> None:
+    client = connect(server)
     bodies: list[dict[str, Any]] = [
         {"model": TINY, "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0}
     ]
@@ -170,8 +185,8 @@ def test_a_completions_batch(server: Server) -> None:
     assert error["error"]["line"] == 3 and error["error"]["param"] == "url"
 
 
-def test_what_is_refused_at_creation(server: Server) -> None:
-    client = _client(server)
+def test_what_is_refused_at_creation(server: Server, connect: Connect) -> None:
+    client = connect(server)
     made = client.files.create(file=("b.jsonl", _jsonl([_chat_line("a", "x")])), purpose="batch")
     with pytest.raises(openai.BadRequestError) as caught:
         client.batches.create(
@@ -209,8 +224,8 @@ def test_what_is_refused_at_creation(server: Server) -> None:
         assert too_large.value.status_code == 413 and limit in too_large.value.message
 
 
-def test_paging_and_cancel(server: Server) -> None:
-    client = _client(server)
+def test_paging_and_cancel(server: Server, connect: Connect) -> None:
+    client = connect(server)
     made = [_submit(client, [_chat_line("one", "Short.", max_tokens=1)]).id for _ in range(3)]
     page = client.batches.list(limit=2)
     assert [b.id for b in page.data] == made[::-1][:2] and page.has_more
@@ -235,11 +250,13 @@ def test_paging_and_cancel(server: Server) -> None:
         client.batches.retrieve("batch_" + "0" * 24)
 
 
-def test_a_batch_not_done_in_its_window_expires(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_batch_not_done_in_its_window_expires(
+    tmp_path: Path, tiny_model: Path, connect: Connect
+) -> None:
     batches = {"max_concurrent_lines": 1, "window_seconds": 1}
     srv = Server(distribution(tmp_path, tiny_model, batches=batches), tmp_path).start(120)
     try:
-        client = _client(srv)
+        client = connect(srv)
         lines = [_chat_line(f"e{i}", "Go.", max_tokens=200, ignore_eos=True) for i in range(30)]
         batch = _wait(client, _submit(client, lines).id)
     finally:
@@ -251,7 +268,7 @@ def test_a_batch_not_done_in_its_window_expires(tmp_path: Path, tiny_model: Path
 
 
 def test_a_killed_server_finishes_its_batch_without_redoing_lines(
-    tmp_path: Path, tiny_model: Path
+    tmp_path: Path, tiny_model: Path, connect: Connect
 ) -> None:
     config = distribution(
         tmp_path,
@@ -261,7 +278,7 @@ def test_a_killed_server_finishes_its_batch_without_redoing_lines(
     )
     lines = [_chat_line(f"k{i}", f"Line {i}.", max_tokens=24, ignore_eos=True) for i in range(40)]
     server = Server(config, tmp_path).start(timeout=120)
-    client = _client(server)
+    client = connect(server)
     batch = _submit(client, lines)
     deadline = time.monotonic() + 60
     while client.batches.retrieve(batch.id).request_counts.completed < 6:  # type: ignore[union-attr]
@@ -274,7 +291,7 @@ def test_a_killed_server_finishes_its_batch_without_redoing_lines(
 
     again = Server(config, tmp_path).start(timeout=120)
     try:
-        client = _client(again)
+        client = connect(again)
         done = _wait(client, batch.id)
         assert done.status == "completed", done
         assert done.request_counts is not None
@@ -287,12 +304,14 @@ def test_a_killed_server_finishes_its_batch_without_redoing_lines(
         again.stop()
 
 
-def test_another_owner_cannot_see_a_batch(tmp_path: Path, tiny_model: Path) -> None:
+def test_another_owner_cannot_see_a_batch(
+    tmp_path: Path, tiny_model: Path, connect: Connect
+) -> None:
     server = Server(distribution(tmp_path, tiny_model) | {"auth": {"enabled": True}}, tmp_path)
     alice, bob = _key(server.config, "alice"), _key(server.config, "bob")
     server.start(timeout=120)
     try:
-        as_alice, as_bob = _client(server, alice), _client(server, bob)
+        as_alice, as_bob = connect(server, alice), connect(server, bob)
         batch = _submit(as_alice, [_chat_line("a", "Mine.")])
         with pytest.raises(openai.NotFoundError):
             as_bob.batches.retrieve(batch.id)
