@@ -27,6 +27,7 @@ from llama_post.routes import Dispatcher, Route
 from llama_post.schema import FileContent
 
 if TYPE_CHECKING:
+    from llama_post.apis.batches import Batches
     from llama_post.apis.datasets import Datasets
     from llama_post.apis.files import Files
     from llama_post.apis.inference import Inference
@@ -93,6 +94,7 @@ class AsyncLlamaPostClient:
     models: Models
     inference: Inference
     inspect: Inspect
+    batches: Batches
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack

@@ -54,3 +54,15 @@ def test_the_structured_output_example(server: Server) -> None:
     obj, yes_no, distance = done.stdout.splitlines()
     assert obj.startswith("{'city': ") and yes_no in ("yes", "no")
     assert re.fullmatch(r"[1-9][0-9]? (km|miles)", distance), distance
+
+
+def test_the_openai_batch_example(server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "openai_batch.py"), server.url, TINY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("completed BatchRequestCounts(completed=2, failed=0, total=2)")
+    assert done.stdout.count("\nq") == 2, done.stdout

@@ -2,6 +2,7 @@
 
 from enum import StrEnum
 
+from llama_post.apis.batches import Batches
 from llama_post.apis.datasets import Datasets
 from llama_post.apis.files import Files
 from llama_post.apis.inference import Inference
@@ -17,6 +18,7 @@ class Api(StrEnum):
     inference = "inference"
     post_training = "post_training"
     inspect = "inspect"
+    batches = "batches"
 
 
 PROTOCOLS: dict[Api, type] = {
@@ -26,7 +28,8 @@ PROTOCOLS: dict[Api, type] = {
     Api.inference: Inference,
     Api.post_training: PostTraining,
     Api.inspect: Inspect,
+    Api.batches: Batches,
 }
 
 # APIs the stack implements itself; run.yaml names providers only for the others.
-BUILTIN_APIS = frozenset({Api.inspect, Api.models})
+BUILTIN_APIS = frozenset({Api.inspect, Api.models, Api.batches})

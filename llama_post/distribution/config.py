@@ -55,6 +55,30 @@ class AuthConfig(StrictModel):
     )
 
 
+class BatchesConfig(StrictModel):
+    """OpenAI's Batch API, served by the stack over its Files and Inference APIs."""
+
+    max_concurrent_lines: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Lines of one batch in flight at once, so the engine decodes them as one "
+        "batch; set it to the inference provider's `max_batch_size` or above.",
+    )
+    max_input_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="A larger input file is a 413, as at OpenAI."
+    )
+    max_input_lines: int = Field(
+        50_000, ge=1, description="An input file with more lines is a 413, as at OpenAI."
+    )
+    window_seconds: int = Field(
+        86_400,
+        ge=1,
+        description="How long `24h` is: a batch not done this long after its creation "
+        "expires (its lines not run go to the error file). Shorter only for tests.",
+    )
+
+
 Capability = Literal["logprobs", "fine_tuning", "structured_outputs"]
 
 
@@ -68,6 +92,7 @@ class RunConfig(StrictModel):
     auth: AuthConfig = AuthConfig()
     providers: dict[Api, list[ProviderConfig]]
     models: list[RegisterModelRequest] = Field([], description="Registered at every start.")
+    batches: BatchesConfig = BatchesConfig()
     capabilities: list[Capability] = Field(
         [],
         description="What this distribution offers beyond the core (models, chat, completions, "

@@ -1,4 +1,5 @@
-"""Who owns what: files, datasets, jobs and models belong to the owner whose key created them.
+"""Who owns what: files, datasets, jobs, batches and models belong to the owner whose key made
+them.
 
 `Guarded` wraps an API's implementation and reads what to guard from the route table: a create
 (`@creates`) records its new ids as the caller's; a method taking an id (`file_id`, `dataset_id`,
@@ -46,6 +47,7 @@ KINDS = {
     "job_uuid": "job",
     "fine_tuning_job_id": "job",
     "training_run_id": "job",
+    "batch_id": "batch",
 }
 # ids a request body names, by method: (kind, how to read it)
 BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {

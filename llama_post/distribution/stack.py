@@ -19,6 +19,7 @@ from llama_post.apis.inspect import (
     VersionInfo,
 )
 from llama_post.apis.post_training import OpenAIFineTuning
+from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
@@ -52,6 +53,7 @@ class Stack:
         self.impls[Api.inspect] = InspectImpl(self)
         self.owners: Owners | None = None
         self.checkpoints: Checkpoints | None = None
+        self.batches: BatchService | None = None
         self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
 
     @classmethod
@@ -76,6 +78,7 @@ class Stack:
 
         built: list[ProviderInstance] = []
         checkpoints: Checkpoints | None = None
+        batches: BatchService | None = None
         # what providers receive and routes call: checked against the caller's ownership
         impls: dict[Api, Any] = {Api.models: guard(Api.models, models)}
         try:
@@ -104,7 +107,15 @@ class Stack:
                     one = checkpoints
                 impls[api] = guard(api, one)
             await models.restore(run.models)
+            if Api.files in impls and Api.inference in impls:  # batches, over any providers
+                batches = BatchService(
+                    impls[Api.files], impls[Api.inference], run.storage_dir, run.batches, owners
+                )
+                impls[Api.batches] = guard(Api.batches, batches)
+                batches.start()
         except BaseException:
+            if batches is not None:
+                await batches.shutdown()
             if checkpoints is not None:
                 await checkpoints.shutdown()
             await _shutdown(built)
@@ -112,7 +123,7 @@ class Stack:
             owners.close()
             raise
         stack = cls(run, built, impls)
-        stack.owners, stack.checkpoints = owners, checkpoints
+        stack.owners, stack.checkpoints, stack.batches = owners, checkpoints, batches
         return stack
 
     def call(self, route: Route) -> Any:
@@ -120,6 +131,8 @@ class Stack:
         return getattr(self.impls[Api(route.api)], route.name)
 
     async def shutdown(self) -> None:
+        if self.batches is not None:
+            await self.batches.shutdown()
         if self.checkpoints is not None:
             await self.checkpoints.shutdown()
         await _shutdown(self.providers)

@@ -12,6 +12,7 @@ class FilePurpose(StrEnum):
     fine_tune = "fine-tune"
     assistants = "assistants"
     batch = "batch"
+    batch_output = "batch_output"
     vision = "vision"
     user_data = "user_data"
     evals = "evals"
