@@ -6,6 +6,7 @@ from llama_post.apis.datasets import Datasets
 from llama_post.apis.files import Files
 from llama_post.apis.inference import Inference
 from llama_post.apis.inspect import Inspect
+from llama_post.apis.llm_engine import LLMEngine
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import PostTraining
 
@@ -17,6 +18,7 @@ class Api(StrEnum):
     inference = "inference"
     post_training = "post_training"
     inspect = "inspect"
+    llm_engine = "llm_engine"
 
 
 PROTOCOLS: dict[Api, type] = {
@@ -26,7 +28,8 @@ PROTOCOLS: dict[Api, type] = {
     Api.inference: Inference,
     Api.post_training: PostTraining,
     Api.inspect: Inspect,
+    Api.llm_engine: LLMEngine,
 }
 
 # APIs the stack implements itself; run.yaml names providers only for the others.
-BUILTIN_APIS = frozenset({Api.inspect, Api.models})
+BUILTIN_APIS = frozenset({Api.inspect, Api.models, Api.llm_engine})
