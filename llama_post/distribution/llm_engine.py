@@ -28,6 +28,7 @@ from llama_post.apis.files import UploadFileRequest as NativeUpload
 from llama_post.apis.inference.models import Completion
 from llama_post.apis.inference.models import CompletionRequest as NativeCompletion
 from llama_post.apis.llm_engine.models import (
+    HYPERPARAMETERS,
     BatchCompletionsRequest,
     BatchCompletionsResponse,
     CancelFineTuneResponse,
@@ -82,7 +83,6 @@ STATUS: dict[JobStatus, FineTuneStatus] = {
     JobStatus.failed: "FAILURE",
     JobStatus.cancelled: "CANCELLED",
 }
-HYPERPARAMETERS = ("lr", "warmup_ratio", "epochs", "weight_decay", "peft_config")
 PEFT = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 BATCHES_ROUTE = ("POST", "/v1/batches")
 

@@ -11,14 +11,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from tests.support import distribution, running
 
 
 def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Path) -> None:
     with running(distribution(tmp_path, tiny_model), tmp_path) as server:
+        paths = httpx.get(f"{server.url}/openapi.json", timeout=30).json()["paths"]
+        # LLM Engine's batch completions run as OpenAI batches: a 501 where none is served
+        unserved = [] if "/v1/batches" in paths else ["engine_batch_completions"]
         done = subprocess.run(
             [
                 str(Path(sys.executable).parent / "schemathesis"),
+                *[arg for op in unserved for arg in ("--exclude-operation-id", op)],
                 "run",
                 f"{server.url}/openapi.json",
                 "--checks",

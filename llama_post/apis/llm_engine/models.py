@@ -6,7 +6,7 @@ here; one this server cannot honour (`include_stop_str_in_output: true`) is a 40
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -19,9 +19,24 @@ FineTuneStatus = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"
 # -- completions -------------------------------------------------------------------------------
 
 
+GUIDED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
+def _one_guided(schema: dict[str, Any]) -> None:
+    """At most one `guided_*` field is set (not null)."""
+    set_ = {"not": {"type": "null"}}
+    schema["allOf"] = [
+        {"not": {"required": [a, b], "properties": {a: set_, b: set_}}}
+        for i, a in enumerate(GUIDED)
+        for b in GUIDED[i + 1 :]
+    ]
+
+
 class CompletionRequest(StrictModel):
     """`completions-sync` and `completions-stream`: the model is the query's
     `model_endpoint_name`. The four `guided_*` fields constrain the output; give one."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_guided)
 
     prompt: str = Field(min_length=1)
     max_new_tokens: int = Field(ge=1)
@@ -33,14 +48,18 @@ class CompletionRequest(StrictModel):
     top_k: int | None = Field(None, ge=-1, description="-1 (or 0): every token.")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     include_stop_str_in_output: bool | None = Field(
-        None, description="Only false: the stop sequence is never part of the output."
+        None,
+        description="Only false: the stop sequence is never part of the output.",
+        json_schema_extra={"enum": [False, None]},
     )
     guided_json: dict[str, JsonValue] | None = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = Field(None, min_length=1)
     guided_grammar: str | None = None
     skip_special_tokens: bool | None = Field(
-        True, description="Only true: special tokens are never part of the output."
+        True,
+        description="Only true: special tokens are never part of the output.",
+        json_schema_extra={"enum": [True, None]},
     )
 
 
@@ -109,7 +128,9 @@ class BatchContent(StrictModel):
     frequency_penalty: float | None = Field(None, ge=0.0, le=2.0)
     top_k: int | None = Field(None, ge=-1)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    skip_special_tokens: bool | None = Field(True, description="Only true.")
+    skip_special_tokens: bool | None = Field(
+        True, description="Only true.", json_schema_extra={"enum": [True, None]}
+    )
 
 
 class BatchCompletionsRequest(BaseModel):
@@ -131,6 +152,25 @@ class BatchCompletionsResponse(BaseModel):
 # -- fine-tunes --------------------------------------------------------------------------------
 
 
+# What the server takes in `hyperparameters` (any other key is a 400 naming it).
+HYPERPARAMETERS: dict[str, Any] = {
+    "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "epochs": {"type": "integer", "minimum": 1, "maximum": 10000},
+    "warmup_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+    "weight_decay": {"type": "number", "minimum": 0, "maximum": 1},
+    "peft_config": {
+        "type": "object",
+        "properties": {
+            "r": {"type": "integer", "minimum": 1, "maximum": 1024},
+            "lora_alpha": {"type": "number", "exclusiveMinimum": 0},
+            "lora_dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+            "target_modules": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        },
+        "additionalProperties": False,
+    },
+}
+
+
 class CreateFineTuneRequest(StrictModel):
     """`training_file` (and `validation_file`) are uploaded CSVs with the columns `prompt` and
     `response`. `hyperparameters` takes `lr`, `warmup_ratio`, `epochs`, `weight_decay` and
@@ -139,8 +179,12 @@ class CreateFineTuneRequest(StrictModel):
     model: str = Field(min_length=1)
     training_file: str = Field(min_length=1)
     validation_file: str | None = None
-    hyperparameters: dict[str, JsonValue] | None = None
-    wandb_config: dict[str, JsonValue] | None = Field(None, description="Only null.")
+    hyperparameters: dict[str, JsonValue] | None = Field(
+        None, json_schema_extra={"properties": HYPERPARAMETERS, "additionalProperties": False}
+    )
+    wandb_config: dict[str, JsonValue] | None = Field(
+        None, description="Only null.", json_schema_extra={"type": "null"}
+    )
     suffix: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,28}$")
 
 
