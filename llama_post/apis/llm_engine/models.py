@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from llama_post.schema import MultipartRequest, StrictModel, Upload
+from llama_post.schema import MultipartRequest, StrictModel, Upload, required_in_spec
 
 # LLM Engine's job states (its `BatchJobStatus`).
 FineTuneStatus = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED"]
@@ -137,12 +137,16 @@ class BatchCompletionsRequest(BaseModel):
     """`content` is required: this server reads no `input_data_path`. `output_data_path` is
     kept as the batch's metadata; the output is the batch's output file."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="allow", populate_by_name=True, json_schema_extra=required_in_spec("content")
+    )
 
     model_config_: BatchModelConfig = Field(alias="model_config")
     content: BatchContent | None = None
-    input_data_path: str | None = Field(None, description="Only null: send `content`.")
-    output_data_path: str = Field(min_length=1)
+    input_data_path: str | None = Field(
+        None, description="Only null: send `content`.", json_schema_extra={"type": "null"}
+    )
+    output_data_path: str = Field(min_length=1, max_length=512)
 
 
 class BatchCompletionsResponse(BaseModel):
