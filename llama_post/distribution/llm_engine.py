@@ -342,9 +342,9 @@ class LLMEngineService:
         model: Model = await self.models.get_model(request.model_name)
         job, checkpoint = model.metadata.get("job_uuid"), model.metadata.get("checkpoint")
         if not isinstance(job, str) or not isinstance(checkpoint, str):
-            raise InvalidRequestError(
-                f"model_name: {model.id} is not a fine-tuned model; only those (ft/<job>) "
-                "can be downloaded",
+            raise NotFoundError(  # as for a name that serves nothing: the spec cannot tell
+                f"model_name: no fine-tuned model {model.id!r}; only those (ft/<job>) can be "
+                "downloaded",
                 param="model_name",
             )
         archive = await self.post_training.checkpoint_archive_url(job, checkpoint)
