@@ -106,7 +106,7 @@ class LLMEngine(Protocol):
 
     @webmethod(route=f"{P}/files/{{file_id}}/content", method="GET", compat=LLM_ENGINE)
     async def engine_file_content(self, file_id: str) -> FileContentResponse:
-        """A file's content as text (UTF-8; a file that is not is a 400)."""
+        """A file's content as text: UTF-8, other bytes as U+FFFD (`/v1/files` has the bytes)."""
         ...
 
     @webmethod(route=f"{P}/llm/model-endpoints", method="GET", compat=LLM_ENGINE)
