@@ -21,6 +21,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import ValidationError
+
 from llama_post.apis.datasets import DatasetPurpose, RegisterDatasetRequest
 from llama_post.apis.datasets.models import RowsDataSource
 from llama_post.apis.files import FilePurpose
@@ -390,7 +392,12 @@ def _native(model: str, request: CompletionRequest) -> NativeCompletion:
     data = {"model": model, "prompt": request.prompt, **_sampling(request.model_dump())}
     if given:
         data["structured_outputs"] = given
-    return NativeCompletion.model_validate(data)
+    try:
+        return NativeCompletion.model_validate(data)
+    except ValidationError as exc:  # what LLM Engine's ranges allow and the native ones do not
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequestError(f"{field}: {first['msg']}", param=field) from None
 
 
 async def _stream(

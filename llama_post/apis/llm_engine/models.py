@@ -6,7 +6,7 @@ here; one this server cannot honour (`include_stop_str_in_output: true`) is a 40
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -41,7 +41,7 @@ class CompletionRequest(StrictModel):
     prompt: str = Field(min_length=1)
     max_new_tokens: int = Field(ge=1)
     temperature: float = Field(ge=0.0, le=1.0, description="0 decodes greedily.")
-    stop_sequences: list[str] | None = Field(None, max_length=16)
+    stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=16)
     return_token_log_probs: bool | None = False
     presence_penalty: float | None = Field(None, ge=0.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=0.0, le=2.0)
@@ -122,7 +122,7 @@ class BatchContent(StrictModel):
     prompts: list[str] = Field(min_length=1)
     max_new_tokens: int = Field(ge=1)
     temperature: float = Field(ge=0.0, le=1.0)
-    stop_sequences: list[str] | None = Field(None, max_length=16)
+    stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=16)
     return_token_log_probs: bool | None = False
     presence_penalty: float | None = Field(None, ge=0.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=0.0, le=2.0)
