@@ -317,14 +317,9 @@ class LLMEngineService:
 
     async def engine_file_content(self, file_id: str) -> FileContentResponse:
         content = await (await self.files.retrieve_file_content(file_id)).read()
-        try:
-            text = content.decode()
-        except UnicodeDecodeError:
-            raise InvalidRequestError(
-                f"file {file_id} is not UTF-8 text; GET /v1/files/{file_id}/content has its bytes",
-                param="file_id",
-            ) from None
-        return FileContentResponse(id=file_id, content=text)
+        # its answer is a string: bytes that are not UTF-8 read as U+FFFD (the native route
+        # GET /v1/files/{file_id}/content has them as they are)
+        return FileContentResponse(id=file_id, content=content.decode(errors="replace"))
 
     # -- model endpoints -------------------------------------------------------------------
 
