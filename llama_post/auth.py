@@ -8,14 +8,17 @@ of a key matched, nor on whether its id exists.
 
 `PRINCIPAL` holds the caller of the request being served (`None`: auth is off, or an in-process
 library call, which sees everything). `AuthMiddleware` sets it from `Authorization: Bearer`,
-`X-API-Key` (any case) and refuses a key in the query string. The web page (`/ui`) keeps the key
-its user logged in with in an HttpOnly, SameSite=Strict cookie; the cookie counts for the pages
-and for API requests that carry the page's `X-Llama-Post-UI` header (which a form on another
-site cannot send), and a page asked for without a key redirects to the login form.
+`X-API-Key` (any case) or HTTP Basic with the key as user (LLM Engine's client), and refuses a
+key in the query string. The web page (`/ui`) keeps the key its user logged in with in an
+HttpOnly, SameSite=Strict cookie; the cookie counts for the pages and for API requests that carry
+the page's `X-Llama-Post-UI` header (which a form on another site cannot send), and a page asked
+for without a key redirects to the login form.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -128,11 +131,22 @@ def _sha256(text: str) -> str:
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
-    """The key a request carries: `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    """The key a request carries: `Authorization: Bearer <key>`, `X-API-Key: <key>`, or
+    `Authorization: Basic` with the key as user (LLM Engine's client sends it so)."""
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer " and auth[7:].strip():
         return auth[7:].strip()
-    return headers.get("x-api-key") or None
+    return headers.get("x-api-key") or _basic_user(auth)
+
+
+def _basic_user(auth: str) -> str | None:
+    if auth[:6].lower() != "basic ":
+        return None
+    try:
+        user = base64.b64decode(auth[6:].strip(), validate=True).decode().partition(":")[0]
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user or None
 
 
 class RedactSecrets(logging.Filter):

@@ -47,7 +47,7 @@ class Route:
     method: str
     path: str  # Starlette form: `/v1/models/{model_id:path}`
     path_params: tuple[str, ...]
-    carried_params: tuple[str, ...]  # `str` arguments sent in the query (GET) or JSON body
+    carried_params: tuple[str, ...]  # `str` arguments sent in the query or JSON body
     request_model: type[BaseModel] | None
     request_kind: RequestKind
     response_model: type[BaseModel] | None  # for `sse`, the model of one event
@@ -66,6 +66,12 @@ class Route:
     @property
     def tags(self) -> tuple[str, ...]:
         return (self.compat or self.api,)
+
+    @property
+    def carried_in_query(self) -> bool:
+        """Whether the carried ids come in the query: a GET's or DELETE's, or beside a JSON
+        request model (LLM Engine's `completions-sync?model_endpoint_name=`); else in the body."""
+        return self.method in ("GET", "DELETE") or self.request_model is not None
 
     @property
     def openapi_path(self) -> str:
@@ -135,8 +141,6 @@ def _compile_one(api: str, name: str, fn: object, declared: WebMethod, alias: bo
                 "besides ids, only one `request` argument is allowed"
             )
     rest = [p for p in params if p not in path_params and p not in carried]
-    if carried and rest and method not in ("GET", "DELETE"):
-        raise RouteError(f"{where}: ids in the body and a `request` model cannot be mixed")
 
     request_model: type[BaseModel] | None = None
     request_kind: RequestKind = "none"

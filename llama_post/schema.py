@@ -31,6 +31,7 @@ V0_2 = "llama-stack-v0.2"  # llama-stack-client 0.2.x: ids in the query or body,
 V0_7 = "llama-stack-v0.7"  # llama-stack-client 0.7.0: /v1alpha post-training, /v1beta datasets
 VLLM = "vllm"  # vLLM's own routes beside its OpenAI ones: hot-loading LoRA adapters
 TINKER = "tinker"  # the tinker SDK's RestClient (/api/v1): training runs and their checkpoints
+LLM_ENGINE = "llm-engine"  # Scale's scale-llm-engine client, under /llm-engine/v1: its own shapes
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from llama_post.apis.datasets import Datasets
 from llama_post.apis.files import Files
 from llama_post.apis.inference import Inference
 from llama_post.apis.inspect import Inspect
+from llama_post.apis.llm_engine import LLMEngine
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import PostTraining
 
@@ -19,6 +20,7 @@ class Api(StrEnum):
     post_training = "post_training"
     inspect = "inspect"
     batches = "batches"
+    llm_engine = "llm_engine"
 
 
 PROTOCOLS: dict[Api, type] = {
@@ -29,7 +31,8 @@ PROTOCOLS: dict[Api, type] = {
     Api.post_training: PostTraining,
     Api.inspect: Inspect,
     Api.batches: Batches,
+    Api.llm_engine: LLMEngine,
 }
 
 # APIs the stack implements itself; run.yaml names providers only for the others.
-BUILTIN_APIS = frozenset({Api.inspect, Api.models, Api.batches})
+BUILTIN_APIS = frozenset({Api.inspect, Api.models, Api.batches, Api.llm_engine})

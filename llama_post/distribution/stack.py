@@ -22,6 +22,7 @@ from llama_post.apis.post_training import OpenAIFineTuning
 from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
+from llama_post.distribution.llm_engine import LLMEngineService
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
@@ -113,6 +114,7 @@ class Stack:
                 )
                 impls[Api.batches] = guard(Api.batches, batches)
                 batches.start()
+            engine = _llm_engine(impls)
         except BaseException:
             if batches is not None:
                 await batches.shutdown()
@@ -122,8 +124,12 @@ class Stack:
             await models.shutdown()
             owners.close()
             raise
+        if engine is not None:
+            impls[Api.llm_engine] = engine
         stack = cls(run, built, impls)
         stack.owners, stack.checkpoints, stack.batches = owners, checkpoints, batches
+        if engine is not None:
+            engine.dispatcher = stack  # for the batch service, whichever serves /v1/batches
         return stack
 
     def call(self, route: Route) -> Any:
@@ -139,6 +145,14 @@ class Stack:
         await self.impls[Api.models].shutdown()
         if self.owners is not None:
             self.owners.close()
+
+
+def _llm_engine(impls: dict[Api, Any]) -> LLMEngineService | None:
+    """LLM Engine's routes, where the stack serves every API they translate to."""
+    needed = (Api.inference, Api.files, Api.datasets, Api.post_training, Api.models)
+    if not all(api in impls for api in needed):
+        return None
+    return LLMEngineService({api.value: impls[api] for api in needed})
 
 
 async def _start(factory: Any, entry: ResolvedProvider, deps: dict[Api, Any]) -> Any:

@@ -97,7 +97,7 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
     ]
     carried = {p: {"minLength": 1} | route.param_schemas[p] for p in route.carried_params}
     model = route.request_model
-    if route.request_kind == "query":
+    if route.carried_in_query:
         params += [
             {"name": p, "in": "query", "required": True, "schema": carried[p]}
             for p in route.carried_params
@@ -148,7 +148,7 @@ def _links(route: Route, routes: list[Route]) -> dict[str, Any]:
             value = f"$response.body#{pointer}"
             if name in target.path_params:
                 params[f"path.{name}"] = value
-            elif name in target.carried_params and target.request_kind == "query":
+            elif name in target.carried_params and target.carried_in_query:
                 params[f"query.{name}"] = value
             elif name in target.carried_params:
                 body[name] = value

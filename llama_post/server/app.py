@@ -38,7 +38,7 @@ from llama_post.errors import (
 )
 from llama_post.openapi.generator import build_spec
 from llama_post.routes import Dispatcher, Route
-from llama_post.schema import TINKER, FileContent, UploadedFile
+from llama_post.schema import LLM_ENGINE, TINKER, FileContent, UploadedFile
 from llama_post.server.observe import RequestMiddleware, envelope
 from llama_post.ui import ui_routes
 
@@ -124,14 +124,15 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
             ):
                 # Foreign SDKs retry a 409; for them a forbidding state is a plain bad request.
                 # A create whose id is taken stays a 409: the SDK's own ConflictError.
-                return error_response(
-                    InvalidRequestError(exc.message, param=exc.param, details=exc.details)
-                )
-            raise
+                exc = InvalidRequestError(exc.message, param=exc.param, details=exc.details)
+            elif route.compat != LLM_ENGINE:
+                raise
+            return error_response(exc, route.compat)
         except Exception:
             log.exception("%s %s raised", request.method, request.url.path)
             return error_response(
-                LlamaPostError("internal server error; the server log has the details")
+                LlamaPostError("internal server error; the server log has the details"),
+                route.compat,
             )
 
     async def handle(request: Request) -> Response:
@@ -145,14 +146,17 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
             data = dict(request.query_params)
         try:
             if route.carried_params:
-                kwargs.update(carried_arguments(route, data))
+                beside_body = route.request_kind == "json" and route.request_model is not None
+                source = dict(request.query_params) if beside_body else data
+                kwargs.update(carried_arguments(route, source))
             if route.request_model is not None:
                 kwargs["request"] = build_request(route, data)
             result = await call(**kwargs)
         finally:
             if form is not None:
                 await form.close()
-        return _respond(route, result, done_marker=_reads_done_marker(request))
+        done_marker = route.compat != LLM_ENGINE and _reads_done_marker(request)
+        return _respond(route, result, done_marker=done_marker)
 
     return endpoint
 
@@ -200,7 +204,8 @@ async def _read_form(request: Request) -> tuple[Any, dict[str, Any]]:
 def _reads_done_marker(request: Request) -> bool:
     """Whether the client's SSE parser takes OpenAI's closing `data: [DONE]`.
 
-    llama-stack-client before 0.7 parses every `data:` line as JSON and fails on it.
+    llama-stack-client before 0.7 parses every `data:` line as JSON and fails on it (as LLM
+    Engine's client does: its routes never send it).
     """
     agent = _STAINLESS_AGENT.match(request.headers.get("user-agent", ""))
     if agent is None or agent.group(1) != "LlamaStackClient":
@@ -254,8 +259,10 @@ def _attachment(filename: str) -> str:
     return f"attachment; filename*=UTF-8''{quote(filename)}"
 
 
-def error_response(exc: LlamaPostError) -> JSONResponse:
-    body = envelope(exc.to_body())
+def error_response(exc: LlamaPostError, family: str | None = None) -> JSONResponse:
+    """The error in OpenAI's envelope; for LLM Engine's routes, as its client reads errors
+    (FastAPI's `{"detail": message}`)."""
+    body = {"detail": exc.message} if family == LLM_ENGINE else envelope(exc.to_body())
     headers = {}
     if 400 <= exc.status < 500 and exc.status not in (408, 429):
         # the same request would fail again: SDKs that retry 409s (Tinker's, OpenAI's) stop

@@ -1,0 +1,3 @@
+from llama_post.apis.llm_engine.api import LLMEngine
+
+__all__ = ["LLMEngine"]
