@@ -116,14 +116,16 @@ def ended(status: dict[str, Any]) -> bool:
 
 
 def wait_for_job(
-    server: str | httpx.Client,
+    server: Server | str | httpx.Client,
     job_uuid: str,
     until: Callable[[dict[str, Any]], bool] = ended,
     timeout: float = 240,
 ) -> dict[str, Any]:
     """The job's status once `until` holds (by default: it has ended), polled from `server`
-    (its URL, or a client with a base URL and the caller's key)."""
+    (a Server, its URL, or a client with a base URL and the caller's key)."""
     get = server.get if isinstance(server, httpx.Client) else None
+    if isinstance(server, Server):
+        server = server.url
     path = f"/v1/post-training/jobs/{job_uuid}"
     deadline = time.monotonic() + timeout
     while True:

@@ -43,26 +43,26 @@ def test_the_library_quickstart(tmp_path: Path) -> None:
     assert "refused: 1 of 1 rows are invalid: row 1 field completion" in done.stdout
 
 
-def test_the_structured_output_example(server: Server) -> None:
+def _example(name: str, server: Server, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`docs/examples/<name>` run against `server`'s tiny model; it must succeed."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "structured_output.py"), server.url, TINY],
+        [sys.executable, str(EXAMPLES / name), server.url, TINY],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_the_structured_output_example(server: Server) -> None:
+    done = _example("structured_output.py", server, timeout=60)
     obj, yes_no, distance = done.stdout.splitlines()
     assert obj.startswith("{'city': ") and yes_no in ("yes", "no")
     assert re.fullmatch(r"[1-9][0-9]? (km|miles)", distance), distance
 
 
 def test_the_openai_batch_example(server: Server) -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "openai_batch.py"), server.url, TINY],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _example("openai_batch.py", server, timeout=120)
     assert done.stdout.startswith("completed BatchRequestCounts(completed=2, failed=0, total=2)")
     assert done.stdout.count("\nq") == 2, done.stdout

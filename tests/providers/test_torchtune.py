@@ -112,15 +112,11 @@ def _run(server: Server, body: dict[str, Any], method: str = "sft") -> dict[str,
     route = "supervised-fine-tune" if method == "sft" else "preference-optimize"
     made = httpx.post(f"{server.url}/v1/post-training/{route}", json=body, timeout=60)
     assert made.status_code == 200, made.text
-    return _wait(
+    return wait_for_job(
         server,
         made.json()["job_uuid"],
         lambda s: s["status"] in ("completed", "failed", "cancelled"),
     )
-
-
-def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    return wait_for_job(server.url, job_uuid, until, timeout)
 
 
 def _metrics(server: Server, job_uuid: str) -> list[dict[str, Any]]:
@@ -312,7 +308,7 @@ def test_cancel_stops_the_recipe(server: Server) -> None:
     body["training_config"]["data_config"] = {"dataset_id": "long", "batch_size": 1}
     made = httpx.post(f"{server.url}/v1/post-training/supervised-fine-tune", json=body, timeout=60)
     job_uuid = made.json()["job_uuid"]
-    _wait(server, job_uuid, lambda s: s["progress"]["step"] >= 1)
+    wait_for_job(server, job_uuid, lambda s: s["progress"]["step"] >= 1)
     cancelled = httpx.post(f"{server.url}/v1/post-training/jobs/{job_uuid}/cancel", timeout=60)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
@@ -354,13 +350,13 @@ def test_a_killed_server_resumes_from_the_last_epoch(tmp_path: Path, tiny_model:
         )
         assert made.status_code == 200, made.text
         if job_uuid == "straight":
-            _wait(server, job_uuid, lambda s: s["status"] == "completed")
-    _wait(server, "killed", lambda s: s["progress"]["step"] >= 65)  # in epoch 1 of 0, 1, 2
+            wait_for_job(server, job_uuid, lambda s: s["status"] == "completed")
+    wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 65)  # in epoch 1 of 0, 1, 2
     server.stop(signal.SIGKILL)
 
     again = Server(config, tmp_path).start(timeout=120)
     try:
-        done = _wait(again, "killed", lambda s: s["status"] in ("completed", "failed"))
+        done = wait_for_job(again, "killed", lambda s: s["status"] in ("completed", "failed"))
         assert done["status"] == "completed", done
         logs = httpx.get(f"{again.url}/v1/post-training/jobs/killed/logs").json()["lines"]
         resumed = [line for line in logs if line.startswith("resuming from ")]

@@ -117,7 +117,7 @@ def test_jobs_by_state_steps_and_a_restart_after_a_killed_worker(server: Server)
     before = scrape(server.url)
 
     assert _job(server, "straight", epochs=1).status_code == 200  # 12 rows, batch 2: 6 steps
-    straight = _wait(server, "straight", _done)
+    straight = wait_for_job(server, "straight", _done)
     assert straight["status"] == "completed", straight
     assert straight["progress"]["step"] == 6
     middle = scrape(server.url)
@@ -127,9 +127,9 @@ def test_jobs_by_state_steps_and_a_restart_after_a_killed_worker(server: Server)
     assert value(middle, "llama_post_jobs", provider="peft", state="failed") == 0
 
     assert _job(server, "killed", epochs=3).status_code == 200  # 18 steps
-    running = _wait(server, "killed", lambda s: s["progress"]["step"] >= 3)
+    running = wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 3)
     os.kill(running["resources_allocated"]["worker_pid"], signal.SIGKILL)
-    killed = _wait(server, "killed", _done)
+    killed = wait_for_job(server, "killed", _done)
     assert killed["status"] == "completed", killed
     assert len(killed["attempts"]) == 2
     after = scrape(server.url)
@@ -247,10 +247,6 @@ def _job(server: Server, job_uuid: str, epochs: int) -> httpx.Response:
         "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
     }
     return httpx.post(f"{server.url}/v1/post-training/supervised-fine-tune", json=body)
-
-
-def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    return wait_for_job(server.url, job_uuid, until, timeout)
 
 
 def _done(status: dict[str, Any]) -> bool:

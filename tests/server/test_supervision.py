@@ -57,10 +57,6 @@ def _status(server: Server, job_uuid: str) -> dict[str, Any]:
     return status
 
 
-def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    return wait_for_job(server.url, job_uuid, until, timeout)
-
-
 def _losses(server: Server, job_uuid: str) -> list[tuple[int, float]]:
     found = httpx.get(f"{server.url}/v1/post-training/jobs/{job_uuid}/metrics").json()["data"]
     return [(m["step"], m["loss"]) for m in found]
@@ -72,11 +68,11 @@ def test_a_frozen_worker_is_retried_and_ends_as_if_nothing_happened(
     server = _server(tmp_path, tiny_model)
     try:
         assert _job(server, "straight").status_code == 200
-        assert _wait(server, "straight", ended)["status"] == "completed"
+        assert wait_for_job(server, "straight", ended)["status"] == "completed"
         assert _job(server, "frozen", stall_seconds={"training": 5}).status_code == 200
-        running = _wait(server, "frozen", lambda s: s["progress"]["step"] >= 7)
+        running = wait_for_job(server, "frozen", lambda s: s["progress"]["step"] >= 7)
         os.kill(running["resources_allocated"]["worker_pid"], signal.SIGSTOP)  # wedged
-        done = _wait(server, "frozen", ended)
+        done = wait_for_job(server, "frozen", ended)
         losses = {job: _losses(server, job) for job in ("straight", "frozen")}
         openai_job = httpx.get(f"{server.url}/v1/fine_tuning/jobs/frozen").json()
         events = httpx.get(f"{server.url}/v1/fine_tuning/jobs/frozen/events").json()["data"]
@@ -112,7 +108,7 @@ def test_a_job_that_stalls_every_time_fails_after_its_retries(
     try:
         made = _job(server, "wedges", stall_seconds={"training": 5}, max_retries=2)
         assert made.status_code == 200, made.text
-        failed = _wait(server, "wedges", ended, timeout=300)
+        failed = wait_for_job(server, "wedges", ended, timeout=300)
     finally:
         server.stop()
     assert failed["status"] == "failed", failed
@@ -132,8 +128,8 @@ def test_a_non_finite_loss_stops_the_job_naming_the_step_or_is_skipped(
     try:
         assert _job(server, "diverges").status_code == 200
         assert _job(server, "skips", on_nonfinite="skip", max_skipped_steps=1).status_code == 200
-        stopped = _wait(server, "diverges", ended)
-        skipped = _wait(server, "skips", ended)
+        stopped = wait_for_job(server, "diverges", ended)
+        skipped = wait_for_job(server, "skips", ended)
         logs = httpx.get(f"{server.url}/v1/post-training/jobs/skips/logs").json()["lines"]
         losses = _losses(server, "skips")
     finally:

@@ -83,10 +83,6 @@ def _job(job_uuid: str, trackers: list[dict[str, Any]], **training: Any) -> dict
     }
 
 
-def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 240) -> dict[str, Any]:
-    return wait_for_job(server.url, job_uuid, until, timeout)
-
-
 def _done(status: dict[str, Any]) -> bool:
     """The job has ended and its trackers' runs are closed."""
     ended = status["status"] in ("completed", "failed", "cancelled")
@@ -172,7 +168,7 @@ def test_a_job_sends_every_step_to_tensorboard_mlflow_and_wandb(served: Server) 
         json=_job("tracked", trackers, max_steps_per_epoch=6),
     )
     assert made.status_code == 200, made.text
-    status = _wait(served, "tracked", _done)
+    status = wait_for_job(served, "tracked", _done)
     assert status["status"] == "completed", status
     losses = _losses(served, "tracked")
     assert sorted(losses) == list(range(1, 7))
@@ -228,7 +224,7 @@ def test_openai_integrations_are_a_wandb_tracker(served: Server) -> None:
             "wandb": {"project": "openai", "name": "sdk", "entity": None, "tags": ["a"]},
         }
     ]
-    status = _wait(served, job["id"], _done)
+    status = wait_for_job(served, job["id"], _done)
     assert status["status"] == "completed", status
     (wandb,) = status["trackers"]
     steps, exit_code = _wandb_history(wandb["run_dir"])
@@ -245,7 +241,7 @@ def test_a_failing_tracker_is_noted_and_never_fails_the_job(served: Server) -> N
         json=_job("tracker-down", [down], max_steps_per_epoch=3),
     )
     assert made.status_code == 200, made.text
-    status = _wait(served, "tracker-down", lambda s: s["status"] in ("completed", "failed"))
+    status = wait_for_job(served, "tracker-down", lambda s: s["status"] in ("completed", "failed"))
     assert status["status"] == "completed", status
     (mlflow,) = status["trackers"]
     assert mlflow["error"] and mlflow["last_step"] == 0 and not mlflow["ended"]
@@ -266,7 +262,7 @@ def test_a_restarted_server_sends_no_step_twice(tmp_path: Path, tiny_model: Path
     )
     assert made.status_code == 200, made.text
     # killed after the trackers have steps the resumed attempt computes again
-    first = _wait(
+    first = wait_for_job(
         server,
         "restarted",
         lambda s: min(t["last_step"] for t in s["trackers"] or [{"last_step": 0}]) >= 4,
@@ -275,7 +271,7 @@ def test_a_restarted_server_sends_no_step_twice(tmp_path: Path, tiny_model: Path
 
     again = _start(tmp_path, tiny_model)
     try:
-        status = _wait(again, "restarted", _done)
+        status = wait_for_job(again, "restarted", _done)
         assert status["status"] == "completed", status
         losses = _losses(again, "restarted")
         logs = httpx.get(f"{again.url}/v1/post-training/jobs/restarted/logs").json()["lines"]

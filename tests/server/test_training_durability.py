@@ -67,10 +67,6 @@ def _status(server: Server, job_uuid: str) -> dict[str, Any]:
     return status
 
 
-def _wait(server: Server, job_uuid: str, until: Any, timeout: float = 180) -> dict[str, Any]:
-    return wait_for_job(server.url, job_uuid, until, timeout)
-
-
 def _dataset(server: Server) -> None:
     for dataset_id, purpose, rows in (("facts", "instruct", ROWS), ("prefs", "preference", PAIRS)):
         made = httpx.post(
@@ -93,14 +89,14 @@ def test_a_killed_server_resumes_its_job_exactly(
     _dataset(server)
     data = "facts" if method == "sft" else "prefs"
     _job(server, "straight", data, method=method, dtype=dtype)
-    _wait(server, "straight", lambda s: s["status"] == "completed")
+    wait_for_job(server, "straight", lambda s: s["status"] == "completed")
     _job(server, "killed", data, method=method, dtype=dtype)
-    _wait(server, "killed", lambda s: s["progress"]["step"] >= 7)
+    wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 7)
     server.stop(signal.SIGKILL)
 
     again = Server(config, tmp_path).start()
     try:
-        done = _wait(again, "killed", lambda s: s["status"] in ("completed", "failed"))
+        done = wait_for_job(again, "killed", lambda s: s["status"] in ("completed", "failed"))
         assert done["status"] == "completed", done
         logs = httpx.get(f"{again.url}/v1/post-training/jobs/killed/logs").json()["lines"]
         resumed = [
@@ -159,8 +155,12 @@ def test_a_crashing_worker_fails_only_its_own_job(tmp_path: Path, tiny_model: Pa
             == 200
         )
         (doomed / "model.safetensors").unlink()  # the worker cannot load its weights
-        crashed = _wait(with_server, "crashes", lambda s: s["status"] in ("completed", "failed"))
-        healthy = _wait(with_server, "healthy", lambda s: s["status"] in ("completed", "failed"))
+        crashed = wait_for_job(
+            with_server, "crashes", lambda s: s["status"] in ("completed", "failed")
+        )
+        healthy = wait_for_job(
+            with_server, "healthy", lambda s: s["status"] in ("completed", "failed")
+        )
         logs = httpx.get(f"{with_server.url}/v1/post-training/jobs/crashes/logs").json()["lines"]
         assert httpx.get(f"{with_server.url}/v1/health").status_code == 200
         openai_job = httpx.get(f"{with_server.url}/v1/fine_tuning/jobs/crashes").json()
@@ -230,7 +230,9 @@ def test_a_full_disk_fails_the_job_and_keeps_the_last_checkpoint(
             with contextlib.suppress(OSError), ballast.open("wb", buffering=0) as f:
                 while True:
                     f.write(b"\0" * 65536)
-            failed = _wait(server, "fills-the-disk", lambda s: s["status"] != "in_progress")
+            failed = wait_for_job(
+                server, "fills-the-disk", lambda s: s["status"] != "in_progress", timeout=180
+            )
             assert httpx.get(f"{server.url}/v1/health").status_code == 200
         finally:
             server.stop()
@@ -253,11 +255,11 @@ def test_a_worker_killed_for_memory_is_retried_lighter_then_fails_with_that_reas
     try:
         _dataset(server)
         _job(server, "oom", "facts", epochs=200)
-        running = _wait(server, "oom", lambda s: len(s["checkpoints"]) >= 1)
+        running = wait_for_job(server, "oom", lambda s: len(s["checkpoints"]) >= 1)
         os.kill(running["resources_allocated"]["worker_pid"], signal.SIGKILL)
         # retried once, recomputing every layer's activations (it checkpointed every second)
         pid = running["resources_allocated"]["worker_pid"]
-        retried = _wait(
+        retried = wait_for_job(
             server,
             "oom",
             lambda s: (
@@ -269,7 +271,7 @@ def test_a_worker_killed_for_memory_is_retried_lighter_then_fails_with_that_reas
         spec = json.loads((tmp_path / "post-training" / "jobs" / "oom" / "job.json").read_text())
         assert spec["low_memory"] is True
         os.kill(retried["resources_allocated"]["worker_pid"], signal.SIGKILL)
-        failed = _wait(server, "oom", lambda s: s["status"] != "in_progress")
+        failed = wait_for_job(server, "oom", lambda s: s["status"] != "in_progress")
         assert httpx.get(f"{server.url}/v1/health").status_code == 200
     finally:
         server.stop()
