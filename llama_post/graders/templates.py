@@ -1,0 +1,54 @@
+"""Templates in graders: `{{item.answer}}`, `{{sample.output_text}}`, `{{sample.output_json.x}}`.
+
+Rendered by Jinja's sandbox (no attribute of Python's internals is reachable) with strict
+undefined values, so a field the row lacks is an error for that sample, not an empty string.
+A template that does not parse is refused when the grader is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+from llama_post.errors import InvalidRequestError
+
+ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What the policy answered: its text, and that text parsed when it is JSON."""
+
+    output_text: str
+    output_json: Any | None = None
+
+
+class GradingError(Exception):
+    """Grading one sample failed: the sample scores 0 and carries this message."""
+
+
+def compile_template(text: str, field: str) -> Template:
+    try:
+        return ENV.from_string(text)
+    except TemplateSyntaxError as e:
+        raise InvalidRequestError(
+            f"{field}: the template does not parse: {e.message} (line {e.lineno})", param=field
+        ) from e
+
+
+def context(item: Mapping[str, Any], sample: Sample) -> dict[str, Any]:
+    return {
+        "item": dict(item),
+        "sample": {"output_text": sample.output_text, "output_json": sample.output_json},
+    }
+
+
+def render(template: Template, field: str, scope: dict[str, Any]) -> str:
+    try:
+        return template.render(scope)
+    except TemplateError as e:
+        raise GradingError(f"{field}: {e}") from e
