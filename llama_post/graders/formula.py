@@ -77,9 +77,9 @@ class Formula:
         try:
             value = float(self._eval(self.tree, scores))
         except (ArithmeticError, ValueError, TypeError) as e:
-            raise GradingError(f"{self.field}: {e}") from e
+            raise GradingError(f"{self.field}: {e}", "formula") from e
         if not math.isfinite(value):
-            raise GradingError(f"{self.field}: the formula gave {value}")
+            raise GradingError(f"{self.field}: the formula gave {value}", "formula")
         return value
 
     def _eval(self, node: ast.expr, scores: Mapping[str, float]) -> float:

@@ -27,6 +27,7 @@ from llama_post.errors import InvalidRequestError
 
 if TYPE_CHECKING:
     from llama_post.graders.runner import GradeResult, GraderSettings, Pair
+    from llama_post.graders.templates import ErrorKind
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 IMAGE_TAGS = (None, "default")
@@ -101,13 +102,14 @@ class PythonSandbox:
                 process.stdout.close()  # type: ignore[union-attr]
             if why is None:
                 return results
+            kind: ErrorKind = "unresponsive" if why else "python_server"
             if why == "":
                 why = _exit_reason(process.returncode, self.settings)
                 err.seek(0)
                 tail = err.read().decode(errors="replace")[-STDERR_TAIL:].strip()
                 if tail:
                     why += f"; its output ended: {tail}"
-            return [*results, GradeResult(0.0, error=why)]
+            return [*results, GradeResult(0.0, {}, why, kind)]
 
     def _exchange(
         self,
@@ -134,8 +136,9 @@ class PythonSandbox:
             if "sandbox" in answer:
                 self.isolation = answer["sandbox"]
                 continue
-            score = float(answer.get("score", 0.0))
-            results.append(GradeResult(score, error=answer.get("error")))
+            error = answer.get("error")
+            kind: ErrorKind | None = None if error is None else "python_runtime"
+            results.append(GradeResult(float(answer.get("score", 0.0)), {}, error, kind))
             if len(results) == wanted:
                 return None
         return ""

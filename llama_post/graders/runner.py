@@ -9,7 +9,7 @@ It needs no server: a training worker builds one from the job's grader and its s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from llama_post.apis.post_training.graders import (
@@ -28,7 +28,7 @@ from llama_post.graders.matchers import JsonSchemaMatch, RegexMatch, StringCheck
 from llama_post.graders.python import PythonSandbox
 from llama_post.graders.score_model import ModelScorer, ScoreModel
 from llama_post.graders.similarity import TextSimilarity
-from llama_post.graders.templates import Sample, context
+from llama_post.graders.templates import ErrorKind, GradingError, Sample, context
 
 Pair = tuple[Mapping[str, Any], Sample]
 
@@ -41,6 +41,7 @@ class GradeResult:
     score: float
     sub_scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    error_kind: ErrorKind | None = None  # what failed, when `error` is set
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class PerSample:
         try:
             return GradeResult(float(self.scoring.score(context(item, sample))))
         except Exception as e:  # the grader's failure is the sample's, never the caller's
-            return GradeResult(0.0, error=_describe(e))
+            return _failed(e)
 
 
 class Multi:
@@ -94,13 +95,14 @@ class Multi:
 
     def _combine(self, results: dict[str, GradeResult]) -> GradeResult:
         scores = {name: r.score for name, r in results.items()}
-        failed = [f"{name}: {r.error}" for name, r in results.items() if r.error is not None]
+        failed = [(name, r) for name, r in results.items() if r.error is not None]
         if failed:
-            return GradeResult(0.0, scores, "; ".join(failed))
+            errors = "; ".join(f"{name}: {r.error}" for name, r in failed)
+            return GradeResult(0.0, scores, errors, failed[0][1].error_kind)
         try:
             return GradeResult(self.formula.evaluate(scores), scores)
         except Exception as e:
-            return GradeResult(0.0, scores, _describe(e))
+            return replace(_failed(e), sub_scores=scores)
 
 
 def _single(
@@ -121,9 +123,9 @@ def _single(
     raise TypeError(f"not a grader: {grader!r}")
 
 
-def _describe(error: Exception) -> str:
-    text = str(error)
-    return text if text else type(error).__name__
+def _failed(error: Exception) -> GradeResult:
+    kind = error.kind if isinstance(error, GradingError) else "other"
+    return GradeResult(0.0, error=str(error) or type(error).__name__, error_kind=kind)
 
 
 class GraderRunner:
@@ -155,4 +157,4 @@ class GraderRunner:
         try:
             return self.kind.grade_many(pairs)
         except Exception as e:  # a failure of the whole batch (the sandbox would not start)
-            return [GradeResult(0.0, error=_describe(e)) for _ in pairs]
+            return [_failed(e) for _ in pairs]

@@ -33,10 +33,14 @@ class ModelScorer(Protocol):
 def parse_score(answer: str, low: float, high: float) -> float:
     found = NUMBER.search(answer)
     if found is None:
-        raise GradingError(f"the scoring model's answer holds no number: {answer[:200]!r}")
+        raise GradingError(
+            f"the scoring model's answer holds no number: {answer[:200]!r}", "model_parse"
+        )
     score = float(found.group())
     if not low <= score <= high:
-        raise GradingError(f"the scoring model answered {score}, outside the range [{low}, {high}]")
+        raise GradingError(
+            f"the scoring model answered {score}, outside the range [{low}, {high}]", "model_parse"
+        )
     return score
 
 
@@ -77,7 +81,7 @@ class ScoreModel:
 
     def score(self, scope: dict[str, Any]) -> float:
         if self.scorer is None:
-            raise GradingError("no model can be reached to score with here")
+            raise GradingError("no model can be reached to score with here", "model_server")
         messages = [
             # OpenAI's `developer` is the `system` of the chat templates served here
             {
@@ -86,7 +90,10 @@ class ScoreModel:
             }
             for role, parts in self.messages
         ]
-        answer = self.scorer(self.model, messages, dict(self.sampling))
+        try:
+            answer = self.scorer(self.model, messages, dict(self.sampling))
+        except Exception as e:
+            raise GradingError(f"{self.model} could not score: {e}", "model_server") from e
         return parse_score(answer, self.low, self.high)
 
 

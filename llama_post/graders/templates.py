@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
@@ -27,8 +27,24 @@ class Sample:
     output_json: Any | None = None
 
 
+ErrorKind = Literal[
+    "invalid_variable",  # a template names what the row or sample lacks
+    "formula",  # multi's formula failed on these scores (a division by zero)
+    "model_parse",  # score_model's answer held no number in range
+    "model_server",  # score_model's model could not answer
+    "python_runtime",  # the python grader raised, or returned no number
+    "python_server",  # its process was killed (CPU) or crashed
+    "unresponsive",  # it took longer than its wall limit
+    "other",
+]
+
+
 class GradingError(Exception):
     """Grading one sample failed: the sample scores 0 and carries this message."""
+
+    def __init__(self, message: str, kind: ErrorKind = "other") -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
 
 
 def compile_template(text: str, field: str) -> Template:
@@ -51,4 +67,4 @@ def render(template: Template, field: str, scope: dict[str, Any]) -> str:
     try:
         return template.render(scope)
     except TemplateError as e:
-        raise GradingError(f"{field}: {e}") from e
+        raise GradingError(f"{field}: {e}", "invalid_variable") from e
