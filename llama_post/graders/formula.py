@@ -31,7 +31,6 @@ BINARY: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
     ast.Pow: operator.pow,
-    ast.BitXor: operator.pow,  # OpenAI's formulas write a power as `^`
 }
 UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {
     ast.USub: operator.neg,
@@ -43,7 +42,9 @@ class Formula:
     def __init__(self, text: str, names: Collection[str], field: str) -> None:
         self.field = field
         try:
-            self.tree = ast.parse(text.strip(), mode="eval").body
+            # OpenAI's formulas write a power as `^`: read as Python's `**`, whose precedence
+            # it has (Python's `^` binds more loosely than `+`)
+            self.tree = ast.parse(text.strip().replace("^", "**"), mode="eval").body
         except SyntaxError as e:
             raise self._refuse(f"the formula does not parse: {e.msg}") from e
         self._check(self.tree, set(names))
@@ -90,7 +91,7 @@ class Formula:
             return scores[node.id]
         if isinstance(node, ast.BinOp):
             left, right = self._eval(node.left, scores), self._eval(node.right, scores)
-            if isinstance(node.op, ast.Pow | ast.BitXor) and abs(right) > 64:
+            if isinstance(node.op, ast.Pow) and abs(right) > 64:
                 raise ValueError(f"an exponent of {right} is too large")
             return BINARY[type(node.op)](left, right)
         if isinstance(node, ast.UnaryOp):

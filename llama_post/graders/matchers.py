@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema
-import regex
-
 from llama_post.apis.post_training.graders import JsonSchemaGrader, RegexGrader, StringCheckGrader
 from llama_post.errors import InvalidRequestError
 from llama_post.graders.templates import compile_template, render
@@ -38,6 +35,8 @@ class StringCheck:
 
 class RegexMatch:
     def __init__(self, grader: RegexGrader, where: str) -> None:
+        import regex  # imported when needed: a server starts without it
+
         self.input = compile_template(grader.input, f"{where}.input")
         try:
             self.pattern = regex.compile(grader.pattern)
@@ -54,6 +53,8 @@ class RegexMatch:
 
 class JsonSchemaMatch:
     def __init__(self, grader: JsonSchemaGrader, where: str) -> None:
+        import jsonschema
+
         self.input = compile_template(grader.input, f"{where}.input")
         try:
             jsonschema.Draft202012Validator.check_schema(grader.json_schema)

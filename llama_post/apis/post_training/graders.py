@@ -8,9 +8,9 @@ A grader reads the dataset row (`{{item.answer}}`) and the sample (`{{sample.out
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llama_post.schema import StrictModel
 
@@ -179,3 +179,77 @@ Grader = Annotated[
     | MultiGrader,
     Field(discriminator="type"),
 ]
+
+
+# -- trying a grader on one row: /v1/post-training/graders/run|validate and OpenAI's alpha routes --
+
+
+class GraderRunRequest(StrictModel):
+    """OpenAI's `graders.run`: one row (`item`) and one answer (`model_sample`, read as
+    `sample.output_text`, and as `sample.output_json` when it is JSON)."""
+
+    grader: Grader
+    model_sample: str = Field(max_length=1_048_576)
+    item: dict[str, Any] | None = Field(None, description="The row; `{}` if unset.")
+
+
+class GraderRunErrors(BaseModel):
+    """OpenAI's error flags, one set per kind of failure; `message` (ours) says what failed."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    formula_parse_error: bool = False
+    invalid_variable_error: bool = False
+    model_grader_parse_error: bool = False
+    model_grader_refusal_error: bool = False
+    model_grader_server_error: bool = False
+    model_grader_server_error_details: str | None = None
+    other_error: bool = False
+    python_grader_runtime_error: bool = False
+    python_grader_runtime_error_details: str | None = None
+    python_grader_server_error: bool = False
+    python_grader_server_error_type: str | None = None
+    sample_parse_error: bool = False
+    truncated_observation_error: bool = False
+    unresponsive_reward_error: bool = False
+    message: str | None = Field(None, description="The error, in words (null when none).")
+
+
+class GraderRunMetadata(BaseModel):
+    name: str
+    type: str
+    errors: GraderRunErrors
+    execution_time: float = Field(description="Seconds spent grading.")
+    scores: dict[str, float] = Field(description="Each grader's score, by name.")
+    token_usage: int | None = None
+    sampled_model_name: str | None = None
+
+
+class GraderRunResponse(BaseModel):
+    """The reward (0 when grading failed: `metadata.errors` says why) and, for `multi`, each
+    named grader's score."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    reward: float
+    sub_rewards: dict[str, float]
+    metadata: GraderRunMetadata
+    model_grader_token_usage_per_model: dict[str, int] = {}
+
+
+class GraderValidateRequest(StrictModel):
+    grader: Grader
+
+
+class GraderValidateResponse(BaseModel):
+    """The grader as it will run (defaults filled in)."""
+
+    grader: Grader
+
+
+class GraderRoutes(Protocol):
+    """What serves the grader routes (the stack's `GraderService`)."""
+
+    async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse: ...
+
+    async def validate_grader(self, request: GraderValidateRequest) -> GraderValidateResponse: ...
