@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from llama_post.errors import InvalidRequestError
@@ -47,13 +47,46 @@ class GradingError(Exception):
         self.kind: ErrorKind = kind
 
 
+# What a template may hold: text and `{{ ... }}` substitutions of the row's and the sample's
+# fields, optionally through one of these filters. No statements, calls or loops, so rendering
+# one costs what its text and fields cost, in the server as in a training worker.
+FILTERS = frozenset({"lower", "upper", "trim", "string", "tojson", "length"})
+NODES = (
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Const,
+    nodes.Filter,
+)
+
+
 def compile_template(text: str, field: str) -> Template:
     try:
-        return ENV.from_string(text)
+        tree = ENV.parse(text)
     except TemplateSyntaxError as e:
         raise InvalidRequestError(
             f"{field}: the template does not parse: {e.message} (line {e.lineno})", param=field
         ) from e
+    for node in tree.find_all(nodes.Node):
+        if isinstance(node, nodes.Name) and node.name not in ("item", "sample"):
+            raise InvalidRequestError(
+                f"{field}: {{{{ {node.name} }}}} names nothing; a template reads "
+                f"`item.<field>` (the row) and `sample.output_text` or `sample.output_json`",
+                param=field,
+            )
+        if not isinstance(node, NODES) or (
+            isinstance(node, nodes.Filter) and (node.name not in FILTERS or node.args)
+        ):
+            allowed = ", ".join(sorted(FILTERS))
+            raise InvalidRequestError(
+                f"{field}: a template holds text and {{{{ ... }}}} substitutions of `item` and "
+                f"`sample` fields (with the filters {allowed}); line {node.lineno} has more",
+                param=field,
+            )
+    return ENV.from_string(tree)
 
 
 def context(item: Mapping[str, Any], sample: Sample) -> dict[str, Any]:

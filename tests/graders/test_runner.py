@@ -100,8 +100,8 @@ def test_regex_and_json_schema_match() -> None:
 def test_templates_read_the_row_and_the_sample() -> None:
     check = runner(
         type="string_check",
-        input="{{sample.output_json.city}} in {{item.country}}",
-        reference="{{item.answer}} in France",
+        input="{{sample.output_json.city}} in {{ item['country'] | upper }}",
+        reference="{{item.answer}} in FRANCE",
         operation="eq",
     )
     item = {"answer": "Paris", "country": "France"}
@@ -157,6 +157,19 @@ def test_a_field_the_row_lacks_scores_0_with_the_error_and_the_batch_goes_on() -
     [
         ({"type": "regex", "input": "{{ sample.output_text", "pattern": "a"}, "grader.input"),
         ({"type": "regex", "input": OUTPUT, "pattern": "(unclosed"}, "grader.pattern"),
+        ({"type": "regex", "input": "{{ answer }}", "pattern": "a"}, "grader.input"),
+        (  # no statements, calls or loops: rendering costs what the text and fields cost
+            {
+                "type": "regex",
+                "input": "{% for i in range(99) %}{{ i }}{% endfor %}",
+                "pattern": "a",
+            },
+            "grader.input",
+        ),
+        (
+            {"type": "regex", "input": "{{ item.a.replace('a', 'b') }}", "pattern": "a"},
+            "grader.input",
+        ),
         ({"type": "json_schema", "input": OUTPUT, "schema": {"type": "text"}}, "grader.schema"),
         (
             {"type": "string_check", "input": OUTPUT, "reference": "{% if %}", "operation": "eq"},
