@@ -10,7 +10,6 @@ and called through the guarded Inference API from that thread, on the server's e
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -51,7 +50,7 @@ class GraderService:
 
     async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse:
         runner = await self._runner(request.grader)
-        sample = Sample(request.model_sample, _json_or_none(request.model_sample))
+        sample = Sample.of(request.model_sample)
         started = time.perf_counter()
         result = await asyncio.to_thread(runner.grade, request.item or {}, sample)
         return _response(request.grader, result, time.perf_counter() - started)
@@ -96,13 +95,6 @@ def _score_models(grader: Grader) -> Iterator[tuple[str, ScoreModelGrader]]:
         for name, sub in grader.graders.items():
             if isinstance(sub, ScoreModelGrader):
                 yield f"grader.graders.{name}", sub
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 # OpenAI's flags by what failed (`GradeResult.error_kind`)

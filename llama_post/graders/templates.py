@@ -7,6 +7,7 @@ A template that does not parse is refused when the grader is built.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,14 @@ class Sample:
 
     output_text: str
     output_json: Any | None = None
+
+    @classmethod
+    def of(cls, text: str) -> Sample:
+        """The sample of a model's answer: its text, and `output_json` when it parses."""
+        try:
+            return cls(text, json.loads(text))
+        except ValueError:
+            return cls(text)
 
 
 ErrorKind = Literal[
