@@ -7,7 +7,8 @@ One module per kind: `matchers` (string_check, regex, json_schema), `similarity`
 (text_similarity), `score_model`, `python` (the sandbox), `formula` (multi's), `templates`.
 """
 
-from llama_post.graders.runner import GradeResult, GraderRunner, GraderSettings
+from llama_post.graders.results import GradeResult, GraderSettings
+from llama_post.graders.runner import GraderRunner
 from llama_post.graders.score_model import ModelScorer
 from llama_post.graders.templates import Sample
 
