@@ -4,7 +4,8 @@
     runner.grade(item, Sample(output_text="..."))  # GradeResult(score, sub_scores, error)
 
 One module per kind: `matchers` (string_check, regex, json_schema), `similarity`
-(text_similarity), `score_model`, `python` (the sandbox), `formula` (multi's), `templates`.
+(text_similarity), `score_model`, `python` (the sandbox), `formula` (multi's), `templates`;
+`results` holds what grading answers and the settings it runs under.
 """
 
 from llama_post.graders.results import GradeResult, GraderSettings
