@@ -14,6 +14,12 @@ from llama_post.apis.post_training.fine_tuning import (
     ListFineTuningJobsRequest,
     PageRequest,
 )
+from llama_post.apis.post_training.graders import (
+    GraderRunRequest,
+    GraderRunResponse,
+    GraderValidateRequest,
+    GraderValidateResponse,
+)
 from llama_post.apis.post_training.models import (
     ArchiveUrl,
     Checkpoint,
@@ -290,6 +296,23 @@ class PostTraining(PostTrainingJobs, Protocol):
         self, fine_tuning_job_id: JobUuid, request: PageRequest
     ) -> FineTuningJobCheckpointList:
         """A job's checkpoints, newest first, with their step and losses."""
+        ...
+
+    @webmethod(route="/v1/post-training/graders/run", method="POST")
+    @webmethod(route="/v1/fine_tuning/alpha/graders/run", method="POST", compat=OPENAI_FINE_TUNING)
+    async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse:
+        """Score one answer to one row with a grader, as training would: try a grader before
+        a job. A grader that fails on the row scores 0 and says why in `metadata.errors`; an
+        invalid grader is a 400 naming the field."""
+        ...
+
+    @webmethod(route="/v1/post-training/graders/validate", method="POST")
+    @webmethod(
+        route="/v1/fine_tuning/alpha/graders/validate", method="POST", compat=OPENAI_FINE_TUNING
+    )
+    async def validate_grader(self, request: GraderValidateRequest) -> GraderValidateResponse:
+        """Check a grader (templates, pattern, schema, formula, metric, model, whether python
+        graders are enabled) without running it; a 400 names what is wrong."""
         ...
 
     @webmethod(route="/v1/post-training/checkpoint-files/{token}", method="GET")
