@@ -21,6 +21,7 @@ a collective every rank takes part in.
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import signal
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+log = logging.getLogger("recipe")
 
 
 @dataclass(frozen=True)
@@ -50,21 +53,25 @@ class Ranks:
 
 
 def join(device: str, sharding: str) -> Ranks:
-    """This process's rank, the process group joined where there are several."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """This process's rank, the process group joined where torchrun started it (even as its
+    only rank, so a one-GPU node runs NCCL as a bigger one does)."""
+    if "WORLD_SIZE" not in os.environ:
         return Ranks()
     import torch.distributed as dist
 
     _die_with_parent()  # torchrun is the parent: a rank never outlives it
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Ranks(rank=dist.get_rank(), world=world, sharding=sharding)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend)
+    ranks = Ranks(rank=dist.get_rank(), world=dist.get_world_size(), sharding=sharding)
+    if ranks.leader:
+        log.info("%d rank(s), backend %s, sharding %s", ranks.world, backend, sharding)
+    return ranks
 
 
 def leave(ranks: Ranks) -> None:
-    if ranks.many:
+    if torch.distributed.is_initialized():
         import torch.distributed as dist
 
         dist.destroy_process_group()

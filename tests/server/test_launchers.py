@@ -45,7 +45,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     with_server = Server(config, home).start(timeout=60)
     made = httpx.post(
         f"{with_server.url}/v1/datasets",
-        json={"dataset_id": "facts", "purpose": "instruct", "source": {"type": "rows", "rows": ROWS}},
+        json={
+            "dataset_id": "facts",
+            "purpose": "instruct",
+            "source": {"type": "rows", "rows": ROWS},
+        },
     )
     assert made.status_code == 200, made.text
     try:
@@ -145,7 +149,7 @@ def test_a_killed_rank_stops_every_rank_and_the_job_resumes_to_the_same_losses(
     straight = wait_for_job(server, "straight")
     assert done["status"] == "completed" and straight["status"] == "completed", done["error"]
     attempts = done["attempts"]
-    assert len(attempts) == 2 and attempts[0]["machine"], attempts
+    assert len(attempts) == 2 and "SIGKILL" in attempts[0]["ended_because"], attempts
     assert attempts[1]["resumed_from"] is not None
     a, b = _losses(server, "straight"), _losses(server, "killed")
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 13))
@@ -159,9 +163,7 @@ def test_cancel_stops_every_rank(server: Server) -> None:
     torchrun = status["resources_allocated"]["worker_pid"]
     ranks = _children(torchrun)
     assert len(ranks) == 2, ranks
-    answer = httpx.post(
-        f"{server.url}/v1/post-training/job/cancel", json={"job_uuid": "cancelled"}, timeout=60
-    )
+    answer = httpx.post(f"{server.url}/v1/post-training/jobs/cancelled/cancel", timeout=60)
     assert answer.status_code == 200, answer.text
     assert wait_for_job(server, "cancelled")["status"] == "cancelled"
     assert not any(_alive(pid) for pid in [torchrun, *ranks])
