@@ -138,6 +138,40 @@ def wait_for_job(
         time.sleep(0.25)
 
 
+@contextmanager
+def ray_head() -> Iterator[str]:
+    """A Ray head on loopback, from Ray's own environment (`make engine-ray`), stopped after;
+    yields its dashboard's URL (the Jobs API)."""
+    ray = str(engine_environment("ray") / "bin" / "ray")
+    port, dashboard = free_port(), free_port()
+    flags = [
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--num-cpus=2",
+        "--object-store-memory=268435456",
+        "--disable-usage-stats",
+    ]
+    started = subprocess.run([ray, "start", *flags], capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        url = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/api/version", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Ray's dashboard did not answer"
+            time.sleep(0.5)
+        yield url
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -660,16 +660,15 @@ class LocalJobs:
 
     def _launcher_refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
         """What the provider's launcher cannot do here: more ranks on this node than it has
-        devices (CUDA) or cores (CPU), or a trainer whose recipe has one rank only."""
+        devices (CUDA) or cores (CPU), or a trainer whose recipes run as one rank only."""
         torchrun = self._torchrun
         if torchrun is None:
             return []
-        if type(self).multi_rank is not True or isinstance(request, PreferenceOptimizeRequest):
-            what = "DPO" if isinstance(request, PreferenceOptimizeRequest) else "this trainer"
+        if not self.multi_rank:
             return [
                 (
                     "launcher.nproc_per_node",
-                    f"{what} runs as one rank; use a provider whose launcher is local",
+                    "this trainer's recipes run as one rank; use the launcher local or ray",
                 )
             ]
         if isinstance(self.launcher, RayLauncher):

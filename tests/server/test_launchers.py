@@ -21,6 +21,10 @@ ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
     for i in range(16)
 ]
+PAIRS = [
+    {"prompt": f"Tell me fact {i}.", "chosen": f"Fact {i}: blorps are blue.", "rejected": "No."}
+    for i in range(8)
+]
 TORCHRUN = {"type": "torchrun", "nproc_per_node": 2}
 
 
@@ -42,39 +46,50 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
             "watch_interval_seconds": 0.5,
         }
         config["providers"]["post_training"].append(extra)
-    with_server = Server(config, home).start(timeout=60)
-    made = httpx.post(
-        f"{with_server.url}/v1/datasets",
-        json={
-            "dataset_id": "facts",
-            "purpose": "instruct",
-            "source": {"type": "rows", "rows": ROWS},
-        },
-    )
-    assert made.status_code == 200, made.text
+    with_server = Server(config, home).start(timeout=180)
+    for dataset_id, purpose, rows in (("facts", "instruct", ROWS), ("prefs", "preference", PAIRS)):
+        made = httpx.post(
+            f"{with_server.url}/v1/datasets",
+            json={
+                "dataset_id": dataset_id,
+                "purpose": purpose,
+                "source": {"type": "rows", "rows": rows},
+            },
+        )
+        assert made.status_code == 200, made.text
     try:
         yield with_server
     finally:
         with_server.stop()
 
 
-def _job(server: Server, job_uuid: str, provider_id: str, ranks: int, **training: Any) -> None:
+def _job(
+    server: Server, job_uuid: str, provider_id: str, ranks: int, dpo: bool = False, **training: Any
+) -> None:
     """A global batch of 4 rows a step: 2 rows x 2 micro-batches, over 1 or 2 ranks."""
-    body = {
+    lora = {"type": "LoRA", "rank": 4, "alpha": 8, "dropout": 0.0}
+    body: dict[str, Any] = {
         "job_uuid": job_uuid,
         "provider_id": provider_id,
-        "model": TINY,
-        "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8, "dropout": 0.0},
         "training_config": {
             "n_epochs": 1,
             "gradient_accumulation_steps": 2 // ranks,
-            "data_config": {"dataset_id": "facts", "batch_size": 2, "shuffle": True},
+            "data_config": {
+                "dataset_id": "prefs" if dpo else "facts",
+                "batch_size": 2,
+                "shuffle": True,
+            },
             "optimizer_config": {"lr": 3e-3, "num_warmup_steps": 1, "lr_scheduler": "cosine"},
             "dtype": "fp32",
             **training,
         },
     }
-    made = httpx.post(f"{server.url}/v1/post-training/supervised-fine-tune", json=body)
+    if dpo:
+        body |= {"finetuned_model": TINY, "finetuning_config": lora}
+    else:
+        body |= {"model": TINY, "algorithm_config": lora}
+    route = "preference-optimize" if dpo else "supervised-fine-tune"
+    made = httpx.post(f"{server.url}/v1/post-training/{route}", json=body)
     assert made.status_code == 200, made.text
 
 
@@ -108,7 +123,9 @@ def test_two_ranks_ddp_and_fsdp_reach_one_process_losses(server: Server) -> None
     _job(server, "one", "peft", ranks=1)
     _job(server, "ddp", "ddp", ranks=2)
     _job(server, "fsdp", "fsdp", ranks=2)
-    done = {job: wait_for_job(server, job) for job in ("one", "ddp", "fsdp")}
+    _job(server, "one-dpo", "peft", ranks=1, dpo=True)
+    _job(server, "fsdp-dpo", "fsdp", ranks=2, dpo=True)
+    done = {job: wait_for_job(server, job) for job in ("one", "ddp", "fsdp", "one-dpo", "fsdp-dpo")}
     for job, status in done.items():
         assert status["status"] == "completed", (job, status["error"])
     one = _losses(server, "one")
@@ -128,6 +145,10 @@ def test_two_ranks_ddp_and_fsdp_reach_one_process_losses(server: Server) -> None
         }
         served = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
         assert served.status_code == 200, served.text
+    one_dpo, ranked_dpo = _losses(server, "one-dpo"), _losses(server, "fsdp-dpo")
+    assert [s for s, _ in one_dpo] == [s for s, _ in ranked_dpo] == [1, 2]
+    for (step, a), (_, b) in zip(one_dpo, ranked_dpo, strict=True):
+        assert abs(a - b) < 1e-4, ("dpo", step, a, b)
 
 
 def test_a_killed_rank_stops_every_rank_and_the_job_resumes_to_the_same_losses(

@@ -7,8 +7,6 @@ folders are refused at creation."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import TINY, Server, distribution, engine_environment, free_port, wait_for_job
+from tests.support import TINY, Server, distribution, free_port, ray_head, wait_for_job
 
 pytestmark = pytest.mark.slow  # a Ray head takes ~10 s to start and 1.6 GiB
 
@@ -27,42 +25,9 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    env = engine_environment("ray")
-    port, dashboard = free_port(), free_port()
-    ray = str(env / "bin" / "ray")
-    started = subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            "--num-cpus=2",
-            "--object-store-memory=268435456",
-            "--disable-usage-stats",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
-    url = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/version", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "Ray's dashboard did not answer"
-            time.sleep(0.5)
+def ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with ray_head() as url:
         yield url
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
 def _config(home: Path, model: Path, ray: str) -> dict[str, Any]:
@@ -104,10 +69,10 @@ def _job(server: Server, job_uuid: str, epochs: int, provider_id: str = "peft") 
 
 
 def test_jobs_run_restart_and_cancel_through_a_real_ray_head(
-    tmp_path: Path, tiny_model: Path, ray_head: str
+    tmp_path: Path, tiny_model: Path, ray: str
 ) -> None:
-    config = _config(tmp_path, tiny_model, ray_head)
-    server = Server(config, tmp_path).start(timeout=60)
+    config = _config(tmp_path, tiny_model, ray)
+    server = Server(config, tmp_path).start(timeout=180)
     try:
         made = httpx.post(
             f"{server.url}/v1/datasets",
@@ -129,7 +94,7 @@ def test_jobs_run_restart_and_cancel_through_a_real_ray_head(
         done = wait_for_job(server, "on-ray")
         assert done["status"] == "completed", done["error"]
         assert done["resources_allocated"]["ray_submission_id"] == "on-ray-attempt-1"
-        ray_job = httpx.get(f"{ray_head}/api/jobs/on-ray-attempt-1").json()
+        ray_job = httpx.get(f"{ray}/api/jobs/on-ray-attempt-1").json()
         assert (
             ray_job["status"] == "SUCCEEDED" and ray_job["metadata"]["llama_post_job"] == "on-ray"
         )
@@ -141,8 +106,8 @@ def test_jobs_run_restart_and_cancel_through_a_real_ray_head(
         assert _job(server, "long", 500).status_code == 200
         wait_for_job(server, "long", lambda s: s["progress"]["step"] >= 1)
         server.stop(signal.SIGTERM)
-        assert httpx.get(f"{ray_head}/api/jobs/long-attempt-1").json()["status"] == "RUNNING"
-        server = Server(config, tmp_path).start(timeout=60)
+        assert httpx.get(f"{ray}/api/jobs/long-attempt-1").json()["status"] == "RUNNING"
+        server = Server(config, tmp_path).start(timeout=180)
         step = wait_for_job(server, "long", lambda s: True)["progress"]["step"]
         wait_for_job(server, "long", lambda s: s["progress"]["step"] > step)  # still training
         cancel = httpx.post(f"{server.url}/v1/post-training/jobs/long/cancel", timeout=60)
@@ -150,8 +115,8 @@ def test_jobs_run_restart_and_cancel_through_a_real_ray_head(
         status = wait_for_job(server, "long")
         assert status["status"] == "cancelled"
         assert len(status["attempts"]) == 1  # followed, never submitted again
-        ray_status = httpx.get(f"{ray_head}/api/jobs/long-attempt-1").json()["status"]
+        ray_status = httpx.get(f"{ray}/api/jobs/long-attempt-1").json()["status"]
         assert ray_status == "STOPPED"
-        assert httpx.get(f"{ray_head}/api/jobs/long-attempt-2").status_code == 404
+        assert httpx.get(f"{ray}/api/jobs/long-attempt-2").status_code == 404
     finally:
         server.stop()
