@@ -892,7 +892,11 @@ class LocalJobs:
                     _signal(proc, signal.SIGKILL)
                     continue
                 beat = read_heartbeat(JobFolder(self.jobs_dir / job_uuid).heartbeat)
-                if beat is None or beat.get("attempt") != self.attempt_names.get(job_uuid):
+                ours = beat is not None and (
+                    beat.get("attempt") == self.attempt_names.get(job_uuid)
+                    or (proc.pid is not None and beat.get("pid") == proc.pid)
+                )  # a heartbeat names its attempt (the worker may be torchrun's or Ray's)
+                if beat is None or not ours:
                     beat = {"time": self.launched_at.get(job_uuid, now), "phase": "loading"}
                 phase = str(beat.get("phase"))
                 limit = self._stall_limit(job_uuid, phase)

@@ -154,9 +154,8 @@ def test_two_ranks_ddp_and_fsdp_reach_one_process_losses(server: Server) -> None
 def test_a_killed_rank_stops_every_rank_and_the_job_resumes_to_the_same_losses(
     server: Server,
 ) -> None:
-    long = {"n_epochs": 3, "save_every": 2}
-    _job(server, "straight", "ddp", ranks=2, **long)
-    _job(server, "killed", "ddp", ranks=2, **long)
+    _job(server, "straight", "ddp", ranks=2, n_epochs=3, save_every=2)
+    _job(server, "killed", "ddp", ranks=2, n_epochs=3, save_every=2)
     status = wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 5)
     torchrun = status["resources_allocated"]["worker_pid"]
     ranks = _children(torchrun)

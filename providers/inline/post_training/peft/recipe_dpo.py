@@ -121,7 +121,7 @@ def main(job_dir: Path) -> None:
         total_steps,
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
     )
-    used = _used(len(train), request, plan)
+    used = _used(len(train), request, plan, ranks.world)
     reference = _reference(
         job_dir, model, train, validation, used, pad_id, spec.device, ranks.leader
     )
@@ -376,10 +376,12 @@ def _pairs(path: Path, tokenizer: Any, max_seq_len: int) -> list[Pair]:
     return [Pair(*render_pair(row, tokenizer, max_seq_len)) for row in read_jsonl(path)]
 
 
-def _used(count: int, request: PreferenceOptimizeRequest, plan: list[int]) -> set[int]:
+def _used(
+    count: int, request: PreferenceOptimizeRequest, plan: list[int], ranks: int
+) -> set[int]:
     """The training pairs the job's steps will see (all of them, unless steps are capped)."""
     cfg = request.training_config
-    per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps
+    per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps * ranks
     used: set[int] = set()
     for epoch, steps in enumerate(plan):
         order = epoch_order(count, cfg.seed, epoch, cfg.data.shuffle)
