@@ -72,7 +72,8 @@ def _job(
         "job_uuid": job_uuid,
         "provider_id": provider_id,
         "training_config": {
-            "n_epochs": 1,
+            "n_epochs": 1 if dpo else 2,
+            "save_every": 2,
             "gradient_accumulation_steps": 2 // ranks,
             "data_config": {
                 "dataset_id": "prefs" if dpo else "facts",
@@ -119,44 +120,58 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_two_ranks_ddp_and_fsdp_reach_one_process_losses(server: Server) -> None:
+@pytest.fixture(scope="module")
+def single(server: Server) -> list[tuple[int, float]]:
+    """The per-step losses of one process, 2 micro-batches of 2 rows a step."""
     _job(server, "one", "peft", ranks=1)
+    assert wait_for_job(server, "one")["status"] == "completed"
+    losses = _losses(server, "one")
+    assert [s for s, _ in losses] == list(range(1, 9))
+    return losses
+
+
+def test_two_ranks_ddp_and_fsdp_reach_one_process_losses(
+    server: Server, single: list[tuple[int, float]]
+) -> None:
     _job(server, "ddp", "ddp", ranks=2)
     _job(server, "fsdp", "fsdp", ranks=2)
-    _job(server, "one-dpo", "peft", ranks=1, dpo=True)
-    _job(server, "fsdp-dpo", "fsdp", ranks=2, dpo=True)
-    done = {job: wait_for_job(server, job) for job in ("one", "ddp", "fsdp", "one-dpo", "fsdp-dpo")}
-    for job, status in done.items():
-        assert status["status"] == "completed", (job, status["error"])
-    one = _losses(server, "one")
-    assert [s for s, _ in one] == [1, 2, 3, 4]
     for job in ("ddp", "fsdp"):
-        assert done[job]["resources_allocated"]["ranks"] == 2
+        done = wait_for_job(server, job)
+        assert done["status"] == "completed", (job, done["error"])
+        assert done["resources_allocated"]["ranks"] == 2
         ranked = _losses(server, job)
-        assert [s for s, _ in ranked] == [s for s, _ in one], job
-        for (step, a), (_, b) in zip(one, ranked, strict=True):
+        assert [s for s, _ in ranked] == [s for s, _ in single], job
+        for (step, a), (_, b) in zip(single, ranked, strict=True):
             assert abs(a - b) < 1e-4, (job, step, a, b)
         logs = httpx.get(f"{server.url}/v1/post-training/jobs/{job}/logs").json()["lines"]
-        assert sum("step 4 epoch 0" in line for line in logs) == 1  # rank 0 alone logs steps
+        assert sum("step 8 epoch 1" in line for line in logs) == 1  # rank 0 alone logs steps
+        assert any("2 rank(s), backend gloo" in line for line in logs)
         chat = {
-            "model": done[job]["fine_tuned_model"],
+            "model": done["fine_tuned_model"],
             "messages": [{"role": "user", "content": "Tell me fact 3."}],
             "max_tokens": 4,
         }
         served = httpx.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
         assert served.status_code == 200, served.text
-    one_dpo, ranked_dpo = _losses(server, "one-dpo"), _losses(server, "fsdp-dpo")
-    assert [s for s, _ in one_dpo] == [s for s, _ in ranked_dpo] == [1, 2]
-    for (step, a), (_, b) in zip(one_dpo, ranked_dpo, strict=True):
-        assert abs(a - b) < 1e-4, ("dpo", step, a, b)
+
+
+def test_dpo_on_two_fsdp_ranks_reaches_one_process_losses(server: Server) -> None:
+    _job(server, "one-dpo", "peft", ranks=1, dpo=True)
+    _job(server, "fsdp-dpo", "fsdp", ranks=2, dpo=True)
+    for job in ("one-dpo", "fsdp-dpo"):
+        done = wait_for_job(server, job)
+        assert done["status"] == "completed", (job, done["error"])
+    one, ranked = _losses(server, "one-dpo"), _losses(server, "fsdp-dpo")
+    assert [s for s, _ in one] == [s for s, _ in ranked] == [1, 2]
+    for (step, a), (_, b) in zip(one, ranked, strict=True):
+        assert abs(a - b) < 1e-4, (step, a, b)
 
 
 def test_a_killed_rank_stops_every_rank_and_the_job_resumes_to_the_same_losses(
-    server: Server,
+    server: Server, single: list[tuple[int, float]]
 ) -> None:
-    _job(server, "straight", "ddp", ranks=2, n_epochs=3, save_every=2)
-    _job(server, "killed", "ddp", ranks=2, n_epochs=3, save_every=2)
-    status = wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 5)
+    _job(server, "killed", "ddp", ranks=2)
+    status = wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 3)
     torchrun = status["resources_allocated"]["worker_pid"]
     ranks = _children(torchrun)
     assert len(ranks) == 2, ranks
@@ -166,15 +181,14 @@ def test_a_killed_rank_stops_every_rank_and_the_job_resumes_to_the_same_losses(
         assert time.monotonic() < deadline, "a rank outlived its killed peer"
         time.sleep(0.2)
     done = wait_for_job(server, "killed")
-    straight = wait_for_job(server, "straight")
-    assert done["status"] == "completed" and straight["status"] == "completed", done["error"]
+    assert done["status"] == "completed", done["error"]
     attempts = done["attempts"]
     assert len(attempts) == 2 and "SIGKILL" in attempts[0]["ended_because"], attempts
     assert attempts[1]["resumed_from"] is not None
-    a, b = _losses(server, "straight"), _losses(server, "killed")
-    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 13))
-    for (step, x), (_, y) in zip(a, b, strict=True):
-        assert abs(x - y) < 1e-5, (step, x, y)
+    resumed = _losses(server, "killed")
+    assert [s for s, _ in resumed] == [s for s, _ in single]
+    for (step, x), (_, y) in zip(single, resumed, strict=True):
+        assert abs(x - y) < 1e-4, (step, x, y)
 
 
 def test_cancel_stops_every_rank(server: Server) -> None:
