@@ -376,9 +376,7 @@ def _pairs(path: Path, tokenizer: Any, max_seq_len: int) -> list[Pair]:
     return [Pair(*render_pair(row, tokenizer, max_seq_len)) for row in read_jsonl(path)]
 
 
-def _used(
-    count: int, request: PreferenceOptimizeRequest, plan: list[int], ranks: int
-) -> set[int]:
+def _used(count: int, request: PreferenceOptimizeRequest, plan: list[int], ranks: int) -> set[int]:
     """The training pairs the job's steps will see (all of them, unless steps are capped)."""
     cfg = request.training_config
     per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps * ranks
