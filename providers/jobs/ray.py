@@ -102,7 +102,7 @@ class RayClient:
         token = secrets.token_hex(8)
         files = [folder / f".ray-probe-{token}" for folder in folders]
         script = (
-            "import pathlib, sys\nfor p in sys.argv[2:]: pathlib.Path(p).write_text(sys.argv[1])\n"
+            "import pathlib, sys; [pathlib.Path(p).write_text(sys.argv[1]) for p in sys.argv[2:]]"
         )
         argv = [self.launcher.python or python, "-c", script, token, *map(str, files)]
         submission_id = f"llama-post-probe-{token}"
@@ -117,9 +117,14 @@ class RayClient:
                 await asyncio.sleep(0.3)
                 info = await self.info(submission_id)
             if info is None or info["status"] != "SUCCEEDED":
-                said = (await self.logs(submission_id)).strip().splitlines()[-1:]
-                why = said[0] if said else (info or {}).get("message", "no message")
-                return f"a Ray job could not write there: {why}"
+                # Ray's message of a failed entrypoint ends with the end of its output
+                text = (info or {}).get("message") or await self.logs(submission_id)
+                said = [line for line in text.strip().splitlines() if line.strip()][-1:]
+                code = (info or {}).get("driver_exit_code")
+                return (
+                    f"a Ray job could not write there (exit code {code}): "
+                    f"{said[0] if said else 'no output'}"
+                )
             for path in files:
                 if not path.is_file() or path.read_text() != token:
                     return (
