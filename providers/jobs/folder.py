@@ -7,7 +7,7 @@ validation.jsonl   the validation rows (a dataset, or a held-out split)
 train.log          the worker's output, tracebacks included
 metrics.jsonl      one StepMetrics line per logged step
 progress.json      step, total_steps, epoch (replaced atomically each step)
-heartbeat.json     the worker's own time, pid, phase, step and micro-batch, as it makes progress
+heartbeat.json     the worker's own time, pid, attempt, phase, step and micro-batch (rank 0's)
 trackers.json      the server's: where each experiment tracker's run is, and the last step sent
 tensorboard/       the server's: TensorBoard event files (a tracker's default folder)
 wandb/             the server's: W&B's offline runs
