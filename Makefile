@@ -16,7 +16,7 @@ COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-ve
 	--python-platform x86_64-manylinux_2_28
 
 .PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engine-vllm \
-	engine-torchtune vllm browser
+	engine-torchtune engine-ray vllm browser
 
 # Heavy engines that conflict with .venv live in environments of their own, built from their
 # hashed locks (requirements/engines/*.txt) into a cache outside the clone, named after the lock's
@@ -26,6 +26,8 @@ VLLM_LOCK := requirements/engines/vllm.txt
 VLLM_ENV = $(ENGINES)/vllm-$(shell sha256sum $(VLLM_LOCK) | cut -c1-12)
 TORCHTUNE_LOCK := requirements/engines/torchtune.txt
 TORCHTUNE_ENV = $(ENGINES)/torchtune-$(shell sha256sum $(TORCHTUNE_LOCK) | cut -c1-12)
+RAY_LOCK := requirements/engines/ray.txt
+RAY_ENV = $(ENGINES)/ray-$(shell sha256sum $(RAY_LOCK) | cut -c1-12)
 
 # Builds the environment $(2) from the hashed lock $(1) unless it is there: staged in a
 # folder of its own and renamed into place, so a cut-off build is never taken for a done one.
@@ -95,6 +97,7 @@ lock: | $(UV)
 	$(COMPILE) requirements/engines/vllm.in -o $(VLLM_LOCK) \
 	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
 	$(COMPILE) requirements/engines/torchtune.in -c requirements/constraints.txt -o $(TORCHTUNE_LOCK)
+	$(COMPILE) requirements/engines/ray.in -o $(RAY_LOCK)
 	for pins in tests/compat/pins/*.in; do \
 	  version=$$(sed -n 's/^# python \([0-9.]*\)$$/\1/p' $$pins); \
 	  $(UV) pip compile --quiet --generate-hashes --python-version $${version:-3.12} \
@@ -122,6 +125,11 @@ engine-vllm: | $(UV)
 # torchtune 0.6.1 with the torchao it imports with (0.11.0), which peft in .venv refuses.
 engine-torchtune: | $(UV)
 	$(call engine_env,$(TORCHTUNE_LOCK),$(TORCHTUNE_ENV))
+
+# Ray (its head and the Jobs API, for the `ray` launcher's tests and a one-machine cluster), which
+# our server never imports: it talks to Ray's Jobs REST API over HTTP.
+engine-ray: | $(UV)
+	$(call engine_env,$(RAY_LOCK),$(RAY_ENV))
 
 # vLLM serving the bundled SmolLM2 on 127.0.0.1:8000 (distributions/vllm.yaml talks to it).
 vllm: setup engine-vllm

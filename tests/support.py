@@ -138,6 +138,45 @@ def wait_for_job(
         time.sleep(0.25)
 
 
+@contextmanager
+def ray_head() -> Iterator[str]:
+    """A Ray head on loopback, from Ray's own environment (`make engine-ray`), stopped after;
+    yields its dashboard's URL (the Jobs API)."""
+    ray = str(engine_environment("ray") / "bin" / "ray")
+    port, dashboard = free_port(), free_port()
+    flags = [
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--num-cpus=2",
+        "--object-store-memory=268435456",
+        "--disable-usage-stats",
+    ]
+    # Ray's own memory monitor kills job supervisors when the machine (shared with other
+    # tests) runs low; the kernel's OOM killer is left to judge that here.
+    env = {**os.environ, "RAY_memory_monitor_refresh_ms": "0"}
+    started = subprocess.run(
+        [ray, "start", *flags], capture_output=True, text=True, timeout=300, env=env
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        url = f"http://127.0.0.1:{dashboard}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/api/version", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Ray's dashboard did not answer"
+            time.sleep(0.5)
+        yield url
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -4,6 +4,7 @@ from pydantic import Field, field_validator
 
 from llama_post.apis.post_training.models import Phase, StallSeconds
 from llama_post.schema import StrictModel, UserPath
+from providers.jobs.launchers import Launcher, LocalLauncher
 
 # a big model loads (and its reference pass runs) for a long time before its first step
 STALL_DEFAULTS: dict[Phase, float] = {
@@ -42,6 +43,11 @@ class LocalJobsConfig(StrictModel):
         gt=0,
         description="The memory a job may use, to refuse one that will not fit; unset: what "
         "the device has available (CUDA's free memory, or the machine's available RAM).",
+    )
+    launcher: Launcher = Field(
+        default_factory=LocalLauncher,
+        description="How a job's worker is started: one local process, torchrun's ranks, or a "
+        "Ray job on a cluster.",
     )
     watch_interval_seconds: float = Field(
         2.0, gt=0, le=60, description="How often the watchdog reads the workers' heartbeats."

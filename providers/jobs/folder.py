@@ -7,7 +7,7 @@ validation.jsonl   the validation rows (a dataset, or a held-out split)
 train.log          the worker's output, tracebacks included
 metrics.jsonl      one StepMetrics line per logged step
 progress.json      step, total_steps, epoch (replaced atomically each step)
-heartbeat.json     the worker's own time, pid, phase, step and micro-batch, as it makes progress
+heartbeat.json     the worker's own time, pid, attempt, phase, step and micro-batch (rank 0's)
 trackers.json      the server's: where each experiment tracker's run is, and the last step sent
 tensorboard/       the server's: TensorBoard event files (a tracker's default folder)
 wandb/             the server's: W&B's offline runs
@@ -32,6 +32,8 @@ CHECKPOINT_PREFIX = "step-"
 EXIT_CANCELLED = 3  # worker exit codes
 EXIT_OUT_OF_MEMORY = 4
 EXIT_NONFINITE = 5  # a non-finite loss or gradient: the job's fault, never retried
+EXIT_LOST = 6  # what a launcher answers for a worker it lost (a Ray job's node): retried
+ATTEMPT_ENV = "LLAMA_POST_ATTEMPT"  # the attempt a worker runs for, so its heartbeat is known
 
 
 class JobSpec(BaseModel):
@@ -45,6 +47,8 @@ class JobSpec(BaseModel):
     dtype_reason: str = ""
     torch_threads: int | None = None
     low_memory: bool = False  # a retry after running out of memory: recompute every layer
+    ranks: int = 1  # the recipe's ranks in all (torchrun: nproc_per_node x nnodes)
+    sharding: Literal["none", "fsdp"] = "none"
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Heartbeat:
         self.path = path
         self.every = every
         self.pid = os.getpid()
+        self.attempt = os.environ.get(ATTEMPT_ENV)  # the server's name for this attempt
         self._last: tuple[float, str, int | None] = (0.0, "", None)
 
     def __call__(self, phase: str, step: int | None = None, micro: int | None = None) -> None:
@@ -121,7 +126,14 @@ class Heartbeat:
         if (phase, step) == self._last[1:] and now - self._last[0] < self.every:
             return
         self._last = (now, phase, step)
-        beat = {"time": now, "pid": self.pid, "phase": phase, "step": step, "micro": micro}
+        beat = {
+            "time": now,
+            "pid": self.pid,
+            "attempt": self.attempt,
+            "phase": phase,
+            "step": step,
+            "micro": micro,
+        }
         partial = self.path.with_name(f"{self.path.name}.partial")
         partial.write_text(json.dumps(beat))
         partial.replace(self.path)

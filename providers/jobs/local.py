@@ -18,11 +18,13 @@ import ctypes
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -67,7 +69,9 @@ from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError,
 from llama_post.storage import Database, check_id
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import (
+    ATTEMPT_ENV,
     EXIT_CANCELLED,
+    EXIT_LOST,
     EXIT_NONFINITE,
     EXIT_OUT_OF_MEMORY,
     JobFolder,
@@ -77,6 +81,8 @@ from providers.jobs.folder import (
     read_heartbeat,
     read_jsonl,
 )
+from providers.jobs.launchers import RayLauncher, TorchrunLauncher
+from providers.jobs.ray import RayClient, RayJob, RayUnavailable, submission_id
 from providers.jobs.trackers import Forwarder, Roots, read_runs, trackers_of
 from providers.jobs.trackers import refusals as tracker_refusals
 from providers.training.data import steps_per_epoch
@@ -87,6 +93,7 @@ from providers.utils.precision import UnsupportedPrecision, choose
 log = logging.getLogger(__name__)
 REQUEST: TypeAdapter[TrainingRequest] = TypeAdapter(TrainingRequest)
 JOB_ID = re.compile(JOB_UUID_PATTERN)
+CHECKOUT = str(Path(__file__).resolve().parents[2])  # where a Ray job imports providers/ from
 TERMINAL = {JobStatus.completed, JobStatus.failed, JobStatus.cancelled}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -132,7 +139,7 @@ class LocalJobs:
         columns = {r["name"] for r in self.db.all("PRAGMA table_info(jobs)")}
         if "attempts" not in columns:  # a store from before attempts were recorded
             self.db.execute("ALTER TABLE jobs ADD COLUMN attempts TEXT NOT NULL DEFAULT '[]'")
-        self.workers: dict[str, asyncio.subprocess.Process] = {}
+        self.workers: dict[str, asyncio.subprocess.Process | RayJob] = {}
         self.monitors: dict[str, asyncio.Task[None]] = {}
         self.cancelling: set[str] = set()
         self.stalled: dict[str, str] = {}  # job -> why the watchdog killed its worker
@@ -144,6 +151,10 @@ class LocalJobs:
         self.forwarding: dict[str, asyncio.Task[None]] = {}
         self.steps_seen: dict[str, int] = {}  # job -> the highest step counted in the metrics
         self.stopping = False
+        self.launcher = config.launcher
+        self.ray = RayClient(config.launcher) if isinstance(config.launcher, RayLauncher) else None
+        self.ray_checked_at = 0.0  # when a probe job last wrote into the shared folders
+        self.attempt_names: dict[str, str] = {}  # job -> its running attempt's ATTEMPT_ENV
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -156,6 +167,8 @@ class LocalJobs:
         for row in interrupted:
             job_uuid = row["job_uuid"]
             attempts = self._attempts(job_uuid)
+            if await self._reattach(job_uuid, attempts):
+                continue
             if attempts and attempts[-1].get("ended_at") is None:
                 # the server did not stop this worker itself (it crashed, or was killed): that
                 # counts against the job's retries; a worker stopped with the server does not
@@ -176,6 +189,30 @@ class LocalJobs:
         self._watchdog = asyncio.create_task(self._watch())
         self._wake.set()
 
+    async def _reattach(self, job_uuid: str, attempts: list[dict[str, Any]]) -> bool:
+        """Follow a Ray job the previous server submitted, if Ray still knows it."""
+        if self.ray is None or not attempts or attempts[-1].get("ended_at") is not None:
+            return False
+        name = attempts[-1].get("submission_id")
+        try:
+            found = name is not None and await self.ray.info(name) is not None
+        except Exception:
+            log.warning("job %s: Ray could not be asked about %s", job_uuid, name, exc_info=True)
+            found = False
+        if not found:
+            return False
+        self._note(job_uuid, f"the server started again; it follows Ray job {name}")
+        worker = RayJob(self.ray, str(name))
+        self.attempt_names[job_uuid] = f"{job_uuid}/{attempts[-1]['attempt']}"
+        self.launched_at[job_uuid] = time.time()
+        self.running[job_uuid] = self._request(job_uuid)
+        self.steps_seen.setdefault(job_uuid, self._progress_step(job_uuid))
+        if trackers_of(self.running[job_uuid]):
+            self.forwarders[job_uuid] = self._forwarder(job_uuid)
+        self.workers[job_uuid] = worker
+        self.monitors[job_uuid] = asyncio.create_task(self._monitor(job_uuid, worker))
+        return True
+
     async def shutdown(self) -> None:
         """Stop workers without failing their jobs: they resume at the next start."""
         self.stopping = True
@@ -183,6 +220,10 @@ class LocalJobs:
         for task in (self._scheduler, self._watchdog):
             if task:
                 task.cancel()
+        ray_jobs = {j for j, w in self.workers.items() if isinstance(w, RayJob)}
+        for job_uuid in ray_jobs:  # they go on in the cluster; the next server re-attaches
+            self.monitors[job_uuid].cancel()
+            self.workers.pop(job_uuid)
         for job_uuid in list(self.workers):
             self._end_attempt(job_uuid, "the server was stopped; the job resumes when it starts")
         for proc in list(self.workers.values()):
@@ -193,6 +234,8 @@ class LocalJobs:
             )
         for proc in list(self.workers.values()):
             _signal(proc, signal.SIGKILL)
+        if self.ray is not None:
+            await self.ray.aclose()
         self.db.close()
 
     # -- creating jobs -------------------------------------------------------------------------
@@ -208,6 +251,7 @@ class LocalJobs:
         if self._row(job_uuid) is not None:
             raise ConflictError(f"job {job_uuid!r} already exists", param="job_uuid")
         prepared = await self.prepare(request, job_uuid)
+        await self._check_launcher(prepared)
         errors = prepared.report.errors
         if errors:
             shown = "; ".join(f"row {e.row}: {e.message}" for e in errors[:5])
@@ -226,6 +270,41 @@ class LocalJobs:
         )
         self._wake.set()
         return PostTrainingJob(job_uuid=job_uuid)
+
+    async def _check_launcher(self, prepared: Prepared) -> None:
+        """Refuse a job its launcher cannot run here: too few rows for every rank's share of a
+        step, a Ray cluster out of reach, or shared folders a Ray job cannot write."""
+        spec = prepared.spec
+        cfg = spec.request.training_config
+        if spec.ranks > 1:
+            needed = cfg.data.batch_size * cfg.gradient_accumulation_steps * spec.ranks
+            if len(prepared.train) < needed:
+                raise InvalidRequestError(
+                    f"training_config.data_config.batch_size: a step of {spec.ranks} ranks "
+                    f"takes batch_size x gradient_accumulation_steps x ranks = {needed} rows; "
+                    f"the dataset has {len(prepared.train)}",
+                    param="training_config.data_config.batch_size",
+                )
+        if self.ray is None or time.time() - self.ray_checked_at < 300:
+            return
+        address = self.ray.launcher.address
+        try:
+            await self.ray.version()
+        except RayUnavailable as exc:
+            raise InvalidRequestError(
+                f"launcher.address: the Ray cluster at {address} cannot be reached ({exc}); "
+                "start it or correct the provider's launcher.address",
+                param="launcher.address",
+            ) from None
+        folders = [self.jobs_dir, self.config.checkpoint_root]
+        why = await self.ray.probe(folders, sys.executable)
+        if why is not None:
+            raise InvalidRequestError(
+                f"checkpoint_root: {why} ({', '.join(map(str, folders))}); the provider's "
+                "storage_dir and checkpoint_root must be storage every Ray node can write",
+                param="checkpoint_root",
+            )
+        self.ray_checked_at = time.time()
 
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         prepared = await self.prepare(request, request.job_uuid or "preflight")
@@ -255,7 +334,7 @@ class LocalJobs:
         spec = prepared.spec
         request = spec.request
         shape = Shape.read(spec.base_folder)
-        plan = steps_per_epoch([row[0] for row in prepared.examples], request)
+        plan = steps_per_epoch([row[0] for row in prepared.examples], request, spec.ranks)
         work = count(request, prepared.examples, plan, spec.low_memory, shape)
         memory = estimate_memory(shape, request, spec.dtype, work.largest, spec.low_memory)
         memory.available = self.config.memory_limit_bytes or available_memory(spec.device)
@@ -401,6 +480,8 @@ class LocalJobs:
         """The command that runs the job in `job_dir`. The trainer's."""
         raise NotImplementedError
 
+    multi_rank = False  # whether the trainer's recipe runs as several ranks (torchrun)
+
     async def gather(self, request: TrainingRequest, job_uuid: str) -> Gathered:
         """What every trainer checks first: the model (registered, its weights readable here,
         a LoRA rank its provider serves), the trainer's own refusals (`refuse`), and the rows,
@@ -473,8 +554,21 @@ class LocalJobs:
             dtype=precision.precision,
             dtype_reason=precision.why,
             torch_threads=self.config.torch_threads,
+            ranks=self._ranks(),
+            sharding=self._torchrun.sharding if self._torchrun else "none",
         )
         return Gathered(model, spec, train, validation)
+
+    @property
+    def _torchrun(self) -> TorchrunLauncher | None:
+        launcher = self.launcher
+        if isinstance(launcher, RayLauncher):
+            return launcher.torchrun
+        return launcher if isinstance(launcher, TorchrunLauncher) else None
+
+    def _ranks(self) -> int:
+        torchrun = self._torchrun
+        return torchrun.nproc_per_node * torchrun.nnodes if torchrun else 1
 
     def refuse(self, request: TrainingRequest) -> None:
         """Raise a 400 naming the first field this trainer cannot honour."""
@@ -546,6 +640,7 @@ class LocalJobs:
                     "leave it unset",
                 )
             )
+        refusals += self._launcher_refusals(request)
         refusals += tracker_refusals(request, self.roots)
         if limits.max_cost and self.config.price_per_device_hour is None:
             refusals.append(
@@ -562,6 +657,38 @@ class LocalJobs:
                 )
             )
         return refusals
+
+    def _launcher_refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
+        """What the provider's launcher cannot do here: more ranks on this node than it has
+        devices (CUDA) or cores (CPU), or a trainer whose recipes run as one rank only."""
+        torchrun = self._torchrun
+        if torchrun is None:
+            return []
+        if not self.multi_rank:
+            return [
+                (
+                    "launcher.nproc_per_node",
+                    "this trainer's recipes run as one rank; use the launcher local or ray",
+                )
+            ]
+        if isinstance(self.launcher, RayLauncher):
+            return []  # counted on the Ray node, by torchrun there
+        device = self._device()
+        if device.startswith("cuda"):
+            import torch
+
+            have, what = torch.cuda.device_count(), "CUDA devices"
+        else:
+            have, what = os.cpu_count() or 1, "CPU cores"
+        if torchrun.nproc_per_node > have:
+            return [
+                (
+                    "launcher.nproc_per_node",
+                    f"the provider's launcher starts {torchrun.nproc_per_node} ranks on this "
+                    f"node, which has {have} {what}; lower nproc_per_node",
+                )
+            ]
+        return []
 
     async def _rows(
         self, dataset_id: str, wanted: set[DatasetPurpose], field: str
@@ -625,20 +752,54 @@ class LocalJobs:
     async def _launch(self, job_uuid: str) -> None:
         job_dir = self.jobs_dir / job_uuid
         JobFolder(job_dir).heartbeat.unlink(missing_ok=True)  # evidence of this attempt only
-        with JobFolder(job_dir).log.open("ab") as log_file:
-            proc = await asyncio.create_subprocess_exec(
-                *self.worker(self._request(job_uuid), job_dir),
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        resources = {
+        attempt = len(self._attempts(job_uuid)) + 1
+        name = f"{job_uuid}/{attempt}"
+        command = self.worker(self._request(job_uuid), job_dir)
+        resources: dict[str, Any] = {
             "device": self._device(),
             "dtype": self._spec(job_uuid).dtype,
-            "worker_pid": proc.pid,
             "torch_threads": self.config.torch_threads,
+            "launcher": self.launcher.type,
+            "ranks": self._spec(job_uuid).ranks,
         }
+        proc: asyncio.subprocess.Process | RayJob
+        if self.ray is not None:
+            ray_id = submission_id(job_uuid, attempt)
+            torchrun = self._torchrun
+            if torchrun is not None:
+                command = torchrun_command(torchrun, command, job_uuid)
+            env = {ATTEMPT_ENV: name, "PYTHONPATH": self.ray.launcher.pythonpath or CHECKOUT}
+            if torchrun is not None and torchrun.rdzv_endpoint is None:
+                env["GLOO_SOCKET_IFNAME"] = "lo"
+            if self.config.torch_threads:
+                env["OMP_NUM_THREADS"] = str(self.config.torch_threads)
+            try:
+                await self.ray.submit(
+                    ray_id,
+                    self.ray.entrypoint(command, JobFolder(job_dir).log),
+                    env,
+                    {"llama_post_job": job_uuid, "attempt": str(attempt)},
+                )
+            except Exception as exc:  # the cluster, not the job: tried again
+                self._note(job_uuid, f"attempt {attempt} could not be submitted to Ray: {exc}")
+                await asyncio.sleep(self.config.watch_interval_seconds)
+                self._wake.set()
+                return
+            proc = RayJob(self.ray, ray_id)
+            resources["ray_submission_id"] = ray_id
+        else:
+            if self._torchrun is not None:
+                command = torchrun_command(self._torchrun, command, job_uuid)
+            with JobFolder(job_dir).log.open("ab") as log_file:
+                proc = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                    env=_worker_env(name, self._torchrun),
+                )
+            resources["worker_pid"] = proc.pid
         started = self.db.execute(
             "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), resources = ? "
             "WHERE job_uuid = ? AND status = ?",
@@ -654,7 +815,8 @@ class LocalJobs:
             _signal(proc, signal.SIGKILL)
             await proc.wait()
             return
-        self._begin_attempt(job_uuid)
+        self._begin_attempt(job_uuid, resources.get("ray_submission_id"))
+        self.attempt_names[job_uuid] = name
         self.steps_seen.setdefault(job_uuid, self._progress_step(job_uuid))
         self.launched_at[job_uuid] = time.time()
         self.running[job_uuid] = self._request(job_uuid)
@@ -663,8 +825,12 @@ class LocalJobs:
         self.workers[job_uuid] = proc
         self.monitors[job_uuid] = asyncio.create_task(self._monitor(job_uuid, proc))
 
-    async def _monitor(self, job_uuid: str, proc: asyncio.subprocess.Process) -> None:
+    async def _monitor(self, job_uuid: str, proc: asyncio.subprocess.Process | RayJob) -> None:
         code = await proc.wait()
+        if isinstance(proc, RayJob) and proc.message and code != 0:
+            self._note(job_uuid, f"Ray job {proc.submission_id} ended {proc.state}: {proc.message}")
+        if self._torchrun is not None and code not in (0, EXIT_LOST):
+            code = root_cause(JobFolder(self.jobs_dir / job_uuid).log, code)
         if job_uuid in self.forwarders:  # every step reaches the trackers before the status
             await self._send(job_uuid, self.forwarders[job_uuid])
         stalled = self.stalled.pop(job_uuid, None)
@@ -699,6 +865,7 @@ class LocalJobs:
             self.monitors.pop(job_uuid, None)
             self.launched_at.pop(job_uuid, None)
             self.running.pop(job_uuid, None)
+            self.attempt_names.pop(job_uuid, None)
             self.cancelling.discard(job_uuid)
             self._wake.set()
         await self._end_trackers(job_uuid)
@@ -725,7 +892,11 @@ class LocalJobs:
                     _signal(proc, signal.SIGKILL)
                     continue
                 beat = read_heartbeat(JobFolder(self.jobs_dir / job_uuid).heartbeat)
-                if beat is None or beat.get("pid") != proc.pid:
+                ours = beat is not None and (
+                    beat.get("attempt") == self.attempt_names.get(job_uuid)
+                    or (proc.pid is not None and beat.get("pid") == proc.pid)
+                )  # a heartbeat names its attempt (the worker may be torchrun's or Ray's)
+                if beat is None or not ours:
                     beat = {"time": self.launched_at.get(job_uuid, now), "phase": "loading"}
                 phase = str(beat.get("phase"))
                 limit = self._stall_limit(job_uuid, phase)
@@ -846,6 +1017,8 @@ class LocalJobs:
                 return reason, False  # the retry would need as much memory as this one did
             JobFolder(self.jobs_dir / job_uuid).spec.write_text(lighter.model_dump_json(indent=2))
             return f"{reason}; the retry recomputes activations to use less", True
+        if code == EXIT_LOST:  # the launcher lost it (a Ray job's driver or node)
+            return f"the launcher lost the worker{_intact(reason)}", True
         if code == EXIT_CANCELLED:  # stopped by a SIGTERM nobody here sent
             return f"the worker was stopped from outside (SIGTERM){_intact(reason)}", True
         if code < 0:  # killed by a signal nobody here sent: the worker was lost
@@ -891,7 +1064,7 @@ class LocalJobs:
         found: list[dict[str, Any]] = json.loads(row["attempts"]) if row else []
         return found
 
-    def _begin_attempt(self, job_uuid: str) -> None:
+    def _begin_attempt(self, job_uuid: str, ray_submission_id: str | None = None) -> None:
         attempts = self._attempts(job_uuid)
         kept = checkpoints(Path(self._spec(job_uuid).checkpoint_dir))
         attempt = {
@@ -899,6 +1072,8 @@ class LocalJobs:
             "started_at": int(time.time()),
             "resumed_from": kept[-1][1].name if kept else None,
         }
+        if ray_submission_id is not None:  # a restarted server re-attaches by it
+            attempt["submission_id"] = ray_submission_id
         if attempts:
             self._note(
                 job_uuid,
@@ -1212,7 +1387,59 @@ def _perplexity(loss: float | None) -> float | None:
     return math.exp(min(loss, 50.0)) if loss is not None else None
 
 
-def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+def torchrun_command(launcher: TorchrunLauncher, command: list[str], job_uuid: str) -> list[str]:
+    """The worker's `python -m recipe JOB_DIR` run as torchrun's ranks. A rank that fails ends
+    them all (no restarts: the supervisor decides on retries)."""
+    python, flag, module, *args = command
+    assert flag == "-m", command
+    where = (
+        ["--standalone"]
+        if launcher.rdzv_endpoint is None
+        else [
+            *("--rdzv-backend", "c10d", "--rdzv-endpoint", launcher.rdzv_endpoint),
+            *("--rdzv-id", job_uuid),
+        ]
+    )
+    return [
+        python,
+        "-m",
+        "torch.distributed.run",
+        *where,
+        "--nnodes",
+        str(launcher.nnodes),
+        "--nproc-per-node",
+        str(launcher.nproc_per_node),
+        "--max-restarts",
+        "0",
+        "-m",
+        module,
+        *args,
+    ]
+
+
+def _worker_env(name: str, torchrun: TorchrunLauncher | None) -> dict[str, str]:
+    env = {**os.environ, ATTEMPT_ENV: name}
+    if torchrun is not None and torchrun.rdzv_endpoint is None:
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one node: the ranks talk over loopback
+    return env
+
+
+ROOT_CAUSE = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+def root_cause(log_path: Path, code: int) -> int:
+    """torchrun's exit is 1 whatever a rank died of; the rank's own code is in the report it
+    writes at the end of the log ("Root Cause ... exitcode  : -9")."""
+    try:
+        text = log_path.read_text(errors="replace")[-20000:]
+    except OSError:
+        return code
+    at = text.rfind("Root Cause")
+    found = ROOT_CAUSE.search(text, at) if at >= 0 else None
+    return int(found.group(1)) if found else code
+
+
+def _signal(proc: asyncio.subprocess.Process | RayJob, sig: int) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)

@@ -231,14 +231,15 @@ def trained_tokens(batch: list[list[Example]]) -> int:
     return sum(e.trained for row in batch for e in row)
 
 
-def steps_per_epoch(examples: list[Example], request: TrainingRequest) -> list[int]:
-    """Optimizer steps in each epoch (packing makes the count depend on the epoch's order)."""
+def steps_per_epoch(examples: list[Example], request: TrainingRequest, ranks: int = 1) -> list[int]:
+    """Optimizer steps in each epoch (packing makes the count depend on the epoch's order);
+    with several ranks, a step takes `gradient_accumulation_steps` micro-batches on each."""
     cfg = request.training_config
     data = cfg.data
     plan = []
     for epoch in range(cfg.n_epochs):
         order = epoch_order(len(examples), cfg.seed, epoch, data.shuffle)
         batches = len(group(examples, order, data.batch_size, data.packed, data.max_seq_len))
-        steps = max(1, batches // cfg.gradient_accumulation_steps) if batches else 0
+        steps = max(1, batches // (cfg.gradient_accumulation_steps * ranks)) if batches else 0
         plan.append(min(steps, cfg.max_steps_per_epoch or steps))
     return plan

@@ -8,7 +8,8 @@ peft in this process (so equal across every provider).
 
 A distribution is run on each upstream it can front: `remote::vllm` against a second llama-post
 server in the fast lane (it speaks vLLM's routes) and against a real vLLM, started from its own
-environment (`make engine-vllm`), in the slow lane.
+environment (`make engine-vllm`), in the slow lane. `cluster` (the Ray launcher) needs a Ray
+head, started from Ray's own environment (`make engine-ray`) on loopback: slow lane.
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import TINY, Server, distribution, engine_environment, free_port, parse_sse
+from tests.support import (
+    TINY,
+    Server,
+    distribution,
+    engine_environment,
+    free_port,
+    parse_sse,
+    ray_head,
+)
 from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,11 +119,21 @@ def torchtune(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     yield {"LLAMA_POST_MODEL_DIR": str(ctx.model.parent), **EXACT}, {}
 
 
+@contextmanager
+def cluster(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """Jobs as Ray jobs on a local Ray head (`make engine-ray`; the job folders and checkpoints
+    are on this machine, which every "node" shares), vLLM's routes served by a second
+    llama-post. Slow lane: the head takes ~10 s and 1.6 GiB."""
+    with ray_head() as address, vllm_over_llama_post(ctx) as (env, lacks):
+        yield {**env, "RAY_ADDRESS": address}, lacks
+
+
 TARGETS = [
     pytest.param(("embedded", embedded), id="embedded"),
     pytest.param(("torchtune", torchtune), id="torchtune", marks=pytest.mark.slow),
     pytest.param(("vllm", vllm_over_llama_post), id="vllm-over-llama-post"),
     pytest.param(("vllm", vllm_over_vllm), id="vllm-over-vllm", marks=pytest.mark.slow),
+    pytest.param(("cluster", cluster), id="cluster", marks=pytest.mark.slow),
 ]
 
 

@@ -26,7 +26,6 @@ from providers.inline.post_training.peft.training import (
     Cancelled,
     NonFiniteGuard,
     beat,
-    clip,
     decoder_states,
     head_logps,
     injected_fault,
@@ -37,7 +36,8 @@ from providers.inline.post_training.peft.training import (
     make_scheduler,
     peak_memory,
     record,
-    restore,
+    restore_state,
+    restore_weights,
     run,
     save,
     seed_everything,
@@ -49,6 +49,7 @@ from providers.jobs.folder import (
     read_jsonl,
     write_json_atomic,
 )
+from providers.training import distributed
 from providers.training.data import (
     IGNORE,
     Example,
@@ -99,19 +100,17 @@ def main(job_dir: Path) -> None:
     stop = install_cancel_handler()
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
+    ranks = distributed.join(spec.device, spec.sharding)
     seed_everything(cfg.seed)
 
-    tokenizer, model = load_model(spec)
+    tokenizer, model = load_model(spec, whole_fp32=ranks.sharded)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     train = _pairs(JobFolder(job_dir).train, tokenizer, data_cfg.max_seq_len)
     validation = _pairs(JobFolder(job_dir).validation, tokenizer, data_cfg.max_seq_len)
-    plan = steps_per_epoch([p.chosen for p in train], request)
+    plan = steps_per_epoch([p.chosen for p in train], request, ranks.world)
     total_steps = sum(plan)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, request)
-    scheduler = make_scheduler(optimizer, request, total_steps)
     log.info(
         "DPO %s (%s, beta %g): %d pairs, %d validation pairs, %d steps, %s parameters trained",
         spec.job_uuid,
@@ -120,18 +119,29 @@ def main(job_dir: Path) -> None:
         len(train),
         len(validation),
         total_steps,
-        f"{sum(p.numel() for p in params):,}",
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
     )
-    used = _used(len(train), request, plan)
-    reference = _reference(job_dir, model, train, validation, used, pad_id, spec.device)
+    used = _used(len(train), request, plan, ranks.world)
+    reference = _reference(
+        job_dir, model, train, validation, used, pad_id, spec.device, ranks.leader
+    )
 
     checkpoint_dir = Path(spec.checkpoint_dir)
-    epoch, step_in_epoch, global_step = 0, 0, 0
     latest = checkpoints(checkpoint_dir)
+    if latest:  # the weights go in whole, before sharding; the optimizer's state after
+        restore_weights(latest[-1][1], model)
+    model = distributed.shard(model, ranks, spec.dtype == "bf16")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, request)
+    scheduler = make_scheduler(optimizer, request, total_steps)
+    epoch, step_in_epoch, global_step = 0, 0, 0
     if latest:
-        epoch, step_in_epoch, global_step = restore(latest[-1][1], model, optimizer, scheduler)
+        epoch, step_in_epoch, global_step = restore_state(
+            latest[-1][1], model, optimizer, scheduler, ranks
+        )
         log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
-    truncate_metrics(JobFolder(job_dir).metrics, global_step)
+    if ranks.leader:
+        truncate_metrics(JobFolder(job_dir).metrics, global_step)
 
     # -- the loop ------------------------------------------------------------------------------
     model.train()
@@ -144,15 +154,15 @@ def main(job_dir: Path) -> None:
         batches = [
             order[i : i + data_cfg.batch_size] for i in range(0, len(order), data_cfg.batch_size)
         ]
-        ga = cfg.gradient_accumulation_steps
+        ga = cfg.gradient_accumulation_steps * ranks.world  # micro-batches of a step, in all
         while step_in_epoch < plan[epoch]:
             started = time.perf_counter()
-            micro = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
-            n_pairs = sum(len(b) for b in micro)
+            step_batches = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
+            n_pairs = sum(len(b) for b in step_batches)
             totals = dict.fromkeys(("loss", "chosen", "rejected", "accuracy"), 0.0)
             tokens = 0
-            for m, indices in enumerate(micro):
-                if stop.is_set():
+            for m, indices in enumerate(distributed.micro_batches(step_batches, ranks)):
+                if distributed.agree(stop.is_set(), ranks):
                     raise Cancelled
                 beat("training", global_step + 1, m)
                 pairs = [train[i] for i in indices]
@@ -170,13 +180,16 @@ def main(job_dir: Path) -> None:
                     loss_type,
                 )
                 losses = injected_fault(losses, global_step + 1)
-                torch.autograd.backward(losses.sum() / n_pairs)
+                torch.autograd.backward(losses.sum() / n_pairs * distributed.loss_scale(ranks))
                 totals["loss"] += float(losses.detach().sum())
                 totals["chosen"] += float(chosen_rewards.sum())
                 totals["rejected"] += float(rejected_rewards.sum())
                 totals["accuracy"] += float((chosen_rewards > rejected_rewards).float().sum())
                 tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-            grad_norm = clip(params, cfg.max_grad_norm)
+            distributed.average_grads(params, ranks)
+            totals = {k: distributed.total(v, ranks) for k, v in totals.items()}
+            tokens = int(distributed.total(tokens, ranks))
+            grad_norm = distributed.clip(params, cfg.max_grad_norm, ranks)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
             if guard.admits(global_step + 1, totals["loss"] / n_pairs, grad_norm):
                 optimizer.step()
@@ -196,7 +209,7 @@ def main(job_dir: Path) -> None:
                     model, validation, reference["validation"], request, pad_id, spec.device
                 )
                 last |= {"validation_loss": held_out["loss"]}
-            if global_step % every == 0 or held_out:
+            if ranks.leader and (global_step % every == 0 or held_out):
                 record(
                     job_dir,
                     StepMetrics(
@@ -218,15 +231,16 @@ def main(job_dir: Path) -> None:
                         timestamp=time.time(),
                     ),
                 )
-            write_json_atomic(
-                JobFolder(job_dir).progress,
-                {
-                    "step": global_step,
-                    "total_steps": total_steps,
-                    "epoch": epoch,
-                    "peak_memory_bytes": peak_memory(spec.device),
-                },
-            )
+            if ranks.leader:
+                write_json_atomic(
+                    JobFolder(job_dir).progress,
+                    {
+                        "step": global_step,
+                        "total_steps": total_steps,
+                        "epoch": epoch,
+                        "peak_memory_bytes": peak_memory(spec.device),
+                    },
+                )
             epoch_done = step_in_epoch == plan[epoch]
             next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
             if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
@@ -241,6 +255,7 @@ def main(job_dir: Path) -> None:
                     next_position,
                     {"validation_loss": None, **last},
                     final=False,
+                    ranks=ranks,
                 )
         epoch, step_in_epoch = epoch + 1, 0
 
@@ -256,8 +271,10 @@ def main(job_dir: Path) -> None:
         (cfg.n_epochs, 0),
         {**last, "validation_loss": last_validation_loss(job_dir)},
         final=True,
+        ranks=ranks,
     )
     log.info("done: %d steps", global_step)
+    distributed.leave(ranks)
 
 
 def dpo_loss(
@@ -359,10 +376,10 @@ def _pairs(path: Path, tokenizer: Any, max_seq_len: int) -> list[Pair]:
     return [Pair(*render_pair(row, tokenizer, max_seq_len)) for row in read_jsonl(path)]
 
 
-def _used(count: int, request: PreferenceOptimizeRequest, plan: list[int]) -> set[int]:
+def _used(count: int, request: PreferenceOptimizeRequest, plan: list[int], ranks: int) -> set[int]:
     """The training pairs the job's steps will see (all of them, unless steps are capped)."""
     cfg = request.training_config
-    per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps
+    per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps * ranks
     used: set[int] = set()
     for epoch, steps in enumerate(plan):
         order = epoch_order(count, cfg.seed, epoch, cfg.data.shuffle)
@@ -379,9 +396,10 @@ def _reference(
     used: set[int],
     pad_id: int,
     device: str,
+    keep: bool,
 ) -> dict[str, torch.Tensor]:
     """The starting model's (chosen, rejected) log-probs of each pair, computed once and kept
-    in `reference.json`; pairs the job never sees are left out (NaN)."""
+    in `reference.json` (by rank 0: `keep`); pairs the job never sees are left out (NaN)."""
     path = job_dir / "reference.json"
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -406,7 +424,9 @@ def _reference(
         out[name] = values.to(device)
     model.train()
     seconds = time.perf_counter() - started
-    write_json_atomic(path, {"seconds": seconds, **{k: v.cpu().tolist() for k, v in out.items()}})
+    if keep:
+        saved = {"seconds": seconds, **{k: v.cpu().tolist() for k, v in out.items()}}
+        write_json_atomic(path, saved)
     log.info(
         "reference log-probs of %d pairs computed in %.1f s", len(used) + len(validation), seconds
     )

@@ -4,6 +4,9 @@ Run by a worker process: `python -m providers.inline.post_training.peft.recipe_s
 It resumes from the newest complete checkpoint in the job's checkpoint folder, restoring the
 weights, optimizer, LR schedule, RNG and data position, so no batch is replayed or skipped.
 SIGTERM (cancel) stops it between two micro-batches.
+
+Under torchrun the same file runs as each rank (`providers/training/distributed.py`): a step's
+micro-batches are dealt out among the ranks, rank 0 alone writes metrics and checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from providers.inline.post_training.peft.training import (
     Cancelled,
     NonFiniteGuard,
     beat,
-    clip,
     injected_fault,
     install_cancel_handler,
     label_logps,
@@ -31,7 +33,8 @@ from providers.inline.post_training.peft.training import (
     make_scheduler,
     peak_memory,
     record,
-    restore,
+    restore_state,
+    restore_weights,
     run,
     save,
     seed_everything,
@@ -43,6 +46,7 @@ from providers.jobs.folder import (
     read_jsonl,
     write_json_atomic,
 )
+from providers.training import distributed
 from providers.training.data import (
     Example,
     collate,
@@ -67,36 +71,44 @@ def main(job_dir: Path) -> None:
     stop = install_cancel_handler()
     if spec.torch_threads:
         torch.set_num_threads(spec.torch_threads)
+    ranks = distributed.join(spec.device, spec.sharding)
     seed_everything(cfg.seed)
 
-    tokenizer, model = load_model(spec)
+    tokenizer, model = load_model(spec, whole_fp32=ranks.sharded)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     train = _examples(JobFolder(job_dir).train, tokenizer, request)
     validation = _examples(JobFolder(job_dir).validation, tokenizer, request)
-    plan = steps_per_epoch(train, request)
+    plan = steps_per_epoch(train, request, ranks.world)
     total_steps = sum(plan)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, request)
-    scheduler = make_scheduler(optimizer, request, total_steps)
     log.info(
-        "training %s: %d rows, %d validation rows, %d steps, %s parameters trained of %s",
+        "training %s: %d rows, %d validation rows, %d steps, %s parameters trained of %s%s",
         spec.job_uuid,
         len(train),
         len(validation),
         total_steps,
-        f"{sum(p.numel() for p in params):,}",
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
         f"{sum(p.numel() for p in model.parameters()):,}",
+        f", on {ranks.world} ranks ({spec.sharding})" if ranks.many else "",
     )
-
     checkpoint_dir = Path(spec.checkpoint_dir)
-    epoch, step_in_epoch, global_step = 0, 0, 0
     latest = checkpoints(checkpoint_dir)
+    if latest:  # the weights go in whole, before sharding; the optimizer's state after
+        restore_weights(latest[-1][1], model)
+    model = distributed.shard(model, ranks, spec.dtype == "bf16")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, request)
+    scheduler = make_scheduler(optimizer, request, total_steps)
+
+    epoch, step_in_epoch, global_step = 0, 0, 0
     if latest:
-        epoch, step_in_epoch, global_step = restore(latest[-1][1], model, optimizer, scheduler)
+        epoch, step_in_epoch, global_step = restore_state(
+            latest[-1][1], model, optimizer, scheduler, ranks
+        )
         log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
-    truncate_metrics(JobFolder(job_dir).metrics, global_step)
+    if ranks.leader:
+        truncate_metrics(JobFolder(job_dir).metrics, global_step)
 
     # -- the loop ------------------------------------------------------------------------------
     model.train()
@@ -106,23 +118,29 @@ def main(job_dir: Path) -> None:
     while epoch < cfg.n_epochs:
         order = epoch_order(len(train), cfg.seed, epoch, data_cfg.shuffle)
         batches = group(train, order, data_cfg.batch_size, data_cfg.packed, data_cfg.max_seq_len)
-        ga = cfg.gradient_accumulation_steps
+        ga = cfg.gradient_accumulation_steps * ranks.world  # micro-batches of a step, in all
         while step_in_epoch < plan[epoch]:
             started = time.perf_counter()
-            micro = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
-            n_items = max(1, sum(trained_tokens(b) for b in micro))
+            step_batches = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
+            n_items = max(1, sum(trained_tokens(b) for b in step_batches))
             loss_sum, tokens = 0.0, 0
-            for i, batch in enumerate(micro):
-                if stop.is_set():
+            scale = distributed.loss_scale(ranks)
+            for i, batch in enumerate(distributed.micro_batches(step_batches, ranks)):
+                if distributed.agree(stop.is_set(), ranks):
                     raise Cancelled
                 beat("training", global_step + 1, i)
                 rows = repack(batch)
                 inputs = {k: v.to(spec.device) for k, v in collate(rows, pad_id, True).items()}
                 loss = injected_fault(completion_loss(model, inputs), global_step + 1) / n_items
-                torch.autograd.backward(loss)
+                torch.autograd.backward(loss * scale)
                 loss_sum += float(loss.detach()) * n_items
                 tokens += sum(len(e.input_ids) for row in batch for e in row)
-            grad_norm = clip(params, cfg.max_grad_norm)
+            distributed.average_grads(params, ranks)
+            loss_sum, tokens = (
+                distributed.total(loss_sum, ranks),
+                int(distributed.total(tokens, ranks)),
+            )
+            grad_norm = distributed.clip(params, cfg.max_grad_norm, ranks)
             lr = scheduler.get_last_lr()[0]  # the rate this step used
             if guard.admits(global_step + 1, loss_sum / n_items, grad_norm):
                 optimizer.step()
@@ -134,7 +152,7 @@ def main(job_dir: Path) -> None:
             validation_loss = None
             if step_in_epoch == plan[epoch] and validation:
                 validation_loss = _validate(model, validation, request, pad_id, spec.device)
-            if global_step % every == 0 or validation_loss is not None:
+            if ranks.leader and (global_step % every == 0 or validation_loss is not None):
                 record(
                     job_dir,
                     StepMetrics(
@@ -150,15 +168,16 @@ def main(job_dir: Path) -> None:
                         timestamp=time.time(),
                     ),
                 )
-            write_json_atomic(
-                JobFolder(job_dir).progress,
-                {
-                    "step": global_step,
-                    "total_steps": total_steps,
-                    "epoch": epoch,
-                    "peak_memory_bytes": peak_memory(spec.device),
-                },
-            )
+            if ranks.leader:
+                write_json_atomic(
+                    JobFolder(job_dir).progress,
+                    {
+                        "step": global_step,
+                        "total_steps": total_steps,
+                        "epoch": epoch,
+                        "peak_memory_bytes": peak_memory(spec.device),
+                    },
+                )
             epoch_done = step_in_epoch == plan[epoch]
             next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
             if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
@@ -173,6 +192,7 @@ def main(job_dir: Path) -> None:
                     next_position,
                     {"train_loss": last_train_loss, "validation_loss": validation_loss},
                     final=False,
+                    ranks=ranks,
                 )
         epoch, step_in_epoch = epoch + 1, 0
 
@@ -188,8 +208,10 @@ def main(job_dir: Path) -> None:
         (cfg.n_epochs, 0),
         {"train_loss": last_train_loss, "validation_loss": last_validation_loss(job_dir)},
         final=True,
+        ranks=ranks,
     )
     log.info("done: %d steps", global_step)
+    distributed.leave(ranks)
 
 
 def completion_loss(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -35,32 +35,37 @@ from providers.jobs.folder import (
     JobSpec,
     read_jsonl,
 )
+from providers.training import distributed
 from providers.training.data import IGNORE
+from providers.training.distributed import Ranks
 from providers.training.preflight import lora_targets
 
 log = logging.getLogger("recipe")
 
 LOSS_CHUNK = 1024  # labelled positions whose logits exist at once
+ONE = Ranks()  # a single process
 
 
 class Cancelled(Exception):
     pass
 
 
-def load_model(spec: JobSpec) -> tuple[Any, Any]:
+def load_model(spec: JobSpec, whole_fp32: bool = False) -> tuple[Any, Any]:
     """The tokenizer and the model to train: a fresh LoRA adapter on the base, an existing
     adapter to continue, or the whole model.
 
     In bf16 (mixed precision), what is trained stays fp32: LoRA's weights sit in fp32 over a
     bf16 base (the frozen base needs no master copy), while full fine-tuning keeps the model
     in fp32 and runs its decoder and output head under bf16 autocast. The optimizer's state
-    follows its parameters, so it is fp32 too; the loss is taken in fp32 (`head_logps`)."""
+    follows its parameters, so it is fp32 too; the loss is taken in fp32 (`head_logps`).
+    `whole_fp32` loads a LoRA base in fp32 too: FSDP2 shards a layer's parameters as one
+    dtype and casts them to bf16 for the products itself (`distributed.shard`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     request = spec.request
     lora = isinstance(request.tuning, LoraFinetuningConfig)
     log.info("computing in %s (%s)", spec.dtype, spec.dtype_reason or "asked for")
-    dtype = torch.bfloat16 if spec.dtype == "bf16" and lora else torch.float32
+    dtype = torch.bfloat16 if spec.dtype == "bf16" and lora and not whole_fp32 else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(spec.base_folder)
     model: Any = AutoModelForCausalLM.from_pretrained(spec.base_folder, dtype=dtype)
     efficiency = request.training_config.efficiency_config or EfficiencyConfig()
@@ -336,25 +341,68 @@ def save(
     position: tuple[int, int],
     metrics: dict[str, float | None],
     final: bool,
+    ranks: Ranks = ONE,
 ) -> None:
     """Write a checkpoint beside its final place, then rename it there: a crash mid-write
-    (a kill, a full disk) leaves the previous checkpoint as the newest complete one."""
+    (a kill, a full disk) leaves the previous checkpoint as the newest complete one.
+
+    Every rank calls it (gathering sharded state is a collective); rank 0 alone writes, and
+    the others wait until the checkpoint is complete."""
     beat("saving", step)
+    lora = isinstance(request.tuning, LoraFinetuningConfig)
+    weights = distributed.model_state(model, ranks, trained_only=lora)
+    optimizer_state = distributed.optimizer_state(model, optimizer, ranks)
+    rng = distributed.gather(_rng_state(), ranks)
+    if ranks.leader:
+        _write(
+            folder,
+            model,
+            tokenizer,
+            optimizer_state,
+            scheduler,
+            request,
+            step,
+            position,
+            metrics,
+            final,
+            weights,
+            rng if ranks.many else rng[0],
+        )
+    distributed.barrier(ranks)
+
+
+def _write(
+    folder: Path,
+    model: Any,
+    tokenizer: Any,
+    optimizer_state: dict[str, Any],
+    scheduler: Any,
+    request: TrainingRequest,
+    step: int,
+    position: tuple[int, int],
+    metrics: dict[str, float | None],
+    final: bool,
+    weights: dict[str, Any] | None,
+    rng: Any,
+) -> None:
     target = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
     partial = folder / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     try:
         partial.mkdir(parents=True)
-        model.save_pretrained(str(partial))
+        if weights is None:
+            model.save_pretrained(str(partial))
+        else:  # gathered from the ranks' shards
+            model.save_pretrained(str(partial), state_dict=weights)
         if not isinstance(request.tuning, LoraFinetuningConfig):
             tokenizer.save_pretrained(str(partial))
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "position": position,
                 "step": step,
-                "rng": _rng_state(),
+                "rng": rng,  # one per rank where there are several
             },
             partial / "state.pt",
         )
@@ -380,6 +428,12 @@ def save(
 def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, int, int]:
     """Load a checkpoint's weights, optimizer, schedule and RNG; returns (epoch, step in
     epoch, global step) to continue from."""
+    restore_weights(folder, model)
+    return restore_state(folder, model, optimizer, scheduler, ONE)
+
+
+def restore_weights(folder: Path, model: Any) -> None:
+    """A checkpoint's weights into the model, before it is sharded (every rank reads them)."""
     from safetensors.torch import load_file
 
     adapter = (folder / "adapter_config.json").is_file()
@@ -391,10 +445,18 @@ def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[i
         set_peft_model_state_dict(model, state_dict)
     else:
         model.load_state_dict(state_dict, strict=False)
+
+
+def restore_state(
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, ranks: Ranks
+) -> tuple[int, int, int]:
+    """A checkpoint's optimizer, schedule and this rank's RNG; returns (epoch, step in epoch,
+    global step) to continue from."""
     state = torch.load(folder / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_optimizer_state(model, optimizer, state["optimizer"], ranks)
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    rng = state["rng"]
+    _set_rng_state(rng[ranks.rank] if isinstance(rng, list) else rng)
     epoch, step_in_epoch = state["position"]
     return epoch, step_in_epoch, state["step"]
 
@@ -440,7 +502,10 @@ def run(main: Any, job_dir: Path) -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s"
     )
-    _heartbeat = Heartbeat(JobFolder(job_dir).heartbeat)
+    if int(os.environ.get("RANK", "0")) == 0:  # rank 0 alone shows progress and logs steps
+        _heartbeat = Heartbeat(JobFolder(job_dir).heartbeat)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)
     beat("loading")
     try:
         main(job_dir)
