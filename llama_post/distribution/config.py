@@ -88,6 +88,12 @@ class RunConfig(StrictModel):
     storage_dir: UserPath = Field(
         Path("~/.llama-post"), validate_default=True, description="The stack's own state."
     )
+    imported_models_dir: UserPath | None = Field(
+        None,
+        description="Where models registered from archives are unpacked (default "
+        "`<storage_dir>/checkpoints/imported`); the inference provider must read it "
+        "(`model_dirs`).",
+    )
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     providers: dict[Api, list[ProviderConfig]]

@@ -29,7 +29,7 @@ from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
-from llama_post.routes import Route, all_routes
+from llama_post.routes import Route, all_routes, api_version
 from llama_post.version import __version__
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Stack:
         of `registry` (by default the one the installed distribution declares)."""
         registry = installed_registry() if registry is None else registry
         run, resolved = load_run_config(source, env, registry)
-        models = ModelRegistry(run.storage_dir)
+        models = ModelRegistry(run.storage_dir, run.imported_models_dir)
         owners = Owners(run.storage_dir)
         routes: dict[Api, list[Route]] = {}
         for route in all_routes():
@@ -107,6 +107,7 @@ class Stack:
                     checkpoints.start()
                     one = checkpoints
                 impls[api] = guard(api, one)
+            models.imports.files = impls.get(Api.files)  # archives uploaded through Files
             await models.restore(run.models)
             if Api.files in impls and Api.inference in impls:  # batches, over any providers
                 batches = BatchService(
@@ -215,7 +216,7 @@ class InspectImpl:
         return HealthInfo(status="OK" if ok else "Degraded", providers=reports)
 
     async def version(self) -> VersionInfo:
-        return VersionInfo(version=__version__)
+        return VersionInfo(version=__version__, api_version=api_version())
 
     async def list_routes(self) -> ListRoutesResponse:
         types: dict[str, list[str]] = {}

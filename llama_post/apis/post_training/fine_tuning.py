@@ -75,6 +75,7 @@ STATUS = {
     JobStatus.completed: "succeeded",
     JobStatus.failed: "failed",
     JobStatus.cancelled: "cancelled",
+    JobStatus.unknown: "running",  # its trainer is out of reach; OpenAI has no such state
 }
 FineTuningStatus = Literal[
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled"
