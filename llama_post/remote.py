@@ -228,9 +228,7 @@ def _encoded(route: Route, request: BaseModel | None) -> dict[str, Any]:
         for name in type(request).model_fields
         if isinstance(value := getattr(request, name), UploadedFile)
     }
-    body = request.model_dump(
-        mode="json", exclude_none=True, by_alias=True, exclude=set(uploads)
-    )
+    body = request.model_dump(mode="json", exclude_none=True, by_alias=True, exclude=set(uploads))
     if route.method in ("GET", "DELETE"):
         return {"params": body}
     if uploads:

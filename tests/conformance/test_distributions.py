@@ -116,12 +116,15 @@ def split_over_a_trainer(ctx: Context) -> Iterator[tuple[dict[str, str], dict[st
     """A second llama-post is the trainer box: the front's files, datasets and jobs are its."""
     trainer_home = ctx.home / "trainer"
     with _started(Server(distribution(trainer_home, ctx.model), _mkdir(trainer_home))) as trainer:
-        yield {
-            "TRAINER_URL": trainer.url,
-            "TRAINER_POLL_SECONDS": "0.5",
-            "LLAMA_POST_MODEL_DIR": str(ctx.model.parent),
-            **EXACT,
-        }, {}
+        yield (
+            {
+                "TRAINER_URL": trainer.url,
+                "TRAINER_POLL_SECONDS": "0.5",
+                "LLAMA_POST_MODEL_DIR": str(ctx.model.parent),
+                **EXACT,
+            },
+            {},
+        )
 
 
 TARGETS = [

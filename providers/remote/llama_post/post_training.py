@@ -124,53 +124,55 @@ class RemotePostTraining:
     # -- publishing ----------------------------------------------------------------------------
 
     async def _settle(self, status: PostTrainingJobStatusResponse) -> str | None:
-        """Publish a completed job's model here, once (a poller and a caller may race)."""
+        """Publish a completed job's model here, once (a poller and a caller may race). A
+        failure that may pass (the base not loaded yet, the remote's archive unreachable) is
+        tried again at the next read; a refused archive is final, and said in the job's error."""
         job_uuid = status.job_uuid
         async with self.publishing.setdefault(job_uuid, asyncio.Lock()):
             row = self.db.one("SELECT settled, note FROM jobs WHERE job_uuid = ?", (job_uuid,))
             if row is not None and row["settled"]:
                 note: str | None = row["note"]
                 return note
-            note = await self._publish(status)
+            try:
+                await self._publish(status)
+                note = None
+            except (NotFoundError, UpstreamError) as exc:
+                log.warning("job %s: not served here yet: %s", job_uuid, exc.message)
+                return f"trained on the remote, not served here yet: {exc.message}"
+            except LlamaPostError as exc:
+                note = (
+                    f"trained on the remote, but not served here: {exc.message}; register its "
+                    "archive with POST /v1/models"
+                )
+                log.warning("job %s: %s", job_uuid, note)
             self.db.execute(
                 "UPDATE jobs SET settled = 1, note = ? WHERE job_uuid = ?", (note, job_uuid)
             )
             return note
 
-    async def _publish(self, status: PostTrainingJobStatusResponse) -> str | None:
-        """Register the final checkpoint here as the job's model; why not, if it could not be."""
+    async def _publish(self, status: PostTrainingJobStatusResponse) -> None:
+        """Register the final checkpoint here as the job's model, from the remote's archive."""
         if not status.checkpoints or status.fine_tuned_model is None:
-            return None
-        final = status.checkpoints[-1]
-        model_id = status.fine_tuned_model
-        try:
-            base = None
-            if status.algorithm == "LoRA":
-                served = await self.models.get_model(status.model)
-                base = served.base_model or served.id
-            with contextlib.suppress(NotFoundError):
-                await self.models.get_model(model_id)
-                return None  # published by an earlier run of this server
-            archive = await self.remote.checkpoint_archive_url(
-                job_uuid=status.job_uuid, checkpoint_id=final.checkpoint_id
+            return  # the remote did not serve it either (its own error says why)
+        final, model_id = status.checkpoints[-1], status.fine_tuned_model
+        with contextlib.suppress(NotFoundError):
+            await self.models.get_model(model_id)
+            return  # published by an earlier run of this server
+        base = None
+        if status.algorithm == "LoRA":
+            served = await self.models.get_model(status.model)
+            base = served.base_model or served.id
+        archive = await self.remote.checkpoint_archive_url(
+            job_uuid=status.job_uuid, checkpoint_id=final.checkpoint_id
+        )
+        await self.models.register_model(
+            RegisterModelRequest(
+                model_id=model_id,
+                source=ArchiveSource(type="archive", url=archive.url, base_model=base),
+                metadata={"job_uuid": status.job_uuid, "checkpoint": final.checkpoint_id},
             )
-            source = ArchiveSource(type="archive", url=archive.url, base_model=base)
-            await self.models.register_model(
-                RegisterModelRequest(
-                    model_id=model_id,
-                    source=source,
-                    metadata={"job_uuid": status.job_uuid, "checkpoint": final.checkpoint_id},
-                )
-            )
-        except LlamaPostError as exc:
-            note = (
-                f"trained on the remote, but not served here: {exc.message}; register its "
-                f"archive with POST /v1/models"
-            )
-            log.warning("job %s: %s", status.job_uuid, note)
-            return note
+        )
         log.info("job %s: %s is served here", status.job_uuid, model_id)
-        return None
 
     async def _record(self, job_uuid: str) -> None:
         status: PostTrainingJobStatusResponse = await self.remote.get_job_status(job_uuid)
@@ -183,6 +185,7 @@ class RemotePostTraining:
         """Read every unfinished job now and then, so each finished one is published here
         whether or not anyone asks, after a restart too."""
         while True:
+            await asyncio.sleep(self.config.poll_seconds)  # first, let the stack finish starting
             rows = self.db.all("SELECT job_uuid FROM jobs WHERE settled = 0")
             for row in rows:
                 try:
@@ -191,4 +194,3 @@ class RemotePostTraining:
                     log.debug("job %s not read: %s", row["job_uuid"], exc.message)
                 except Exception:
                     log.exception("job %s not read", row["job_uuid"])
-            await asyncio.sleep(self.config.poll_seconds)
