@@ -109,6 +109,10 @@ class Stack:
                 impls[api] = guard(api, one)
             models.imports.files = impls.get(Api.files)  # archives uploaded through Files
             await models.restore(run.models)
+            for provider in built:  # what a provider does once every model is loaded
+                started = getattr(provider.impl, "started", None)
+                if started is not None:
+                    await started()
             if Api.files in impls and Api.inference in impls:  # batches, over any providers
                 batches = BatchService(
                     impls[Api.files], impls[Api.inference], run.storage_dir, run.batches, owners

@@ -211,7 +211,7 @@ def test_a_remote_of_another_api_version_is_refused_at_start(tmp_path: Path, spl
     finally:
         old.shutdown()
     ours = httpx.get(f"{split.trainer.url}/v1/version").json()["api_version"]
-    message = str(refused.value)
+    message = " ".join(str(refused.value).split())  # the CLI wraps its lines
     assert "speaks API version 000000000000" in message and f"speaks {ours}" in message
 
 

@@ -41,6 +41,4 @@ async def create_post_training(
     from providers.remote.llama_post.post_training import RemotePostTraining
 
     remote = await connect(Api.post_training, config, provider_id)
-    trainer = RemotePostTraining(remote, config, deps[Api.models])
-    trainer.start()
-    return trainer
+    return RemotePostTraining(remote, config, deps[Api.models])

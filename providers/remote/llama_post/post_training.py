@@ -42,10 +42,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at INTEGER NOT NULL,
     status TEXT NOT NULL,            -- the last status read from the remote (JSON)
     settled INTEGER NOT NULL DEFAULT 0,  -- ended; if completed, its model published here
-    note TEXT                        -- why its model is not served here, if it is not
+    note TEXT,                       -- why its model is not served here, if it is not
+    tries INTEGER NOT NULL DEFAULT 0     -- failed publications so far
 );
 """
-ENDED = (JobStatus.completed, JobStatus.failed, JobStatus.cancelled)
+PUBLISH_TRIES = 5
 
 
 class RemotePostTraining:
@@ -60,7 +61,8 @@ class RemotePostTraining:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["remote"], name)
 
-    def start(self) -> None:
+    async def started(self) -> None:
+        """The stack is up (its models loaded): publishing can begin."""
         self._poller = asyncio.create_task(self._poll())
 
     async def shutdown(self) -> None:
@@ -125,30 +127,34 @@ class RemotePostTraining:
 
     async def _settle(self, status: PostTrainingJobStatusResponse) -> str | None:
         """Publish a completed job's model here, once (a poller and a caller may race). A
-        failure that may pass (the base not loaded yet, the remote's archive unreachable) is
-        tried again at the next read; a refused archive is final, and said in the job's error."""
+        failure may pass (a server starting has not loaded the base yet; the remote's archive
+        URL is unreachable): it is tried again at each read, PUBLISH_TRIES times, then it is
+        final and the job's error says why."""
         job_uuid = status.job_uuid
         async with self.publishing.setdefault(job_uuid, asyncio.Lock()):
-            row = self.db.one("SELECT settled, note FROM jobs WHERE job_uuid = ?", (job_uuid,))
-            if row is not None and row["settled"]:
-                note: str | None = row["note"]
-                return note
+            row = self.db.one(
+                "SELECT settled, note, tries FROM jobs WHERE job_uuid = ?", (job_uuid,)
+            )
+            if row is None or row["settled"]:
+                return None if row is None else row["note"]
             try:
                 await self._publish(status)
-                note = None
-            except (NotFoundError, UpstreamError) as exc:
-                log.warning("job %s: not served here yet: %s", job_uuid, exc.message)
-                return f"trained on the remote, not served here yet: {exc.message}"
             except LlamaPostError as exc:
-                note = (
-                    f"trained on the remote, but not served here: {exc.message}; register its "
-                    "archive with POST /v1/models"
+                tries = row["tries"] + 1
+                note = f"trained on the remote, not served here: {exc.message}"
+                final = tries >= PUBLISH_TRIES
+                if final:
+                    note += "; register its archive with POST /v1/models"
+                log.warning("job %s: %s (try %d of %d)", job_uuid, note, tries, PUBLISH_TRIES)
+                self.db.execute(
+                    "UPDATE jobs SET settled = ?, note = ?, tries = ? WHERE job_uuid = ?",
+                    (int(final), note, tries, job_uuid),
                 )
-                log.warning("job %s: %s", job_uuid, note)
+                return note
             self.db.execute(
-                "UPDATE jobs SET settled = 1, note = ? WHERE job_uuid = ?", (note, job_uuid)
+                "UPDATE jobs SET settled = 1, note = NULL WHERE job_uuid = ?", (job_uuid,)
             )
-            return note
+            return None
 
     async def _publish(self, status: PostTrainingJobStatusResponse) -> None:
         """Register the final checkpoint here as the job's model, from the remote's archive."""
@@ -185,7 +191,6 @@ class RemotePostTraining:
         """Read every unfinished job now and then, so each finished one is published here
         whether or not anyone asks, after a restart too."""
         while True:
-            await asyncio.sleep(self.config.poll_seconds)  # first, let the stack finish starting
             rows = self.db.all("SELECT job_uuid FROM jobs WHERE settled = 0")
             for row in rows:
                 try:
@@ -194,3 +199,4 @@ class RemotePostTraining:
                     log.debug("job %s not read: %s", row["job_uuid"], exc.message)
                 except Exception:
                     log.exception("job %s not read", row["job_uuid"])
+            await asyncio.sleep(self.config.poll_seconds)
