@@ -68,12 +68,30 @@ class ArchiveImports:
                         param="source.sha256",
                     )
             spool.seek(0)
-            await asyncio.to_thread(archives.unpack, spool, target, MAX_ARCHIVE_BYTES)
+            try:
+                await asyncio.to_thread(archives.unpack, spool, target, MAX_ARCHIVE_BYTES)
+            except BaseException:
+                self.prune(target)
+                raise
         try:
             return await asyncio.to_thread(_source, target, source, base)
         except BaseException:
-            await asyncio.to_thread(archives.remove_quietly, target)
+            await self.remove(target)
             raise
+
+    async def remove(self, folder: Path) -> None:
+        """Remove an imported model's folder, and the folders its id made that are now empty."""
+        await asyncio.to_thread(archives.remove_quietly, folder)
+        self.prune(folder)
+
+    def prune(self, folder: Path) -> None:
+        parent = folder.parent
+        while parent != self.folder and parent.is_relative_to(self.folder):
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (another model's), or gone
+                return
+            parent = parent.parent
 
     async def _fetch(self, source: ArchiveSource, out: IO[bytes]) -> str | None:
         """Write the archive to `out`; the sha256 its server announced, if any."""

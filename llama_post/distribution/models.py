@@ -7,7 +7,6 @@ inference provider; a call names a model and goes to that provider.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
@@ -42,7 +41,6 @@ from llama_post.apis.models import (
     RegisterModelRequest,
     UnloadLoraAdapterRequest,
 )
-from llama_post.archives import remove_quietly
 from llama_post.distribution.imports import ArchiveImports
 from llama_post.errors import (
     ConflictError,
@@ -192,7 +190,7 @@ class ModelRegistry:
         self.db.execute("DELETE FROM models WHERE id = ?", (model_id,))
         path = getattr(model.source, "path", None)
         if path is not None and self.imports.owns(path):  # unpacked from an archive: ours
-            await asyncio.to_thread(remove_quietly, Path(path))
+            await self.imports.remove(Path(path))
         return DeleteModelResponse(id=model_id, deleted=True)
 
     async def shutdown(self) -> None:
@@ -280,7 +278,7 @@ class ModelRegistry:
         try:
             return await self.register_model(registration)
         except BaseException:
-            await asyncio.to_thread(remove_quietly, Path(unpacked.path))
+            await self.imports.remove(Path(unpacked.path))
             raise
 
     async def _load(self, model: Model) -> Model:
