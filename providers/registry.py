@@ -72,6 +72,13 @@ REGISTRY = build_registry(
             description="The Datasets API of another llama-post.",
         ),
         ProviderSpec(
+            api=Api.inference,
+            provider_type="remote::llama-post",
+            config_class=remote_llama_post.RemoteLlamaPostConfig,
+            factory=remote_llama_post.create_inference,
+            description="The models another llama-post serves (bases and adapters), by its ids.",
+        ),
+        ProviderSpec(
             api=Api.post_training,
             provider_type="remote::llama-post",
             config_class=remote_llama_post.RemotePostTrainingConfig,

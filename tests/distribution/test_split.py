@@ -186,6 +186,46 @@ def test_the_trainer_going_away_and_the_front_restarting(split: Split, tokenizer
     assert chat(split.front.url, f"ft/{job_uuid}").status_code == 200
 
 
+def test_inference_on_the_trainer_through_a_front(split: Split, tmp_path: Path) -> None:
+    """A front whose inference is the trainer's (`remote::llama-post` for inference): the same
+    models by the same ids, the same greedy answers, streamed too."""
+    remote = {"provider_id": "trainer", "provider_type": "remote::llama-post"}
+    config = {
+        "version": 1,
+        "distribution": "test",
+        "storage_dir": str(tmp_path / "stack"),
+        "providers": {"inference": [{**remote, "config": {"base_url": split.trainer.url}}]},
+    }
+    front = Server(config, tmp_path).start(timeout=120)
+    try:
+        theirs = httpx.get(f"{split.trainer.url}/v1/models").json()["data"]
+        ours = httpx.get(f"{front.url}/v1/models").json()["data"]
+        assert [m["id"] for m in ours] == [m["id"] for m in theirs] and TINY in [
+            m["id"] for m in ours
+        ]
+        assert {m["provider_model_id"] for m in ours} == {m["id"] for m in theirs}
+        for model in [m["id"] for m in theirs]:  # the tiny base, and adapters trained there
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "A blorp?"}],
+                "max_tokens": 6,
+                "temperature": 0,
+            }
+            here = httpx.post(f"{front.url}/v1/chat/completions", json=body, timeout=60)
+            there = httpx.post(f"{split.trainer.url}/v1/chat/completions", json=body, timeout=60)
+            assert here.status_code == 200, here.text
+            text = here.json()["choices"][0]["message"]["content"]
+            assert text == there.json()["choices"][0]["message"]["content"]
+        streamed = httpx.post(
+            f"{front.url}/v1/chat/completions", json={**body, "model": TINY, "stream": True}
+        )
+        assert streamed.text.rstrip().endswith("data: [DONE]")
+        missing = httpx.post(f"{front.url}/v1/chat/completions", json={**body, "model": "no/such"})
+        assert missing.status_code == 404
+    finally:
+        front.stop()
+
+
 class _OtherVersion(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = json.dumps({"version": "0.1.0", "api_version": "000000000000"}).encode()

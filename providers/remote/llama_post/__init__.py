@@ -1,5 +1,5 @@
 """`remote::llama-post`: an API served by another llama-post, its routes called through the one
-route table (`RemoteApi`), for files, datasets and post-training."""
+route table (`RemoteApi`), for files, datasets, inference and post-training."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from providers.remote.llama_post.config import RemoteLlamaPostConfig, RemotePost
 
 if TYPE_CHECKING:
     from providers.remote.llama_post.client import RemoteApi
+    from providers.remote.llama_post.inference import RemoteInference
     from providers.remote.llama_post.post_training import RemotePostTraining
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "RemotePostTrainingConfig",
     "create_datasets",
     "create_files",
+    "create_inference",
     "create_post_training",
 ]
 
@@ -32,6 +34,16 @@ async def create_datasets(config: RemoteLlamaPostConfig, deps: Deps, provider_id
     from providers.remote.llama_post.client import connect
 
     return await connect(Api.datasets, config, provider_id)
+
+
+async def create_inference(
+    config: RemoteLlamaPostConfig, deps: Deps, provider_id: str
+) -> RemoteInference:
+    from providers.remote.llama_post.client import RemoteApi, connect
+    from providers.remote.llama_post.inference import RemoteInference
+
+    remote = await connect(Api.inference, config, provider_id)
+    return RemoteInference(remote, RemoteApi(Api.models, remote.client))
 
 
 async def create_post_training(
