@@ -94,6 +94,12 @@ class RunConfig(StrictModel):
         "`<storage_dir>/checkpoints/imported`); the inference provider must read it "
         "(`model_dirs`).",
     )
+    archive_url_prefixes: list[str] = Field(
+        [],
+        description="The only URLs `POST /v1/models` fetches archive sources from (a remote "
+        "llama-post's base URL, say); none by default, so a caller cannot make the server "
+        "fetch arbitrary addresses.",
+    )
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     providers: dict[Api, list[ProviderConfig]]

@@ -2,8 +2,9 @@
 
 The archive comes from the Files API (`file_id`, read through the caller's guarded Files, so
 another owner's file is not found) or from a URL (a remote llama-post's signed archive URL). It
-is streamed into a spooled temporary file beside its destination while its sha256 is computed
-(so a 2 GB archive is on disk, never in memory), compared with the digest the request names and
+is streamed (a URL only under one of run.yaml's `archive_url_prefixes`, so a caller cannot make
+the server fetch what it likes) into a spooled temporary file beside its destination while its
+sha256 is computed (so a 2 GB archive is on disk, never in memory), compared with the digest the request names and
 the one the URL's server sent, then unpacked member by member (`llama_post.archives`). What is
 unpacked is the model's folder under the stack's imported models folder, which the inference
 provider must be allowed to read (its `model_dirs`); it goes with the model when it is
@@ -35,8 +36,9 @@ FETCH_TIMEOUT = httpx.Timeout(300.0, connect=10.0)
 class ArchiveImports:
     """Unpacks archives into `folder/<model id>`. `files` is set by the stack once Files is up."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, url_prefixes: list[str]) -> None:
         self.folder = folder
+        self.url_prefixes = [p.rstrip("/") + "/" for p in url_prefixes]
         self.files: Files | None = None
 
     def owns(self, path: str) -> bool:
@@ -50,6 +52,13 @@ class ArchiveImports:
             raise InvalidRequestError(
                 "source: give exactly one of file_id (an uploaded archive) and url",
                 param="source.file_id",
+            )
+        if source.url is not None and not any(map(source.url.startswith, self.url_prefixes)):
+            allowed = ", ".join(self.url_prefixes) or "none: run.yaml lists no archive_url_prefixes"
+            raise InvalidRequestError(
+                f"source.url: this server fetches archives only from {allowed}; upload the "
+                "archive through /v1/files and give its file_id",
+                param="source.url",
             )
         target = self.folder / model_id
         if target.exists():

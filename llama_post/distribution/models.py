@@ -65,9 +65,16 @@ CREATE TABLE IF NOT EXISTS models (
 
 
 class ModelRegistry:
-    def __init__(self, storage_dir: Path, imports_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        storage_dir: Path,
+        imports_dir: Path | None = None,
+        archive_url_prefixes: list[str] | None = None,
+    ) -> None:
         self.db = Database(storage_dir / "registry.db", SCHEMA)
-        self.imports = ArchiveImports(imports_dir or storage_dir / "checkpoints" / "imported")
+        self.imports = ArchiveImports(
+            imports_dir or storage_dir / "checkpoints" / "imported", archive_url_prefixes or []
+        )
         self.providers: dict[str, InferenceProvider] = {}
         self.loaded: set[str] = set()
         self.failed: dict[str, tuple[float, LlamaPostError]] = {}  # id -> last failed load

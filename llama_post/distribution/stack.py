@@ -68,7 +68,7 @@ class Stack:
         of `registry` (by default the one the installed distribution declares)."""
         registry = installed_registry() if registry is None else registry
         run, resolved = load_run_config(source, env, registry)
-        models = ModelRegistry(run.storage_dir, run.imported_models_dir)
+        models = ModelRegistry(run.storage_dir, run.imported_models_dir, run.archive_url_prefixes)
         owners = Owners(run.storage_dir)
         routes: dict[Api, list[Route]] = {}
         for route in all_routes():
