@@ -1,14 +1,14 @@
 """Models registered from a checkpoint archive (`ArchiveSource`): fetched, checked, unpacked.
 
 The archive comes from the Files API (`file_id`, read through the caller's guarded Files, so
-another owner's file is not found) or from a URL (a remote llama-post's signed archive URL). It
-is streamed (a URL only under one of run.yaml's `archive_url_prefixes`, so a caller cannot make
-the server fetch what it likes) into a spooled temporary file beside its destination while its
-sha256 is computed (so a 2 GB archive is on disk, never in memory), compared with the digest
-the request names and the one the URL's server sent, then unpacked member by member (`llama_post.archives`). What is
-unpacked is the model's folder under the stack's imported models folder, which the inference
-provider must be allowed to read (its `model_dirs`); it goes with the model when it is
-unregistered, and nothing stays when any step fails.
+another owner's file is not found) or from a URL (a remote llama-post's signed archive URL), only
+under one of run.yaml's `archive_url_prefixes`, so a caller cannot make the server fetch what it
+likes. It is streamed into a spooled temporary file beside its destination while its sha256 is
+computed (so a 2 GB archive is on disk, never in memory), compared with the digest the request
+names and the one the URL's server sent, then unpacked member by member
+(`llama_post.archives`). What is unpacked is the model's folder under the stack's imported models
+folder, which the inference provider must be allowed to read (its `model_dirs`); it goes with the
+model when it is unregistered, and nothing stays when any step fails.
 """
 
 from __future__ import annotations
