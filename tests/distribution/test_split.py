@@ -152,6 +152,10 @@ def test_a_finished_job_is_served_on_the_front_from_its_archive(split: Split) ->
     assert copy.status_code == 200, copy.text
     assert chat(front, "copies/one").status_code == 200
     assert httpx.delete(f"{front}/v1/models/copies/one").status_code == 200
+    elsewhere = {"type": "archive", "url": "http://example.invalid/a.tar.gz", "base_model": TINY}
+    refused = httpx.post(f"{front}/v1/models", json={"model_id": "x/y", "source": elsewhere})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "source.url"
+    assert split.trainer.url in refused.json()["error"]["message"]  # the one it may fetch from
     assert not (split.imported / "copies").exists()  # its folder goes with it
 
 
