@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.support import TINY, Server, distribution, wait_for_job
+from tests.support import TINY, Server, distribution, parse_sse, wait_for_job
 from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +122,13 @@ def test_a_finished_job_is_served_on_the_front_from_its_archive(split: Split) ->
     assert Path(record["source"]["path"]).is_relative_to(split.imported)
     assert chat(front, f"ft/{job_uuid}").status_code == 200
 
+    # logs, metrics and events read through (the events replay the job to its end)
+    base = f"{front}/v1/post-training/jobs/{job_uuid}"
+    assert httpx.get(f"{base}/logs").json()["lines"]
+    assert [m["step"] for m in httpx.get(f"{base}/metrics").json()["data"]] == [1, 2]
+    events = parse_sse(httpx.get(f"{base}/events", timeout=60).content)
+    assert events[-1] == "[DONE]" and events[-2]["status"]["status"] == "completed"
+
     # the archive route, through the front: a tar.gz whose sha256 and size are in the headers
     final = status["checkpoints"][-1]["checkpoint_id"]
     archive = httpx.get(f"{front}/v1/post-training/jobs/{job_uuid}/checkpoints/{final}/archive")
@@ -157,6 +164,15 @@ def test_a_finished_job_is_served_on_the_front_from_its_archive(split: Split) ->
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "source.url"
     assert split.trainer.url in refused.json()["error"]["message"]  # the one it may fetch from
     assert not (split.imported / "copies").exists()  # its folder goes with it
+
+
+def test_a_job_is_cancelled_through_the_front(split: Split) -> None:
+    job_uuid = start_job(split.front.url, epochs=2)
+    cancelled = httpx.post(f"{split.front.url}/v1/post-training/jobs/{job_uuid}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert wait_for_job(split.front, job_uuid)["status"] == "cancelled"
+    trainer = httpx.get(f"{split.trainer.url}/v1/post-training/jobs/{job_uuid}").json()
+    assert trainer["status"] == "cancelled"  # it was the trainer's job that stopped
 
 
 def test_the_trainer_going_away_and_the_front_restarting(split: Split, tokenizer: Any) -> None:
