@@ -13,6 +13,7 @@ a 503; every message names the provider and its address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from llama_post.archives import SHA256_HEADER
 from llama_post.errors import (
     LlamaPostError,
     UpstreamError,
@@ -30,6 +32,7 @@ from llama_post.errors import (
     for_status,
 )
 from llama_post.routes import _PARAM, Route, all_routes
+from llama_post.schema import FileContent, UploadedFile
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request to an upstream
@@ -38,14 +41,16 @@ ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes()
 """Each method's own route, by (api, method name)."""
 
 RETRY_BACKOFF_SECONDS = 0.25
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
 class RemoteClient:
     """One remote server, for one provider: `name` and `base_url` are in every error it raises.
 
-    A request that could not be sent (connection refused, reset before an answer) or that the
-    upstream refused with 503 is sent again, at most `max_retries` times, backing off; one that
-    was sent and timed out is not, since the upstream may still be working on it."""
+    A request that could not be sent (connection refused) is sent again, at most `max_retries`
+    times, backing off; so is an idempotent one (GET, PUT, DELETE) whose connection was reset
+    before an answer or that the upstream refused with 503. A POST that may have been acted on
+    is not, nor is any request that was sent and timed out (the upstream may still be on it)."""
 
     def __init__(
         self,
@@ -89,8 +94,24 @@ class RemoteClient:
             raise await self._error(response)
         return response.json()
 
+    async def download(
+        self, route: Route, request: BaseModel | None = None, **path: str
+    ) -> FileContent:
+        """A streamed download: its bytes as they come, with the size and sha256 it announced."""
+        response = await self._send(route, request, path, stream=True)
+        size = response.headers.get("content-length")
+        disposition = response.headers.get("content-disposition", "")
+        filename = disposition.rpartition("filename=")[2].strip('"') or None
+        return FileContent(
+            chunks=self._bytes(response),
+            media_type=response.headers.get("content-type", "application/octet-stream"),
+            filename=filename,
+            size=int(size) if size and size.isdigit() else None,
+            sha256=response.headers.get(SHA256_HEADER),
+        )
+
     async def stream(
-        self, route: Route, request: BaseModel, **path: str
+        self, route: Route, request: BaseModel | None, **path: str
     ) -> AsyncIterator[dict[str, Any]]:
         """The events of a streamed answer. The upstream's status is checked before this
         returns, so a refused request raises here, before a stream begins."""
@@ -106,15 +127,16 @@ class RemoteClient:
         self, route: Route, request: BaseModel | None, path: dict[str, str], stream: bool
     ) -> httpx.Response:
         url = _PARAM.sub(lambda m: quote(path[m.group(1)], safe="/"), route.path)
-        body = request.model_dump(mode="json", exclude_none=True, by_alias=True) if request else {}
-        query = body if route.method in ("GET", "DELETE") else None
-        payload = None if query is not None else body
+        idempotent = route.method in IDEMPOTENT
         for attempt in range(self.max_retries + 1):
-            built = self.http.build_request(route.method, url, params=query, json=payload)
+            built = self.http.build_request(route.method, url, **_encoded(route, request))
             try:
                 response = await self.http.send(built, stream=stream)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                if attempt == self.max_retries:
+                # refused or not connected: nothing was sent, so any request may go again; a
+                # connection dropped before an answer may have been acted on: only idempotent
+                sent = isinstance(exc, httpx.RemoteProtocolError)
+                if attempt == self.max_retries or (sent and not idempotent):
                     raise UpstreamUnavailableError(
                         f"provider {self.name!r}: cannot reach {self.base_url} "
                         f"({type(exc).__name__}: {exc or 'no answer'}; "
@@ -133,7 +155,8 @@ class RemoteClient:
             else:
                 if response.status_code < 400:
                     return response
-                if response.status_code != 503 or attempt == self.max_retries:
+                last = attempt == self.max_retries or not idempotent
+                if response.status_code != 503 or last:
                     raise await self._error(response)
                 await response.aclose()
             await asyncio.sleep(RETRY_BACKOFF_SECONDS * 2**attempt)
@@ -153,6 +176,17 @@ class RemoteClient:
         if status >= 500 or status in (401, 403):  # 401/403: the provider's key, not the caller's
             return UpstreamError(f"provider {self.name!r}: upstream answered {status}: {message}")
         return for_status(status)(message, param=param)
+
+    async def _bytes(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_bytes(1 << 20):
+                yield chunk
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailableError(
+                f"provider {self.name!r}: {self.base_url} broke off a download: {exc}"
+            ) from None
+        finally:
+            await response.aclose()
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -182,6 +216,28 @@ class RemoteClient:
             ) from None
         finally:
             await response.aclose()
+
+
+def _encoded(route: Route, request: BaseModel | None) -> dict[str, Any]:
+    """The keyword arguments of httpx's `build_request` that carry `request` as `route` takes
+    it: a query string, a JSON body, or a multipart form whose files are streamed."""
+    if request is None:
+        return {"json": {}} if route.method not in ("GET", "DELETE") else {}
+    uploads = {
+        name: value
+        for name in type(request).model_fields
+        if isinstance(value := getattr(request, name), UploadedFile)
+    }
+    body = request.model_dump(mode="json", exclude_none=True, by_alias=True, exclude=set(uploads))
+    if route.method in ("GET", "DELETE"):
+        return {"params": body}
+    if uploads:
+        for upload in uploads.values():
+            with contextlib.suppress(OSError, ValueError):
+                upload.file.seek(0)  # a resend reads it again
+        files = {n: (u.filename, u.file, u.content_type) for n, u in uploads.items()}
+        return {"data": {k: str(v) for k, v in body.items()}, "files": files}
+    return {"json": body}
 
 
 def _upstream_message(response: httpx.Response) -> tuple[str, str | None]:

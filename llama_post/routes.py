@@ -232,3 +232,12 @@ def all_routes() -> list[Route]:
     from llama_post.apis import PROTOCOLS
 
     return compile_routes((api.value, protocol) for api, protocol in PROTOCOLS.items())
+
+
+def api_version() -> str:
+    """A digest of the route table (each route's method and path): two servers that answer the
+    same one can call each other's routes. A remote provider compares it at startup."""
+    import hashlib
+
+    table = "\n".join(sorted(f"{r.method} {r.openapi_path}" for r in all_routes()))
+    return hashlib.sha256(table.encode()).hexdigest()[:12]

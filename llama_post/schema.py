@@ -141,6 +141,7 @@ class FileContent:
     media_type: str = "application/octet-stream"
     filename: str | None = None
     size: int | None = None
+    sha256: str | None = None  # sent as `x-llama-post-sha256` where the server knows it
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks])

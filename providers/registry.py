@@ -6,6 +6,7 @@ from providers.inline.datasets import localfs as localfs_datasets
 from providers.inline.files import localfs as localfs_files
 from providers.inline.inference import transformers
 from providers.inline.post_training import peft, torchtune
+from providers.remote import llama_post as remote_llama_post
 from providers.remote.inference import vllm
 
 REGISTRY = build_registry(
@@ -55,6 +56,36 @@ REGISTRY = build_registry(
             deps=(Api.datasets, Api.models),
             description="LoRA SFT and DPO by torchtune's recipes, in torchtune's own environment "
             "(make engine-torchtune).",
+        ),
+        ProviderSpec(
+            api=Api.files,
+            provider_type="remote::llama-post",
+            config_class=remote_llama_post.RemoteLlamaPostConfig,
+            factory=remote_llama_post.create_files,
+            description="The Files API of another llama-post.",
+        ),
+        ProviderSpec(
+            api=Api.datasets,
+            provider_type="remote::llama-post",
+            config_class=remote_llama_post.RemoteLlamaPostConfig,
+            factory=remote_llama_post.create_datasets,
+            description="The Datasets API of another llama-post.",
+        ),
+        ProviderSpec(
+            api=Api.inference,
+            provider_type="remote::llama-post",
+            config_class=remote_llama_post.RemoteLlamaPostConfig,
+            factory=remote_llama_post.create_inference,
+            description="The models another llama-post serves (bases and adapters), by its ids.",
+        ),
+        ProviderSpec(
+            api=Api.post_training,
+            provider_type="remote::llama-post",
+            config_class=remote_llama_post.RemotePostTrainingConfig,
+            factory=remote_llama_post.create_post_training,
+            deps=(Api.models,),
+            description="Jobs run on another llama-post (a trainer box); each finished job's "
+            "final checkpoint is fetched as an archive and served here.",
         ),
     ]
 )

@@ -4,8 +4,9 @@ Every checkpoint of every job is listed (per job, or across the caller's jobs, p
 (type, size, when made, whether published, when it expires), deleted (the model it is served as
 is unregistered with it), published and unpublished (by its job's owner; a published checkpoint,
 and the model made from it, is readable by every key), given a TTL (a sweeper removes it when it
-expires, and the job's events say so), and downloaded as a tar.gz from a URL that carries its own
-expiring token, so it is fetched with no credentials.
+expires, and the job's events say so), and downloaded as a tar.gz (the provider's
+`checkpoint_archive`) from a URL that carries its own expiring token, so it is fetched with no
+credentials.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import json
 import logging
 import os
 import secrets
-import tarfile
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
@@ -161,13 +160,12 @@ class Checkpoints:
         return ArchiveUrl(url=f"{BASE_URL.get()}{ARCHIVE_ROUTE}{token}", expires_at=expires)
 
     async def download_checkpoint_archive(self, token: str) -> FileContent:
+        """The provider's archive of the checkpoint (a local trainer's cached tar; a remote
+        provider's, streamed through), with its sha256."""
         job_uuid, checkpoint_id, _ = self._untoken(token, 3)
-        found = await self._find(job_uuid, checkpoint_id, check_owner=False)
-        return FileContent(
-            chunks=_tar_gz(Path(found.path), f"{job_uuid}-{checkpoint_id}"),
-            media_type="application/gzip",
-            filename=f"{job_uuid}-{checkpoint_id}.tar.gz",
-        )
+        await self._find(job_uuid, checkpoint_id, check_owner=False)
+        archive: FileContent = await self.raw.checkpoint_archive(job_uuid, checkpoint_id)
+        return archive
 
     async def file_urls(self, job_uuid: str, checkpoint_id: str) -> tuple[dict[str, str], int]:
         """A URL for each file of a checkpoint, each carrying its own token."""
@@ -318,41 +316,3 @@ async def _read(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
     with path.open("rb") as f:
         while chunk := await asyncio.to_thread(f.read, size):
             yield chunk
-
-
-async def _tar_gz(folder: Path, name: str) -> AsyncIterator[bytes]:
-    """A tar.gz of `folder` (its files under `name/`), made in a thread as it is sent: it never
-    sits whole in memory or on disk."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
-    loop = asyncio.get_running_loop()
-    stop = threading.Event()
-
-    class Pipe:
-        def write(self, data: bytes) -> int:
-            if stop.is_set():
-                raise BrokenPipeError("the download was abandoned")
-            asyncio.run_coroutine_threadsafe(queue.put(bytes(data)), loop).result()
-            return len(data)
-
-        def flush(self) -> None:
-            pass
-
-    def produce() -> None:
-        try:
-            with tarfile.open(fileobj=Pipe(), mode="w|gz") as tar:  # type: ignore[call-overload]
-                tar.add(folder, arcname=name)
-        finally:
-            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
-
-    worker = loop.run_in_executor(None, produce)
-    try:
-        while (chunk := await queue.get()) is not None:
-            yield chunk
-    finally:
-        stop.set()
-        while not worker.done():  # let a blocked writer finish
-            with contextlib.suppress(asyncio.QueueEmpty):
-                queue.get_nowait()
-            await asyncio.sleep(0.01)
-        with contextlib.suppress(BrokenPipeError):
-            await worker

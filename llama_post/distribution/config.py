@@ -108,6 +108,18 @@ class RunConfig(StrictModel):
     storage_dir: UserPath = Field(
         Path("~/.llama-post"), validate_default=True, description="The stack's own state."
     )
+    imported_models_dir: UserPath | None = Field(
+        None,
+        description="Where models registered from archives are unpacked (default "
+        "`<storage_dir>/checkpoints/imported`); the inference provider must read it "
+        "(`model_dirs`).",
+    )
+    archive_url_prefixes: list[str] = Field(
+        [],
+        description="The only URLs `POST /v1/models` fetches archive sources from (a remote "
+        "llama-post's base URL, say); none by default, so a caller cannot make the server "
+        "fetch arbitrary addresses.",
+    )
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     providers: dict[Api, list[ProviderConfig]]

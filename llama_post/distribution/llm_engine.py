@@ -84,6 +84,7 @@ STATUS: dict[JobStatus, FineTuneStatus] = {
     JobStatus.completed: "SUCCESS",
     JobStatus.failed: "FAILURE",
     JobStatus.cancelled: "CANCELLED",
+    JobStatus.unknown: "RUNNING",  # its trainer is out of reach for now
 }
 PEFT = {"r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 BATCHES_ROUTE = ("POST", "/v1/batches")

@@ -32,6 +32,7 @@ from llama_post.apis.inference import (
 )
 from llama_post.apis.models import (
     AdapterSource,
+    ArchiveSource,
     DeleteModelResponse,
     ListModelsResponse,
     LoadLoraAdapterRequest,
@@ -40,6 +41,7 @@ from llama_post.apis.models import (
     RegisterModelRequest,
     UnloadLoraAdapterRequest,
 )
+from llama_post.distribution.imports import ArchiveImports
 from llama_post.errors import (
     ConflictError,
     InvalidRequestError,
@@ -63,8 +65,16 @@ CREATE TABLE IF NOT EXISTS models (
 
 
 class ModelRegistry:
-    def __init__(self, storage_dir: Path) -> None:
+    def __init__(
+        self,
+        storage_dir: Path,
+        imports_dir: Path | None = None,
+        archive_url_prefixes: list[str] | None = None,
+    ) -> None:
         self.db = Database(storage_dir / "registry.db", SCHEMA)
+        self.imports = ArchiveImports(
+            imports_dir or storage_dir / "checkpoints" / "imported", archive_url_prefixes or []
+        )
         self.providers: dict[str, InferenceProvider] = {}
         self.loaded: set[str] = set()
         self.failed: dict[str, tuple[float, LlamaPostError]] = {}  # id -> last failed load
@@ -133,6 +143,8 @@ class ModelRegistry:
         once the upstream answers."""
         if self._exists(request.model_id):
             raise ConflictError(f"model {request.model_id!r} already exists", param="model_id")
+        if isinstance(request.source, ArchiveSource):
+            return await self._register_archive(request, request.source)
         base = None
         if isinstance(request.source, AdapterSource):  # served where its base is
             base = await self._base_of(request.source, request.provider_id)
@@ -183,6 +195,9 @@ class ModelRegistry:
             await self.providers[model.provider_id].unload_model(model_id)
             self.loaded.discard(model_id)
         self.db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+        path = getattr(model.source, "path", None)
+        if path is not None and self.imports.owns(path):  # unpacked from an archive: ours
+            await self.imports.remove(Path(path))
         return DeleteModelResponse(id=model_id, deleted=True)
 
     async def shutdown(self) -> None:
@@ -250,6 +265,28 @@ class ModelRegistry:
                 raise
             self.failed.pop(model_id, None)
         return self.providers[model.provider_id], model
+
+    async def _register_archive(
+        self, request: RegisterModelRequest, source: ArchiveSource
+    ) -> Model:
+        """Unpack the archive into the imported models folder and register what it holds; a
+        refused archive or a model that does not load leaves nothing behind."""
+        base = None
+        if source.base_model is not None:
+            base = await self._base_of(
+                AdapterSource(type="adapter", path="-", base_model=source.base_model),
+                request.provider_id,
+            )
+        unpacked = await self.imports.unpack(request.model_id, source, base)
+        origin = {"file_id": source.file_id} if source.file_id else {"url": source.url}
+        registration = request.model_copy(
+            update={"source": unpacked, "metadata": {**request.metadata, "archive": origin}}
+        )
+        try:
+            return await self.register_model(registration)
+        except BaseException:
+            await self.imports.remove(Path(unpacked.path))
+            raise
 
     async def _load(self, model: Model) -> Model:
         provider = self.providers.get(model.provider_id)

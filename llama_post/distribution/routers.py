@@ -221,6 +221,9 @@ class PostTrainingRouter:
     async def get_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
         return await (await self._for(job_uuid)).get_job_artifacts(job_uuid)
 
+    async def checkpoint_archive(self, job_uuid: str, checkpoint_id: str) -> FileContent:
+        return await (await self._for(job_uuid)).checkpoint_archive(job_uuid, checkpoint_id)
+
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         await (await self._for(job_uuid)).remove_checkpoint(job_uuid, checkpoint_id, reason)
 

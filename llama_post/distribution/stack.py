@@ -30,7 +30,7 @@ from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
-from llama_post.routes import Route, all_routes
+from llama_post.routes import Route, all_routes, api_version
 from llama_post.version import __version__
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Stack:
         of `registry` (by default the one the installed distribution declares)."""
         registry = installed_registry() if registry is None else registry
         run, resolved = load_run_config(source, env, registry)
-        models = ModelRegistry(run.storage_dir)
+        models = ModelRegistry(run.storage_dir, run.imported_models_dir, run.archive_url_prefixes)
         owners = Owners(run.storage_dir)
         routes: dict[Api, list[Route]] = {}
         for route in all_routes():
@@ -111,7 +111,12 @@ class Stack:
                     checkpoints.start()
                     one = checkpoints
                 impls[api] = guard(api, one)
+            models.imports.files = impls.get(Api.files)  # archives uploaded through Files
             await models.restore(run.models)
+            for provider in built:  # what a provider does once every model is loaded
+                started = getattr(provider.impl, "started", None)
+                if started is not None:
+                    await started()
             if Api.files in impls and Api.inference in impls:  # batches, over any providers
                 batches = BatchService(
                     impls[Api.files], impls[Api.inference], run.storage_dir, run.batches, owners
@@ -219,7 +224,7 @@ class InspectImpl:
         return HealthInfo(status="OK" if ok else "Degraded", providers=reports)
 
     async def version(self) -> VersionInfo:
-        return VersionInfo(version=__version__)
+        return VersionInfo(version=__version__, api_version=api_version())
 
     async def list_routes(self) -> ListRoutesResponse:
         types: dict[str, list[str]] = {}

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from uvicorn.config import LOGGING_CONFIG
 
 from llama_post import logs
+from llama_post.archives import SHA256_HEADER
 from llama_post.auth import PRINCIPAL, AuthMiddleware, KeyStore, RedactSecrets, is_loopback
 from llama_post.codec import build_request, carried_arguments
 from llama_post.distribution.checkpoints import BASE_URL
@@ -224,6 +225,8 @@ def _respond(route: Route, result: Any, done_marker: bool = True) -> Response:
             headers["content-length"] = str(result.size)
         if result.filename:
             headers["content-disposition"] = _attachment(result.filename)
+        if result.sha256 is not None:
+            headers[SHA256_HEADER] = result.sha256
         return StreamingResponse(result.chunks, media_type=result.media_type, headers=headers)
     if isinstance(result, BaseModel):
         return Response(result.model_dump_json(), media_type="application/json")

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from llama_post import telemetry
+from llama_post import archives, telemetry
 from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
 from llama_post.apis.models import (
     AdapterSource,
@@ -65,7 +65,9 @@ from llama_post.apis.post_training import (
     TrainingRequest,
 )
 from llama_post.apis.post_training.models import JOB_UUID_PATTERN
+from llama_post.archives import read_chunks
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError, UpstreamError
+from llama_post.schema import FileContent
 from llama_post.storage import Database, check_id
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import (
@@ -1288,6 +1290,24 @@ class LocalJobs:
                 return
             await asyncio.sleep(0.5)
 
+    async def checkpoint_archive(self, job_uuid: str, checkpoint_id: str) -> FileContent:
+        """The checkpoint as a tar, written once beside it with its digest (`archives.packed`)."""
+        self._existing(job_uuid)
+        found = dict((p.name, p) for _, p in checkpoints(Path(self._spec(job_uuid).checkpoint_dir)))
+        if checkpoint_id not in found:
+            raise NotFoundError(
+                f"job {job_uuid!r} has no checkpoint {checkpoint_id!r}", param="checkpoint_id"
+            )
+        name = f"{job_uuid}-{checkpoint_id}"
+        path, sha256, size = await asyncio.to_thread(archives.packed, found[checkpoint_id], name)
+        return FileContent(
+            chunks=read_chunks(path),
+            media_type=archives.MEDIA_TYPE,
+            filename=f"{name}.tar.gz",
+            size=size,
+            sha256=sha256,
+        )
+
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         """Delete a checkpoint's folder; the job's log (and so its events) says why."""
         row = self._existing(job_uuid)
@@ -1303,6 +1323,7 @@ class LocalJobs:
                 f"job {job_uuid!r} has no checkpoint {checkpoint_id!r}", param="checkpoint_id"
             )
         await asyncio.to_thread(shutil.rmtree, found[checkpoint_id])
+        archives.forget(found[checkpoint_id])
         with JobFolder(self.jobs_dir / job_uuid).log.open("a") as log_file:
             log_file.write(f"checkpoint {checkpoint_id} removed: {reason}\n")
 

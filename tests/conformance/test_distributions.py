@@ -8,7 +8,8 @@ peft in this process (so equal across every provider).
 
 A distribution is run on each upstream it can front: `remote::vllm` against a second llama-post
 server in the fast lane (it speaks vLLM's routes) and against a real vLLM, started from its own
-environment (`make engine-vllm`), in the slow lane. `cluster` (the Ray launcher) needs a Ray
+environment (`make engine-vllm`), in the slow lane; `split` (`remote::llama-post`) against a
+second llama-post that trains. `cluster` (the Ray launcher) needs a Ray
 head, started from Ray's own environment (`make engine-ray`) on loopback: slow lane.
 """
 
@@ -128,12 +129,29 @@ def cluster(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
         yield {**env, "RAY_ADDRESS": address}, lacks
 
 
+@contextmanager
+def split_over_a_trainer(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """A second llama-post is the trainer box: the front's files, datasets and jobs are its."""
+    trainer_home = ctx.home / "trainer"
+    with _started(Server(distribution(trainer_home, ctx.model), _mkdir(trainer_home))) as trainer:
+        yield (
+            {
+                "TRAINER_URL": trainer.url,
+                "TRAINER_POLL_SECONDS": "0.5",
+                "LLAMA_POST_MODEL_DIR": str(ctx.model.parent),
+                **EXACT,
+            },
+            {},
+        )
+
+
 TARGETS = [
     pytest.param(("embedded", embedded), id="embedded"),
     pytest.param(("torchtune", torchtune), id="torchtune", marks=pytest.mark.slow),
     pytest.param(("vllm", vllm_over_llama_post), id="vllm-over-llama-post"),
     pytest.param(("vllm", vllm_over_vllm), id="vllm-over-vllm", marks=pytest.mark.slow),
     pytest.param(("cluster", cluster), id="cluster", marks=pytest.mark.slow),
+    pytest.param(("split", split_over_a_trainer), id="split-over-a-trainer"),
 ]
 
 

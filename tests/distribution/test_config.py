@@ -25,6 +25,8 @@ def test_every_distribution_loads_and_starts(path: Path, tmp_path: Path) -> None
         "LLAMA_POST_IMPORT_DIR": str(tmp_path / "import"),
         "VLLM_URL": "http://127.0.0.1:9",  # nothing listens: remote::vllm starts degraded
         "VLLM_OPTIONAL": "true",
+        "TRAINER_URL": "http://127.0.0.1:9",  # nor here: remote::llama-post starts degraded
+        "TRAINER_OPTIONAL": "true",
     }
     _, providers = load_run_config(path, env)
     assert providers, path

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel, Field, JsonValue
 
 from llama_post.schema import webmethod
 
@@ -24,6 +24,10 @@ class HealthInfo(BaseModel):
 
 class VersionInfo(BaseModel):
     version: str
+    api_version: str | None = Field(
+        None,
+        description="A digest of the route table; a remote llama-post provider requires its own.",
+    )
 
 
 class RouteInfo(BaseModel):

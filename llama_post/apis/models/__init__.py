@@ -2,6 +2,7 @@ from llama_post.apis.models.api import Models
 from llama_post.apis.models.models import (
     MODEL_ID_PATTERN,
     AdapterSource,
+    ArchiveSource,
     DeleteModelResponse,
     GGUFSource,
     HuggingFaceSource,
@@ -20,6 +21,7 @@ from llama_post.apis.models.models import (
 __all__ = [
     "MODEL_ID_PATTERN",
     "AdapterSource",
+    "ArchiveSource",
     "DeleteModelResponse",
     "GGUFSource",
     "HuggingFaceSource",

@@ -77,6 +77,25 @@ class ProviderModelSource(StrictModel):
     provider_model_id: str = Field(min_length=1, max_length=256)
 
 
+class ArchiveSource(StrictModel):
+    """A checkpoint archive (a tar or tar.gz of an adapter's or a full model's folder): an
+    uploaded file (`file_id`, through the Files API) or a URL (a remote llama-post's
+    `.../checkpoints/{checkpoint}/archive`). It is unpacked into the server's imported models
+    folder and registered as the adapter (over `base_model`) or full model it holds."""
+
+    type: Literal["archive"]
+    file_id: str | None = Field(None, min_length=1, max_length=256)
+    url: str | None = Field(None, pattern=r"^https?://[^\s@]+$", max_length=4096)
+    base_model: str | None = Field(
+        None, description="The base an adapter is served over; leave out for a full model."
+    )
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The digest it must have (a URL's own `x-llama-post-sha256` is checked too).",
+    )
+
+
 class SamplingDefaults(StrictModel):
     """Sampling a request to this model gets for each knob it leaves unset; a set value wins."""
 
@@ -91,7 +110,7 @@ class SamplingDefaults(StrictModel):
 
 
 ModelSource = Annotated[
-    HuggingFaceSource | GGUFSource | AdapterSource | ProviderModelSource,
+    HuggingFaceSource | GGUFSource | AdapterSource | ProviderModelSource | ArchiveSource,
     Field(discriminator="type"),
 ]
 

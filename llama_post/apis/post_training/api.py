@@ -165,6 +165,16 @@ class PostTrainingJobs(Protocol):
         """Follow a job: its log lines, metrics and status as server-sent events, to its end."""
         ...
 
+    @webmethod(
+        route="/v1/post-training/jobs/{job_uuid}/checkpoints/{checkpoint_id}/archive", method="GET"
+    )
+    async def checkpoint_archive(
+        self, job_uuid: JobUuid, checkpoint_id: CheckpointId
+    ) -> FileContent:
+        """The checkpoint's folder as a tar.gz, streamed, its sha256 in `x-llama-post-sha256` and
+        its size in `content-length` (what `POST /v1/models` registers from an archive)."""
+        ...
+
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         """Delete one of a finished job's checkpoints (not a route: the stack's `Checkpoints`
         serves deleting, with what else must go). `reason` goes to the job's events."""
@@ -237,7 +247,7 @@ class PostTraining(PostTrainingJobs, Protocol):
     async def checkpoint_archive_url(
         self, job_uuid: JobUuid, checkpoint_id: CheckpointId
     ) -> ArchiveUrl:
-        """A URL that downloads the checkpoint as a tar.gz with no credentials, for an hour."""
+        """A URL that downloads the checkpoint's archive with no credentials, for an hour."""
         ...
 
     @webmethod(route="/v1/post-training/checkpoint-archives/{token}", method="GET")

@@ -71,7 +71,7 @@ from llama_post.errors import (
     NotFoundError,
     NotSupportedError,
 )
-from llama_post.schema import StrictModel
+from llama_post.schema import FileContent, StrictModel
 
 if TYPE_CHECKING:
     from llama_post.apis.post_training.api import PostTrainingJobs
@@ -88,6 +88,7 @@ STATUS = {
     JobStatus.completed: "succeeded",
     JobStatus.failed: "failed",
     JobStatus.cancelled: "cancelled",
+    JobStatus.unknown: "running",  # its trainer is out of reach; OpenAI has no such state
 }
 FineTuningStatus = Literal[
     "validating_files", "queued", "running", "succeeded", "failed", "cancelled"
@@ -409,6 +410,9 @@ class OpenAIFineTuning:
 
     async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
         return await self.jobs.stream_job_events(job_uuid)
+
+    async def checkpoint_archive(self, job_uuid: str, checkpoint_id: str) -> FileContent:
+        return await self.jobs.checkpoint_archive(job_uuid, checkpoint_id)
 
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         await self.jobs.remove_checkpoint(job_uuid, checkpoint_id, reason)

@@ -390,6 +390,7 @@ class JobStatus(StrEnum):
     completed = "completed"
     failed = "failed"
     cancelled = "cancelled"
+    unknown = "unknown"  # a remote provider's job whose server cannot be reached now
 
 
 class TrainingMetrics(BaseModel):
@@ -575,6 +576,11 @@ class PostTrainingJobStatusResponse(BaseModel):
     fine_tuned_model: str | None = None
     metadata: dict[str, str] = {}
     provider_id: str | None = Field(None, description="The provider running the job.")
+    unreachable: str | None = Field(
+        None,
+        description="Why the server running the job cannot be reached now (status `unknown`: "
+        "the job has not failed; it is read again when that server answers).",
+    )
     estimate: TrainingEstimate | None = Field(
         None, description="What the job was estimated to take when it was created."
     )

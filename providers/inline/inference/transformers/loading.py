@@ -12,6 +12,7 @@ from llama_post.apis.models import (
     GGUFSource,
     HuggingFaceSource,
     ModelSource,
+    ProviderModelSource,
 )
 from llama_post.errors import InvalidRequestError, NotFoundError
 from llama_post.storage import resolve_under
@@ -31,6 +32,8 @@ def source_path(source: ModelSource, model_dirs: list[Path]) -> Path:
         return folder
     if isinstance(source, GGUFSource):
         return _gguf_file(source, model_dirs)
+    if not isinstance(source, ProviderModelSource):  # an archive: the registry unpacks it first
+        raise InvalidRequestError(f"source.type: {source.type} is unpacked before loading")
     raise NotFoundError(  # it has no upstream, so it serves no upstream's model
         f"source.provider_model_id: this provider loads weights itself and serves no "
         f"{source.provider_model_id!r} of an upstream; give a huggingface, gguf or adapter source",
