@@ -270,6 +270,7 @@ def test_a_remote_of_another_api_version_is_refused_at_start(tmp_path: Path, spl
             front.start(timeout=120)
     finally:
         old.shutdown()
+        old.server_close()  # its listening socket, or a ResourceWarning later
     ours = httpx.get(f"{split.trainer.url}/v1/version").json()["api_version"]
     message = " ".join(str(refused.value).split())  # the CLI wraps its lines
     assert "speaks API version 000000000000" in message and f"speaks {ours}" in message
