@@ -40,6 +40,7 @@ from llama_post.apis.post_training import (
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
     PreflightResponse,
+    ReinforceRequest,
     SupervisedFineTuneRequest,
     TrainingEstimate,
     TrainingRequest,
@@ -190,6 +191,9 @@ class PostTrainingRouter:
 
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         return await (await self._runs(request)).preference_optimize(request)
+
+    async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
+        return await (await self._runs(request)).reinforce(request)
 
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         return await self._named(request.provider_id).preflight(request)

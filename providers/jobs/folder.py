@@ -45,6 +45,7 @@ class JobSpec(BaseModel):
     dtype_reason: str = ""
     torch_threads: int | None = None
     low_memory: bool = False  # a retry after running out of memory: recompute every layer
+    python_graders: bool = False  # GRPO: the distribution lets `python` graders run
 
 
 @dataclass

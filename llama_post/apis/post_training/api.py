@@ -33,6 +33,7 @@ from llama_post.apis.post_training.models import (
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
     PreflightResponse,
+    ReinforceRequest,
     SupervisedFineTuneRequest,
     TrainingEstimate,
 )
@@ -97,6 +98,17 @@ class PostTrainingJobs(Protocol):
         """Start a preference optimization (DPO) job on a preference dataset.
 
         Checked like a fine-tuning request: a bad model, dataset or row fails at once.
+        """
+        ...
+
+    @creates(job_uuid="/job_uuid")
+    @webmethod(route="/v1/post-training/reinforce", method="POST")
+    async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
+        """Start a reinforcement fine-tuning (GRPO) job: answers sampled from the policy for
+        each prompt of a prompt dataset are scored by the request's grader, and the policy is
+        pushed toward the answers that beat their group.
+
+        Checked like a fine-tuning request (model, dataset, rows, grader) before it is queued.
         """
         ...
 
