@@ -45,7 +45,9 @@ class JobSpec(BaseModel):
     dtype_reason: str = ""
     torch_threads: int | None = None
     low_memory: bool = False  # a retry after running out of memory: recompute every layer
-    python_graders: bool = False  # GRPO: the distribution lets `python` graders run
+    # GRPO: what the distribution allows graders (`GraderSettings`: the python grader's switch
+    # and limits), for the worker's own runner
+    grader_settings: dict[str, float | bool] = {}
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
@@ -65,6 +66,7 @@ from llama_post.apis.post_training import (
 )
 from llama_post.apis.post_training.models import JOB_UUID_PATTERN
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError, UpstreamError
+from llama_post.graders import GraderRunner, GraderSettings
 from llama_post.storage import Database, check_id
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import (
@@ -146,6 +148,7 @@ class LocalJobs:
         self.forwarding: dict[str, asyncio.Task[None]] = {}
         self.steps_seen: dict[str, int] = {}  # job -> the highest step counted in the metrics
         self.stopping = False
+        self.grader_settings = GraderSettings()  # the distribution's, where it sets them
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -429,6 +432,8 @@ class LocalJobs:
                 param=model_field,
             )
         self.refuse(request)  # after the lookups: a missing model is a 404 first
+        if isinstance(request, ReinforceRequest):  # a bad template or pattern: a 400 naming it
+            GraderRunner(request.grading, self.grader_settings)
         base, adapter = weights.path, weights.adapter_path
         rank = getattr(request.tuning, "rank", None)
         if rank is not None and model.max_lora_rank is not None and rank > model.max_lora_rank:
@@ -480,6 +485,9 @@ class LocalJobs:
             dtype=precision.precision,
             dtype_reason=precision.why,
             torch_threads=self.config.torch_threads,
+            grader_settings=dataclasses.asdict(self.grader_settings)
+            if isinstance(request, ReinforceRequest)
+            else {},
         )
         return Gathered(model, spec, train, validation)
 

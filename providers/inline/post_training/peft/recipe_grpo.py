@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from llama_post.graders import GraderRunner, GraderSettings, Sample
 
 from llama_post.apis.post_training import (
     LoraFinetuningConfig,
     ReinforceRequest,
     StepMetrics,
 )
+from llama_post.graders import GraderRunner, GraderSettings, Sample
 from providers.inline.inference.transformers.engine import Engine
 from providers.inline.inference.transformers.sampling import SamplingParams
 from providers.inline.post_training.peft.training import (
@@ -96,7 +96,8 @@ def main(job_dir: Path) -> None:
     lora = isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     grader = GraderRunner(
-        request.grading, settings=GraderSettings(python_enabled=spec.python_graders)
+        request.grading,
+        settings=GraderSettings(**spec.grader_settings),  # type: ignore[arg-type]
     )
     rows, held_out = read_jsonl(folder.train), read_jsonl(folder.validation)
     prompts = [render_prompt(r, tokenizer) for r in rows]
@@ -195,8 +196,10 @@ def main(job_dir: Path) -> None:
                 if algo.loss_aggregation == "sequence"
                 else sum(len(a.ids) for a in answers)
             )
+            # the loss is the updates' mean; KL and clipping are over every update's tokens
+            totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
             for iteration in range(algo.num_iterations):
-                totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
+                update_loss = 0.0
                 for m, seqs in enumerate(micro):
                     if stop.is_set():
                         raise Cancelled
@@ -216,12 +219,13 @@ def main(job_dir: Path) -> None:
                     )
                     loss = injected_fault(loss, global_step + 1)
                     loss.backward()
-                    totals["loss"] += float(loss.detach())
+                    update_loss += float(loss.detach())
                     for name in ("kl", "clipped", "tokens"):
                         totals[name] += stats[name]
                 grad_norm = clip(params, cfg.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]
-                if guard.admits(global_step + 1, totals["loss"], grad_norm):
+                totals["loss"] += update_loss / algo.num_iterations
+                if guard.admits(global_step + 1, update_loss, grad_norm):
                     optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
