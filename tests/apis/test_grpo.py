@@ -9,14 +9,14 @@ from typing import Any
 from tests.apis.test_post_training import FACTS, dataset
 from tests.support import TINY, Driver, HttpDriver, Result, Server, wait_for_job, with_changes
 
-PROMPTS = [
-    {"prompt": f"Spell the number {n} in words.", "answer": w}
-    for n, w in enumerate(
-        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    )
-]
+WORDS = ["zero", "one", "two", "three", "four", "five", "six"]
+# the last three rows have no `answer`: the grader fails on their samples (scored 0, counted);
+# two rows are held out, so at least one of them is trained on
+PROMPTS = [{"prompt": f"Spell the number {n} in words.", "answer": w} for n, w in enumerate(WORDS)]
+PROMPTS += [{"prompt": f"Spell the number {n} in words."} for n in (7, 8, 9)]
 
-# rewards a long answer and one with a "k": a random model earns each now and then
+# rewards a long answer, one with a "k", and the answer: a random model earns the first two
+# now and then
 GRADER = {
     "type": "multi",
     "name": "shape",
@@ -34,8 +34,15 @@ GRADER = {
             "reference": "k",
             "operation": "ilike",
         },
+        "echo": {
+            "type": "string_check",
+            "name": "echo",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.answer}}",
+            "operation": "ilike",
+        },
     },
-    "calculate_output": "0.5 * long + 0.5 * has_k",
+    "calculate_output": "0.4 * long + 0.4 * has_k + 0.2 * echo",
 }
 
 
@@ -84,8 +91,7 @@ def test_a_grpo_job_samples_grades_learns_and_is_served(
     assert base["loss"] is None and 0.0 <= base["validation_reward"] <= 1.0  # before training
     for m in steps:
         assert 0.0 <= m["reward_mean"] <= 1.0 and m["reward_std"] >= 0.0
-        assert set(m["rewards_by_grader"]) == {"long", "has_k"}
-        assert m["grader_errors"] == 0
+        assert set(m["rewards_by_grader"]) == {"long", "has_k", "echo"}
         assert 0.0 <= m["zero_variance_groups"] <= 1.0
         assert m["kl"] >= 0.0 and 0.0 <= m["clip_fraction"] <= 1.0
         assert 1.0 <= m["completion_length"] <= 6.0
@@ -93,6 +99,9 @@ def test_a_grpo_job_samples_grades_learns_and_is_served(
     # the first step starts from the base (KL 0 on its first update); the policy drifts after
     assert 0.0 < steps[0]["kl"] < steps[-1]["kl"]
     assert any(m["reward_std"] > 0 for m in steps)  # some groups had a signal to learn from
+    # each answer to a row without `answer` failed to grade, and was counted (4 per prompt)
+    failed = [m["grader_errors"] for m in steps]
+    assert sum(failed) >= 4 and all(n % 4 == 0 for n in failed), failed
     assert "validation_reward" in steps[-1]  # the held-out reward at the epoch's end
 
     logs = http_driver.call("post_training", "get_job_logs", job_uuid).body["lines"]
@@ -108,6 +117,19 @@ def test_a_grpo_job_samples_grades_learns_and_is_served(
     )
     assert answer.status == 200, answer.body
     assert answer.body["usage"]["completion_tokens"] >= 1
+
+
+def test_a_grader_failing_on_the_whole_first_batch_stops_the_job(
+    http_driver: HttpDriver, server: Server
+) -> None:
+    broken = {**GRADER["graders"]["echo"], "reference": "{{item.solution}}"}  # no such field
+    body = grpo_request(dataset(http_driver, PROMPTS, "prompt"), grader=broken)
+    job_uuid = start(http_driver, body).body["job_uuid"]
+    status = wait_for_job(server, job_uuid)
+    assert status["status"] == "failed", status
+    assert "the grader failed on every answer of the first batch" in status["error"]
+    assert "solution" in status["error"]  # the grader's own error
+    assert status["attempts"] and len(status["attempts"]) == 1  # the job's fault: no retry
 
 
 def test_bad_grpo_requests_name_the_field(api: Driver) -> None:

@@ -23,6 +23,7 @@ job samples exactly what it would have; resume, cancel and checkpoints work as i
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -162,9 +163,7 @@ def main(job_dir: Path) -> None:
             sampling_seconds = time.perf_counter() - started
 
             # the grading: a failed answer scores 0 and is counted
-            results = grader.grade_many(
-                [(rows[a.prompt], Sample(output_text=a.text)) for a in answers]
-            )
+            results = grader.grade_many([(rows[a.prompt], _sample_of(a)) for a in answers])
             failed = [r.error for r in results if r.error is not None]
             if global_step == 0 and len(failed) == len(results):
                 raise GraderFailed(
@@ -489,8 +488,17 @@ def _validate(
     answers = _sample(
         engine, prompts, list(range(count)), params, 1, request.training_config.seed, -1
     )
-    results = grader.grade_many([(rows[a.prompt], Sample(output_text=a.text)) for a in answers])
+    results = grader.grade_many([(rows[a.prompt], _sample_of(a)) for a in answers])
     return sum(0.0 if r.error else r.score for r in results) / max(1, len(results))
+
+
+def _sample_of(answer: Answer) -> Sample:
+    """What a grader reads of an answer: its text, and that text parsed where it is JSON."""
+    try:
+        parsed = json.loads(answer.text)
+    except ValueError:
+        parsed = None
+    return Sample(output_text=answer.text, output_json=parsed)
 
 
 def _by_grader(results: list[Any]) -> dict[str, float] | None:
