@@ -66,3 +66,13 @@ def test_the_openai_batch_example(server: Server) -> None:
     done = _example("openai_batch.py", server, timeout=120)
     assert done.stdout.startswith("completed BatchRequestCounts(completed=2, failed=0, total=2)")
     assert done.stdout.count("\nq") == 2, done.stdout
+
+
+def test_the_graders_example(server: Server) -> None:
+    done = _example("graders.py", server, timeout=60)
+    exact, holds, wrong, refused = done.stdout.splitlines()
+    # ROUGE-L F of "Paris" against the 6-word explanation: 2 * (1 * 1/6) / (1 + 1/6) = 2/7
+    assert exact == "'Paris': 1.029 {'exact': 1.0, 'holds': 1.0, 'close': 0.2857142857142857}"
+    assert holds.startswith("'It is paris.': 0.5")
+    assert wrong == "'Lyon': 0.000 {'exact': 0.0, 'holds': 0.0, 'close': 0.0}"
+    assert refused == "refused: grader.calculate_output"

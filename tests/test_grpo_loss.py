@@ -89,7 +89,7 @@ def test_the_clipped_loss_kl_and_gradient_match_a_hand_computation(aggregation: 
     )
     normalizer = 3.0 if aggregation == "sequence" else 5.0
     loss, stats = grpo_loss(terms, eps, beta, aggregation, normalizer)  # type: ignore[arg-type]
-    loss.backward()
+    torch.autograd.backward(loss)
     assert float(loss.detach()) == pytest.approx(want, rel=1e-6)
     assert policy.grad is not None
     assert policy.grad.tolist() == pytest.approx(grads, rel=1e-5)
@@ -104,7 +104,7 @@ def test_one_update_per_batch_is_the_plain_policy_gradient() -> None:
         logps, logps.detach(), None, torch.tensor([2.0, -1.0]), torch.tensor([0, 0, 1])
     )
     loss, stats = grpo_loss(terms, 0.2, 0.0, "sequence", 2.0)
-    loss.backward()
+    torch.autograd.backward(loss)
     assert float(loss.detach()) == pytest.approx(-(2.0 + -1.0) / 2)
     assert logps.grad is not None
     assert logps.grad.tolist() == pytest.approx([-2.0 / 2 / 2, -2.0 / 2 / 2, 1.0 / 1 / 2])
@@ -114,7 +114,8 @@ def test_one_update_per_batch_is_the_plain_policy_gradient() -> None:
 def test_answer_logps_packed_equal_each_answer_run_alone(tiny_model: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model)).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model.eval()
     examples = [
         Example([5, 6, 7, 8, 9], [IGNORE, IGNORE, IGNORE, 8, 9], 5),
         Example([10, 11, 12], [IGNORE, IGNORE, 12], 3),

@@ -14,6 +14,7 @@ from llama_post.apis import BUILTIN_APIS, Api
 from llama_post.apis.models import RegisterModelRequest
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.errors import ConfigError, ErrorDetail, _join_loc
+from llama_post.graders import GraderSettings
 from llama_post.schema import StrictModel, UserPath
 
 _ENV = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)(?::=([^}]*))?\}")
@@ -79,6 +80,25 @@ class BatchesConfig(StrictModel):
     )
 
 
+class PythonGraderConfig(StrictModel):
+    """The `python` grader runs users' code on this machine, sandboxed (a process of its own, no
+    network, these limits per sample); off unless a distribution turns it on."""
+
+    enabled: bool = False
+    cpu_seconds: float = Field(5, gt=0, le=600, description="CPU time per sample.")
+    memory_mb: int = Field(512, ge=64, le=65536, description="Address space of the process.")
+    timeout_s: float = Field(10, gt=0, le=3600, description="Wall time per sample.")
+
+
+class GradersConfig(StrictModel):
+    python: PythonGraderConfig = PythonGraderConfig()
+
+    def settings(self) -> GraderSettings:
+        """What a `GraderRunner` (in the server or a training worker) is built with."""
+        p = self.python
+        return GraderSettings(p.enabled, p.cpu_seconds, p.memory_mb, p.timeout_s)
+
+
 Capability = Literal["logprobs", "fine_tuning", "structured_outputs"]
 
 
@@ -93,6 +113,7 @@ class RunConfig(StrictModel):
     providers: dict[Api, list[ProviderConfig]]
     models: list[RegisterModelRequest] = Field([], description="Registered at every start.")
     batches: BatchesConfig = BatchesConfig()
+    graders: GradersConfig = GradersConfig()
     capabilities: list[Capability] = Field(
         [],
         description="What this distribution offers beyond the core (models, chat, completions, "

@@ -22,6 +22,7 @@ from llama_post.apis.post_training import OpenAIFineTuning
 from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
+from llama_post.distribution.graders import GraderService
 from llama_post.distribution.llm_engine import LLMEngineService
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.owners import Guarded, Owners
@@ -100,7 +101,11 @@ class Stack:
                     continue
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
                 if api == Api.post_training:  # checkpoints and OpenAI's jobs, over any provider
-                    fine_tuning = OpenAIFineTuning(guard(api, one), impls[Api.datasets])
+                    one.use_grader_settings(run.graders.settings())
+                    graders = GraderService(
+                        run.graders.settings(), impls[Api.models], lambda: impls.get(Api.inference)
+                    )
+                    fine_tuning = OpenAIFineTuning(guard(api, one), impls[Api.datasets], graders)
                     checkpoints = TinkerCheckpointsService(
                         fine_tuning, one, impls[Api.models], owners, run.storage_dir
                     )

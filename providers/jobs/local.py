@@ -148,7 +148,7 @@ class LocalJobs:
         self.forwarding: dict[str, asyncio.Task[None]] = {}
         self.steps_seen: dict[str, int] = {}  # job -> the highest step counted in the metrics
         self.stopping = False
-        self.grader_settings = GraderSettings()  # the distribution's, where it sets them
+        self.grader_settings = GraderSettings()  # the distribution's, once the stack sets them
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -210,6 +210,9 @@ class LocalJobs:
 
     async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
         return await self._create(request, "grpo")
+
+    def use_grader_settings(self, settings: GraderSettings) -> None:
+        self.grader_settings = settings
 
     async def _create(self, request: TrainingRequest, prefix: str) -> PostTrainingJob:
         job_uuid = request.job_uuid or f"{prefix}-{secrets.token_hex(8)}"

@@ -17,7 +17,7 @@ PROMPTS += [{"prompt": f"Spell the number {n} in words."} for n in (7, 8, 9)]
 
 # rewards a long answer, one with a "k", and the answer: a random model earns the first two
 # now and then
-GRADER = {
+GRADER: dict[str, Any] = {
     "type": "multi",
     "name": "shape",
     "graders": {

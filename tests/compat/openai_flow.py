@@ -198,9 +198,64 @@ def bad_requests(client: openai.OpenAI, model: str) -> dict[str, Any]:
     return {"cases": len(cases)}
 
 
+def graders(client: openai.OpenAI, model: str) -> dict[str, Any]:
+    """`client.fine_tuning.alpha.graders`: run and validate, as a user tries a grader on a row
+    before a reinforcement job."""
+    exact = {
+        "type": "string_check",
+        "name": "exact",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "eq",
+    }
+    close = {
+        "type": "text_similarity",
+        "name": "close",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "evaluation_metric": "fuzzy_match",
+    }
+    alpha = client.fine_tuning.alpha.graders
+    right = alpha.run(grader=exact, model_sample="Paris", item={"answer": "Paris"})  # type: ignore[arg-type]
+    assert right.reward == 1.0 and right.sub_rewards == {}, right
+    assert (right.metadata.name, right.metadata.type) == ("exact", "string_check")
+    assert right.metadata.scores == {"exact": 1.0}
+    assert not right.metadata.errors.invalid_variable_error
+    wrong = alpha.run(grader=exact, model_sample="Lyon", item={"answer": "Paris"})  # type: ignore[arg-type]
+    assert wrong.reward == 0.0
+    missing = alpha.run(grader=exact, model_sample="Paris", item={})  # type: ignore[arg-type]
+    assert missing.reward == 0.0 and missing.metadata.errors.invalid_variable_error
+    multi = {
+        "type": "multi",
+        "name": "both",
+        "graders": {"exact": exact, "close": close},
+        "calculate_output": "0.5 * exact + 0.5 * close",
+    }
+    # one substitution in "Parjs" is two of ten characters' edits: fuzzy 0.8
+    combined = alpha.run(grader=multi, model_sample="Parjs", item={"answer": "Paris"})  # type: ignore[arg-type]
+    assert combined.sub_rewards == {"exact": 0.0, "close": 0.8}, combined.sub_rewards
+    assert abs(combined.reward - 0.4) < 1e-9
+    validated = alpha.validate(grader=exact)  # type: ignore[arg-type]
+    assert validated.grader is not None and validated.grader.name == "exact"
+    for bad, param in (
+        ({**exact, "input": "{{ sample.output_text"}, "grader.input"),
+        ({**multi, "calculate_output": "exact + nope"}, "grader.calculate_output"),
+    ):
+        sample: dict[str, Any] = {"model_sample": "Paris", "item": {"answer": "Paris"}}
+        calls: list[tuple[Any, dict[str, Any]]] = [(alpha.validate, {}), (alpha.run, sample)]
+        for call, kwargs in calls:
+            try:
+                call(grader=bad, **kwargs)
+            except openai.BadRequestError as exc:
+                assert exc.param == param, (exc.param, exc.message)
+            else:
+                raise AssertionError(f"{bad} was accepted")
+    return {"reward": combined.reward}
+
+
 def main(base_url: str, model: str, *flows: str) -> dict[str, Any]:
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
-    chosen = flows or ("supervised", "preference", "cancel", "bad_requests")
+    chosen = flows or ("supervised", "preference", "cancel", "bad_requests", "graders")
     seen = {name: globals()[name](client, model) for name in chosen}
     return {"openai": openai.__version__, **seen}
 

@@ -17,12 +17,14 @@ def test_the_latest_sdk_runs_the_whole_workflow(server: Server) -> None:
     assert openai.__version__ == "3.54.0"
     seen = openai_flow.main(server.url, TINY)
     assert seen["supervised"]["trained_tokens"] > 0
+    assert seen["graders"]["reward"] == 0.4
 
 
 def test_an_sdk_before_2_30_runs_it_too(server: Server) -> None:
     python = client_python("openai-2.29")
     seen = json.loads(
-        run_flow(python, "openai_flow.py", server.url, TINY, "supervised", "preference")
+        run_flow(python, "openai_flow.py", server.url, TINY, "supervised", "preference", "graders")
     )
     assert seen["openai"] == "2.29.0"
     assert seen["supervised"]["job"].startswith("ftjob-blorp-")
+    assert seen["graders"]["reward"] == 0.4

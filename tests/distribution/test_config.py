@@ -10,6 +10,7 @@ from llama_post.apis import Api
 from llama_post.distribution.config import load_run_config
 from llama_post.distribution.stack import Stack
 from llama_post.errors import ConfigError
+from llama_post.graders import GraderSettings
 from tests.support import distribution
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,3 +144,18 @@ def test_a_home_folder_is_expanded_even_when_it_is_the_default(
     asyncio.run(start())
     assert (home / ".llama-post" / "registry.db").is_file()
     assert not (tmp_path / "~").exists()
+
+
+def test_the_graders_section(tmp_path: Path) -> None:
+    """Python graders are off unless enabled; their limits reach the runner; a bad limit is
+    reported with its path."""
+    raw = distribution(tmp_path)
+    run, _ = load_run_config(raw, {})
+    assert run.graders.settings() == GraderSettings()
+    assert not run.graders.settings().python_enabled
+    python = {"enabled": True, "cpu_seconds": 2, "memory_mb": 256, "timeout_s": 3}
+    run, _ = load_run_config(raw | {"graders": {"python": python}}, {})
+    assert run.graders.settings() == GraderSettings(True, 2, 256, 3)
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(raw | {"graders": {"python": {"enabled": True, "cpu_seconds": 0}}}, {})
+    assert "graders.python.cpu_seconds" in str(caught.value)

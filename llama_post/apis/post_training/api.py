@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from pydantic import Field
 
@@ -13,6 +13,12 @@ from llama_post.apis.post_training.fine_tuning import (
     FineTuningJobList,
     ListFineTuningJobsRequest,
     PageRequest,
+)
+from llama_post.apis.post_training.graders import (
+    GraderRunRequest,
+    GraderRunResponse,
+    GraderValidateRequest,
+    GraderValidateResponse,
 )
 from llama_post.apis.post_training.models import (
     ArchiveUrl,
@@ -65,6 +71,9 @@ from llama_post.schema import (
     creates,
     webmethod,
 )
+
+if TYPE_CHECKING:
+    from llama_post.graders import GraderSettings
 
 Token = Annotated[
     str,
@@ -174,6 +183,11 @@ class PostTrainingJobs(Protocol):
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         """Delete one of a finished job's checkpoints (not a route: the stack's `Checkpoints`
         serves deleting, with what else must go). `reason` goes to the job's events."""
+        ...
+
+    def use_grader_settings(self, settings: GraderSettings) -> None:
+        """What the distribution allows graders (run.yaml's `graders`: the python grader), for
+        the runners of reinforcement jobs (not a route: the stack sets it once built)."""
         ...
 
 
@@ -302,6 +316,23 @@ class PostTraining(PostTrainingJobs, Protocol):
         self, fine_tuning_job_id: JobUuid, request: PageRequest
     ) -> FineTuningJobCheckpointList:
         """A job's checkpoints, newest first, with their step and losses."""
+        ...
+
+    @webmethod(route="/v1/post-training/graders/run", method="POST")
+    @webmethod(route="/v1/fine_tuning/alpha/graders/run", method="POST", compat=OPENAI_FINE_TUNING)
+    async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse:
+        """Score one answer to one row with a grader, as training would: try a grader before
+        a job. A grader that fails on the row scores 0 and says why in `metadata.errors`; an
+        invalid grader is a 400 naming the field."""
+        ...
+
+    @webmethod(route="/v1/post-training/graders/validate", method="POST")
+    @webmethod(
+        route="/v1/fine_tuning/alpha/graders/validate", method="POST", compat=OPENAI_FINE_TUNING
+    )
+    async def validate_grader(self, request: GraderValidateRequest) -> GraderValidateResponse:
+        """Check a grader (templates, pattern, schema, formula, metric, model, whether python
+        graders are enabled) without running it; a 400 names what is wrong."""
         ...
 
     @webmethod(route="/v1/post-training/checkpoint-files/{token}", method="GET")

@@ -35,7 +35,14 @@ from llama_post.apis.datasets import (
     RegisterDatasetRequest,
 )
 from llama_post.apis.datasets.models import FileDataSource
-from llama_post.apis.post_training.graders import Grader
+from llama_post.apis.post_training.graders import (
+    Grader,
+    GraderRoutes,
+    GraderRunRequest,
+    GraderRunResponse,
+    GraderValidateRequest,
+    GraderValidateResponse,
+)
 from llama_post.apis.post_training.models import (
     BASE_LR,
     AlgorithmConfig,
@@ -59,7 +66,13 @@ from llama_post.apis.post_training.models import (
     WandbTracker,
     lora_without_type,
 )
-from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
+from llama_post.errors import (
+    ConflictError,
+    InvalidRequestError,
+    LlamaPostError,
+    NotFoundError,
+    NotSupportedError,
+)
 from llama_post.schema import StrictModel
 
 if TYPE_CHECKING:
@@ -373,9 +386,25 @@ class OpenAIFineTuning:
     provider, or the router over several), and OpenAI's fine-tuning jobs written over them, so
     they work the same for every provider."""
 
-    def __init__(self, jobs: PostTrainingJobs, datasets: Datasets) -> None:
+    def __init__(
+        self, jobs: PostTrainingJobs, datasets: Datasets, graders: GraderRoutes | None = None
+    ) -> None:
         self.jobs = jobs
         self.datasets = datasets
+        self.graders = graders  # the grader routes (`distribution/graders.py`)
+
+    # -- graders: served by the stack, not a provider -------------------------------------------
+
+    async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse:
+        return await self._graders().run_grader(request)
+
+    async def validate_grader(self, request: GraderValidateRequest) -> GraderValidateResponse:
+        return await self._graders().validate_grader(request)
+
+    def _graders(self) -> GraderRoutes:
+        if self.graders is None:
+            raise NotSupportedError("graders are not served by this stack")
+        return self.graders
 
     # -- the native methods, as the providers serve them ----------------------------------------
 

@@ -23,7 +23,6 @@ job samples exactly what it would have; resume, cancel and checkpoints work as i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 import time
@@ -163,7 +162,7 @@ def main(job_dir: Path) -> None:
             sampling_seconds = time.perf_counter() - started
 
             # the grading: a failed answer scores 0 and is counted
-            results = grader.grade_many([(rows[a.prompt], _sample_of(a)) for a in answers])
+            results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
             failed = [r.error for r in results if r.error is not None]
             if global_step == 0 and len(failed) == len(results):
                 raise GraderFailed(
@@ -217,7 +216,7 @@ def main(job_dir: Path) -> None:
                         parts, algo.clip_epsilon, algo.kl_coef, algo.loss_aggregation, normalizer
                     )
                     loss = injected_fault(loss, global_step + 1)
-                    loss.backward()
+                    torch.autograd.backward(loss)
                     update_loss += float(loss.detach())
                     for name in ("kl", "clipped", "tokens"):
                         totals[name] += stats[name]
@@ -488,17 +487,8 @@ def _validate(
     answers = _sample(
         engine, prompts, list(range(count)), params, 1, request.training_config.seed, -1
     )
-    results = grader.grade_many([(rows[a.prompt], _sample_of(a)) for a in answers])
+    results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
     return sum(0.0 if r.error else r.score for r in results) / max(1, len(results))
-
-
-def _sample_of(answer: Answer) -> Sample:
-    """What a grader reads of an answer: its text, and that text parsed where it is JSON."""
-    try:
-        parsed = json.loads(answer.text)
-    except ValueError:
-        parsed = None
-    return Sample(output_text=answer.text, output_json=parsed)
 
 
 def _by_grader(results: list[Any]) -> dict[str, float] | None:
