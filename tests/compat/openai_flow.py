@@ -152,7 +152,7 @@ def preference(client: openai.OpenAI, model: str) -> dict[str, Any]:
     return {"job": job.id}
 
 
-EXACT = {
+EXACT: dict[str, Any] = {
     "type": "string_check",
     "name": "exact",
     "input": "{{sample.output_text}}",
@@ -168,17 +168,15 @@ def reinforcement(client: openai.OpenAI, model: str) -> dict[str, Any]:
         for i in range(4)
     ]
     upload = client.files.create(file=("prompts.jsonl", jsonl(prompts)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(
-        model=model,
-        training_file=upload.id,
-        method={
-            "type": "reinforcement",
-            "reinforcement": {
-                "grader": EXACT,  # type: ignore[typeddict-item]
-                "hyperparameters": {"n_epochs": 1, "batch_size": 2, "eval_samples": "auto"},
-            },
+    method: Any = {
+        "type": "reinforcement",
+        "reinforcement": {
+            "grader": EXACT,
+            "hyperparameters": {"n_epochs": 1, "batch_size": 2, "eval_samples": "auto"},
         },
-        extra_body=LORA,
+    }
+    job = client.fine_tuning.jobs.create(
+        model=model, training_file=upload.id, method=method, extra_body=LORA
     )
     job = wait(client, job.id)
     assert job.status == "succeeded", job.error
@@ -189,7 +187,7 @@ def reinforcement(client: openai.OpenAI, model: str) -> dict[str, Any]:
     assert hyper is not None and hyper.n_epochs == 1 and hyper.batch_size == 2
     assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft/")
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
-    steps = [e for e in events if e.type == "metrics" and e.data and "train_mean_reward" in e.data]
+    steps = [e for e in events if isinstance(e.data, dict) and "train_mean_reward" in e.data]
     assert len(steps) == 2, [e.message for e in events]
     return {"job": job.id, "steps": len(steps)}
 
