@@ -20,14 +20,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from llama_post.apis.post_training.graders import PythonGrader
 from llama_post.errors import InvalidRequestError
-
-if TYPE_CHECKING:
-    from llama_post.graders.runner import GradeResult, GraderSettings, Pair
-    from llama_post.graders.templates import ErrorKind
+from llama_post.graders.results import GradeResult, GraderSettings, Pair
+from llama_post.graders.templates import ErrorKind
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 IMAGE_TAGS = (None, "default")
@@ -63,17 +61,14 @@ class PythonSandbox:
         self.isolation: str | None = None  # how the last process was cut off from the network
 
     def grade_many(self, pairs: Sequence[Pair]) -> list[GradeResult]:
-        results: list[GradeResult | None] = [None] * len(pairs)
-        while (start := results.index(None) if None in results else len(results)) < len(pairs):
-            for i, result in enumerate(self._run(pairs[start:]), start):
-                results[i] = result
-        return [r for r in results if r is not None]
+        results: list[GradeResult] = []
+        while len(results) < len(pairs):  # each process grades at least one more
+            results += self._run(pairs[len(results) :])
+        return results
 
     def _run(self, pairs: Sequence[Pair]) -> list[GradeResult]:
         """Results for the first pairs, in order: all of them, or those before the sample that
         ended the process, which is the last one, with the reason as its error."""
-        from llama_post.graders.runner import GradeResult
-
         job = {
             "source": self.source,
             "pairs": [
@@ -120,8 +115,6 @@ class PythonSandbox:
     ) -> str | None:
         """Send the job and read results until `wanted`: None when all came, else why not
         ("" when the process ended: its exit status tells why)."""
-        from llama_post.graders.runner import GradeResult
-
         assert process.stdin is not None and process.stdout is not None
         try:
             process.stdin.write(json.dumps(job).encode())

@@ -9,7 +9,7 @@ It needs no server: a training worker builds one from the job's grader and its s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from llama_post.apis.post_training.graders import (
@@ -26,33 +26,12 @@ from llama_post.apis.post_training.graders import (
 from llama_post.graders.formula import Formula
 from llama_post.graders.matchers import JsonSchemaMatch, RegexMatch, StringCheck
 from llama_post.graders.python import PythonSandbox
+from llama_post.graders.results import GradeResult, GraderSettings, Pair
 from llama_post.graders.score_model import ModelScorer, ScoreModel
 from llama_post.graders.similarity import TextSimilarity
-from llama_post.graders.templates import ErrorKind, GradingError, Sample, context
+from llama_post.graders.templates import GradingError, Sample, context
 
-Pair = tuple[Mapping[str, Any], Sample]
-
-
-@dataclass(frozen=True)
-class GradeResult:
-    """A sample's score; `sub_scores` are a `multi` grader's named parts (empty otherwise);
-    `error` says why the score is 0 when grading failed."""
-
-    score: float
-    sub_scores: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    error_kind: ErrorKind | None = None  # what failed, when `error` is set
-
-
-@dataclass(frozen=True)
-class GraderSettings:
-    """What the distribution allows (run.yaml's `graders:`): the python grader is off unless
-    enabled, and then limited per sample."""
-
-    python_enabled: bool = False
-    python_cpu_seconds: float = 5
-    python_memory_mb: int = 512
-    python_timeout_s: float = 10
+DEFAULTS = GraderSettings()  # python graders off
 
 
 class Scoring(Protocol):
@@ -135,7 +114,7 @@ class GraderRunner:
     def __init__(
         self,
         grader: Grader,
-        settings: GraderSettings = GraderSettings(),
+        settings: GraderSettings = DEFAULTS,
         scorer: ModelScorer | None = None,
         *,
         where: str = "grader",

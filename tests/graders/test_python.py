@@ -44,7 +44,7 @@ def grade(sample, item):
 
 
 def grader(settings: GraderSettings = ENABLED, source: str = SOURCE) -> GraderRunner:
-    return GraderRunner(PythonGrader(name="py", source=source), settings)
+    return GraderRunner(PythonGrader(type="python", name="py", source=source), settings)
 
 
 def rows(*kinds: str) -> list[tuple[dict[str, Any], Sample]]:

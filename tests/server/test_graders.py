@@ -12,10 +12,10 @@ from typing import Any
 import openai
 import pytest
 
-from llama_post.errors import InvalidRequestError
+from llama_post.auth import KeyStore
 from llama_post.graders.score_model import parse_score
 from tests.compat import openai_flow
-from tests.server.test_auth import Caller, _key
+from tests.server.test_auth import Caller
 from tests.support import TINY, Server, distribution
 from tests.tiny import build_tiny_adapter
 
@@ -44,7 +44,9 @@ def served(
         "graders": {"python": PYTHON},
     }
     server = Server(config, home)
-    keys = {"alice": _key(server.config, "alice"), "bob": _key(server.config, "bob")}
+    store = KeyStore(home / "stack")  # the stack's storage_dir, as `llama-post keys create`
+    keys = {owner: store.create(owner)[1] for owner in ("alice", "bob")}
+    store.close()
     server.start(timeout=90)
     alice, bob = Caller(server.url, keys["alice"]), Caller(server.url, keys["bob"])
     adapter = build_tiny_adapter(models_dir / "judge-adapter", tiny_model, seed=11)
@@ -230,4 +232,3 @@ def test_score_model_uses_only_the_callers_models(served: dict[str, Any]) -> Non
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["param"] == "grader.model"
     assert bob.post(VALIDATE, json={"grader": _judge(TINY)}).status_code == 200
-    assert InvalidRequestError.status == 400

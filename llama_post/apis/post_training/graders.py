@@ -28,7 +28,7 @@ class StringCheckGrader(StrictModel):
     """1 when the check holds, else 0: `eq`/`ne` compare whole strings, `like` is "contains
     the reference" and `ilike` the same ignoring case."""
 
-    type: Literal["string_check"] = "string_check"
+    type: Literal["string_check"]
     name: GraderName
     input: Template
     reference: Template
@@ -54,7 +54,7 @@ class TextSimilarityGrader(StrictModel):
     """A similarity in [0, 1] between `input` and `reference`. `cosine` (an embedding model)
     and `meteor` without NLTK's WordNet data installed are refused by name."""
 
-    type: Literal["text_similarity"] = "text_similarity"
+    type: Literal["text_similarity"]
     name: GraderName
     input: Template
     reference: Template
@@ -105,7 +105,7 @@ class ScoreModelGrader(StrictModel):
     first number in its answer is the score, which must lie in `range` (else the sample's
     score is 0 with the error)."""
 
-    type: Literal["score_model"] = "score_model"
+    type: Literal["score_model"]
     name: GraderName
     model: str = Field(min_length=1, max_length=256)
     input: list[GraderMessage] = Field(min_length=1, max_length=64)
@@ -119,7 +119,7 @@ class PythonGrader(StrictModel):
     """`source` defines `grade(sample: dict, item: dict) -> float`, run in a sandboxed process
     (CPU, memory and time limits, no network) where the distribution enables it."""
 
-    type: Literal["python"] = "python"
+    type: Literal["python"]
     name: GraderName
     source: str = Field(min_length=1, max_length=262144)
     image_tag: str | None = Field(
@@ -131,7 +131,7 @@ class RegexGrader(StrictModel):
     """1 when `pattern` matches somewhere in the rendered `input` (anchor it with `^...$` to
     match the whole), else 0."""
 
-    type: Literal["regex"] = "regex"
+    type: Literal["regex"]
     name: GraderName
     input: Template
     pattern: str = Field(min_length=1, max_length=4096)
@@ -142,7 +142,7 @@ class JsonSchemaGrader(StrictModel):
 
     model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True)
 
-    type: Literal["json_schema"] = "json_schema"
+    type: Literal["json_schema"]
     name: GraderName
     input: Template
     json_schema: dict[str, Any] = Field(alias="schema")
@@ -163,7 +163,7 @@ class MultiGrader(StrictModel):
     """Named graders combined by a formula over their names: numbers, `+ - * / ^` (`**`),
     parentheses and `min max abs floor ceil exp sqrt log`."""
 
-    type: Literal["multi"] = "multi"
+    type: Literal["multi"]
     name: GraderName
     graders: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], SingleGrader]
     calculate_output: str = Field(min_length=1, max_length=4096)
