@@ -40,11 +40,13 @@ from llama_post.apis.post_training import (
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
     PreflightResponse,
+    ReinforceRequest,
     SupervisedFineTuneRequest,
     TrainingEstimate,
     TrainingRequest,
 )
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
+from llama_post.graders import GraderSettings
 from llama_post.schema import FileContent
 
 T = TypeVar("T")
@@ -190,6 +192,13 @@ class PostTrainingRouter:
 
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         return await (await self._runs(request)).preference_optimize(request)
+
+    async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
+        return await (await self._runs(request)).reinforce(request)
+
+    def use_grader_settings(self, settings: GraderSettings) -> None:
+        for provider in self.providers.values():
+            provider.use_grader_settings(settings)
 
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         return await self._named(request.provider_id).preflight(request)

@@ -101,6 +101,7 @@ class Stack:
                     continue
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
                 if api == Api.post_training:  # checkpoints and OpenAI's jobs, over any provider
+                    one.use_grader_settings(run.graders.settings())
                     graders = GraderService(
                         run.graders.settings(), impls[Api.models], lambda: impls.get(Api.inference)
                     )

@@ -49,6 +49,9 @@ class JobSpec(BaseModel):
     low_memory: bool = False  # a retry after running out of memory: recompute every layer
     ranks: int = 1  # the recipe's ranks in all (torchrun: nproc_per_node x nnodes)
     sharding: Literal["none", "fsdp"] = "none"
+    # GRPO: what the distribution allows graders (`GraderSettings`: the python grader's switch
+    # and limits), for the worker's own runner
+    grader_settings: dict[str, float | bool] = {}
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import json
 import logging
@@ -58,6 +59,7 @@ from llama_post.apis.post_training import (
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
     PreflightResponse,
+    ReinforceRequest,
     StepMetrics,
     SupervisedFineTuneRequest,
     TrainingEstimate,
@@ -67,6 +69,7 @@ from llama_post.apis.post_training import (
 from llama_post.apis.post_training.models import JOB_UUID_PATTERN
 from llama_post.archives import read_chunks
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError, UpstreamError
+from llama_post.graders import GraderRunner, GraderSettings
 from llama_post.schema import FileContent
 from llama_post.storage import Database, check_id
 from providers.jobs.config import LocalJobsConfig
@@ -90,6 +93,7 @@ from providers.jobs.trackers import refusals as tracker_refusals
 from providers.training.data import steps_per_epoch
 from providers.training.estimate import Shape, Work, available_memory, count
 from providers.training.estimate import memory as estimate_memory
+from providers.training.reinforce import refusals as reinforce_refusals
 from providers.utils.precision import UnsupportedPrecision, choose
 
 log = logging.getLogger(__name__)
@@ -157,6 +161,7 @@ class LocalJobs:
         self.ray = RayClient(config.launcher) if isinstance(config.launcher, RayLauncher) else None
         self.ray_checked_at = 0.0  # when a probe job last wrote into the shared folders
         self.attempt_names: dict[str, str] = {}  # job -> its running attempt's ATTEMPT_ENV
+        self.grader_settings = GraderSettings()  # the distribution's, once the stack sets them
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -247,6 +252,12 @@ class LocalJobs:
 
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         return await self._create(request, "dpo")
+
+    async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
+        return await self._create(request, "grpo")
+
+    def use_grader_settings(self, settings: GraderSettings) -> None:
+        self.grader_settings = settings
 
     async def _create(self, request: TrainingRequest, prefix: str) -> PostTrainingJob:
         job_uuid = request.job_uuid or f"{prefix}-{secrets.token_hex(8)}"
@@ -489,9 +500,9 @@ class LocalJobs:
         a LoRA rank its provider serves), the trainer's own refusals (`refuse`), and the rows,
         read from the datasets and checked against the job's method."""
         request.training_config.data  # noqa: B018  (a job without a dataset: the 400 first)
-        dpo = isinstance(request, PreferenceOptimizeRequest)
-        model_field = "finetuned_model" if dpo else "model"
-        tuning_field = "finetuning_config" if dpo else "algorithm_config"
+        if isinstance(request, ReinforceRequest):
+            request.grading  # noqa: B018  (nor without a grader)
+        model_field, tuning_field = request.model_field, request.tuning_field
         try:
             model = await self.models.get_model(request.model_id)
         except NotFoundError:
@@ -507,6 +518,8 @@ class LocalJobs:
                 param=model_field,
             )
         self.refuse(request)  # after the lookups: a missing model is a 404 first
+        if isinstance(request, ReinforceRequest):  # a bad template or pattern: a 400 naming it
+            GraderRunner(request.grading, self.grader_settings)
         base, adapter = weights.path, weights.adapter_path
         rank = getattr(request.tuning, "rank", None)
         if rank is not None and model.max_lora_rank is not None and rank > model.max_lora_rank:
@@ -522,21 +535,23 @@ class LocalJobs:
                 param=f"{tuning_field}.type",
             )
         data = request.training_config.data
-        if dpo:
+        if request.method == "dpo":
             wanted = {DatasetPurpose.preference}
+        elif request.method == "grpo":
+            wanted = {DatasetPurpose.prompt}
         elif data.data_format is None:  # the dataset's purpose says how to read its rows
             wanted = {DatasetPurpose.instruct, DatasetPurpose.dialog}
         else:
             wanted = {DatasetPurpose(data.data_format)}
         train, purpose = await self._rows(data.dataset_id, wanted, "dataset_id")
-        if not dpo:
+        if request.method == "sft":
             data.data_format = "instruct" if purpose == DatasetPurpose.instruct else "dialog"
         validation = None
         if data.validation_dataset_id:
             validation, _ = await self._rows(
                 data.validation_dataset_id, {purpose}, "validation_dataset_id"
             )
-        if dpo and data.data_format is not None:
+        if request.method != "sft" and data.data_format is not None:
             check_prompt_field(data.data_format, train, validation)
         checkpoint_dir = self._checkpoint_dir(request, job_uuid)
         device = self._device()
@@ -558,6 +573,9 @@ class LocalJobs:
             torch_threads=self.config.torch_threads,
             ranks=self._ranks(),
             sharding=self._torchrun.sharding if self._torchrun else "none",
+            grader_settings=dataclasses.asdict(self.grader_settings)
+            if isinstance(request, ReinforceRequest)
+            else {},
         )
         return Gathered(model, spec, train, validation)
 
@@ -581,9 +599,8 @@ class LocalJobs:
         """(field, why) for each field of the request this trainer cannot honour; a trainer
         extends the list every local trainer shares."""
         refusals = []
-        dpo = isinstance(request, PreferenceOptimizeRequest)
         algo = request.tuning
-        tuning_field = "finetuning_config" if dpo else "algorithm_config"
+        tuning_field = request.tuning_field
         if isinstance(algo, LoraFinetuningConfig) and algo.quantize_base:
             refusals.append(
                 (
@@ -592,21 +609,25 @@ class LocalJobs:
                 )
             )
         data = request.training_config.data
-        if dpo:
+        if request.method != "sft":
+            what = "DPO trains on whole pairs" if request.method == "dpo" else "GRPO samples"
             if data.packed:
                 refusals.append(
                     (
                         "training_config.data_config.packed",
-                        "DPO trains on whole pairs; leave it unset or false",
+                        f"{what}; leave it unset or false",
                     )
                 )
             if data.train_on_input:
                 refusals.append(
                     (
                         "training_config.data_config.train_on_input",
-                        "DPO compares the answers only; leave it unset or false",
+                        f"{request.method.upper()} learns from the answers only; leave it unset "
+                        "or false",
                     )
                 )
+        if isinstance(request, ReinforceRequest):
+            refusals += reinforce_refusals(request)
         eff = request.training_config.efficiency_config
         if (
             eff is not None
@@ -671,6 +692,14 @@ class LocalJobs:
                 (
                     "launcher.nproc_per_node",
                     "this trainer's recipes run as one rank; use the launcher local or ray",
+                )
+            ]
+        if isinstance(request, ReinforceRequest):
+            return [
+                (
+                    "launcher.nproc_per_node",
+                    "the GRPO recipe runs as one rank (its rollouts are not split across "
+                    "ranks yet); use a provider whose launcher is local or ray",
                 )
             ]
         if isinstance(self.launcher, RayLauncher):
@@ -1204,7 +1233,7 @@ class LocalJobs:
             job_uuid=job_uuid,
             status=JobStatus(row["status"]),
             model=request.model_id,
-            method="dpo" if isinstance(request, PreferenceOptimizeRequest) else "sft",
+            method=request.method,
             algorithm=request.tuning.type,
             scheduled_at=row["scheduled_at"],
             started_at=row["started_at"],

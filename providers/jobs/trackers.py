@@ -142,11 +142,14 @@ class Tracker(Protocol):
 
 
 def _values(row: StepMetrics) -> dict[str, float]:
-    return {
+    values = {
         name: float(value)
         for name, value in row.model_dump(exclude_none=True).items()
-        if name not in NOT_SENT
+        if name not in NOT_SENT and not isinstance(value, dict)
     }
+    for grader, score in (row.rewards_by_grader or {}).items():  # GRPO: one series per grader
+        values[f"reward/{grader}"] = score
+    return values
 
 
 def _params(request: TrainingRequest) -> dict[str, str]:
@@ -155,7 +158,7 @@ def _params(request: TrainingRequest) -> dict[str, str]:
     params = {
         "job_uuid": str(request.job_uuid),
         "model": request.model_id,
-        "method": "dpo" if isinstance(request, PreferenceOptimizeRequest) else "sft",
+        "method": request.method,
         "algorithm": request.tuning.type,
         "dataset_id": training.data.dataset_id,
         "batch_size": str(training.data.batch_size),

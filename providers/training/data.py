@@ -243,3 +243,22 @@ def steps_per_epoch(examples: list[Example], request: TrainingRequest, ranks: in
         steps = max(1, batches // (cfg.gradient_accumulation_steps * ranks)) if batches else 0
         plan.append(min(steps, cfg.max_steps_per_epoch or steps))
     return plan
+
+
+def prompt_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A prompt row's conversation so far: its `messages`, or `prompt` as a user turn."""
+    if row.get("messages") is not None:
+        return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    return [{"role": "user", "content": row["prompt"]}]
+
+
+def render_prompt(row: dict[str, Any], tokenizer: Any) -> list[int]:
+    """The token ids a prompt row's answer is sampled after: the conversation with the
+    generation prompt, as the chat completions route renders it."""
+    messages = prompt_messages(row)
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "".join(m["content"] for m in messages)
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids

@@ -152,6 +152,46 @@ def preference(client: openai.OpenAI, model: str) -> dict[str, Any]:
     return {"job": job.id}
 
 
+EXACT: dict[str, Any] = {
+    "type": "string_check",
+    "name": "exact",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.answer}}",
+    "operation": "eq",
+}
+
+
+def reinforcement(client: openai.OpenAI, model: str) -> dict[str, Any]:
+    """Reinforcement fine-tuning: prompts with a reference answer, a grader, GRPO."""
+    prompts = [
+        {"messages": [{"role": "user", "content": f"What is {i} + 1?"}], "answer": str(i + 1)}
+        for i in range(4)
+    ]
+    upload = client.files.create(file=("prompts.jsonl", jsonl(prompts)), purpose="fine-tune")
+    method: Any = {
+        "type": "reinforcement",
+        "reinforcement": {
+            "grader": EXACT,
+            "hyperparameters": {"n_epochs": 1, "batch_size": 2, "eval_samples": "auto"},
+        },
+    }
+    job = client.fine_tuning.jobs.create(
+        model=model, training_file=upload.id, method=method, extra_body=LORA
+    )
+    job = wait(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method is not None and job.method.type == "reinforcement"
+    assert job.method.reinforcement is not None
+    assert job.method.reinforcement.grader.type == "string_check"
+    hyper = job.method.reinforcement.hyperparameters
+    assert hyper is not None and hyper.n_epochs == 1 and hyper.batch_size == 2
+    assert job.fine_tuned_model and job.fine_tuned_model.startswith("ft/")
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    steps = [e for e in events if isinstance(e.data, dict) and "train_mean_reward" in e.data]
+    assert len(steps) == 2, [e.message for e in events]
+    return {"job": job.id, "steps": len(steps)}
+
+
 def cancel(client: openai.OpenAI, model: str) -> dict[str, Any]:
     upload = client.files.create(file=("long.jsonl", jsonl(CHATS * 8)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
@@ -180,6 +220,16 @@ def bad_requests(client: openai.OpenAI, model: str) -> dict[str, Any]:
         ),
         ({"extra_body": {"integrations_x": 1}}, "integrations_x"),
         ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement"),
+        (
+            {
+                "method": {
+                    "type": "reinforcement",
+                    "reinforcement": {"grader": EXACT, "hyperparameters": {"eval_samples": 3}},
+                }
+            },
+            "method.reinforcement.hyperparameters.eval_samples",
+        ),
     ]
     for change, param in cases:
         body: dict[str, Any] = {"model": model, "training_file": good, **change}
@@ -255,7 +305,14 @@ def graders(client: openai.OpenAI, model: str) -> dict[str, Any]:
 
 def main(base_url: str, model: str, *flows: str) -> dict[str, Any]:
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
-    chosen = flows or ("supervised", "preference", "cancel", "bad_requests", "graders")
+    chosen = flows or (
+        "supervised",
+        "preference",
+        "reinforcement",
+        "cancel",
+        "bad_requests",
+        "graders",
+    )
     seen = {name: globals()[name](client, model) for name in chosen}
     return {"openai": openai.__version__, **seen}
 

@@ -17,6 +17,7 @@ def test_the_latest_sdk_runs_the_whole_workflow(server: Server) -> None:
     assert openai.__version__ == "3.54.0"
     seen = openai_flow.main(server.url, TINY)
     assert seen["supervised"]["trained_tokens"] > 0
+    assert seen["reinforcement"]["steps"] == 2
     assert seen["graders"]["reward"] == 0.4
 
 

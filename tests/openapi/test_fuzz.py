@@ -67,12 +67,13 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
     # the model's, not the spec's), and guided fields are a 400 where the provider cannot
     # constrain its output. A grader's templates, pattern, JSON Schema and formula must parse,
     # and its metric, model and kind must be served here (`python` where enabled): a 400 naming
-    # the field, which OpenAPI cannot state.
+    # the field, which OpenAPI cannot state (a reinforcement job's grader too).
     assert set(report["warnings"]["validation_mismatch"]) <= {
         "POST /v1/post-training/graders/run",
         "POST /v1/post-training/graders/validate",
         "POST /v1/fine_tuning/alpha/graders/run",
         "POST /v1/fine_tuning/alpha/graders/validate",
+        "POST /v1/post-training/reinforce",  # its grader, checked the same way
         "POST /v1/datasetio/append-rows/{dataset_id}",
         "POST /v1beta/datasetio/append-rows/{dataset_id}",
         "POST /v1/fine_tuning/jobs",

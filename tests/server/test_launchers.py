@@ -214,3 +214,25 @@ def test_more_ranks_than_cores_are_refused_at_creation(server: Server) -> None:
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["param"] == "launcher.nproc_per_node" and "CPU cores" in error["message"]
+
+
+def test_grpo_on_torchrun_ranks_is_refused_by_name(server: Server) -> None:
+    """The GRPO recipe runs as one rank: a torchrun provider refuses it at creation."""
+    body = {
+        "provider_id": "ddp",
+        "model": TINY,
+        "algorithm_config": {"group_size": 2, "max_tokens": 4},
+        "grader": {
+            "type": "string_check",
+            "name": "same",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.answer}}",
+            "operation": "eq",
+        },
+        "finetuning_config": {"type": "LoRA", "rank": 4, "alpha": 8},
+        "training_config": {"data_config": {"dataset_id": "facts", "batch_size": 2}},
+    }
+    answer = httpx.post(f"{server.url}/v1/post-training/reinforce", json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "launcher.nproc_per_node" in error["message"] and "GRPO" in error["message"], error

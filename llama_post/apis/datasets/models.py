@@ -19,11 +19,14 @@ class DatasetPurpose(StrEnum):
     - `instruct`: `prompt`, `completion` (strings)
     - `dialog`: `messages`, a list of `{role, content}` with at least one assistant turn
     - `preference`: `prompt` or `messages`, then `chosen` and `rejected`
+    - `prompt`: `prompt` or `messages` (the conversation so far), and any reference fields a
+      grader reads (`answer`, ...): what reinforcement fine-tuning samples from
     """
 
     instruct = "instruct"
     dialog = "dialog"
     preference = "preference"
+    prompt = "prompt"
 
 
 _PURPOSE_ALIASES = {"post-training/messages": "dialog", "post-training/instruct": "instruct"}

@@ -84,10 +84,27 @@ class PreferenceRow(BaseModel):
         return self
 
 
+class PromptRow(BaseModel):
+    """A prompt to sample answers to (`prompt`, a user turn, or `messages`), with whatever
+    reference fields the job's graders read (`{{item.answer}}`)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_one_prompt)
+
+    prompt: str | None = None
+    messages: list[Message] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> PromptRow:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
 ROW_MODELS: dict[DatasetPurpose, type[BaseModel]] = {
     DatasetPurpose.instruct: InstructRow,
     DatasetPurpose.dialog: DialogRow,
     DatasetPurpose.preference: PreferenceRow,
+    DatasetPurpose.prompt: PromptRow,
 }
 
 
@@ -115,6 +132,7 @@ REQUIRED_COLUMNS: dict[DatasetPurpose, list[tuple[str, ...]]] = {
     DatasetPurpose.instruct: [("prompt",), ("completion",)],
     DatasetPurpose.dialog: [("messages",)],
     DatasetPurpose.preference: [("prompt", "messages"), ("chosen",), ("rejected",)],
+    DatasetPurpose.prompt: [("prompt", "messages")],
 }
 
 # Columns that hold lists of messages; a CSV cell carries them as JSON text.

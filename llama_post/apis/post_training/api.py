@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from pydantic import Field
 
@@ -39,6 +39,7 @@ from llama_post.apis.post_training.models import (
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
     PreflightResponse,
+    ReinforceRequest,
     SupervisedFineTuneRequest,
     TrainingEstimate,
 )
@@ -70,6 +71,9 @@ from llama_post.schema import (
     creates,
     webmethod,
 )
+
+if TYPE_CHECKING:
+    from llama_post.graders import GraderSettings
 
 Token = Annotated[
     str,
@@ -103,6 +107,17 @@ class PostTrainingJobs(Protocol):
         """Start a preference optimization (DPO) job on a preference dataset.
 
         Checked like a fine-tuning request: a bad model, dataset or row fails at once.
+        """
+        ...
+
+    @creates(job_uuid="/job_uuid")
+    @webmethod(route="/v1/post-training/reinforce", method="POST")
+    async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
+        """Start a reinforcement fine-tuning (GRPO) job: answers sampled from the policy for
+        each prompt of a prompt dataset are scored by the request's grader, and the policy is
+        pushed toward the answers that beat their group.
+
+        Checked like a fine-tuning request (model, dataset, rows, grader) before it is queued.
         """
         ...
 
@@ -178,6 +193,11 @@ class PostTrainingJobs(Protocol):
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         """Delete one of a finished job's checkpoints (not a route: the stack's `Checkpoints`
         serves deleting, with what else must go). `reason` goes to the job's events."""
+        ...
+
+    def use_grader_settings(self, settings: GraderSettings) -> None:
+        """What the distribution allows graders (run.yaml's `graders`: the python grader), for
+        the runners of reinforcement jobs (not a route: the stack sets it once built)."""
         ...
 
 

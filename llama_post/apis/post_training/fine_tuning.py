@@ -36,6 +36,7 @@ from llama_post.apis.datasets import (
 )
 from llama_post.apis.datasets.models import FileDataSource
 from llama_post.apis.post_training.graders import (
+    Grader,
     GraderRoutes,
     GraderRunRequest,
     GraderRunResponse,
@@ -57,6 +58,7 @@ from llama_post.apis.post_training.models import (
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
     PreflightResponse,
+    ReinforceRequest,
     StepMetrics,
     SupervisedFineTuneRequest,
     TrainingEstimate,
@@ -140,6 +142,19 @@ class DpoHyperparameters(Hyperparameters):
     )
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    """OpenAI's reinforcement hyperparameters. Its exploration and evaluation knobs have no
+    counterpart in the GRPO recipe and are refused unless `auto` (the native
+    `POST /v1/post-training/reinforce` exposes the recipe's own)."""
+
+    compute_multiplier: float | Auto | None = Field(None, description="Only auto or unset.")
+    eval_interval: int | Auto | None = Field(None, description="Only auto or unset.")
+    eval_samples: int | Auto | None = Field(None, description="Only auto or unset.")
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = Field(
+        None, description="Only default or unset: the models served here do not reason."
+    )
+
+
 class SupervisedMethod(StrictModel):
     hyperparameters: Hyperparameters = Hyperparameters()
 
@@ -148,21 +163,40 @@ class DpoMethod(StrictModel):
     hyperparameters: DpoHyperparameters = DpoHyperparameters()
 
 
+class ReinforcementMethod(StrictModel):
+    """Reinforcement fine-tuning: the GRPO recipe, its answers scored by `grader`."""
+
+    grader: Grader
+    hyperparameters: ReinforcementHyperparameters = ReinforcementHyperparameters()
+
+
+METHODS = ("supervised", "dpo", "reinforcement")
+
+
 class FineTuningMethod(StrictModel):
     """`type` names the method; only that method's settings may be given."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "if": {"properties": {"type": {"const": "dpo"}}},
-            "then": {"properties": {"supervised": {"type": "null"}}},
-            "else": {"properties": {"dpo": {"type": "null"}}},
+            "allOf": [
+                {
+                    "if": {"properties": {"type": {"const": kind}}},
+                    "then": {
+                        "properties": {
+                            other: {"type": "null"} for other in METHODS if other != kind
+                        }
+                    },
+                }
+                for kind in METHODS
+            ]
         },
     )
 
-    type: Literal["supervised", "dpo"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class WandbSettings(StrictModel):
@@ -381,6 +415,9 @@ class OpenAIFineTuning:
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
         return await self.jobs.preference_optimize(request)
 
+    async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
+        return await self.jobs.reinforce(request)
+
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         return await self.jobs.preflight(request)
 
@@ -421,14 +458,13 @@ class OpenAIFineTuning:
 
     async def create_fine_tuning_job(self, request: CreateFineTuningJobRequest) -> FineTuningJob:
         method = request.method or FineTuningMethod(type="supervised")
-        dpo = method.type == "dpo"
         params = _hyperparameters(request, method)
         job_uuid = "-".join(filter(None, ["ftjob", request.suffix, secrets.token_hex(6)]))
-        kinds = (
-            [DatasetPurpose.preference]
-            if dpo
-            else [DatasetPurpose.dialog, DatasetPurpose.instruct]  # chat rows, else prompt rows
-        )
+        kinds = {
+            "dpo": [DatasetPurpose.preference],
+            "reinforcement": [DatasetPurpose.prompt],
+            "supervised": [DatasetPurpose.dialog, DatasetPurpose.instruct],  # chat, else prompt
+        }[method.type]
         made: list[str] = []
         try:
             train = await self._dataset_of(
@@ -443,9 +479,11 @@ class OpenAIFineTuning:
                     f"{job_uuid}-validation",
                     made,
                 )
-            native = _native_request(request, job_uuid, params, train, validation, dpo)
+            native = _native_request(request, method, job_uuid, params, train, validation)
             if isinstance(native, PreferenceOptimizeRequest):
                 await self.preference_optimize(native)
+            elif isinstance(native, ReinforceRequest):
+                await self.reinforce(native)
             else:
                 await self.supervised_fine_tune(native)
         except InvalidRequestError as exc:
@@ -535,7 +573,7 @@ class OpenAIFineTuning:
             finished_at=status.completed_at,
             estimated_finish=_estimated_finish(status),
             hyperparameters=params,
-            method=_method(status.method, params),
+            method=_method(request, params),
             model=status.model,
             seed=request.training_config.seed,
             # a job waiting for its retry (it has run before) is still running to its user
@@ -609,15 +647,40 @@ def _hyperparameters(
     request: CreateFineTuningJobRequest, method: FineTuningMethod
 ) -> DpoHyperparameters:
     """The method's hyperparameters (or the deprecated top-level ones), checked by name."""
-    other = "supervised" if method.type == "dpo" else "dpo"
-    if getattr(method, other) is not None:
-        raise InvalidRequestError(
-            f"method.{other}: given for a {method.type} job; use method.{method.type}",
-            param=f"method.{other}",
+    for other in METHODS:
+        if other != method.type and getattr(method, other) is not None:
+            raise InvalidRequestError(
+                f"method.{other}: given for a {method.type} job; use method.{method.type}",
+                param=f"method.{other}",
+            )
+    if method.type == "reinforcement":
+        where = "method.reinforcement.hyperparameters"
+        if method.reinforcement is None:
+            raise InvalidRequestError(
+                "method.reinforcement: a reinforcement job needs its grader, e.g. "
+                '{"grader": {"type": "string_check", "name": "exact", "input": '
+                '"{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"}}',
+                param="method.reinforcement",
+            )
+        if request.hyperparameters is not None:
+            raise InvalidRequestError(
+                f"hyperparameters: set them in {where} for a reinforcement job",
+                param="hyperparameters",
+            )
+        rft = method.reinforcement.hyperparameters
+        for name in ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort"):
+            if getattr(rft, name) not in (None, "auto", "default"):
+                raise InvalidRequestError(
+                    f"{where}.{name}: the GRPO recipe has no such knob; leave it auto (the "
+                    "native POST /v1/post-training/reinforce sets group_size, temperature, ...)",
+                    param=f"{where}.{name}",
+                )
+        given: Hyperparameters = Hyperparameters.model_validate(
+            rft.model_dump(include=set(Hyperparameters.model_fields))
         )
-    if method.type == "dpo":
+    elif method.type == "dpo":
         where = "method.dpo.hyperparameters"
-        given: Hyperparameters = (method.dpo or DpoMethod()).hyperparameters
+        given = (method.dpo or DpoMethod()).hyperparameters
         if request.hyperparameters is not None:
             raise InvalidRequestError(
                 f"hyperparameters: set them in {where} for a dpo job", param="hyperparameters"
@@ -644,11 +707,11 @@ def _hyperparameters(
 
 def _native_request(
     request: CreateFineTuningJobRequest,
+    method: FineTuningMethod,
     job_uuid: str,
     params: DpoHyperparameters,
     train: Dataset,
     validation: Dataset | None,
-    dpo: bool,
 ) -> TrainingRequest:
     tuning = request.algorithm_config or LoraFinetuningConfig()
     batch_size = AUTO_BATCH_SIZE if params.batch_size == "auto" else params.batch_size
@@ -661,7 +724,7 @@ def _native_request(
         "batch_size": batch_size,
         "validation_dataset_id": validation.identifier if validation else None,
     }
-    if not dpo:
+    if method.type == "supervised":
         data["data_format"] = "dialog" if train.purpose == DatasetPurpose.dialog else "instruct"
     training = {
         "n_epochs": AUTO_EPOCHS if params.n_epochs == "auto" else params.n_epochs,
@@ -681,7 +744,16 @@ def _native_request(
             ]
         },
     }
-    if dpo:
+    if method.reinforcement is not None:
+        return ReinforceRequest.model_validate(
+            {
+                **common,
+                "model": request.model,
+                "grader": method.reinforcement.grader.model_dump(by_alias=True),
+                "finetuning_config": tuning.model_dump(),
+            }
+        )
+    if method.type == "dpo":
         beta = AUTO_BETA if params.beta == "auto" else params.beta
         return PreferenceOptimizeRequest.model_validate(
             {
@@ -723,6 +795,7 @@ def _openai_param(native: str | None, method: str) -> str | None:
         return f"integrations{index}{inner}"
     hyper = f"method.{method}.hyperparameters"
     for prefix, name in (
+        ("grader", f"method.{method}.grader"),
         ("finetuned_model", "model"),
         ("finetuning_config", "algorithm_config"),
         ("training_config.data_config.dataset_id", "training_file"),
@@ -749,8 +822,16 @@ def _resolved(request: TrainingRequest) -> ResolvedHyperparameters:
     )
 
 
-def _method(kind: str, params: ResolvedHyperparameters) -> FineTuningMethod:
-    if kind == "dpo":
+def _method(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
+    if isinstance(request, ReinforceRequest):
+        return FineTuningMethod(
+            type="reinforcement",
+            reinforcement=ReinforcementMethod(
+                grader=request.grading,
+                hyperparameters=ReinforcementHyperparameters(**params.model_dump(exclude={"beta"})),
+            ),
+        )
+    if request.method == "dpo":
         return FineTuningMethod(
             type="dpo",
             dpo=DpoMethod(hyperparameters=DpoHyperparameters(**params.model_dump())),
@@ -812,6 +893,10 @@ def _events(
         }
         if m.validation_loss is not None:
             data["valid_loss"] = m.validation_loss
+        if m.reward_mean is not None:  # reinforcement: the grader's mean score
+            data["train_mean_reward"] = m.reward_mean
+        if m.validation_reward is not None:
+            data["valid_mean_reward"] = m.validation_reward
         loss = f"{m.loss:.4f}" if m.loss is not None else "n/a"
         timed.append(
             (

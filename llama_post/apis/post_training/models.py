@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from llama_post.apis.post_training.graders import Grader
 from llama_post.errors import InvalidRequestError
 from llama_post.schema import StrictModel, only, required_in_spec
 
@@ -286,6 +287,21 @@ class JobRequest(ConfigModel):
     def tuning(self) -> LoraFinetuningConfig | FullFinetuningConfig:
         raise NotImplementedError
 
+    @property
+    def method(self) -> Literal["sft", "dpo", "grpo"]:
+        """What the job does, decided once by the request's type."""
+        raise NotImplementedError
+
+    @property
+    def model_field(self) -> str:
+        """The request's field naming the model to start from."""
+        return "model"
+
+    @property
+    def tuning_field(self) -> str:
+        """The request's field holding the LoRA or full configuration."""
+        return "finetuning_config"
+
     @model_validator(mode="after")
     def _default_optimizer(self) -> JobRequest:
         training = self.training_config
@@ -324,6 +340,14 @@ class SupervisedFineTuneRequest(JobRequest):
     @property
     def tuning(self) -> LoraFinetuningConfig | FullFinetuningConfig:
         return self.algorithm_config
+
+    @property
+    def method(self) -> Literal["sft", "dpo", "grpo"]:
+        return "sft"
+
+    @property
+    def tuning_field(self) -> str:
+        return "algorithm_config"
 
 
 def lora_without_type(data: Any, field: str) -> Any:
@@ -380,8 +404,115 @@ class PreferenceOptimizeRequest(JobRequest):
     def tuning(self) -> LoraFinetuningConfig | FullFinetuningConfig:
         return self.finetuning_config
 
+    @property
+    def method(self) -> Literal["sft", "dpo", "grpo"]:
+        return "dpo"
 
-TrainingRequest = SupervisedFineTuneRequest | PreferenceOptimizeRequest
+    @property
+    def model_field(self) -> str:
+        return "finetuned_model"
+
+
+class GRPOConfig(ConfigModel):
+    """Group relative policy optimization: for each prompt, sample `group_size` answers with
+    the current policy, score them with the job's grader, and push up the answers that beat
+    their group's mean (the clipped policy-gradient objective, with an optional KL penalty to
+    the starting model)."""
+
+    type: Literal["grpo"] = "grpo"
+    group_size: int = Field(
+        4, ge=2, le=64, description="Answers sampled per prompt; advantages are within a group."
+    )
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(64, ge=1, le=4096, description="Most tokens an answer may have.")
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        [], max_length=4, description="An answer ends before any of these (as in inference)."
+    )
+    kl_coef: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description="Weight of the KL penalty to the starting model (k3 estimator, per token); "
+        "0: none. LoRA only: the reference is the base with the adapter disabled, so no "
+        "second copy of the weights exists.",
+    )
+    clip_epsilon: float = Field(
+        0.2, gt=0.0, le=10.0, description="The probability ratio is clipped to 1 +- this."
+    )
+    advantage_clip: float | None = Field(
+        None, gt=0.0, description="Clamp advantages to +- this; unset: no clamp."
+    )
+    advantage_normalization: Literal["std", "none"] = Field(
+        "std",
+        description="std: (reward - group mean) / (group std + 1e-4), as GRPO; none: reward - "
+        "group mean (Dr. GRPO).",
+    )
+    loss_aggregation: Literal["sequence", "token"] = Field(
+        "sequence",
+        description="sequence: average each answer's tokens, then the answers (GRPO); token: "
+        "average over every answer token of the step (DAPO).",
+    )
+    num_iterations: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Optimizer updates on each batch of sampled answers (beyond the first, "
+        "the ratio to the sampling policy and its clip come into play).",
+    )
+
+
+class ReinforceRequest(JobRequest):
+    """Reinforcement fine-tuning (GRPO) on a prompt dataset (`prompt` or `messages`, and the
+    reference fields the grader reads), graded by `grader`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=required_in_spec("grader"))
+
+    model: str = Field(
+        description="The model to start from: a registered base model or a fine-tuned "
+        "checkpoint such as `ft/<job>` (SFT, then GRPO)."
+    )
+    algorithm_config: GRPOConfig = GRPOConfig()
+    finetuning_config: AlgorithmConfig = Field(
+        default_factory=LoraFinetuningConfig,
+        description="Train a LoRA adapter (the default) or every weight.",
+    )
+    grader: Grader | None = Field(
+        None,
+        description="Scores each sampled answer (0 to 1 for most graders); a job needs one.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_by_default(cls, data: Any) -> Any:
+        return lora_without_type(data, "finetuning_config")
+
+    @property
+    def model_id(self) -> str:
+        return self.model
+
+    @property
+    def tuning(self) -> LoraFinetuningConfig | FullFinetuningConfig:
+        return self.finetuning_config
+
+    @property
+    def method(self) -> Literal["sft", "dpo", "grpo"]:
+        return "grpo"
+
+    @property
+    def grading(self) -> Grader:
+        """`grader`, which a job cannot do without."""
+        if self.grader is None:
+            raise InvalidRequestError(
+                'grader: say how to score answers, e.g. {"type": "string_check", "name": '
+                '"exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", '
+                '"operation": "eq"}',
+                param="grader",
+            )
+        return self.grader
+
+
+TrainingRequest = SupervisedFineTuneRequest | PreferenceOptimizeRequest | ReinforceRequest
 
 
 class JobStatus(StrEnum):
@@ -564,7 +695,7 @@ class PostTrainingJobStatusResponse(BaseModel):
     job_uuid: str
     status: JobStatus
     model: str
-    method: Literal["sft", "dpo"] = "sft"
+    method: Literal["sft", "dpo", "grpo"] = "sft"
     algorithm: Literal["LoRA", "full"]
     scheduled_at: int | None = None
     started_at: int | None = None
@@ -590,7 +721,7 @@ class PostTrainingJobStatusResponse(BaseModel):
     trackers: list[TrackerRun] = Field(
         [], description="Where its experiment trackers' runs are, once the job has started."
     )
-    request: SupervisedFineTuneRequest | PreferenceOptimizeRequest | None = Field(
+    request: TrainingRequest | None = Field(
         None, description="The request the job runs, its defaults filled in."
     )
 
@@ -616,6 +747,32 @@ class StepMetrics(BaseModel):
     reward_accuracy: float | None = Field(None, description="DPO: pairs ranked right.")
     validation_reward_margin: float | None = None
     validation_reward_accuracy: float | None = None
+    reward_mean: float | None = Field(None, description="GRPO: mean grader score of the step.")
+    reward_std: float | None = Field(None, description="GRPO: its standard deviation.")
+    rewards_by_grader: dict[str, float] | None = Field(
+        None, description="GRPO: mean score of each named sub-grader (a multi grader's)."
+    )
+    grader_errors: int | None = Field(
+        None, description="GRPO: answers the grader failed on (each scored 0)."
+    )
+    zero_variance_groups: float | None = Field(
+        None, description="GRPO: fraction of groups whose answers all scored the same."
+    )
+    kl: float | None = Field(None, description="GRPO: mean per-token KL to the starting model.")
+    clip_fraction: float | None = Field(
+        None, description="GRPO: fraction of answer tokens whose ratio was clipped."
+    )
+    completion_length: float | None = Field(None, description="GRPO: mean answer tokens.")
+    sampling_tokens_per_second: float | None = Field(
+        None, description="GRPO: answer tokens sampled per second."
+    )
+    sampling_seconds: float | None = None
+    training_tokens_per_second: float | None = Field(
+        None, description="GRPO: tokens (prompts and answers) through the loss per second."
+    )
+    validation_reward: float | None = Field(
+        None, description="GRPO: mean grader score of one answer per held-out prompt."
+    )
     timestamp: float
 
 

@@ -30,6 +30,7 @@ from llama_post.apis.post_training import (
 )
 from llama_post.apis.post_training.models import JobStatus
 from llama_post.errors import LlamaPostError, NotFoundError, UpstreamError
+from llama_post.graders import GraderSettings
 from llama_post.remote import ROUTES
 from llama_post.storage import Database
 from providers.remote.llama_post.client import RemoteApi
@@ -60,6 +61,10 @@ class RemotePostTraining:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["remote"], name)
+
+    def use_grader_settings(self, settings: GraderSettings) -> None:
+        """Nothing to take: a job's graders run on the trainer, under its own run.yaml's
+        `graders:` settings (the python grader is the trainer's to allow)."""
 
     async def started(self) -> None:
         """The stack is up (its models loaded): publishing can begin."""

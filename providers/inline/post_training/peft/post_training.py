@@ -15,7 +15,6 @@ from llama_post.apis.models import Models
 from llama_post.apis.post_training import (
     EfficiencyConfig,
     LoraFinetuningConfig,
-    PreferenceOptimizeRequest,
     TrainingRequest,
 )
 from providers.inline.post_training.peft.config import PeftPostTrainingConfig
@@ -27,8 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class PeftPostTraining(LocalJobs):
-    """LoRA and full fine-tuning (SFT, DPO) with transformers + peft, in worker processes that
-    run `recipe_sft` or `recipe_dpo` over the job's folder."""
+    """LoRA and full fine-tuning (SFT, DPO, GRPO) with transformers + peft, in worker processes
+    that run `recipe_sft`, `recipe_dpo` or `recipe_grpo` over the job's folder."""
 
     def __init__(
         self, config: PeftPostTrainingConfig, datasets: Datasets, models: Models, provider_id: str
@@ -66,12 +65,9 @@ def _prepare(
 ) -> Prepared:
     request = spec.request
     if isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None:
-        dpo = isinstance(request, PreferenceOptimizeRequest)
-        field = "finetuning_config" if dpo else "algorithm_config"
-        check_lora_targets(spec.base_folder, request.tuning, field)
+        check_lora_targets(spec.base_folder, request.tuning, request.tuning_field)
     return prepare(spec, train, validation)
 
 
 def _recipe(request: TrainingRequest) -> str:
-    name = "recipe_dpo" if isinstance(request, PreferenceOptimizeRequest) else "recipe_sft"
-    return f"providers.inline.post_training.peft.{name}"
+    return f"providers.inline.post_training.peft.recipe_{request.method}"

@@ -312,8 +312,19 @@ def record(job_dir: Path, metrics: StepMetrics) -> None:
     extras = "".join(
         f" {name.replace('_', ' ')} {value:.4f}"
         for name, value in metrics.model_dump(exclude_none=True).items()
-        if name in ("reward_margin", "reward_accuracy", "validation_loss")
+        if name
+        in (
+            "reward_margin",
+            "reward_accuracy",
+            "validation_loss",
+            "reward_mean",
+            "kl",
+            "validation_reward",
+        )
     )
+    if metrics.loss is None:  # a measurement only (GRPO's held-out reward before training)
+        log.info("step %d%s", metrics.step, extras)
+        return
     log.info(
         "step %d epoch %d loss %.4f lr %.2e%s",
         metrics.step,

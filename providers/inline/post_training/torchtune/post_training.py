@@ -74,6 +74,14 @@ class TorchtunePostTraining(LocalJobs):
         return [str(self.python), str(ENGINE), str(job_dir)]
 
     def refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
+        if request.method == "grpo":
+            return [
+                (
+                    "algorithm_config",
+                    "inline::torchtune runs torchtune's SFT and DPO recipes, not reinforcement "
+                    "fine-tuning; send it to an inline::peft provider (provider_id)",
+                )
+            ]
         dpo = isinstance(request, PreferenceOptimizeRequest)
         tuning_field = "finetuning_config" if dpo else "algorithm_config"
         cfg = request.training_config

@@ -1,0 +1,508 @@
+"""Group relative policy optimization (GRPO), LoRA or full, as one recipe: setup, the rollouts,
+the grading, the step, the save.
+
+Run by a worker process: `python -m providers.inline.post_training.peft.recipe_grpo JOB_DIR`.
+Each step takes a batch of prompts, samples `group_size` answers to each with the current
+policy (through the inference engine's continuous batching, on this process's model, adapter
+active), scores them with the job's grader, and turns each score into an advantage within its
+group: (reward - group mean), over the group's standard deviation unless told otherwise,
+clamped where asked. The policy then takes `num_iterations` optimizer updates of the clipped
+objective on those answers:
+
+    ratio = exp(logp - logp_sampling)
+    loss  = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + kl_coef * KL(policy || start)
+
+per answer token, averaged per answer then over answers (`sequence`) or over every answer token
+of the step (`token`). KL is the k3 estimator, exp(ref - logp) - (ref - logp) - 1, against the
+starting model: with LoRA, the same weights with the adapter disabled, so no second copy exists.
+
+Sampling seeds are a function of the job's seed, the step and the answer's place, so a resumed
+job samples exactly what it would have; resume, cancel and checkpoints work as in `recipe_sft`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from llama_post.apis.post_training import (
+    LoraFinetuningConfig,
+    ReinforceRequest,
+    StepMetrics,
+)
+from llama_post.graders import GraderRunner, GraderSettings, Sample
+from providers.inline.inference.transformers.engine import Engine
+from providers.inline.inference.transformers.sampling import SamplingParams
+from providers.inline.post_training.peft.training import (
+    Cancelled,
+    NonFiniteGuard,
+    beat,
+    clip,
+    injected_fault,
+    install_cancel_handler,
+    label_logps,
+    load_model,
+    make_optimizer,
+    make_scheduler,
+    peak_memory,
+    record,
+    restore,
+    run,
+    save,
+    seed_everything,
+    truncate_metrics,
+)
+from providers.jobs.folder import JobFolder, checkpoints, read_jsonl, write_json_atomic
+from providers.training.data import IGNORE, Example, collate, epoch_order, first_fit, render_prompt
+
+log = logging.getLogger("recipe_grpo")
+
+SAMPLES_LOGGED = 2  # answers shown in the job's events per logged step
+
+
+class GraderFailed(Exception):
+    """The grader failed on every answer of the job's first batch: it cannot score this data."""
+
+
+@dataclass
+class Answer:
+    prompt: int  # its prompt's index in the rows
+    ids: list[int]  # the tokens sampled (an end-of-sequence token included)
+    text: str  # what the grader reads: the text, cut before a stop sequence
+
+
+def main(job_dir: Path) -> None:
+    # -- setup ---------------------------------------------------------------------------------
+    folder = JobFolder(job_dir)
+    spec = folder.read_spec()
+    request = spec.request
+    assert isinstance(request, ReinforceRequest)
+    cfg, algo = request.training_config, request.algorithm_config
+    data_cfg = cfg.data
+    stop = install_cancel_handler()
+    if spec.torch_threads:
+        torch.set_num_threads(spec.torch_threads)
+    seed_everything(cfg.seed)
+
+    tokenizer, model = load_model(spec)
+    # the KL's reference: the base, the LoRA adapter disabled (full fine-tuning has none)
+    lora = isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    grader = GraderRunner(
+        request.grading,
+        settings=GraderSettings(**spec.grader_settings),  # type: ignore[arg-type]
+    )
+    rows, held_out = read_jsonl(folder.train), read_jsonl(folder.validation)
+    prompts = [render_prompt(r, tokenizer) for r in rows]
+    held_out_prompts = [render_prompt(r, tokenizer) for r in held_out]
+    ga = cfg.gradient_accumulation_steps
+    plan = plan_steps(len(rows), request)
+    total_steps = sum(plan)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, request)
+    scheduler = make_scheduler(optimizer, request, total_steps * algo.num_iterations)
+    engine = Engine(model, tokenizer, spec.device, data_cfg.batch_size * ga * algo.group_size)
+    eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
+    sampling = SamplingParams(
+        max_tokens=algo.max_tokens,
+        temperature=algo.temperature,
+        top_p=algo.top_p,
+        stop=tuple(algo.stop),
+        eos_ids=frozenset(e for e in eos if e is not None),
+    )
+    log.info(
+        "GRPO %s: %d prompts (%d held out), %d steps of %d prompts x %d answers, %s "
+        "parameters trained",
+        spec.job_uuid,
+        len(rows),
+        len(held_out),
+        total_steps,
+        data_cfg.batch_size * ga,
+        algo.group_size,
+        f"{sum(p.numel() for p in params):,}",
+    )
+
+    checkpoint_dir = Path(spec.checkpoint_dir)
+    epoch, step_in_epoch, global_step = 0, 0, 0
+    latest = checkpoints(checkpoint_dir)
+    if latest:
+        epoch, step_in_epoch, global_step = restore(latest[-1][1], model, optimizer, scheduler)
+        log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
+    truncate_metrics(folder.metrics, global_step if latest else -1)
+    if not latest and held_out:
+        base = _validate(engine, grader, held_out, held_out_prompts, sampling, request)
+        log.info("held-out reward before training: %.4f", base)
+        record(job_dir, StepMetrics(step=0, epoch=0, validation_reward=base, timestamp=time.time()))
+
+    # -- the loop ------------------------------------------------------------------------------
+    guard = NonFiniteGuard(request.supervision)
+    every = request.logger_config.log_every_n_steps if request.logger_config else 1
+    last: dict[str, float | None] = {"train_loss": None}
+    while epoch < cfg.n_epochs:
+        order = epoch_order(len(rows), cfg.seed, epoch, data_cfg.shuffle)
+        per_step = data_cfg.batch_size * ga
+        while step_in_epoch < plan[epoch]:
+            if stop.is_set():
+                raise Cancelled
+            beat("training", global_step + 1, 0)
+            indices = order[step_in_epoch * per_step : (step_in_epoch + 1) * per_step]
+
+            # the rollouts: group_size answers to each prompt, sampled together
+            started = time.perf_counter()
+            answers = _sample(
+                engine, prompts, indices, sampling, algo.group_size, cfg.seed, global_step
+            )
+            sampling_seconds = time.perf_counter() - started
+
+            # the grading: a failed answer scores 0 and is counted
+            results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
+            failed = [r.error for r in results if r.error is not None]
+            if global_step == 0 and len(failed) == len(results):
+                raise GraderFailed(
+                    f"the grader failed on every answer of the first batch: {failed[0]}"
+                )
+            rewards = torch.tensor(
+                [0.0 if r.error is not None else r.score for r in results]
+            ).reshape(len(indices), algo.group_size)
+            advantages = group_advantages(
+                rewards, algo.advantage_normalization, algo.advantage_clip
+            ).flatten()
+
+            # the step: num_iterations updates on these answers
+            started = time.perf_counter()
+            examples = [_example(prompts[a.prompt], a.ids) for a in answers]
+            micro = [
+                list(range(k, min(k + data_cfg.batch_size * algo.group_size, len(examples))))
+                for k in range(0, len(examples), data_cfg.batch_size * algo.group_size)
+            ]
+            reference = (
+                _logps(model, examples, micro, pad_id, spec.device, adapter=False) if lora else None
+            )
+            sampled = None
+            if algo.num_iterations > 1:  # the sampling policy's log-probs, for the ratio
+                sampled = _logps(model, examples, micro, pad_id, spec.device, adapter=True)
+            model.train()
+            normalizer = float(
+                len(examples)
+                if algo.loss_aggregation == "sequence"
+                else sum(len(a.ids) for a in answers)
+            )
+            # the loss is the updates' mean; KL and clipping are over every update's tokens
+            totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
+            for iteration in range(algo.num_iterations):
+                update_loss = 0.0
+                for m, seqs in enumerate(micro):
+                    if stop.is_set():
+                        raise Cancelled
+                    beat("training", global_step + 1, iteration * len(micro) + m)
+                    logps, owner = sequence_logps(
+                        model, [examples[i] for i in seqs], pad_id, spec.device
+                    )
+                    parts = GRPOTerms(
+                        logps=logps,
+                        sampled=logps.detach() if sampled is None else sampled[m],
+                        reference=None if reference is None else reference[m],
+                        advantages=advantages[seqs].to(logps.device),
+                        owner=owner,
+                    )
+                    loss, stats = grpo_loss(
+                        parts, algo.clip_epsilon, algo.kl_coef, algo.loss_aggregation, normalizer
+                    )
+                    loss = injected_fault(loss, global_step + 1)
+                    torch.autograd.backward(loss)
+                    update_loss += float(loss.detach())
+                    for name in ("kl", "clipped", "tokens"):
+                        totals[name] += stats[name]
+                grad_norm = clip(params, cfg.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                totals["loss"] += update_loss / algo.num_iterations
+                if guard.admits(global_step + 1, update_loss, grad_norm):
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            training_seconds = time.perf_counter() - started
+            step_in_epoch += 1
+            global_step += 1
+
+            # the record
+            lengths = [len(a.ids) for a in answers]
+            sampled_tokens = sum(lengths)
+            trained_tokens = sum(len(e.input_ids) for e in examples) * algo.num_iterations
+            last = {"train_loss": totals["loss"], "reward_mean": float(rewards.mean())}
+            held: float | None = None
+            if step_in_epoch == plan[epoch] and held_out:
+                held = _validate(engine, grader, held_out, held_out_prompts, sampling, request)
+            if global_step % every == 0 or held is not None:
+                for a, r in list(zip(answers, results, strict=True))[
+                    :: max(1, len(answers) // SAMPLES_LOGGED)
+                ][:SAMPLES_LOGGED]:
+                    log.info(
+                        "sample (reward %.3f%s): %r",
+                        0.0 if r.error else r.score,
+                        f", grader error: {r.error}" if r.error else "",
+                        a.text[:200],
+                    )
+                record(
+                    job_dir,
+                    StepMetrics(
+                        step=global_step,
+                        epoch=epoch,
+                        loss=totals["loss"],
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        tokens=trained_tokens,
+                        tokens_per_second=trained_tokens / training_seconds,
+                        step_seconds=sampling_seconds + training_seconds,
+                        reward_mean=float(rewards.mean()),
+                        reward_std=float(rewards.std(correction=0)),
+                        rewards_by_grader=_by_grader(results),
+                        grader_errors=len(failed),
+                        zero_variance_groups=float(
+                            (rewards.std(-1, correction=0) == 0).float().mean()
+                        ),
+                        kl=totals["kl"] / totals["tokens"] if reference is not None else None,
+                        clip_fraction=totals["clipped"] / totals["tokens"],
+                        completion_length=sampled_tokens / len(answers),
+                        sampling_tokens_per_second=sampled_tokens / sampling_seconds,
+                        sampling_seconds=sampling_seconds,
+                        training_tokens_per_second=trained_tokens / training_seconds,
+                        validation_reward=held,
+                        timestamp=time.time(),
+                    ),
+                )
+            write_json_atomic(
+                folder.progress,
+                {
+                    "step": global_step,
+                    "total_steps": total_steps,
+                    "epoch": epoch,
+                    "peak_memory_bytes": peak_memory(spec.device),
+                },
+            )
+            epoch_done = step_in_epoch == plan[epoch]
+            next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
+            if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
+                save(
+                    checkpoint_dir,
+                    model,
+                    tokenizer,
+                    optimizer,
+                    scheduler,
+                    request,
+                    global_step,
+                    next_position,
+                    {"validation_loss": None, **last},
+                    final=False,
+                )
+        epoch, step_in_epoch = epoch + 1, 0
+
+    # -- the save ------------------------------------------------------------------------------
+    engine.stop()
+    save(
+        checkpoint_dir,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        request,
+        global_step,
+        (cfg.n_epochs, 0),
+        {"validation_loss": None, **last},
+        final=True,
+    )
+    log.info("done: %d steps", global_step)
+
+
+# -- the math ----------------------------------------------------------------------------------
+
+
+def group_advantages(
+    rewards: torch.Tensor, normalization: Literal["std", "none"], limit: float | None
+) -> torch.Tensor:
+    """Each answer's reward against its group's ([prompts, group_size]): centred on the group's
+    mean, over its (sample) standard deviation + 1e-4 for `std`, clamped to +-`limit`."""
+    advantages = rewards - rewards.mean(-1, keepdim=True)
+    if normalization == "std":
+        advantages = advantages / (rewards.std(-1, keepdim=True) + 1e-4)
+    if limit is not None:
+        advantages = advantages.clamp(-limit, limit)
+    return advantages
+
+
+@dataclass
+class GRPOTerms:
+    """Per answer token (flat): the policy's log-prob, the sampling policy's, the starting
+    model's (None: no KL), and the answer it belongs to; per answer, its advantage."""
+
+    logps: torch.Tensor
+    sampled: torch.Tensor
+    reference: torch.Tensor | None
+    advantages: torch.Tensor
+    owner: torch.Tensor
+
+
+def grpo_loss(
+    terms: GRPOTerms,
+    clip_epsilon: float,
+    kl_coef: float,
+    aggregation: Literal["sequence", "token"],
+    normalizer: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped policy-gradient loss of these answers, as their share of the step's: summed
+    per token, each token weighted 1 / its answer's length (`sequence`) or 1 (`token`), over
+    `normalizer` (the step's answers, or its answer tokens). Also the summed KL, the clipped
+    tokens and the token count, for the metrics."""
+    ratio = torch.exp(terms.logps - terms.sampled)
+    advantage = terms.advantages[terms.owner]
+    unclipped = ratio * advantage
+    clipped = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon) * advantage
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(per_token)
+    if terms.reference is not None:
+        delta = terms.reference - terms.logps
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + kl_coef * kl
+    if aggregation == "sequence":
+        lengths = torch.bincount(terms.owner, minlength=len(terms.advantages)).to(per_token.dtype)
+        per_token = per_token / lengths[terms.owner]
+    loss = per_token.sum() / normalizer
+    stats = {
+        "kl": float(kl.detach().sum()),
+        "clipped": float((clipped < unclipped).float().sum()),
+        "tokens": float(len(per_token)),
+    }
+    return loss, stats
+
+
+def sequence_logps(
+    model: Any, examples: list[Example], pad_id: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-prob of each answer token of each example, flat, and the example it belongs to.
+    The examples run packed in the fewest rows that hold them (no attention across them)."""
+    width = max(len(e.input_ids) for e in examples)
+    rows = first_fit(list(range(len(examples))), lambda i: len(examples[i].input_ids), width)
+    batch = collate([[examples[i] for i in row] for row in rows], pad_id, packed=True)
+    logps, _ = label_logps(model, {k: v.to(device) for k, v in batch.items()})
+    owner = [i for row in rows for i in row for _ in range(examples[i].trained)]
+    return logps, torch.tensor(owner, dtype=torch.long, device=logps.device)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def plan_steps(count: int, request: ReinforceRequest) -> list[int]:
+    """Optimizer steps (batches of prompts) in each epoch; a last partial batch is dropped."""
+    cfg = request.training_config
+    per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps
+    steps = max(1, count // per_step)
+    return [min(steps, cfg.max_steps_per_epoch or steps)] * cfg.n_epochs
+
+
+def _sample(
+    engine: Engine,
+    prompts: list[list[int]],
+    indices: list[int],
+    params: SamplingParams,
+    group_size: int,
+    seed: int,
+    step: int,
+) -> list[Answer]:
+    """`group_size` answers to each prompt, decoded together; answer j of step s has its own
+    seed, so a resumed job draws the same answers."""
+    wanted = [(i, j) for i in indices for j in range(group_size)]
+    engine.model.eval()
+
+    async def one(k: int, prompt: int) -> Answer:
+        seeded = SamplingParams(**{**params.__dict__, "seed": _seed(seed, step, k)})
+        ids: list[int] = []
+        text: list[str] = []
+        async for event in engine.generate(prompts[prompt], seeded, None):
+            ids += [t.id for t in event.tokens]
+            text.append(event.text)
+        return Answer(prompt, ids, "".join(text))
+
+    async def every() -> list[Answer]:
+        return list(await asyncio.gather(*(one(k, i) for k, (i, _) in enumerate(wanted))))
+
+    return asyncio.run(every())
+
+
+def _seed(seed: int, step: int, k: int) -> int:
+    return (seed * 1_000_003 + step * 65_537 + k) % (2**63)
+
+
+def _example(prompt: list[int], answer: list[int]) -> Example:
+    ids = prompt + answer
+    return Example(ids, [IGNORE] * len(prompt) + answer, len(ids))
+
+
+@torch.no_grad()
+def _logps(
+    model: Any,
+    examples: list[Example],
+    micro: list[list[int]],
+    pad_id: int,
+    device: str,
+    adapter: bool,
+) -> list[torch.Tensor]:
+    """Each micro-batch's answer-token log-probs without gradients: the current policy's, or
+    (adapter=False) the starting model's, the LoRA adapter disabled for the pass."""
+    model.eval()
+    out = []
+    for seqs in micro:
+        batch = [examples[i] for i in seqs]
+        if adapter:
+            logps, _ = sequence_logps(model, batch, pad_id, device)
+        else:
+            with model.disable_adapter():
+                logps, _ = sequence_logps(model, batch, pad_id, device)
+        out.append(logps)
+    return out
+
+
+def _validate(
+    engine: Engine,
+    grader: GraderRunner,
+    rows: list[dict[str, Any]],
+    prompts: list[list[int]],
+    params: SamplingParams,
+    request: ReinforceRequest,
+) -> float:
+    """Mean score of one answer to each held-out prompt (the same seeds each time, so two
+    validations differ by the policy alone)."""
+    beat("validating")
+    limit = request.training_config.max_validation_steps
+    count = (
+        len(rows)
+        if limit is None
+        else min(len(rows), limit * request.training_config.data.batch_size)
+    )
+    answers = _sample(
+        engine, prompts, list(range(count)), params, 1, request.training_config.seed, -1
+    )
+    results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
+    return sum(0.0 if r.error else r.score for r in results) / max(1, len(results))
+
+
+def _by_grader(results: list[Any]) -> dict[str, float] | None:
+    names = sorted({name for r in results for name in r.sub_scores})
+    if not names:
+        return None
+    return {n: sum(r.sub_scores.get(n, 0.0) for r in results) / len(results) for n in names}
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+if __name__ == "__main__":
+    run(main, Path(sys.argv[1]))
