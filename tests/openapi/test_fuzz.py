@@ -67,7 +67,9 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
     # the model's, not the spec's), and guided fields are a 400 where the provider cannot
     # constrain its output. A grader's templates, pattern, JSON Schema and formula must parse,
     # and its metric, model and kind must be served here (`python` where enabled): a 400 naming
-    # the field, which OpenAPI cannot state (a reinforcement job's grader too).
+    # the field, which OpenAPI cannot state (a reinforcement job's grader too). A model
+    # registered from an archive needs a file that is a checkpoint's tar, or a URL under the
+    # distribution's `archive_url_prefixes` (none by default): a 400 naming the source.
     assert set(report["warnings"]["validation_mismatch"]) <= {
         "POST /v1/post-training/graders/run",
         "POST /v1/post-training/graders/validate",
@@ -79,4 +81,5 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
         "POST /v1/fine_tuning/jobs",
         "POST /llm-engine/v1/llm/completions-sync",
         "POST /llm-engine/v1/llm/completions-stream",
+        "POST /v1/models",
     }, done.stdout[-5000:]

@@ -85,7 +85,9 @@ def test_a_frozen_worker_is_retried_and_ends_as_if_nothing_happened(
     assert first["ended_because"].startswith("the worker stalled in its training phase at step")
     assert "(the limit is 5 s)" in first["ended_because"]
     assert second["attempt"] == 2 and second["ended_because"] is None
-    assert second["resumed_from"] in ("step-000006", "step-000009")
+    # from a checkpoint taken before the freeze (every 3 steps; the freeze lands at step 7 or,
+    # as fast as the tiny model trains, a few steps later)
+    assert second["resumed_from"] in [f"step-{n:06d}" for n in (6, 9, 12, 15)], second
     assert any("SUPERVISOR attempt 1 ended: the worker stalled" in line for line in logs)
     assert any(
         f"SUPERVISOR attempt 2 starts, resuming from {second['resumed_from']}" in line
