@@ -493,7 +493,7 @@ class LocalJobs:
         """The command that runs the job in `job_dir`. The trainer's."""
         raise NotImplementedError
 
-    multi_rank = False  # whether the trainer's recipe runs as several ranks (torchrun)
+    multi_rank: frozenset[str] = frozenset()  # the methods whose recipes run as torchrun's ranks
 
     async def gather(self, request: TrainingRequest, job_uuid: str) -> Gathered:
         """What every trainer checks first: the model (registered, its weights readable here,
@@ -687,19 +687,12 @@ class LocalJobs:
         torchrun = self._torchrun
         if torchrun is None:
             return []
-        if not self.multi_rank:
+        if request.method not in self.multi_rank:
             return [
                 (
                     "launcher.nproc_per_node",
-                    "this trainer's recipes run as one rank; use the launcher local or ray",
-                )
-            ]
-        if isinstance(request, ReinforceRequest):
-            return [
-                (
-                    "launcher.nproc_per_node",
-                    "the GRPO recipe runs as one rank (its rollouts are not split across "
-                    "ranks yet); use a provider whose launcher is local or ray",
+                    f"this trainer's {request.method.upper()} recipe runs as one rank; use a "
+                    "provider whose launcher is local or ray",
                 )
             ]
         if isinstance(self.launcher, RayLauncher):

@@ -35,7 +35,7 @@ class PeftPostTraining(LocalJobs):
         super().__init__(config, datasets, models, provider_id)
         self.config = config
 
-    multi_rank = True  # recipe_sft and recipe_dpo run as torchrun's ranks
+    multi_rank = frozenset({"sft", "dpo"})  # recipe_grpo's rollouts are not split across ranks
 
     def worker(self, request: TrainingRequest, job_dir: Path) -> list[str]:
         return [sys.executable, "-m", _recipe(request), str(job_dir)]

@@ -34,7 +34,6 @@ from providers.inline.post_training.peft.training import (
     load_model,
     make_optimizer,
     make_scheduler,
-    peak_memory,
     record,
     restore_state,
     restore_weights,
@@ -42,6 +41,7 @@ from providers.inline.post_training.peft.training import (
     save,
     seed_everything,
     truncate_metrics,
+    write_progress,
 )
 from providers.jobs.folder import (
     JobFolder,
@@ -232,15 +232,7 @@ def main(job_dir: Path) -> None:
                     ),
                 )
             if ranks.leader:
-                write_json_atomic(
-                    JobFolder(job_dir).progress,
-                    {
-                        "step": global_step,
-                        "total_steps": total_steps,
-                        "epoch": epoch,
-                        "peak_memory_bytes": peak_memory(spec.device),
-                    },
-                )
+                write_progress(job_dir, global_step, total_steps, epoch, spec.device)
             epoch_done = step_in_epoch == plan[epoch]
             next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
             if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:

@@ -51,15 +51,15 @@ from providers.inline.post_training.peft.training import (
     load_model,
     make_optimizer,
     make_scheduler,
-    peak_memory,
     record,
     restore,
     run,
     save,
     seed_everything,
     truncate_metrics,
+    write_progress,
 )
-from providers.jobs.folder import JobFolder, checkpoints, read_jsonl, write_json_atomic
+from providers.jobs.folder import JobFolder, checkpoints, read_jsonl
 from providers.training.data import IGNORE, Example, collate, epoch_order, first_fit, render_prompt
 
 log = logging.getLogger("recipe_grpo")
@@ -277,15 +277,7 @@ def main(job_dir: Path) -> None:
                         timestamp=time.time(),
                     ),
                 )
-            write_json_atomic(
-                folder.progress,
-                {
-                    "step": global_step,
-                    "total_steps": total_steps,
-                    "epoch": epoch,
-                    "peak_memory_bytes": peak_memory(spec.device),
-                },
-            )
+            write_progress(job_dir, global_step, total_steps, epoch, spec.device)
             epoch_done = step_in_epoch == plan[epoch]
             next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
             if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:

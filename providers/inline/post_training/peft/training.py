@@ -34,6 +34,7 @@ from providers.jobs.folder import (
     JobFolder,
     JobSpec,
     read_jsonl,
+    write_json_atomic,
 )
 from providers.training import distributed
 from providers.training.data import IGNORE
@@ -249,6 +250,17 @@ def peak_memory(device: str) -> int:
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated())
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def write_progress(job_dir: Path, step: int, total_steps: int, epoch: int, device: str) -> None:
+    """Where the job stands, for the server's status and watchdog (the leader rank's alone)."""
+    progress = {
+        "step": step,
+        "total_steps": total_steps,
+        "epoch": epoch,
+        "peak_memory_bytes": peak_memory(device),
+    }
+    write_json_atomic(JobFolder(job_dir).progress, progress)
 
 
 def injected_fault(loss: torch.Tensor, step: int) -> torch.Tensor:
