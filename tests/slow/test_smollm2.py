@@ -292,57 +292,63 @@ def test_grpo_raises_the_held_out_reward_of_smollm2(tmp_path: Path, home: Path) 
     server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
     server.start(timeout=300)
     try:
-        http = httpx.Client(base_url=server.url, timeout=60)
-        rows = sums(40, seed=0)
-        for dataset_id, part in (("grpo-sums", rows[:24]), ("grpo-held-out", rows[24:])):
-            made = http.post(
-                "/v1/datasets",
-                json={
-                    "dataset_id": dataset_id,
-                    "purpose": "prompt",
-                    "source": {"type": "rows", "rows": part},
-                },
-            )
-            assert made.status_code == 200, made.text
-        created = http.post(
-            "/v1/post-training/reinforce",
-            json={
-                "model": SMOLLM2,
-                "algorithm_config": {"group_size": 6, "max_tokens": 8, "temperature": 1.0},
-                "grader": {
-                    "type": "string_check",
-                    "name": "sum",
-                    "input": "{{sample.output_text}}",
-                    "reference": "{{item.answer}}",
-                    "operation": "like",
-                },
-                "training_config": {
-                    "n_epochs": 1,
-                    "data_config": {
-                        "dataset_id": "grpo-sums",
-                        "validation_dataset_id": "grpo-held-out",
-                        "batch_size": 2,
-                    },
-                    "optimizer_config": {"lr": 3e-3},
-                },
-                "finetuning_config": {"type": "LoRA", "rank": 8, "alpha": 16},
-            },
-        )
-        assert created.status_code == 200, created.text
-        job_uuid = created.json()["job_uuid"]
-        status = wait_for_job(server, job_uuid, timeout=900)
-        assert status["status"] == "completed", status
-        metrics = http.get(f"/v1/post-training/jobs/{job_uuid}/metrics").json()["data"]
-        held_out = [
-            (m["step"], m["validation_reward"])
-            for m in metrics
-            if m["validation_reward"] is not None
-        ]
-        (start, base), (end, trained) = held_out[0], held_out[-1]
-        assert (start, end) == (0, 12)
-        # measured: 0.19 before, 0.88 after (16 held-out prompts, one answer each)
-        assert base <= 0.4 and trained >= base + 0.3, held_out
-        rewards = [m["reward_mean"] for m in metrics if m["reward_mean"] is not None]
-        assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            metrics = _train_grpo_on_sums(server, http)
     finally:
         server.stop()
+    held_out = [
+        (m["step"], m["validation_reward"]) for m in metrics if m["validation_reward"] is not None
+    ]
+    (start, base), (end, trained) = held_out[0], held_out[-1]
+    assert (start, end) == (0, 12)
+    # measured: 0.19 before, 0.88 after (16 held-out prompts, one answer each)
+    assert base <= 0.4 and trained >= base + 0.3, held_out
+    rewards = [m["reward_mean"] for m in metrics if m["reward_mean"] is not None]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
+
+
+def _train_grpo_on_sums(server: Server, http: httpx.Client) -> list[dict[str, Any]]:
+    """A GRPO job on 24 sums, 16 held out; its per-step metrics."""
+    rows = sums(40, seed=0)
+    for dataset_id, part in (("grpo-sums", rows[:24]), ("grpo-held-out", rows[24:])):
+        made = http.post(
+            "/v1/datasets",
+            json={
+                "dataset_id": dataset_id,
+                "purpose": "prompt",
+                "source": {"type": "rows", "rows": part},
+            },
+        )
+        assert made.status_code == 200, made.text
+    created = http.post(
+        "/v1/post-training/reinforce",
+        json={
+            "model": SMOLLM2,
+            "algorithm_config": {"group_size": 6, "max_tokens": 8, "temperature": 1.0},
+            "grader": {
+                "type": "string_check",
+                "name": "sum",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "operation": "like",
+            },
+            "training_config": {
+                "n_epochs": 1,
+                "data_config": {
+                    "dataset_id": "grpo-sums",
+                    "validation_dataset_id": "grpo-held-out",
+                    "batch_size": 2,
+                },
+                "optimizer_config": {"lr": 3e-3},
+            },
+            "finetuning_config": {"type": "LoRA", "rank": 8, "alpha": 16},
+        },
+    )
+    assert created.status_code == 200, created.text
+    job_uuid = created.json()["job_uuid"]
+    status = wait_for_job(server, job_uuid, timeout=900)
+    assert status["status"] == "completed", status
+    found: list[dict[str, Any]] = http.get(f"/v1/post-training/jobs/{job_uuid}/metrics").json()[
+        "data"
+    ]
+    return found
