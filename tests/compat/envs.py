@@ -1,12 +1,18 @@
 """Virtual environments holding other releases of the client SDKs, for the compatibility tests.
 
-Each is made once under `.venv-compat/<name>` from `pins/<name>.txt`, the hashed lock of
-`pins/<name>.in` that `make lock` writes, with the interpreter the release needs, and made again
-when its lock changes.
+Each is built once from `pins/<name>.txt`, the hashed lock of `pins/<name>.in` that `make lock`
+writes, with the interpreter the release needs, into a cache outside the clone (beside the
+engines' environments: `$LLAMA_POST_CLIENTS`, else `~/.cache/llama-post/clients`), in a folder
+named after the lock's hash and the interpreter's version: every clone and CI run reuses it while
+the lock is unchanged. uv (the Makefile's, in `.tools/`) syncs it to the lock exactly, hashes
+checked; pip's `--require-hashes` refuses a complete lock whose packages declare extras (tinker's
+`httpx[http2]`) once a newer release of the extra's package exists.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -15,34 +21,57 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ENVS = ROOT / ".venv-compat"
 PINS = Path(__file__).parent / "pins"
+UV = ROOT / ".tools" / "bin" / "uv"
+
+
+def cache_root() -> Path:
+    explicit = os.environ.get("LLAMA_POST_CLIENTS")
+    return Path(explicit) if explicit else Path.home() / ".cache" / "llama-post" / "clients"
 
 
 def client_python(name: str, interpreter: str = sys.executable) -> Path:
-    """The Python of the environment `name`, its pins installed."""
+    """The Python of the environment `name`, its pins installed (built once, then reused)."""
     pins = PINS / f"{name}.txt"
-    folder = ENVS / name
-    stamp, python = folder / ".pins", folder / "bin" / "python"
-    if python.is_file() and stamp.is_file() and stamp.read_text() == pins.read_text():
+    version = subprocess.run(
+        [interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    digest = hashlib.sha256(pins.read_bytes()).hexdigest()[:12]
+    folder = cache_root() / f"{name}-py{version}-{digest}"
+    python = folder / "bin" / "python"
+    if (folder / ".installed").is_file() and python.is_file():
         return python
-    shutil.rmtree(folder, ignore_errors=True)
-    subprocess.run([interpreter, "-m", "venv", str(folder)], check=True)
+    if not UV.is_file():
+        subprocess.run(["make", "-s", str(UV.relative_to(ROOT))], cwd=ROOT, check=True)
+    # Staged in a folder of its own and renamed into place: a cut-off build is never taken for a
+    # done one, and two test processes building the same one do not share a half-built folder.
+    staging = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    uv = [str(UV), "--quiet"]
+    subprocess.run([*uv, "venv", "--relocatable", "--python", interpreter, staging], check=True)
     subprocess.run(
         [
-            python,
-            "-m",
+            *uv,
             "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
+            "sync",
+            "--python",
+            staging / "bin" / "python",
             "--require-hashes",
-            "-r",
+            "--link-mode",
+            "copy",
             pins,
         ],
         check=True,
     )
-    stamp.write_text(pins.read_text())
+    (staging / ".installed").touch()
+    try:
+        staging.rename(folder)
+    except OSError:  # built meanwhile by another process: keep that one
+        shutil.rmtree(staging, ignore_errors=True)
     return python
 
 
