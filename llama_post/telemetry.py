@@ -45,6 +45,12 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ["model"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+BATCH_SIZE = Histogram(
+    "llama_post_inference_batch_size",
+    "Sequences in one forward pass of an engine, by model and phase (prefill or decode).",
+    ["model", "phase"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 JOB_STEPS = Counter(
     "llama_post_job_steps_total",
     "Optimizer steps completed by training jobs (a resumed job's replayed steps count once).",

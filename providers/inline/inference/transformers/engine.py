@@ -241,6 +241,7 @@ class Engine:
         cache = DynamicCache(config=self.model.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self._forward(ids, mask, positions, cache, new, logits_to_keep=1)
+        telemetry.BATCH_SIZE.labels(self.name, "prefill").observe(len(new))
         self._join(cache, mask)
         self._active.extend(new)
         for seq, row in zip(new, logits[:, -1, :], strict=True):
@@ -253,6 +254,7 @@ class Engine:
         positions = self._mask.sum(-1, keepdim=True)
         mask = F.pad(self._mask, (0, 1), value=1)
         logits = self._forward(ids, mask, positions, self._cache, self._active)
+        telemetry.BATCH_SIZE.labels(self.name, "decode").observe(len(self._active))
         self._mask = mask
         for seq, row in zip(self._active, logits[:, -1, :], strict=True):
             self._advance(seq, row)
