@@ -21,7 +21,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from llama_post import logs
 from llama_post.archives import SHA256_HEADER
-from llama_post.auth import PRINCIPAL, AuthMiddleware, KeyStore, RedactSecrets, is_loopback
+from llama_post.auth import PRINCIPAL, KeyStore, RedactSecrets, is_loopback
 from llama_post.codec import build_request, carried_arguments
 from llama_post.distribution.checkpoints import BASE_URL
 from llama_post.distribution.config import RunConfig, ServerConfig, load_run_config
@@ -40,6 +40,8 @@ from llama_post.errors import (
 from llama_post.openapi.generator import build_spec
 from llama_post.routes import Dispatcher, Route
 from llama_post.schema import LLM_ENGINE, TINKER, FileContent, UploadedFile
+from llama_post.server.auth import AuthMiddleware
+from llama_post.server.errors import error_response
 from llama_post.server.observe import RequestMiddleware, envelope
 from llama_post.ui import ui_routes
 
@@ -260,17 +262,6 @@ def _attachment(filename: str) -> str:
     from urllib.parse import quote
 
     return f"attachment; filename*=UTF-8''{quote(filename)}"
-
-
-def error_response(exc: LlamaPostError, family: str | None = None) -> JSONResponse:
-    """The error in OpenAI's envelope; for LLM Engine's routes, as its client reads errors
-    (FastAPI's `{"detail": message}`)."""
-    body = {"detail": exc.message} if family == LLM_ENGINE else envelope(exc.to_body())
-    headers = {}
-    if 400 <= exc.status < 500 and exc.status not in (408, 429):
-        # the same request would fail again: SDKs that retry 409s (Tinker's, OpenAI's) stop
-        headers["x-should-retry"] = "false"
-    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 async def _on_error(request: Request, exc: LlamaPostError) -> Response:
