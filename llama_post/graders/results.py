@@ -1,4 +1,5 @@
-"""What grading answers (`GradeResult`) and what it is allowed (`GraderSettings`)."""
+"""What grading answers (`GradeResult`) and what it is allowed (`GraderSettings`, part of the
+PostTraining API, which hands it to providers)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_post.apis.post_training.graders import GraderSettings
 from llama_post.graders.templates import ErrorKind, Sample
+
+__all__ = ["GradeResult", "GraderSettings", "Pair"]
 
 Pair = tuple[Mapping[str, Any], Sample]
 
@@ -20,14 +24,3 @@ class GradeResult:
     sub_scores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     error_kind: ErrorKind | None = None  # what failed, when `error` is set
-
-
-@dataclass(frozen=True)
-class GraderSettings:
-    """What the distribution allows (run.yaml's `graders:`): the python grader is off unless
-    enabled, and then limited per sample."""
-
-    python_enabled: bool = False
-    python_cpu_seconds: float = 5
-    python_memory_mb: int = 512
-    python_timeout_s: float = 10

@@ -4,7 +4,6 @@ from llama_post.apis.datasets.models import (
     AppendRowsResponse,
     Dataset,
     DatasetFormat,
-    DatasetPurpose,
     DataSource,
     FileDataSource,
     IterRowsRequest,
@@ -15,6 +14,7 @@ from llama_post.apis.datasets.models import (
     UnregisterDatasetResponse,
     UriDataSource,
 )
+from llama_post.apis.datasets.purpose import DatasetPurpose
 
 __all__ = [
     "AppendRowsRequest",

@@ -5,28 +5,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from llama_post.apis.datasets.purpose import DatasetPurpose as DatasetPurpose  # its old home
+from llama_post.apis.datasets.rows import row_schema
 from llama_post.schema import StrictModel
 
 Row = dict[str, JsonValue]
 
 DATASET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN, examples=["my-dataset"])]
-
-
-class DatasetPurpose(StrEnum):
-    """What the rows are for; it fixes their schema.
-
-    - `instruct`: `prompt`, `completion` (strings)
-    - `dialog`: `messages`, a list of `{role, content}` with at least one assistant turn
-    - `preference`: `prompt` or `messages`, then `chosen` and `rejected`
-    - `prompt`: `prompt` or `messages` (the conversation so far), and any reference fields a
-      grader reads (`answer`, ...): what reinforcement fine-tuning samples from
-    """
-
-    instruct = "instruct"
-    dialog = "dialog"
-    preference = "preference"
-    prompt = "prompt"
 
 
 _PURPOSE_ALIASES = {"post-training/messages": "dialog", "post-training/instruct": "instruct"}
@@ -67,8 +53,6 @@ DataSource = Annotated[UriDataSource | FileDataSource | RowsDataSource, Field(di
 
 def _rows_fit_the_purpose(schema: dict[str, Any]) -> None:
     """Inline rows must be rows of the request's purpose: one branch per purpose."""
-    from llama_post.apis.datasets.rows import row_schema
-
     # `if`/`then`, not a top-level oneOf: client generators read the latter as a union of types.
     schema["allOf"] = [
         {

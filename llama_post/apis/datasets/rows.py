@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llama_post.apis.datasets.models import DatasetPurpose
+from llama_post.apis.datasets.purpose import DatasetPurpose
 
 
 class Message(BaseModel):

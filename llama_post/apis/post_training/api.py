@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import Annotated, Protocol
 
 from pydantic import Field
 
@@ -17,6 +17,7 @@ from llama_post.apis.post_training.fine_tuning import (
 from llama_post.apis.post_training.graders import (
     GraderRunRequest,
     GraderRunResponse,
+    GraderSettings,
     GraderValidateRequest,
     GraderValidateResponse,
 )
@@ -71,9 +72,6 @@ from llama_post.schema import (
     creates,
     webmethod,
 )
-
-if TYPE_CHECKING:
-    from llama_post.graders import GraderSettings
 
 Token = Annotated[
     str,

@@ -8,6 +8,7 @@ A grader reads the dataset row (`{{item.answer}}`) and the sample (`{{sample.out
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -253,3 +254,14 @@ class GraderRoutes(Protocol):
     async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse: ...
 
     async def validate_grader(self, request: GraderValidateRequest) -> GraderValidateResponse: ...
+
+
+@dataclass(frozen=True)
+class GraderSettings:
+    """What the distribution allows (run.yaml's `graders:`): the python grader is off unless
+    enabled, and then limited per sample."""
+
+    python_enabled: bool = False
+    python_cpu_seconds: float = 5
+    python_memory_mb: int = 512
+    python_timeout_s: float = 10
