@@ -61,12 +61,12 @@ from llama_post.apis.llm_engine.models import (
     UploadFileResponse,
 )
 from llama_post.apis.models.models import Model
-from llama_post.apis.post_training.fine_tuning import AUTO_BATCH_SIZE, PageRequest
 from llama_post.apis.post_training.models import (
     JobStatus,
     PostTrainingJobStatusResponse,
     SupervisedFineTuneRequest,
 )
+from llama_post.apis.post_training.openai_fine_tuning import AUTO_BATCH_SIZE, PageRequest
 from llama_post.codec import build_request
 from llama_post.errors import (
     ConflictError,

@@ -18,10 +18,10 @@ from llama_post.apis.inspect import (
     RouteInfo,
     VersionInfo,
 )
-from llama_post.apis.post_training import OpenAIFineTuning
 from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
+from llama_post.distribution.fine_tuning import OpenAIFineTuning
 from llama_post.distribution.graders import GraderService
 from llama_post.distribution.llm_engine import LLMEngineService
 from llama_post.distribution.models import InferenceRouter, ModelRegistry

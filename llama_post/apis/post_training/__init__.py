@@ -1,9 +1,4 @@
 from llama_post.apis.post_training.api import PostTraining, PostTrainingJobs
-from llama_post.apis.post_training.fine_tuning import (
-    CreateFineTuningJobRequest,
-    FineTuningJob,
-    OpenAIFineTuning,
-)
 from llama_post.apis.post_training.models import (
     AlgorithmConfig,
     Calibration,
@@ -46,6 +41,10 @@ from llama_post.apis.post_training.models import (
     TrainingRequest,
     WandbTracker,
 )
+from llama_post.apis.post_training.openai_fine_tuning import (
+    CreateFineTuningJobRequest,
+    FineTuningJob,
+)
 
 __all__ = [
     "AlgorithmConfig",
@@ -70,7 +69,6 @@ __all__ = [
     "LoraFinetuningConfig",
     "MLflowTracker",
     "MemoryEstimate",
-    "OpenAIFineTuning",
     "OptimizerConfig",
     "PostTraining",
     "PostTrainingJob",

@@ -5,15 +5,6 @@ from typing import Annotated, Protocol
 
 from pydantic import Field
 
-from llama_post.apis.post_training.fine_tuning import (
-    CreateFineTuningJobRequest,
-    FineTuningJob,
-    FineTuningJobCheckpointList,
-    FineTuningJobEventList,
-    FineTuningJobList,
-    ListFineTuningJobsRequest,
-    PageRequest,
-)
 from llama_post.apis.post_training.graders import (
     GraderRunRequest,
     GraderRunResponse,
@@ -43,6 +34,15 @@ from llama_post.apis.post_training.models import (
     ReinforceRequest,
     SupervisedFineTuneRequest,
     TrainingEstimate,
+)
+from llama_post.apis.post_training.openai_fine_tuning import (
+    CreateFineTuningJobRequest,
+    FineTuningJob,
+    FineTuningJobCheckpointList,
+    FineTuningJobEventList,
+    FineTuningJobList,
+    ListFineTuningJobsRequest,
+    PageRequest,
 )
 from llama_post.apis.post_training.tinker import (
     TinkerAccepted,
@@ -202,8 +202,8 @@ class PostTrainingJobs(Protocol):
 class PostTraining(PostTrainingJobs, Protocol):
     """The PostTraining API: the jobs of its providers; their checkpoints as a resource, and
     OpenAI's fine-tuning jobs, which the stack serves over them (`Checkpoints` in
-    `distribution/checkpoints.py`, `OpenAIFineTuning` in `fine_tuning.py`), whichever provider
-    runs a job."""
+    `distribution/checkpoints.py`, `OpenAIFineTuning` in `distribution/fine_tuning.py`),
+    whichever provider runs a job."""
 
     @webmethod(route="/v1/post-training/checkpoints", method="GET")
     async def list_checkpoints(self, request: ListCheckpointsRequest) -> CheckpointPage:

@@ -1,8 +1,10 @@
 """OpenAI's fine-tuning jobs API, over the native PostTraining methods.
 
-`OpenAIFineTuning` is a mixin: a PostTraining provider inherits it and gets
-`/v1/fine_tuning/jobs` (create, list, retrieve, cancel, events, checkpoints) as a translation of
-its own `supervised_fine_tune`, `preference_optimize`, `get_job_status`, `get_job_metrics`,
+`OpenAIFineTuning` is what the stack installs over whatever serves post-training (one provider, or
+the router), as it installs the other compatibility families: it serves
+`/v1/fine_tuning/jobs` (create, list, retrieve, cancel, events, checkpoints; the schemas are in
+`llama_post.apis.post_training.openai_fine_tuning`) as a translation of its
+`supervised_fine_tune`, `preference_optimize`, `get_job_status`, `get_job_metrics`,
 `get_job_artifacts` and `cancel_job`, plus the Datasets API it was given. Nothing is stored
 twice: a job's training file is the file its dataset was registered from, its hyperparameters
 are its native request's, and a suffix is part of its id (`ftjob-<suffix>-<hex>`), so the
@@ -23,10 +25,8 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from llama_post.apis.datasets import (
     Dataset,
@@ -35,8 +35,8 @@ from llama_post.apis.datasets import (
     RegisterDatasetRequest,
 )
 from llama_post.apis.datasets.models import FileDataSource
+from llama_post.apis.post_training.api import PostTrainingJobs
 from llama_post.apis.post_training.graders import (
-    Grader,
     GraderRoutes,
     GraderRunRequest,
     GraderRunResponse,
@@ -45,8 +45,6 @@ from llama_post.apis.post_training.graders import (
 )
 from llama_post.apis.post_training.models import (
     BASE_LR,
-    AlgorithmConfig,
-    Checkpoint,
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
@@ -59,13 +57,38 @@ from llama_post.apis.post_training.models import (
     PreferenceOptimizeRequest,
     PreflightResponse,
     ReinforceRequest,
-    StepMetrics,
     SupervisedFineTuneRequest,
     TrainingEstimate,
     TrainingRequest,
     WandbTracker,
-    lora_without_type,
 )
+from llama_post.apis.post_training.openai_fine_tuning import (
+    AUTO_BATCH_SIZE,
+    AUTO_BETA,
+    AUTO_EPOCHS,
+    LIMITS,
+    METHODS,
+    STATUS,
+    CreateFineTuningJobRequest,
+    DpoHyperparameters,
+    DpoMethod,
+    FineTuningError,
+    FineTuningJob,
+    FineTuningJobCheckpointList,
+    FineTuningJobEventList,
+    FineTuningJobList,
+    FineTuningMethod,
+    Hyperparameters,
+    ListFineTuningJobsRequest,
+    PageRequest,
+    ReinforcementHyperparameters,
+    ReinforcementMethod,
+    ResolvedHyperparameters,
+    SupervisedMethod,
+    WandbIntegration,
+    WandbSettings,
+)
+from llama_post.distribution.fine_tuning_events import job_checkpoint, job_events, page_of
 from llama_post.errors import (
     ConflictError,
     InvalidRequestError,
@@ -73,311 +96,7 @@ from llama_post.errors import (
     NotFoundError,
     NotSupportedError,
 )
-from llama_post.schema import FileContent, StrictModel
-
-if TYPE_CHECKING:
-    from llama_post.apis.post_training.api import PostTrainingJobs
-
-Auto = Literal["auto"]
-# What "auto" means here (OpenAI picks by dataset size; these suit small datasets on a CPU).
-AUTO_EPOCHS = 3
-AUTO_BATCH_SIZE = 4
-AUTO_BETA = 0.1
-
-STATUS = {
-    JobStatus.scheduled: "queued",
-    JobStatus.in_progress: "running",
-    JobStatus.completed: "succeeded",
-    JobStatus.failed: "failed",
-    JobStatus.cancelled: "cancelled",
-    JobStatus.unknown: "running",  # its trainer is out of reach; OpenAI has no such state
-}
-FineTuningStatus = Literal[
-    "validating_files", "queued", "running", "succeeded", "failed", "cancelled"
-]
-
-
-# -- requests ----------------------------------------------------------------------------------
-
-
-# OpenAI answers an out-of-range hyperparameter with a 400 naming it; so do we (not pydantic's
-# 422), and the spec states the same ranges.
-LIMITS = {
-    "batch_size": (1, 1024),
-    "n_epochs": (1, 100),
-    "learning_rate_multiplier": (1e-3, 100.0),
-    "beta": (1e-3, 100.0),
-}
-
-
-def _auto_or(name: str, kind: str) -> dict[str, Any]:
-    low, high = LIMITS[name]
-    number = {"type": kind, "minimum": low, "maximum": high}
-    return {"anyOf": [number, {"const": "auto", "type": "string"}]}
-
-
-class Hyperparameters(StrictModel):
-    batch_size: int | Auto = Field(
-        "auto",
-        description="Examples per step.",
-        json_schema_extra=_auto_or("batch_size", "integer"),
-    )
-    learning_rate_multiplier: float | Auto = Field(
-        "auto",
-        description="Times the base rate: 2e-4 for LoRA, 2e-5 for full fine-tuning.",
-        json_schema_extra=_auto_or("learning_rate_multiplier", "number"),
-    )
-    n_epochs: int | Auto = Field(
-        "auto",
-        description="Passes over the training file.",
-        json_schema_extra=_auto_or("n_epochs", "integer"),
-    )
-
-
-class DpoHyperparameters(Hyperparameters):
-    beta: float | Auto = Field(
-        "auto",
-        description="How far the policy may move; 0.1 if auto.",
-        json_schema_extra=_auto_or("beta", "number"),
-    )
-
-
-class ReinforcementHyperparameters(Hyperparameters):
-    """OpenAI's reinforcement hyperparameters. Its exploration and evaluation knobs have no
-    counterpart in the GRPO recipe and are refused unless `auto` (the native
-    `POST /v1/post-training/reinforce` exposes the recipe's own)."""
-
-    compute_multiplier: float | Auto | None = Field(None, description="Only auto or unset.")
-    eval_interval: int | Auto | None = Field(None, description="Only auto or unset.")
-    eval_samples: int | Auto | None = Field(None, description="Only auto or unset.")
-    reasoning_effort: Literal["default", "low", "medium", "high"] | None = Field(
-        None, description="Only default or unset: the models served here do not reason."
-    )
-
-
-class SupervisedMethod(StrictModel):
-    hyperparameters: Hyperparameters = Hyperparameters()
-
-
-class DpoMethod(StrictModel):
-    hyperparameters: DpoHyperparameters = DpoHyperparameters()
-
-
-class ReinforcementMethod(StrictModel):
-    """Reinforcement fine-tuning: the GRPO recipe, its answers scored by `grader`."""
-
-    grader: Grader
-    hyperparameters: ReinforcementHyperparameters = ReinforcementHyperparameters()
-
-
-METHODS = ("supervised", "dpo", "reinforcement")
-
-
-class FineTuningMethod(StrictModel):
-    """`type` names the method; only that method's settings may be given."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "allOf": [
-                {
-                    "if": {"properties": {"type": {"const": kind}}},
-                    "then": {
-                        "properties": {
-                            other: {"type": "null"} for other in METHODS if other != kind
-                        }
-                    },
-                }
-                for kind in METHODS
-            ]
-        },
-    )
-
-    type: Literal["supervised", "dpo", "reinforcement"]
-    supervised: SupervisedMethod | None = None
-    dpo: DpoMethod | None = None
-    reinforcement: ReinforcementMethod | None = None
-
-
-class WandbSettings(StrictModel):
-    project: str = Field(min_length=1, max_length=128)
-    name: str | None = Field(None, max_length=128, description="Unset: the job's id.")
-    entity: str | None = Field(None, max_length=128)
-    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        None, max_length=20
-    )
-
-
-class WandbIntegration(StrictModel):
-    """OpenAI's Weights & Biases integration, served by the job's W&B tracker in its default
-    offline mode: the run is written in the job's folder, for `wandb sync` (the native
-    `logger_config.trackers` can send it online)."""
-
-    type: Literal["wandb"]
-    wandb: WandbSettings
-
-
-class CreateFineTuningJobRequest(StrictModel):
-    """OpenAI's job request. `algorithm_config` (sent with the SDK's `extra_body`) is
-    llama-post's own LoRA or full fine-tuning config; LoRA with its defaults if unset."""
-
-    # The deprecated top-level `hyperparameters` serve a supervised job whose method gives none.
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "if": {
-                "required": ["hyperparameters"],
-                "properties": {"hyperparameters": {"not": {"type": "null"}}},
-            },
-            "then": {
-                "properties": {
-                    "method": {
-                        "anyOf": [
-                            {"type": "null"},
-                            {
-                                "properties": {
-                                    "type": {"const": "supervised"},
-                                    "supervised": {"type": "null"},
-                                }
-                            },
-                        ]
-                    }
-                }
-            },
-        },
-    )
-
-    model: str
-    training_file: str
-    validation_file: str | None = None
-    suffix: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$",
-        description="Up to 40 letters, digits, `-`, `_`; made part of the job and model ids.",
-    )
-    seed: int | None = None
-    method: FineTuningMethod | None = None
-    hyperparameters: Hyperparameters | None = Field(
-        None, description="Deprecated by OpenAI in favour of `method`; taken for supervised jobs."
-    )
-    metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=16)
-    integrations: list[WandbIntegration] | None = Field(
-        None, max_length=8, description="Weights & Biases runs that get the job's metrics."
-    )
-    algorithm_config: AlgorithmConfig | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lora_by_default(cls, data: Any) -> Any:
-        return lora_without_type(data, "algorithm_config")
-
-
-class PageRequest(StrictModel):
-    after: str | None = Field(None, description="The last id of the previous page.")
-    limit: int = Field(20, ge=1, le=100)
-
-
-class ListFineTuningJobsRequest(PageRequest):
-    metadata: dict[str, str] | None = Field(
-        None, description="Only jobs with these labels; sent as `metadata[key]=value`."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bracketed(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        labels = {k[9:-1]: v for k, v in data.items() if k.startswith("metadata[") and k[-1] == "]"}
-        if not labels:
-            return data
-        rest = {k: v for k, v in data.items() if not (k.startswith("metadata[") and k[-1] == "]")}
-        return {**rest, "metadata": labels}
-
-
-# -- responses ---------------------------------------------------------------------------------
-
-
-class FineTuningError(BaseModel):
-    code: str
-    message: str
-    param: str | None = None
-
-
-class ResolvedHyperparameters(BaseModel):
-    batch_size: int
-    learning_rate_multiplier: float
-    n_epochs: int
-    beta: float | None = None
-
-
-class FineTuningJob(BaseModel):
-    id: str
-    object: Literal["fine_tuning.job"] = "fine_tuning.job"
-    created_at: int
-    error: FineTuningError | None = None
-    fine_tuned_model: str | None = None
-    finished_at: int | None = None
-    estimated_finish: int | None = None
-    hyperparameters: ResolvedHyperparameters
-    method: FineTuningMethod
-    model: str
-    organization_id: str = "local"
-    result_files: list[str] = []
-    seed: int
-    status: FineTuningStatus
-    trained_tokens: int | None = None
-    training_file: str
-    validation_file: str | None = None
-    metadata: dict[str, str] | None = None
-    integrations: list[WandbIntegration] | None = None
-
-
-class FineTuningJobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FineTuningJob]
-    has_more: bool
-
-
-class FineTuningJobEvent(BaseModel):
-    id: str
-    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
-    created_at: int
-    level: Literal["info", "warn", "error"]
-    message: str
-    type: Literal["message", "metrics"] = "message"
-    data: dict[str, Any] | None = None
-
-
-class FineTuningJobEventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FineTuningJobEvent]
-    has_more: bool
-
-
-class CheckpointMetrics(BaseModel):
-    step: float | None = None
-    train_loss: float | None = None
-    valid_loss: float | None = None
-    full_valid_loss: float | None = None
-
-
-class FineTuningJobCheckpoint(BaseModel):
-    id: str
-    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
-    created_at: int
-    fine_tuned_model_checkpoint: str
-    fine_tuning_job_id: str
-    metrics: CheckpointMetrics
-    step_number: int
-
-
-class FineTuningJobCheckpointList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[FineTuningJobCheckpoint]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
-
+from llama_post.schema import FileContent
 
 # -- the translation ---------------------------------------------------------------------------
 
@@ -603,16 +322,16 @@ class OpenAIFineTuning:
         status = await self._status(fine_tuning_job_id)
         data = _request_of(status).training_config.data
         metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
-        events = _events(status, metrics, await self._file_of(data.dataset_id))
-        page, has_more = _page(events[::-1], request, lambda e: e.id)
+        events = job_events(status, metrics, await self._file_of(data.dataset_id))
+        page, has_more = page_of(events[::-1], request, lambda e: e.id)
         return FineTuningJobEventList(data=page, has_more=has_more)
 
     async def list_fine_tuning_checkpoints(
         self, fine_tuning_job_id: str, request: PageRequest
     ) -> FineTuningJobCheckpointList:
         artifacts = await self.get_job_artifacts((await self._status(fine_tuning_job_id)).job_uuid)
-        found = [_checkpoint(c) for c in artifacts.checkpoints][::-1]  # newest first
-        page, has_more = _page(found, request, lambda c: c.id)
+        found = [job_checkpoint(c) for c in artifacts.checkpoints][::-1]  # newest first
+        page, has_more = page_of(found, request, lambda c: c.id)
         return FineTuningJobCheckpointList(
             data=page,
             has_more=has_more,
@@ -850,144 +569,3 @@ def _estimated_finish(status: PostTrainingJobStatusResponse) -> int | None:
         return None
     elapsed = time.time() - status.started_at
     return int(status.started_at + elapsed * progress.total_steps / progress.step)
-
-
-def _events(
-    status: PostTrainingJobStatusResponse, metrics: list[StepMetrics], training_file: str
-) -> list[FineTuningJobEvent]:
-    """The job's history, oldest first: creation, start, each step, each checkpoint, its end."""
-    job = status.job_uuid
-    created = status.scheduled_at or 0
-    events = [
-        FineTuningJobEvent(
-            id=f"ftevent-{job}-created",
-            created_at=created,
-            level="info",
-            message=f"Created fine-tuning job: {job}",
-        ),
-        FineTuningJobEvent(
-            id=f"ftevent-{job}-validated",
-            created_at=created,
-            level="info",
-            message=f"Validated training file: {training_file}",
-        ),
-    ]
-    if status.started_at:
-        events.append(
-            FineTuningJobEvent(
-                id=f"ftevent-{job}-started",
-                created_at=status.started_at,
-                level="info",
-                message="Fine-tuning job started",
-            )
-        )
-    total = status.progress.total_steps
-    timed: list[tuple[float, FineTuningJobEvent]] = []
-    for m in metrics:
-        data = {
-            "step": m.step,
-            "train_loss": m.loss,
-            "learning_rate": m.lr,
-            "total_steps": total,
-            "tokens_per_second": m.tokens_per_second,
-        }
-        if m.validation_loss is not None:
-            data["valid_loss"] = m.validation_loss
-        if m.reward_mean is not None:  # reinforcement: the grader's mean score
-            data["train_mean_reward"] = m.reward_mean
-        if m.validation_reward is not None:
-            data["valid_mean_reward"] = m.validation_reward
-        loss = f"{m.loss:.4f}" if m.loss is not None else "n/a"
-        timed.append(
-            (
-                m.timestamp,
-                FineTuningJobEvent(
-                    id=f"ftevent-{job}-step-{m.step}",
-                    created_at=int(m.timestamp),
-                    level="info",
-                    message=f"Step {m.step}/{total}: training loss={loss}",
-                    type="metrics",
-                    data=data,
-                ),
-            )
-        )
-    for c in status.checkpoints:
-        timed.append(
-            (
-                c.created_at + 0.5,  # after the step that made it
-                FineTuningJobEvent(
-                    id=f"ftevent-{job}-checkpoint-{c.step}",
-                    created_at=c.created_at,
-                    level="info",
-                    message=f"Checkpoint created at step {c.step}",
-                ),
-            )
-        )
-    for before, attempt in zip(status.attempts, status.attempts[1:], strict=False):
-        where = f", resuming from {attempt.resumed_from}" if attempt.resumed_from else ""
-        timed.append(
-            (
-                attempt.started_at,
-                FineTuningJobEvent(
-                    id=f"ftevent-{job}-attempt-{attempt.attempt}",
-                    created_at=attempt.started_at,
-                    level="warn",
-                    message=f"Attempt {attempt.attempt} started{where}; attempt "
-                    f"{before.attempt} ended: {before.ended_because}",
-                ),
-            )
-        )
-    events += [e for _, e in sorted(timed, key=lambda pair: pair[0])]
-    if status.status in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled):
-        end = status.completed_at or created
-        if status.status == JobStatus.completed:
-            events.append(
-                FineTuningJobEvent(
-                    id=f"ftevent-{job}-model",
-                    created_at=end,
-                    level="info",
-                    message=f"New fine-tuned model created: {status.fine_tuned_model}",
-                )
-            )
-        level: Literal["info", "error"] = "error" if status.status == JobStatus.failed else "info"
-        message = {
-            JobStatus.completed: "The job has successfully completed",
-            JobStatus.cancelled: "The job was cancelled",
-            JobStatus.failed: f"The job failed: {status.error}",
-        }[status.status]
-        events.append(
-            FineTuningJobEvent(
-                id=f"ftevent-{job}-end", created_at=end, level=level, message=message
-            )
-        )
-    return events
-
-
-def _checkpoint(c: Checkpoint) -> FineTuningJobCheckpoint:
-    metrics = c.training_metrics
-    return FineTuningJobCheckpoint(
-        id=f"ftckpt-{c.post_training_job_id}-{c.step}",
-        created_at=c.created_at,
-        fine_tuned_model_checkpoint=c.model_id or c.identifier,
-        fine_tuning_job_id=c.post_training_job_id,
-        metrics=CheckpointMetrics(
-            step=c.step,
-            train_loss=metrics.train_loss if metrics else None,
-            valid_loss=metrics.validation_loss if metrics else None,
-            full_valid_loss=metrics.validation_loss if metrics else None,
-        ),
-        step_number=c.step,
-    )
-
-
-T = TypeVar("T")
-
-
-def _page(items: list[T], request: PageRequest, key: Callable[[T], str]) -> tuple[list[T], bool]:
-    if request.after is not None:
-        ids = [key(i) for i in items]
-        if request.after not in ids:
-            raise NotFoundError(f"after: no item {request.after!r}", param="after")
-        items = items[ids.index(request.after) + 1 :]
-    page = items[: request.limit]
-    return page, len(items) > len(page)
