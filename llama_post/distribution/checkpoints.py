@@ -28,7 +28,7 @@ from typing import Any
 
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import Checkpoint
-from llama_post.apis.post_training.models import (
+from llama_post.apis.post_training.jobs import (
     ArchiveUrl,
     CheckpointList,
     CheckpointPage,

@@ -36,6 +36,11 @@ from llama_post.apis.datasets import (
 )
 from llama_post.apis.datasets.models import FileDataSource
 from llama_post.apis.post_training.api import PostTrainingJobs
+from llama_post.apis.post_training.configs import (
+    BASE_LR,
+    LoraFinetuningConfig,
+    WandbTracker,
+)
 from llama_post.apis.post_training.graders import (
     GraderRoutes,
     GraderRunRequest,
@@ -43,24 +48,23 @@ from llama_post.apis.post_training.graders import (
     GraderValidateRequest,
     GraderValidateResponse,
 )
-from llama_post.apis.post_training.models import (
-    BASE_LR,
+from llama_post.apis.post_training.jobs import (
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
     JobStatus,
     ListPostTrainingJobsResponse,
-    LoraFinetuningConfig,
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
-    PreferenceOptimizeRequest,
     PreflightResponse,
+    TrainingEstimate,
+)
+from llama_post.apis.post_training.models import (
+    PreferenceOptimizeRequest,
     ReinforceRequest,
     SupervisedFineTuneRequest,
-    TrainingEstimate,
     TrainingRequest,
-    WandbTracker,
 )
 from llama_post.apis.post_training.openai_fine_tuning import (
     AUTO_BATCH_SIZE,

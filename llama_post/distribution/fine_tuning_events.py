@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
-from llama_post.apis.post_training.models import (
+from llama_post.apis.post_training.jobs import (
     Checkpoint,
     JobStatus,
     PostTrainingJobStatusResponse,

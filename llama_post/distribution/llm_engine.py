@@ -61,9 +61,11 @@ from llama_post.apis.llm_engine.models import (
     UploadFileResponse,
 )
 from llama_post.apis.models.models import Model
-from llama_post.apis.post_training.models import (
+from llama_post.apis.post_training.jobs import (
     JobStatus,
     PostTrainingJobStatusResponse,
+)
+from llama_post.apis.post_training.models import (
     SupervisedFineTuneRequest,
 )
 from llama_post.apis.post_training.openai_fine_tuning import AUTO_BATCH_SIZE, PageRequest

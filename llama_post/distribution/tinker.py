@@ -8,7 +8,10 @@ import datetime
 from typing import Any
 
 from llama_post.apis.post_training import Checkpoint, LoraFinetuningConfig
-from llama_post.apis.post_training.models import CheckpointTTLRequest, ListCheckpointsRequest
+from llama_post.apis.post_training.jobs import (
+    CheckpointTTLRequest,
+    ListCheckpointsRequest,
+)
 from llama_post.apis.post_training.tinker import (
     KIND_OF_TYPE,
     TinkerAccepted,

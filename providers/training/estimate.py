@@ -33,7 +33,7 @@ from llama_post.apis.post_training import (
     PreferenceOptimizeRequest,
     TrainingRequest,
 )
-from llama_post.apis.post_training.models import MemoryEstimate
+from llama_post.apis.post_training.jobs import MemoryEstimate
 from providers.training.data import Example, epoch_order, group
 from providers.training.preflight import lora_targets
 

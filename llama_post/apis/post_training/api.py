@@ -12,7 +12,7 @@ from llama_post.apis.post_training.graders import (
     GraderValidateRequest,
     GraderValidateResponse,
 )
-from llama_post.apis.post_training.models import (
+from llama_post.apis.post_training.jobs import (
     ArchiveUrl,
     Checkpoint,
     CheckpointId,
@@ -23,17 +23,19 @@ from llama_post.apis.post_training.models import (
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
-    JobUuid,
     ListCheckpointsRequest,
     ListPostTrainingJobsResponse,
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
-    PreferenceOptimizeRequest,
     PreflightResponse,
+    TrainingEstimate,
+)
+from llama_post.apis.post_training.models import (
+    JobUuid,
+    PreferenceOptimizeRequest,
     ReinforceRequest,
     SupervisedFineTuneRequest,
-    TrainingEstimate,
 )
 from llama_post.apis.post_training.openai_fine_tuning import (
     CreateFineTuningJobRequest,

@@ -11,8 +11,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llama_post.apis.post_training.configs import (
+    AlgorithmConfig,
+)
 from llama_post.apis.post_training.graders import Grader
-from llama_post.apis.post_training.models import AlgorithmConfig, JobStatus, lora_without_type
+from llama_post.apis.post_training.jobs import (
+    JobStatus,
+)
+from llama_post.apis.post_training.models import (
+    lora_without_type,
+)
 from llama_post.schema import StrictModel
 
 Auto = Literal["auto"]

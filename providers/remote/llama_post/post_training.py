@@ -28,7 +28,7 @@ from llama_post.apis.post_training import (
     PreferenceOptimizeRequest,
     SupervisedFineTuneRequest,
 )
-from llama_post.apis.post_training.models import JobStatus
+from llama_post.apis.post_training.jobs import JobStatus
 from llama_post.errors import LlamaPostError, NotFoundError, UpstreamError
 from llama_post.graders import GraderSettings
 from llama_post.remote import ROUTES
