@@ -1,37 +1,12 @@
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 
-from llama_post.schema import StrictModel, UserPath
+from llama_post.schema import UserPath
+from providers.remote.endpoint import RemoteEndpointConfig
 
 
-class RemoteLlamaPostConfig(StrictModel):
-    """Another llama-post server that serves this API (a trainer box, a data box)."""
-
-    base_url: str = Field(
-        pattern=r"^https?://[^/\s@?#]+(/[^\s@?#]*)?$",
-        description="The remote llama-post (`http://trainer:8321`). No credentials in it: give "
-        "`api_key`.",
-    )
-    api_key: SecretStr | None = Field(None, description="A key of the remote, if it has auth.")
-    request_timeout: float = Field(120.0, gt=0, le=3600, description="Seconds per request.")
-    max_retries: int = Field(
-        2,
-        ge=0,
-        le=10,
-        description="Resends of an idempotent request (GET, PUT, DELETE) never answered; a POST "
-        "is resent only when it could not be sent at all.",
-    )
-    optional: bool = Field(
-        False, description="Start even when the remote is down (health says Degraded)."
-    )
-
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        return None if value == "" else value  # `${env.TRAINER_API_KEY:=}` left unset
-
-    @property
-    def url(self) -> str:
-        return self.base_url.rstrip("/")
+class RemoteLlamaPostConfig(RemoteEndpointConfig):
+    """Another llama-post server that serves this API (a trainer box, a data box):
+    `base_url` such as `http://trainer:8321`, `api_key` a key of the remote, if it has auth."""
 
 
 class RemotePostTrainingConfig(RemoteLlamaPostConfig):

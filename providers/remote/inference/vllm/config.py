@@ -2,9 +2,10 @@ import posixpath
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field
 
 from llama_post.schema import StrictModel, UserPath
+from providers.remote.endpoint import RemoteEndpointConfig
 
 
 class PathMapping(StrictModel):
@@ -31,15 +32,10 @@ def _relative(path: str, folder: str) -> str | None:
     return str(inside)
 
 
-class VLLMInferenceConfig(StrictModel):
-    base_url: str = Field(
-        pattern=r"^https?://[^/\s@?#]+(/[^\s@?#]*)?$",
-        description="The vLLM server (`http://127.0.0.1:8000`; a trailing `/v1` is dropped). "
-        "No credentials in it: give `api_key`.",
-    )
-    api_key: SecretStr | None = Field(None, description="vLLM's --api-key, if it has one.")
-    request_timeout: float = Field(120.0, gt=0, le=3600, description="Seconds per request.")
-    max_retries: int = Field(2, ge=0, le=10, description="Resends of a request never answered.")
+class VLLMInferenceConfig(RemoteEndpointConfig):
+    """A vLLM server (`base_url`: `http://127.0.0.1:8000`; a trailing `/v1` is dropped; `api_key`:
+    vLLM's --api-key, if it has one)."""
+
     max_lora_rank: int = Field(16, ge=1, description="vLLM's --max-lora-rank; above is a 400.")
     adapter_dirs: list[UserPath] = Field(
         [], description="Folders adapter paths may lie in (post-training's checkpoint_root)."
@@ -49,18 +45,10 @@ class VLLMInferenceConfig(StrictModel):
         description="Folders both hosts see under different paths: adapters sent to vLLM, and "
         "the base model's folder read back for fine-tuning. Unmapped paths are sent as they are.",
     )
-    optional: bool = Field(
-        False, description="Start even when the upstream is down (health says Degraded)."
-    )
-
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        return None if value == "" else value  # `${env.VLLM_API_KEY:=}` left unset
 
     @property
     def url(self) -> str:
-        url = self.base_url.rstrip("/")
+        url = super().url
         return url[: -len("/v1")] if url.endswith("/v1") else url
 
     def to_upstream(self, path: str) -> str:
