@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,9 @@ class Loop:
     epoch: int = 0
     step_in_epoch: int = 0
     step: int = 0  # steps taken in all (the global step)
-    resumed_from: Path | None = None
+    resumed_from: Path | None = None  # the checkpoint it resumed from
+    guard: NonFiniteGuard = field(init=False)
+    every: int = field(init=False)  # steps between two metric records
 
     def __post_init__(self) -> None:
         request = self.spec.request

@@ -22,7 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from llama_post.apis.post_training import DPOLossType, PreferenceOptimizeRequest, StepMetrics
-from providers.inline.post_training.peft.loop import last_validation_loss, resume, start_worker
+from providers.inline.post_training.peft.loop import (
+    Loop,
+    last_validation_loss,
+    resume,
+    start_worker,
+)
 from providers.inline.post_training.peft.training import (
     beat,
     decoder_states,
@@ -115,30 +120,9 @@ def main(job_dir: Path) -> None:
         for step_in_epoch in loop.steps():
             started = time.perf_counter()
             step_batches = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
-            n_pairs = sum(len(b) for b in step_batches)
-            totals = dict.fromkeys(("loss", "chosen", "rejected", "accuracy"), 0.0)
-            tokens = 0
-            for m, indices in enumerate(distributed.micro_batches(step_batches, ranks)):
-                loop.micro_batch(m)
-                pairs = [train[i] for i in indices]
-                chosen, rejected, n_chosen, n_rejected = pair_logps(model, pairs, pad, spec.device)
-                ref = reference["train"][indices]
-                losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    chosen, rejected, ref[:, 0], ref[:, 1], n_chosen, n_rejected, beta, loss_type
-                )
-                losses = injected_fault(losses, loop.step + 1)
-                torch.autograd.backward(losses.sum() / n_pairs * distributed.loss_scale(ranks))
-                totals["loss"] += float(losses.detach().sum())
-                totals["chosen"] += float(chosen_rewards.sum())
-                totals["rejected"] += float(rejected_rewards.sum())
-                totals["accuracy"] += float((chosen_rewards > rejected_rewards).float().sum())
-                tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-            distributed.average_grads(loop.params, ranks)
-            totals = {k: distributed.total(v, ranks) for k, v in totals.items()}
-            tokens = int(distributed.total(tokens, ranks))
-            grad_norm, lr = loop.update(totals["loss"] / n_pairs)
+            mean, tokens = _backward(loop, request, train, reference["train"], step_batches, pad)
+            grad_norm, lr = loop.update(mean["loss"])
             loop.advance()
-            mean = {k: v / n_pairs for k, v in totals.items()}
             margin = mean["chosen"] - mean["rejected"]
             last = {
                 "train_loss": mean["loss"],
@@ -177,6 +161,44 @@ def main(job_dir: Path) -> None:
 
     # -- the save ------------------------------------------------------------------------------
     loop.finish({**last, "validation_loss": last_validation_loss(job_dir)})
+
+
+def _backward(
+    loop: Loop,
+    request: PreferenceOptimizeRequest,
+    train: list[Pair],
+    reference: torch.Tensor,
+    step_batches: list[list[int]],
+    pad: int,
+) -> tuple[dict[str, float], int]:
+    """A step's forward and backward passes over this rank's micro-batches (pair indices), the
+    gradients averaged across ranks. Returns the step's mean loss, chosen and rejected rewards
+    and accuracy over all its pairs, and the tokens it ran."""
+    beta, loss_type = request.algorithm_config.beta, request.algorithm_config.loss_type
+    ranks = loop.ranks
+    n_pairs = sum(len(b) for b in step_batches)
+    totals = dict.fromkeys(("loss", "chosen", "rejected", "accuracy"), 0.0)
+    tokens = 0
+    for m, indices in enumerate(distributed.micro_batches(step_batches, ranks)):
+        loop.micro_batch(m)
+        pairs = [train[i] for i in indices]
+        chosen, rejected, n_chosen, n_rejected = pair_logps(
+            loop.model, pairs, pad, loop.spec.device
+        )
+        ref = reference[indices]
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen, rejected, ref[:, 0], ref[:, 1], n_chosen, n_rejected, beta, loss_type
+        )
+        losses = injected_fault(losses, loop.step + 1)
+        torch.autograd.backward(losses.sum() / n_pairs * distributed.loss_scale(ranks))
+        totals["loss"] += float(losses.detach().sum())
+        totals["chosen"] += float(chosen_rewards.sum())
+        totals["rejected"] += float(rejected_rewards.sum())
+        totals["accuracy"] += float((chosen_rewards > rejected_rewards).float().sum())
+        tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
+    distributed.average_grads(loop.params, ranks)
+    totals = {k: distributed.total(v, ranks) for k, v in totals.items()}
+    return {k: v / n_pairs for k, v in totals.items()}, int(distributed.total(tokens, ranks))
 
 
 def dpo_loss(

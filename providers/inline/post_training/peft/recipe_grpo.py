@@ -37,7 +37,7 @@ from llama_post.apis.post_training import (
     ReinforceRequest,
     StepMetrics,
 )
-from llama_post.graders import GraderRunner, GraderSettings, Sample
+from llama_post.graders import GradeResult, GraderRunner, GraderSettings, Sample
 from providers.inline.inference.transformers.engine import Engine
 from providers.inline.inference.transformers.sampling import SamplingParams
 from providers.inline.post_training.peft.loop import Loop, resume, start_worker
@@ -113,70 +113,22 @@ def main(job_dir: Path) -> None:
         for step_in_epoch in loop.steps():
             loop.micro_batch(0)
             indices = order[step_in_epoch * per_step : (step_in_epoch + 1) * per_step]
-            # the rollouts: group_size answers to each prompt, sampled together
-            started = time.perf_counter()
-            answers = _sample(
-                engine, prompts, indices, sampling, algo.group_size, cfg.seed, loop.step
-            )
-            sampling_seconds = time.perf_counter() - started
-            # the grading: a failed answer scores 0 and is counted
-            results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
-            failed = [r.error for r in results if r.error is not None]
-            if loop.step == 0 and len(failed) == len(results):
+            # the rollouts and their grading: a failed answer scores 0 and is counted
+            batch = _roll_out(engine, grader, rows, prompts, indices, sampling, request, loop.step)
+            if loop.step == 0 and len(batch.failed) == len(batch.results):
                 raise GraderFailed(
-                    f"the grader failed on every answer of the first batch: {failed[0]}"
+                    f"the grader failed on every answer of the first batch: {batch.failed[0]}"
                 )
-            rewards = torch.tensor(
-                [0.0 if r.error is not None else r.score for r in results]
-            ).reshape(len(indices), algo.group_size)
-            advantages = group_advantages(
-                rewards, algo.advantage_normalization, algo.advantage_clip
-            ).flatten()
             # the step: num_iterations updates on these answers
-            started = time.perf_counter()
-            examples = [_example(prompts[a.prompt], a.ids) for a in answers]
-            totals, grad_norm, lr = _updates(
-                loop, request, examples, answers, advantages, pad, lora
-            )
-            training_seconds = time.perf_counter() - started
+            update = _updates(loop, request, batch, prompts, pad, lora)
             loop.advance()
-            # the record
-            last = {"train_loss": totals["loss"], "reward_mean": float(rewards.mean())}
+            last = {"train_loss": update.loss, "reward_mean": float(batch.rewards.mean())}
             held: float | None = None
             if loop.epoch_done and held_out:
                 held = _validate(engine, grader, held_out, held_out_prompts, sampling, request)
             if loop.logs(measured=held is not None):
-                _log_samples(answers, results)
-                lengths = [len(a.ids) for a in answers]
-                trained = sum(len(e.input_ids) for e in examples) * algo.num_iterations
-                record(
-                    job_dir,
-                    StepMetrics(
-                        step=loop.step,
-                        epoch=epoch,
-                        loss=totals["loss"],
-                        lr=lr,
-                        grad_norm=grad_norm,
-                        tokens=trained,
-                        tokens_per_second=trained / training_seconds,
-                        step_seconds=sampling_seconds + training_seconds,
-                        reward_mean=float(rewards.mean()),
-                        reward_std=float(rewards.std(correction=0)),
-                        rewards_by_grader=_by_grader(results),
-                        grader_errors=len(failed),
-                        zero_variance_groups=float(
-                            (rewards.std(-1, correction=0) == 0).float().mean()
-                        ),
-                        kl=totals["kl"] / totals["tokens"] if lora else None,
-                        clip_fraction=totals["clipped"] / totals["tokens"],
-                        completion_length=sum(lengths) / len(answers),
-                        sampling_tokens_per_second=sum(lengths) / sampling_seconds,
-                        sampling_seconds=sampling_seconds,
-                        training_tokens_per_second=trained / training_seconds,
-                        validation_reward=held,
-                        timestamp=time.time(),
-                    ),
-                )
+                _log_samples(batch)
+                record(job_dir, _metrics(loop.step, epoch, batch, update, held))
             loop.end_step({"validation_loss": None, **last})
 
     # -- the save ------------------------------------------------------------------------------
@@ -184,20 +136,77 @@ def main(job_dir: Path) -> None:
     loop.finish({"validation_loss": None, **last})
 
 
+@dataclass
+class Rollouts:
+    """A step's answers, their grades, their rewards ([prompts, group_size]) and how long they
+    took to sample."""
+
+    answers: list[Answer]
+    results: list[GradeResult]
+    rewards: torch.Tensor
+    seconds: float
+
+    @property
+    def failed(self) -> list[str]:
+        return [r.error for r in self.results if r.error is not None]
+
+
+@dataclass
+class Updates:
+    """What a step's updates did: the loss (their mean); the summed KL (None without a
+    reference), clipped tokens and tokens over every update; the last update's gradient norm
+    and rate; the tokens trained and the time it took."""
+
+    loss: float
+    kl: float | None
+    clipped: float
+    tokens: float
+    grad_norm: float
+    lr: float
+    trained_tokens: int
+    seconds: float
+
+
+def _roll_out(
+    engine: Engine,
+    grader: GraderRunner,
+    rows: list[dict[str, Any]],
+    prompts: list[list[int]],
+    indices: list[int],
+    sampling: SamplingParams,
+    request: ReinforceRequest,
+    step: int,
+) -> Rollouts:
+    """`group_size` answers to each prompt, sampled together, and their grades."""
+    algo = request.algorithm_config
+    started = time.perf_counter()
+    answers = _sample(
+        engine, prompts, indices, sampling, algo.group_size, request.training_config.seed, step
+    )
+    seconds = time.perf_counter() - started
+    results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
+    rewards = torch.tensor([0.0 if r.error is not None else r.score for r in results])
+    return Rollouts(answers, results, rewards.reshape(len(indices), algo.group_size), seconds)
+
+
 def _updates(
     loop: Loop,
     request: ReinforceRequest,
-    examples: list[Example],
-    answers: list[Answer],
-    advantages: torch.Tensor,
+    batch: Rollouts,
+    prompts: list[list[int]],
     pad: int,
     lora: bool,
-) -> tuple[dict[str, float], float, float]:
-    """The step's `num_iterations` optimizer updates on its answers: the loss (the updates'
-    mean), KL and clipping summed over every update's tokens; the last update's gradient norm
-    and rate."""
-    model, device = loop.model, loop.spec.device
+) -> Updates:
+    """The step's `num_iterations` optimizer updates on its answers, each answer's advantage
+    taken within its group; the loss is the updates' mean, KL and clipping are over every
+    update's tokens."""
     algo, size = request.algorithm_config, request.training_config.data.batch_size
+    model, device = loop.model, loop.spec.device
+    advantages = group_advantages(
+        batch.rewards, algo.advantage_normalization, algo.advantage_clip
+    ).flatten()
+    started = time.perf_counter()
+    examples = [_example(prompts[a.prompt], a.ids) for a in batch.answers]
     per_micro = size * algo.group_size
     micro = [
         list(range(k, min(k + per_micro, len(examples))))
@@ -209,7 +218,9 @@ def _updates(
         sampled = _logps(model, examples, micro, pad, device, adapter=True)
     model.train()
     normalizer = float(
-        len(examples) if algo.loss_aggregation == "sequence" else sum(len(a.ids) for a in answers)
+        len(examples)
+        if algo.loss_aggregation == "sequence"
+        else sum(len(a.ids) for a in batch.answers)
     )
     totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
     grad_norm = lr = 0.0
@@ -235,13 +246,52 @@ def _updates(
                 totals[name] += stats[name]
         totals["loss"] += update_loss / algo.num_iterations
         grad_norm, lr = loop.update(update_loss)
-    return totals, grad_norm, lr
+    return Updates(
+        loss=totals["loss"],
+        kl=totals["kl"] if reference is not None else None,
+        clipped=totals["clipped"],
+        tokens=totals["tokens"],
+        grad_norm=grad_norm,
+        lr=lr,
+        trained_tokens=sum(len(e.input_ids) for e in examples) * algo.num_iterations,
+        seconds=time.perf_counter() - started,
+    )
 
 
-def _log_samples(answers: list[Answer], results: list[Any]) -> None:
+def _metrics(
+    step: int, epoch: int, batch: Rollouts, update: Updates, held: float | None
+) -> StepMetrics:
+    rewards, trained = batch.rewards, update.trained_tokens
+    sampled_tokens = sum(len(a.ids) for a in batch.answers)
+    return StepMetrics(
+        step=step,
+        epoch=epoch,
+        loss=update.loss,
+        lr=update.lr,
+        grad_norm=update.grad_norm,
+        tokens=trained,
+        tokens_per_second=trained / update.seconds,
+        step_seconds=batch.seconds + update.seconds,
+        reward_mean=float(rewards.mean()),
+        reward_std=float(rewards.std(correction=0)),
+        rewards_by_grader=_by_grader(batch.results),
+        grader_errors=len(batch.failed),
+        zero_variance_groups=float((rewards.std(-1, correction=0) == 0).float().mean()),
+        kl=update.kl / update.tokens if update.kl is not None else None,
+        clip_fraction=update.clipped / update.tokens,
+        completion_length=sampled_tokens / len(batch.answers),
+        sampling_tokens_per_second=sampled_tokens / batch.seconds,
+        sampling_seconds=batch.seconds,
+        training_tokens_per_second=trained / update.seconds,
+        validation_reward=held,
+        timestamp=time.time(),
+    )
+
+
+def _log_samples(batch: Rollouts) -> None:
     """A few answers of the step and their rewards, into the log (hence the job's events)."""
-    pairs = list(zip(answers, results, strict=True))
-    for a, r in pairs[:: max(1, len(answers) // SAMPLES_LOGGED)][:SAMPLES_LOGGED]:
+    pairs = list(zip(batch.answers, batch.results, strict=True))
+    for a, r in pairs[:: max(1, len(pairs) // SAMPLES_LOGGED)][:SAMPLES_LOGGED]:
         log.info(
             "sample (reward %.3f%s): %r",
             0.0 if r.error else r.score,
