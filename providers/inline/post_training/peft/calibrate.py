@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from llama_post.apis.post_training import PreferenceOptimizeRequest
+from providers.inline.post_training.peft.loop import save
 from providers.inline.post_training.peft.recipe_dpo import Pair, dpo_loss, pair_logps
 from providers.inline.post_training.peft.recipe_sft import completion_loss
 from providers.inline.post_training.peft.training import (
@@ -26,7 +27,6 @@ from providers.inline.post_training.peft.training import (
     make_optimizer,
     make_scheduler,
     peak_memory,
-    save,
 )
 from providers.jobs.folder import JobFolder
 from providers.training.data import Example, collate, repack

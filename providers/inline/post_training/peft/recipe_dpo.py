@@ -22,33 +22,23 @@ import torch
 import torch.nn.functional as F
 
 from llama_post.apis.post_training import DPOLossType, PreferenceOptimizeRequest, StepMetrics
+from providers.inline.post_training.peft.loop import (
+    Loop,
+    last_validation_loss,
+    resume,
+    start_worker,
+)
 from providers.inline.post_training.peft.training import (
-    Cancelled,
-    NonFiniteGuard,
     beat,
     decoder_states,
     head_logps,
     injected_fault,
-    install_cancel_handler,
-    last_validation_loss,
     load_model,
-    make_optimizer,
-    make_scheduler,
+    pad_id,
     record,
-    restore_state,
-    restore_weights,
     run,
-    save,
-    seed_everything,
-    truncate_metrics,
-    write_progress,
 )
-from providers.jobs.folder import (
-    JobFolder,
-    checkpoints,
-    read_jsonl,
-    write_json_atomic,
-)
+from providers.jobs.folder import JobFolder, read_jsonl, write_json_atomic
 from providers.training import distributed
 from providers.training.data import (
     IGNORE,
@@ -92,128 +82,64 @@ def _first_trained(example: Example) -> int:
 
 def main(job_dir: Path) -> None:
     # -- setup ---------------------------------------------------------------------------------
-    spec = JobFolder(job_dir).read_spec()
+    folder = JobFolder(job_dir)
+    spec = folder.read_spec()
     request = spec.request
     assert isinstance(request, PreferenceOptimizeRequest)
-    cfg = request.training_config
-    data_cfg = cfg.data
-    stop = install_cancel_handler()
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
-    ranks = distributed.join(spec.device, spec.sharding)
-    seed_everything(cfg.seed)
-
+    cfg, data_cfg = request.training_config, request.training_config.data
+    beta, loss_type = request.algorithm_config.beta, request.algorithm_config.loss_type
+    stop, ranks = start_worker(spec)
     tokenizer, model = load_model(spec, whole_fp32=ranks.sharded)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    train = _pairs(JobFolder(job_dir).train, tokenizer, data_cfg.max_seq_len)
-    validation = _pairs(JobFolder(job_dir).validation, tokenizer, data_cfg.max_seq_len)
+    pad = pad_id(tokenizer)
+    train = _pairs(folder.train, tokenizer, data_cfg.max_seq_len)
+    validation = _pairs(folder.validation, tokenizer, data_cfg.max_seq_len)
     plan = steps_per_epoch([p.chosen for p in train], request, ranks.world)
-    total_steps = sum(plan)
     log.info(
         "DPO %s (%s, beta %g): %d pairs, %d validation pairs, %d steps, %s parameters trained",
         spec.job_uuid,
-        request.algorithm_config.loss_type.value,
-        request.algorithm_config.beta,
+        loss_type.value,
+        beta,
         len(train),
         len(validation),
-        total_steps,
+        sum(plan),
         f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
     )
     used = _used(len(train), request, plan, ranks.world)
-    reference = _reference(
-        job_dir, model, train, validation, used, pad_id, spec.device, ranks.leader
-    )
-
-    checkpoint_dir = Path(spec.checkpoint_dir)
-    latest = checkpoints(checkpoint_dir)
-    if latest:  # the weights go in whole, before sharding; the optimizer's state after
-        restore_weights(latest[-1][1], model)
-    model = distributed.shard(model, ranks, spec.dtype == "bf16")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, request)
-    scheduler = make_scheduler(optimizer, request, total_steps)
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    if latest:
-        epoch, step_in_epoch, global_step = restore_state(
-            latest[-1][1], model, optimizer, scheduler, ranks
-        )
-        log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
-    if ranks.leader:
-        truncate_metrics(JobFolder(job_dir).metrics, global_step)
+    reference = _reference(job_dir, model, train, validation, used, pad, spec.device, ranks.leader)
+    loop = resume(job_dir, spec, model, tokenizer, plan, ranks, stop)
+    model = loop.model
 
     # -- the loop ------------------------------------------------------------------------------
     model.train()
-    guard = NonFiniteGuard(request.supervision)
-    every = request.logger_config.log_every_n_steps if request.logger_config else 1
-    beta, loss_type = request.algorithm_config.beta, request.algorithm_config.loss_type
+    ga = cfg.gradient_accumulation_steps * ranks.world  # micro-batches of a step, in all
     last: dict[str, float | None] = {"train_loss": None}
-    while epoch < cfg.n_epochs:
+    for epoch in loop.epochs():
         order = epoch_order(len(train), cfg.seed, epoch, data_cfg.shuffle)
-        batches = [
-            order[i : i + data_cfg.batch_size] for i in range(0, len(order), data_cfg.batch_size)
-        ]
-        ga = cfg.gradient_accumulation_steps * ranks.world  # micro-batches of a step, in all
-        while step_in_epoch < plan[epoch]:
+        size = data_cfg.batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        for step_in_epoch in loop.steps():
             started = time.perf_counter()
             step_batches = batches[step_in_epoch * ga : (step_in_epoch + 1) * ga]
-            n_pairs = sum(len(b) for b in step_batches)
-            totals = dict.fromkeys(("loss", "chosen", "rejected", "accuracy"), 0.0)
-            tokens = 0
-            for m, indices in enumerate(distributed.micro_batches(step_batches, ranks)):
-                if distributed.agree(stop.is_set(), ranks):
-                    raise Cancelled
-                beat("training", global_step + 1, m)
-                pairs = [train[i] for i in indices]
-                chosen, rejected, n_chosen, n_rejected = pair_logps(
-                    model, pairs, pad_id, spec.device
-                )
-                losses, chosen_rewards, rejected_rewards = dpo_loss(
-                    chosen,
-                    rejected,
-                    reference["train"][indices, 0],
-                    reference["train"][indices, 1],
-                    n_chosen,
-                    n_rejected,
-                    beta,
-                    loss_type,
-                )
-                losses = injected_fault(losses, global_step + 1)
-                torch.autograd.backward(losses.sum() / n_pairs * distributed.loss_scale(ranks))
-                totals["loss"] += float(losses.detach().sum())
-                totals["chosen"] += float(chosen_rewards.sum())
-                totals["rejected"] += float(rejected_rewards.sum())
-                totals["accuracy"] += float((chosen_rewards > rejected_rewards).float().sum())
-                tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
-            distributed.average_grads(params, ranks)
-            totals = {k: distributed.total(v, ranks) for k, v in totals.items()}
-            tokens = int(distributed.total(tokens, ranks))
-            grad_norm = distributed.clip(params, cfg.max_grad_norm, ranks)
-            lr = scheduler.get_last_lr()[0]  # the rate this step used
-            if guard.admits(global_step + 1, totals["loss"] / n_pairs, grad_norm):
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_in_epoch += 1
-            global_step += 1
-            mean = {k: v / n_pairs for k, v in totals.items()}
+            mean, tokens = _backward(loop, request, train, reference["train"], step_batches, pad)
+            grad_norm, lr = loop.update(mean["loss"])
+            loop.advance()
+            margin = mean["chosen"] - mean["rejected"]
             last = {
                 "train_loss": mean["loss"],
-                "reward_margin": mean["chosen"] - mean["rejected"],
+                "reward_margin": margin,
                 "reward_accuracy": mean["accuracy"],
             }
             held_out: dict[str, float] = {}
-            if step_in_epoch == plan[epoch] and validation:
+            if loop.epoch_done and validation:
                 held_out = _validate(
-                    model, validation, reference["validation"], request, pad_id, spec.device
+                    model, validation, reference["validation"], request, pad, spec.device
                 )
                 last |= {"validation_loss": held_out["loss"]}
-            if ranks.leader and (global_step % every == 0 or held_out):
+            if loop.logs(measured=bool(held_out)):
                 record(
                     job_dir,
                     StepMetrics(
-                        step=global_step,
+                        step=loop.step,
                         epoch=epoch,
                         loss=mean["loss"],
                         lr=lr,
@@ -223,7 +149,7 @@ def main(job_dir: Path) -> None:
                         step_seconds=elapsed,
                         rewards_chosen=mean["chosen"],
                         rewards_rejected=mean["rejected"],
-                        reward_margin=mean["chosen"] - mean["rejected"],
+                        reward_margin=margin,
                         reward_accuracy=mean["accuracy"],
                         validation_loss=held_out.get("loss"),
                         validation_reward_margin=held_out.get("margin"),
@@ -231,42 +157,48 @@ def main(job_dir: Path) -> None:
                         timestamp=time.time(),
                     ),
                 )
-            if ranks.leader:
-                write_progress(job_dir, global_step, total_steps, epoch, spec.device)
-            epoch_done = step_in_epoch == plan[epoch]
-            next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
-            if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
-                save(
-                    checkpoint_dir,
-                    model,
-                    tokenizer,
-                    optimizer,
-                    scheduler,
-                    request,
-                    global_step,
-                    next_position,
-                    {"validation_loss": None, **last},
-                    final=False,
-                    ranks=ranks,
-                )
-        epoch, step_in_epoch = epoch + 1, 0
+            loop.end_step({"validation_loss": None, **last})
 
     # -- the save ------------------------------------------------------------------------------
-    save(
-        checkpoint_dir,
-        model,
-        tokenizer,
-        optimizer,
-        scheduler,
-        request,
-        global_step,
-        (cfg.n_epochs, 0),
-        {**last, "validation_loss": last_validation_loss(job_dir)},
-        final=True,
-        ranks=ranks,
-    )
-    log.info("done: %d steps", global_step)
-    distributed.leave(ranks)
+    loop.finish({**last, "validation_loss": last_validation_loss(job_dir)})
+
+
+def _backward(
+    loop: Loop,
+    request: PreferenceOptimizeRequest,
+    train: list[Pair],
+    reference: torch.Tensor,
+    step_batches: list[list[int]],
+    pad: int,
+) -> tuple[dict[str, float], int]:
+    """A step's forward and backward passes over this rank's micro-batches (pair indices), the
+    gradients averaged across ranks. Returns the step's mean loss, chosen and rejected rewards
+    and accuracy over all its pairs, and the tokens it ran."""
+    beta, loss_type = request.algorithm_config.beta, request.algorithm_config.loss_type
+    ranks = loop.ranks
+    n_pairs = sum(len(b) for b in step_batches)
+    totals = dict.fromkeys(("loss", "chosen", "rejected", "accuracy"), 0.0)
+    tokens = 0
+    for m, indices in enumerate(distributed.micro_batches(step_batches, ranks)):
+        loop.micro_batch(m)
+        pairs = [train[i] for i in indices]
+        chosen, rejected, n_chosen, n_rejected = pair_logps(
+            loop.model, pairs, pad, loop.spec.device
+        )
+        ref = reference[indices]
+        losses, chosen_rewards, rejected_rewards = dpo_loss(
+            chosen, rejected, ref[:, 0], ref[:, 1], n_chosen, n_rejected, beta, loss_type
+        )
+        losses = injected_fault(losses, loop.step + 1)
+        torch.autograd.backward(losses.sum() / n_pairs * distributed.loss_scale(ranks))
+        totals["loss"] += float(losses.detach().sum())
+        totals["chosen"] += float(chosen_rewards.sum())
+        totals["rejected"] += float(rejected_rewards.sum())
+        totals["accuracy"] += float((chosen_rewards > rejected_rewards).float().sum())
+        tokens += sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in pairs)
+    distributed.average_grads(loop.params, ranks)
+    totals = {k: distributed.total(v, ranks) for k, v in totals.items()}
+    return {k: v / n_pairs for k, v in totals.items()}, int(distributed.total(tokens, ranks))
 
 
 def dpo_loss(

@@ -37,29 +37,19 @@ from llama_post.apis.post_training import (
     ReinforceRequest,
     StepMetrics,
 )
-from llama_post.graders import GraderRunner, GraderSettings, Sample
+from llama_post.graders import GradeResult, GraderRunner, GraderSettings, Sample
 from providers.inline.inference.transformers.engine import Engine
 from providers.inline.inference.transformers.sampling import SamplingParams
+from providers.inline.post_training.peft.loop import Loop, resume, start_worker
 from providers.inline.post_training.peft.training import (
-    Cancelled,
-    NonFiniteGuard,
     beat,
-    clip,
     injected_fault,
-    install_cancel_handler,
     label_logps,
     load_model,
-    make_optimizer,
-    make_scheduler,
     record,
-    restore,
     run,
-    save,
-    seed_everything,
-    truncate_metrics,
-    write_progress,
 )
-from providers.jobs.folder import JobFolder, checkpoints, read_jsonl
+from providers.jobs.folder import JobFolder, read_jsonl
 from providers.training.data import IGNORE, Example, collate, epoch_order, first_fit, render_prompt
 
 log = logging.getLogger("recipe_grpo")
@@ -85,231 +75,241 @@ def main(job_dir: Path) -> None:
     request = spec.request
     assert isinstance(request, ReinforceRequest)
     cfg, algo = request.training_config, request.algorithm_config
-    data_cfg = cfg.data
-    stop = install_cancel_handler()
-    if spec.torch_threads:
-        torch.set_num_threads(spec.torch_threads)
-    seed_everything(cfg.seed)
-
+    stop, ranks = start_worker(spec, multi_rank=False)  # the rollouts are not split across ranks
     tokenizer, model = load_model(spec)
     # the KL's reference: the base, the LoRA adapter disabled (full fine-tuning has none)
     lora = isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    grader = GraderRunner(
-        request.grading,
-        settings=GraderSettings(**spec.grader_settings),  # type: ignore[arg-type]
-    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    settings = GraderSettings(**spec.grader_settings)  # type: ignore[arg-type]
+    grader = GraderRunner(request.grading, settings=settings)
     rows, held_out = read_jsonl(folder.train), read_jsonl(folder.validation)
     prompts = [render_prompt(r, tokenizer) for r in rows]
     held_out_prompts = [render_prompt(r, tokenizer) for r in held_out]
-    ga = cfg.gradient_accumulation_steps
+    per_step = cfg.data.batch_size * cfg.gradient_accumulation_steps  # prompts
     plan = plan_steps(len(rows), request)
-    total_steps = sum(plan)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, request)
-    scheduler = make_scheduler(optimizer, request, total_steps * algo.num_iterations)
-    engine = Engine(model, tokenizer, spec.device, data_cfg.batch_size * ga * algo.group_size)
-    eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
-    sampling = SamplingParams(
-        max_tokens=algo.max_tokens,
-        temperature=algo.temperature,
-        top_p=algo.top_p,
-        stop=tuple(algo.stop),
-        eos_ids=frozenset(e for e in eos if e is not None),
-    )
+    engine = Engine(model, tokenizer, spec.device, per_step * algo.group_size)
+    sampling = _sampling_params(request, tokenizer, model)
     log.info(
         "GRPO %s: %d prompts (%d held out), %d steps of %d prompts x %d answers, %s "
         "parameters trained",
         spec.job_uuid,
         len(rows),
         len(held_out),
-        total_steps,
-        data_cfg.batch_size * ga,
+        sum(plan),
+        per_step,
         algo.group_size,
-        f"{sum(p.numel() for p in params):,}",
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
     )
-
-    checkpoint_dir = Path(spec.checkpoint_dir)
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    latest = checkpoints(checkpoint_dir)
-    if latest:
-        epoch, step_in_epoch, global_step = restore(latest[-1][1], model, optimizer, scheduler)
-        log.info("resumed from %s at epoch %d, step %d", latest[-1][1].name, epoch, global_step)
-    truncate_metrics(folder.metrics, global_step if latest else -1)
-    if not latest and held_out:
+    loop = resume(job_dir, spec, model, tokenizer, plan, ranks, stop, algo.num_iterations)
+    if loop.resumed_from is None and held_out:
         base = _validate(engine, grader, held_out, held_out_prompts, sampling, request)
         log.info("held-out reward before training: %.4f", base)
         record(job_dir, StepMetrics(step=0, epoch=0, validation_reward=base, timestamp=time.time()))
 
     # -- the loop ------------------------------------------------------------------------------
-    guard = NonFiniteGuard(request.supervision)
-    every = request.logger_config.log_every_n_steps if request.logger_config else 1
     last: dict[str, float | None] = {"train_loss": None}
-    while epoch < cfg.n_epochs:
-        order = epoch_order(len(rows), cfg.seed, epoch, data_cfg.shuffle)
-        per_step = data_cfg.batch_size * ga
-        while step_in_epoch < plan[epoch]:
-            if stop.is_set():
-                raise Cancelled
-            beat("training", global_step + 1, 0)
+    for epoch in loop.epochs():
+        order = epoch_order(len(rows), cfg.seed, epoch, cfg.data.shuffle)
+        for step_in_epoch in loop.steps():
+            loop.micro_batch(0)
             indices = order[step_in_epoch * per_step : (step_in_epoch + 1) * per_step]
-
-            # the rollouts: group_size answers to each prompt, sampled together
-            started = time.perf_counter()
-            answers = _sample(
-                engine, prompts, indices, sampling, algo.group_size, cfg.seed, global_step
-            )
-            sampling_seconds = time.perf_counter() - started
-
-            # the grading: a failed answer scores 0 and is counted
-            results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
-            failed = [r.error for r in results if r.error is not None]
-            if global_step == 0 and len(failed) == len(results):
+            # the rollouts and their grading: a failed answer scores 0 and is counted
+            batch = _roll_out(engine, grader, rows, prompts, indices, sampling, request, loop.step)
+            if loop.step == 0 and len(batch.failed) == len(batch.results):
                 raise GraderFailed(
-                    f"the grader failed on every answer of the first batch: {failed[0]}"
+                    f"the grader failed on every answer of the first batch: {batch.failed[0]}"
                 )
-            rewards = torch.tensor(
-                [0.0 if r.error is not None else r.score for r in results]
-            ).reshape(len(indices), algo.group_size)
-            advantages = group_advantages(
-                rewards, algo.advantage_normalization, algo.advantage_clip
-            ).flatten()
-
             # the step: num_iterations updates on these answers
-            started = time.perf_counter()
-            examples = [_example(prompts[a.prompt], a.ids) for a in answers]
-            micro = [
-                list(range(k, min(k + data_cfg.batch_size * algo.group_size, len(examples))))
-                for k in range(0, len(examples), data_cfg.batch_size * algo.group_size)
-            ]
-            reference = (
-                _logps(model, examples, micro, pad_id, spec.device, adapter=False) if lora else None
-            )
-            sampled = None
-            if algo.num_iterations > 1:  # the sampling policy's log-probs, for the ratio
-                sampled = _logps(model, examples, micro, pad_id, spec.device, adapter=True)
-            model.train()
-            normalizer = float(
-                len(examples)
-                if algo.loss_aggregation == "sequence"
-                else sum(len(a.ids) for a in answers)
-            )
-            # the loss is the updates' mean; KL and clipping are over every update's tokens
-            totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
-            for iteration in range(algo.num_iterations):
-                update_loss = 0.0
-                for m, seqs in enumerate(micro):
-                    if stop.is_set():
-                        raise Cancelled
-                    beat("training", global_step + 1, iteration * len(micro) + m)
-                    logps, owner = sequence_logps(
-                        model, [examples[i] for i in seqs], pad_id, spec.device
-                    )
-                    parts = GRPOTerms(
-                        logps=logps,
-                        sampled=logps.detach() if sampled is None else sampled[m],
-                        reference=None if reference is None else reference[m],
-                        advantages=advantages[seqs].to(logps.device),
-                        owner=owner,
-                    )
-                    loss, stats = grpo_loss(
-                        parts, algo.clip_epsilon, algo.kl_coef, algo.loss_aggregation, normalizer
-                    )
-                    loss = injected_fault(loss, global_step + 1)
-                    torch.autograd.backward(loss)
-                    update_loss += float(loss.detach())
-                    for name in ("kl", "clipped", "tokens"):
-                        totals[name] += stats[name]
-                grad_norm = clip(params, cfg.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                totals["loss"] += update_loss / algo.num_iterations
-                if guard.admits(global_step + 1, update_loss, grad_norm):
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            training_seconds = time.perf_counter() - started
-            step_in_epoch += 1
-            global_step += 1
-
-            # the record
-            lengths = [len(a.ids) for a in answers]
-            sampled_tokens = sum(lengths)
-            trained_tokens = sum(len(e.input_ids) for e in examples) * algo.num_iterations
-            last = {"train_loss": totals["loss"], "reward_mean": float(rewards.mean())}
+            update = _updates(loop, request, batch, prompts, pad, lora)
+            loop.advance()
+            last = {"train_loss": update.loss, "reward_mean": float(batch.rewards.mean())}
             held: float | None = None
-            if step_in_epoch == plan[epoch] and held_out:
+            if loop.epoch_done and held_out:
                 held = _validate(engine, grader, held_out, held_out_prompts, sampling, request)
-            if global_step % every == 0 or held is not None:
-                for a, r in list(zip(answers, results, strict=True))[
-                    :: max(1, len(answers) // SAMPLES_LOGGED)
-                ][:SAMPLES_LOGGED]:
-                    log.info(
-                        "sample (reward %.3f%s): %r",
-                        0.0 if r.error else r.score,
-                        f", grader error: {r.error}" if r.error else "",
-                        a.text[:200],
-                    )
-                record(
-                    job_dir,
-                    StepMetrics(
-                        step=global_step,
-                        epoch=epoch,
-                        loss=totals["loss"],
-                        lr=lr,
-                        grad_norm=grad_norm,
-                        tokens=trained_tokens,
-                        tokens_per_second=trained_tokens / training_seconds,
-                        step_seconds=sampling_seconds + training_seconds,
-                        reward_mean=float(rewards.mean()),
-                        reward_std=float(rewards.std(correction=0)),
-                        rewards_by_grader=_by_grader(results),
-                        grader_errors=len(failed),
-                        zero_variance_groups=float(
-                            (rewards.std(-1, correction=0) == 0).float().mean()
-                        ),
-                        kl=totals["kl"] / totals["tokens"] if reference is not None else None,
-                        clip_fraction=totals["clipped"] / totals["tokens"],
-                        completion_length=sampled_tokens / len(answers),
-                        sampling_tokens_per_second=sampled_tokens / sampling_seconds,
-                        sampling_seconds=sampling_seconds,
-                        training_tokens_per_second=trained_tokens / training_seconds,
-                        validation_reward=held,
-                        timestamp=time.time(),
-                    ),
-                )
-            write_progress(job_dir, global_step, total_steps, epoch, spec.device)
-            epoch_done = step_in_epoch == plan[epoch]
-            next_position = (epoch + 1, 0) if epoch_done else (epoch, step_in_epoch)
-            if cfg.save_every and global_step % cfg.save_every == 0 and global_step < total_steps:
-                save(
-                    checkpoint_dir,
-                    model,
-                    tokenizer,
-                    optimizer,
-                    scheduler,
-                    request,
-                    global_step,
-                    next_position,
-                    {"validation_loss": None, **last},
-                    final=False,
-                )
-        epoch, step_in_epoch = epoch + 1, 0
+            if loop.logs(measured=held is not None):
+                _log_samples(batch)
+                record(job_dir, _metrics(loop.step, epoch, batch, update, held))
+            loop.end_step({"validation_loss": None, **last})
 
     # -- the save ------------------------------------------------------------------------------
     engine.stop()
-    save(
-        checkpoint_dir,
-        model,
-        tokenizer,
-        optimizer,
-        scheduler,
-        request,
-        global_step,
-        (cfg.n_epochs, 0),
-        {"validation_loss": None, **last},
-        final=True,
+    loop.finish({"validation_loss": None, **last})
+
+
+@dataclass
+class Rollouts:
+    """A step's answers, their grades, their rewards ([prompts, group_size]) and how long they
+    took to sample."""
+
+    answers: list[Answer]
+    results: list[GradeResult]
+    rewards: torch.Tensor
+    seconds: float
+
+    @property
+    def failed(self) -> list[str]:
+        return [r.error for r in self.results if r.error is not None]
+
+
+@dataclass
+class Updates:
+    """What a step's updates did: the loss (their mean); the summed KL (None without a
+    reference), clipped tokens and tokens over every update; the last update's gradient norm
+    and rate; the tokens trained and the time it took."""
+
+    loss: float
+    kl: float | None
+    clipped: float
+    tokens: float
+    grad_norm: float
+    lr: float
+    trained_tokens: int
+    seconds: float
+
+
+def _roll_out(
+    engine: Engine,
+    grader: GraderRunner,
+    rows: list[dict[str, Any]],
+    prompts: list[list[int]],
+    indices: list[int],
+    sampling: SamplingParams,
+    request: ReinforceRequest,
+    step: int,
+) -> Rollouts:
+    """`group_size` answers to each prompt, sampled together, and their grades."""
+    algo = request.algorithm_config
+    started = time.perf_counter()
+    answers = _sample(
+        engine, prompts, indices, sampling, algo.group_size, request.training_config.seed, step
     )
-    log.info("done: %d steps", global_step)
+    seconds = time.perf_counter() - started
+    results = grader.grade_many([(rows[a.prompt], Sample.of(a.text)) for a in answers])
+    rewards = torch.tensor([0.0 if r.error is not None else r.score for r in results])
+    return Rollouts(answers, results, rewards.reshape(len(indices), algo.group_size), seconds)
+
+
+def _updates(
+    loop: Loop,
+    request: ReinforceRequest,
+    batch: Rollouts,
+    prompts: list[list[int]],
+    pad: int,
+    lora: bool,
+) -> Updates:
+    """The step's `num_iterations` optimizer updates on its answers, each answer's advantage
+    taken within its group; the loss is the updates' mean, KL and clipping are over every
+    update's tokens."""
+    algo, size = request.algorithm_config, request.training_config.data.batch_size
+    model, device = loop.model, loop.spec.device
+    advantages = group_advantages(
+        batch.rewards, algo.advantage_normalization, algo.advantage_clip
+    ).flatten()
+    started = time.perf_counter()
+    examples = [_example(prompts[a.prompt], a.ids) for a in batch.answers]
+    per_micro = size * algo.group_size
+    micro = [
+        list(range(k, min(k + per_micro, len(examples))))
+        for k in range(0, len(examples), per_micro)
+    ]
+    reference = _logps(model, examples, micro, pad, device, adapter=False) if lora else None
+    sampled = None
+    if algo.num_iterations > 1:  # the sampling policy's log-probs, for the ratio
+        sampled = _logps(model, examples, micro, pad, device, adapter=True)
+    model.train()
+    normalizer = float(
+        len(examples)
+        if algo.loss_aggregation == "sequence"
+        else sum(len(a.ids) for a in batch.answers)
+    )
+    totals = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "tokens": 0.0}
+    grad_norm = lr = 0.0
+    for iteration in range(algo.num_iterations):
+        update_loss = 0.0
+        for m, seqs in enumerate(micro):
+            loop.micro_batch(iteration * len(micro) + m)
+            logps, owner = sequence_logps(model, [examples[i] for i in seqs], pad, device)
+            parts = GRPOTerms(
+                logps=logps,
+                sampled=logps.detach() if sampled is None else sampled[m],
+                reference=None if reference is None else reference[m],
+                advantages=advantages[seqs].to(logps.device),
+                owner=owner,
+            )
+            loss, stats = grpo_loss(
+                parts, algo.clip_epsilon, algo.kl_coef, algo.loss_aggregation, normalizer
+            )
+            loss = injected_fault(loss, loop.step + 1)
+            torch.autograd.backward(loss)
+            update_loss += float(loss.detach())
+            for name in ("kl", "clipped", "tokens"):
+                totals[name] += stats[name]
+        totals["loss"] += update_loss / algo.num_iterations
+        grad_norm, lr = loop.update(update_loss)
+    return Updates(
+        loss=totals["loss"],
+        kl=totals["kl"] if reference is not None else None,
+        clipped=totals["clipped"],
+        tokens=totals["tokens"],
+        grad_norm=grad_norm,
+        lr=lr,
+        trained_tokens=sum(len(e.input_ids) for e in examples) * algo.num_iterations,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _metrics(
+    step: int, epoch: int, batch: Rollouts, update: Updates, held: float | None
+) -> StepMetrics:
+    rewards, trained = batch.rewards, update.trained_tokens
+    sampled_tokens = sum(len(a.ids) for a in batch.answers)
+    return StepMetrics(
+        step=step,
+        epoch=epoch,
+        loss=update.loss,
+        lr=update.lr,
+        grad_norm=update.grad_norm,
+        tokens=trained,
+        tokens_per_second=trained / update.seconds,
+        step_seconds=batch.seconds + update.seconds,
+        reward_mean=float(rewards.mean()),
+        reward_std=float(rewards.std(correction=0)),
+        rewards_by_grader=_by_grader(batch.results),
+        grader_errors=len(batch.failed),
+        zero_variance_groups=float((rewards.std(-1, correction=0) == 0).float().mean()),
+        kl=update.kl / update.tokens if update.kl is not None else None,
+        clip_fraction=update.clipped / update.tokens,
+        completion_length=sampled_tokens / len(batch.answers),
+        sampling_tokens_per_second=sampled_tokens / batch.seconds,
+        sampling_seconds=batch.seconds,
+        training_tokens_per_second=trained / update.seconds,
+        validation_reward=held,
+        timestamp=time.time(),
+    )
+
+
+def _log_samples(batch: Rollouts) -> None:
+    """A few answers of the step and their rewards, into the log (hence the job's events)."""
+    pairs = list(zip(batch.answers, batch.results, strict=True))
+    for a, r in pairs[:: max(1, len(pairs) // SAMPLES_LOGGED)][:SAMPLES_LOGGED]:
+        log.info(
+            "sample (reward %.3f%s): %r",
+            0.0 if r.error else r.score,
+            f", grader error: {r.error}" if r.error else "",
+            a.text[:200],
+        )
+
+
+def _sampling_params(request: ReinforceRequest, tokenizer: Any, model: Any) -> SamplingParams:
+    algo = request.algorithm_config
+    eos = {tokenizer.eos_token_id, *_as_list(model.generation_config.eos_token_id)}
+    return SamplingParams(
+        max_tokens=algo.max_tokens,
+        temperature=algo.temperature,
+        top_p=algo.top_p,
+        stop=tuple(algo.stop),
+        eos_ids=frozenset(e for e in eos if e is not None),
+    )
 
 
 # -- the math ----------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
-"""What the SFT and DPO recipes share: the model, optimizer and schedule, the log-probabilities
-of labelled tokens, checkpoints with everything resume needs, metrics, and cancellation."""
+"""What the recipes share within a step: the model, optimizer and schedule, the log-probabilities
+of labelled tokens, metrics, supervision (heartbeat, non-finite guard) and cancellation. The
+skeleton around the step (resume, checkpoints, the final save) is `loop.py`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -26,29 +25,29 @@ from llama_post.apis.post_training import (
 )
 from llama_post.apis.post_training.models import Phase
 from providers.jobs.folder import (
-    CHECKPOINT_PREFIX,
     EXIT_CANCELLED,
     EXIT_NONFINITE,
     EXIT_OUT_OF_MEMORY,
     Heartbeat,
     JobFolder,
     JobSpec,
-    read_jsonl,
-    write_json_atomic,
 )
-from providers.training import distributed
 from providers.training.data import IGNORE
-from providers.training.distributed import Ranks
 from providers.training.preflight import lora_targets
 
 log = logging.getLogger("recipe")
 
 LOSS_CHUNK = 1024  # labelled positions whose logits exist at once
-ONE = Ranks()  # a single process
 
 
 class Cancelled(Exception):
     pass
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id that pads a batch: the tokenizer's, else its end of sequence."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
 
 
 def load_model(spec: JobSpec, whole_fp32: bool = False) -> tuple[Any, Any]:
@@ -252,17 +251,6 @@ def peak_memory(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def write_progress(job_dir: Path, step: int, total_steps: int, epoch: int, device: str) -> None:
-    """Where the job stands, for the server's status and watchdog (the leader rank's alone)."""
-    progress = {
-        "step": step,
-        "total_steps": total_steps,
-        "epoch": epoch,
-        "peak_memory_bytes": peak_memory(device),
-    }
-    write_json_atomic(JobFolder(job_dir).progress, progress)
-
-
 def injected_fault(loss: torch.Tensor, step: int) -> torch.Tensor:
     """Test hook: LLAMA_POST_TEST_FAULT=nan@N makes step N's loss NaN; stall@N wedges the
     worker at step N (it stops making progress, as a hung collective or driver would)."""
@@ -276,15 +264,6 @@ def injected_fault(loss: torch.Tensor, step: int) -> torch.Tensor:
         while True:
             time.sleep(1.0)
     return loss
-
-
-def last_validation_loss(job_dir: Path) -> float | None:
-    """The newest validation loss the job's metrics hold, for its final checkpoint."""
-    metrics = read_jsonl(JobFolder(job_dir).metrics)
-    return next(
-        (m["validation_loss"] for m in reversed(metrics) if m.get("validation_loss") is not None),
-        None,
-    )
 
 
 def make_optimizer(params: list[Any], request: TrainingRequest) -> torch.optim.Optimizer:
@@ -347,155 +326,9 @@ def record(job_dir: Path, metrics: StepMetrics) -> None:
     )
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the metric lines past the step a resumed job starts from."""
-    kept = [m for m in read_jsonl(path) if m["step"] <= step]
-    path.write_text("".join(json.dumps(m) + "\n" for m in kept))
-
-
-def save(
-    folder: Path,
-    model: Any,
-    tokenizer: Any,
-    optimizer: Any,
-    scheduler: Any,
-    request: TrainingRequest,
-    step: int,
-    position: tuple[int, int],
-    metrics: dict[str, float | None],
-    final: bool,
-    ranks: Ranks = ONE,
-) -> None:
-    """Write a checkpoint beside its final place, then rename it there: a crash mid-write
-    (a kill, a full disk) leaves the previous checkpoint as the newest complete one.
-
-    Every rank calls it (gathering sharded state is a collective); rank 0 alone writes, and
-    the others wait until the checkpoint is complete."""
-    beat("saving", step)
-    lora = isinstance(request.tuning, LoraFinetuningConfig)
-    weights = distributed.model_state(model, ranks, trained_only=lora)
-    optimizer_state = distributed.optimizer_state(model, optimizer, ranks)
-    rng = distributed.gather(_rng_state(), ranks)
-    if ranks.leader:
-        _write(
-            folder,
-            model,
-            tokenizer,
-            optimizer_state,
-            scheduler,
-            request,
-            step,
-            position,
-            metrics,
-            final,
-            weights,
-            rng if ranks.many else rng[0],
-        )
-    distributed.barrier(ranks)
-
-
-def _write(
-    folder: Path,
-    model: Any,
-    tokenizer: Any,
-    optimizer_state: dict[str, Any],
-    scheduler: Any,
-    request: TrainingRequest,
-    step: int,
-    position: tuple[int, int],
-    metrics: dict[str, float | None],
-    final: bool,
-    weights: dict[str, Any] | None,
-    rng: Any,
-) -> None:
-    target = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
-    partial = folder / f".{target.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        partial.mkdir(parents=True)
-        if weights is None:
-            model.save_pretrained(str(partial))
-        else:  # gathered from the ranks' shards
-            model.save_pretrained(str(partial), state_dict=weights)
-        if not isinstance(request.tuning, LoraFinetuningConfig):
-            tokenizer.save_pretrained(str(partial))
-        torch.save(
-            {
-                "optimizer": optimizer_state,
-                "scheduler": scheduler.state_dict(),
-                "position": position,
-                "step": step,
-                "rng": rng,  # one per rank where there are several
-            },
-            partial / "state.pt",
-        )
-        (partial / "checkpoint.json").write_text(
-            json.dumps(
-                {
-                    "step": step,
-                    "epoch": position[0] if position[1] else position[0] - 1,
-                    **metrics,
-                    "created_at": int(time.time()),
-                    "final": final,
-                }
-            )
-        )
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # give the space back; keep the last good one
-        raise
-    shutil.rmtree(target, ignore_errors=True)
-    partial.replace(target)
-    log.info("saved checkpoint %s", target.name)
-
-
-def restore(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, int, int]:
-    """Load a checkpoint's weights, optimizer, schedule and RNG; returns (epoch, step in
-    epoch, global step) to continue from."""
-    restore_weights(folder, model)
-    return restore_state(folder, model, optimizer, scheduler, ONE)
-
-
-def restore_weights(folder: Path, model: Any) -> None:
-    """A checkpoint's weights into the model, before it is sharded (every rank reads them)."""
-    from safetensors.torch import load_file
-
-    adapter = (folder / "adapter_config.json").is_file()
-    weights = folder / ("adapter_model.safetensors" if adapter else "model.safetensors")
-    state_dict = load_file(str(weights))
-    if adapter:
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, state_dict)
-    else:
-        model.load_state_dict(state_dict, strict=False)
-
-
-def restore_state(
-    folder: Path, model: Any, optimizer: Any, scheduler: Any, ranks: Ranks
-) -> tuple[int, int, int]:
-    """A checkpoint's optimizer, schedule and this rank's RNG; returns (epoch, step in epoch,
-    global step) to continue from."""
-    state = torch.load(folder / "state.pt", weights_only=False)
-    distributed.load_optimizer_state(model, optimizer, state["optimizer"], ranks)
-    scheduler.load_state_dict(state["scheduler"])
-    rng = state["rng"]
-    _set_rng_state(rng[ranks.rank] if isinstance(rng, list) else rng)
-    epoch, step_in_epoch = state["position"]
-    return epoch, step_in_epoch, state["step"]
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
 
 
 def install_cancel_handler() -> threading.Event:
