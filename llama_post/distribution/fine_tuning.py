@@ -60,6 +60,7 @@ from llama_post.apis.post_training.jobs import (
     PreflightResponse,
     TrainingEstimate,
 )
+from llama_post.apis.post_training.methods import method_of, openai_method
 from llama_post.apis.post_training.models import (
     PreferenceOptimizeRequest,
     ReinforceRequest,
@@ -183,11 +184,7 @@ class OpenAIFineTuning:
         method = request.method or FineTuningMethod(type="supervised")
         params = _hyperparameters(request, method)
         job_uuid = "-".join(filter(None, ["ftjob", request.suffix, secrets.token_hex(6)]))
-        kinds = {
-            "dpo": [DatasetPurpose.preference],
-            "reinforcement": [DatasetPurpose.prompt],
-            "supervised": [DatasetPurpose.dialog, DatasetPurpose.instruct],  # chat, else prompt
-        }[method.type]
+        kinds = list(openai_method(method.type).purposes)
         made: list[str] = []
         try:
             train = await self._dataset_of(
@@ -203,12 +200,7 @@ class OpenAIFineTuning:
                     made,
                 )
             native = _native_request(request, method, job_uuid, params, train, validation)
-            if isinstance(native, PreferenceOptimizeRequest):
-                await self.preference_optimize(native)
-            elif isinstance(native, ReinforceRequest):
-                await self.reinforce(native)
-            else:
-                await self.supervised_fine_tune(native)
+            await method_of(native).create(self, native)
         except InvalidRequestError as exc:
             await self._forget(made)
             raise type(exc)(

@@ -30,7 +30,6 @@ from llama_post.apis.post_training import (
     JobStatus,
     LoraFinetuningConfig,
     MLflowTracker,
-    PreferenceOptimizeRequest,
     StepMetrics,
     TensorBoardTracker,
     TrackerConfig,
@@ -39,6 +38,7 @@ from llama_post.apis.post_training import (
     WandbTracker,
 )
 from providers.jobs.folder import JobFolder, read_jsonl, write_json_atomic
+from providers.training.methods import method_of
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 NOT_SENT = {"step", "timestamp"}  # the step is each value's position; the time, its wall time
@@ -171,8 +171,7 @@ def _params(request: TrainingRequest) -> dict[str, str]:
     }
     if isinstance(request.tuning, LoraFinetuningConfig):
         params |= {"lora_rank": str(request.tuning.rank), "lora_alpha": str(request.tuning.alpha)}
-    if isinstance(request, PreferenceOptimizeRequest):
-        params |= {"dpo_beta": str(request.algorithm_config.beta)}
+    params |= method_of(request).tracker_params(request)
     return params
 
 

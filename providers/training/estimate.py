@@ -12,7 +12,8 @@ d, and A = 4 H d L(L+1)/2 the causal attention products of the layers (scores an
   (the logits, and the input gradient taken while they exist); a trained head 8 h V (forward,
   recomputed, and two backward products);
 - activation checkpointing recomputes the forward of the checkpointed layers;
-- DPO's reference pass, once per pair the job will see: a forward pass.
+- a method's reference pass (DPO's, `reference_pass`), once per row the job will see: a
+  forward pass.
 
 Memory: the weights (bf16 or fp32 as the job holds them), what training adds per trained
 parameter (an fp32 copy where the weights are not fp32, its gradient, AdamW's two moments), the
@@ -30,11 +31,11 @@ from pathlib import Path
 from llama_post.apis.post_training import (
     EfficiencyConfig,
     LoraFinetuningConfig,
-    PreferenceOptimizeRequest,
     TrainingRequest,
 )
 from llama_post.apis.post_training.jobs import MemoryEstimate
 from providers.training.data import Example, epoch_order, group
+from providers.training.methods import method_of
 from providers.training.preflight import lora_targets
 
 RUNTIME_BYTES = 450 * 2**20  # python, torch, transformers and peft, loaded (measured on CPU)
@@ -166,7 +167,7 @@ def count(
     """Every micro-batch the job will run, as the recipes group them."""
     cfg = request.training_config
     data = cfg.data
-    dpo = isinstance(request, PreferenceOptimizeRequest)
+    method = method_of(request)
     recompute = checkpointed(request, low_memory)
     ga = cfg.gradient_accumulation_steps
     total_tokens = total_trained = 0
@@ -176,12 +177,12 @@ def count(
     seen: set[int] = set()
     for epoch, steps in enumerate(plan):
         order = epoch_order(len(per_row), cfg.seed, epoch, data.shuffle)
-        if dpo:
+        seen.update(order[: steps * ga * data.batch_size])
+        if method.pairs:
             batches = [  # a row is a pair: (chosen, rejected)
                 [per_row[i] for i in order[k : k + data.batch_size]]
                 for k in range(0, len(order), data.batch_size)
             ]
-            seen.update(order[: steps * ga * data.batch_size])
         else:
             examples = [row[0] for row in per_row]
             batches = group(examples, order, data.batch_size, data.packed, data.max_seq_len)
@@ -194,7 +195,7 @@ def count(
             total_flops += work
             if work > largest_flops:
                 largest, largest_flops = batch, work
-    if dpo:  # the reference pass, once per pair the job will see
+    if method.reference_pass:  # once per row the job will see
         for i in seen:
             lengths = [len(e.input_ids) for e in per_row[i]]
             trained = sum(e.trained for e in per_row[i])

@@ -12,24 +12,15 @@ from typing import Any
 
 from llama_post.apis.post_training import (
     LoraFinetuningConfig,
-    PreferenceOptimizeRequest,
     PreflightResponse,
-    ReinforceRequest,
     RowProblem,
     TokenStats,
     TrainingRequest,
 )
 from llama_post.errors import InvalidRequestError
 from providers.jobs.folder import JobSpec, Prepared
-from providers.training.data import (
-    IGNORE,
-    Example,
-    marked,
-    render,
-    render_pair,
-    render_prompt,
-    steps_per_epoch,
-)
+from providers.training.data import Example, marked, steps_per_epoch
+from providers.training.methods import method_of
 
 Plan = Callable[[list[Example], TrainingRequest], list[int]]
 
@@ -55,16 +46,8 @@ def prepare(
         )
     tokenizer = AutoTokenizer.from_pretrained(spec.base_folder)
     # each row is one example, or a pair (prompt + chosen, prompt + rejected) for DPO
-    per_row: list[list[Example]]
-    if isinstance(request, ReinforceRequest):
-        per_row = [[_rollout_shape(r, tokenizer, request)] for r in rows]
-    elif isinstance(request, PreferenceOptimizeRequest):
-        per_row = [list(render_pair(r, tokenizer, data.max_seq_len)) for r in rows]
-    else:
-        per_row = [
-            [render(r, data.data_format, tokenizer, data.train_on_input, data.max_seq_len)]
-            for r in rows
-        ]
+    method = method_of(request)
+    per_row = [method.render(r, tokenizer, request) for r in rows]
     errors = [
         RowProblem(
             row=i + 1,
@@ -98,19 +81,6 @@ def prepare(
         errors=errors,
     )
     return Prepared(spec, rows, validation, report, per_row)
-
-
-def _rollout_shape(row: dict[str, Any], tokenizer: Any, request: ReinforceRequest) -> Example:
-    """A prompt row as the longest sequence GRPO may train on: the prompt, then `max_tokens`
-    answer tokens (a stand-in: answers are sampled as the job runs). A prompt that leaves no
-    room for them within `max_seq_len` has no trained tokens, and is reported."""
-    prompt = render_prompt(row, tokenizer)
-    budget = request.training_config.data.max_seq_len
-    answer = request.algorithm_config.max_tokens
-    if len(prompt) + answer > budget:
-        return Example(prompt, [IGNORE] * len(prompt), len(prompt) + answer)
-    pad = tokenizer.eos_token_id or 0
-    return Example(prompt + [pad] * answer, [IGNORE] * len(prompt) + [pad] * answer, len(prompt))
 
 
 def check_lora_targets(

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import EXIT_CANCELLED, EXIT_LOST
+from providers.jobs.launch import root_cause, torchrun_command
 from providers.jobs.launchers import RayLauncher, TorchrunLauncher
-from providers.jobs.local import root_cause, torchrun_command
 from providers.jobs.ray import exit_code, submission_id
 
 

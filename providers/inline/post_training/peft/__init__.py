@@ -14,7 +14,9 @@ __all__ = ["PeftPostTrainingConfig", "create"]
 
 async def create(config: PeftPostTrainingConfig, deps: Deps, provider_id: str) -> PostTrainingJobs:
     from providers.inline.post_training.peft.post_training import PeftPostTraining
+    from providers.jobs.local import LocalJobs
 
-    trainer = PeftPostTraining(config, deps[Api.datasets], deps[Api.models], provider_id)
-    await trainer.start()
-    return trainer
+    trainer = PeftPostTraining()
+    jobs = LocalJobs(config, deps[Api.datasets], deps[Api.models], provider_id, trainer)
+    await jobs.start()
+    return jobs

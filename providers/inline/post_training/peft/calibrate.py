@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from llama_post.apis.post_training import PreferenceOptimizeRequest
 from providers.inline.post_training.peft.loop import save
 from providers.inline.post_training.peft.recipe_dpo import Pair, dpo_loss, pair_logps
 from providers.inline.post_training.peft.recipe_sft import completion_loss
@@ -30,6 +29,7 @@ from providers.inline.post_training.peft.training import (
 )
 from providers.jobs.folder import JobFolder
 from providers.training.data import Example, collate, repack
+from providers.training.methods import DPO, method_of
 
 TIMED = 2  # micro-steps timed, after one not timed
 
@@ -52,11 +52,11 @@ def main(folder: Path) -> None:
     optimizer = make_optimizer(params, request)
     scheduler = make_scheduler(optimizer, request, TIMED + 1)
     model.train()
-    dpo = isinstance(request, PreferenceOptimizeRequest)
+    paired = method_of(request).pairs  # a row is (chosen, rejected): DPO's loss
 
     def micro_step() -> None:
-        if dpo:
-            assert isinstance(request, PreferenceOptimizeRequest)
+        if paired:
+            alignment = DPO.api.narrow(request).algorithm_config
             pairs = [Pair(row[0], row[1]) for row in batch]
             chosen, rejected, n_chosen, n_rejected = pair_logps(model, pairs, pad_id, spec.device)
             zeros = torch.zeros_like(chosen)
@@ -67,8 +67,8 @@ def main(folder: Path) -> None:
                 zeros,
                 n_chosen,
                 n_rejected,
-                request.algorithm_config.beta,
-                request.algorithm_config.loss_type,
+                alignment.beta,
+                alignment.loss_type,
             )
             loss = losses.sum()
         else:

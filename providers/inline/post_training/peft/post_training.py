@@ -1,44 +1,36 @@
-"""The PostTraining API of `inline::peft`: what is peft's own on top of the shared local jobs
-(`providers/jobs/local.py`): checking a request against its model and data, the pre-flight
-report, and the recipe a worker runs."""
+"""The trainer of `inline::peft` over the shared local jobs (`providers/jobs/local.py`): how it
+finishes a checked request (its LoRA targets, the pre-flight report), the recipe a worker runs,
+its calibration, and its lighter retry after running out of memory."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from llama_post.apis.datasets import Datasets
-from llama_post.apis.models import Models
-from llama_post.apis.post_training import (
-    EfficiencyConfig,
-    LoraFinetuningConfig,
-    TrainingRequest,
-)
-from providers.inline.post_training.peft.config import PeftPostTrainingConfig
+from llama_post.apis.post_training import EfficiencyConfig, LoraFinetuningConfig, TrainingRequest
 from providers.jobs.folder import JobSpec, Prepared
-from providers.jobs.local import LocalJobs
+from providers.jobs.trainer import Gathered
+from providers.training.methods import METHODS, TrainingMethod, method_of
 from providers.training.preflight import check_lora_targets, prepare
 
-log = logging.getLogger(__name__)
 
-
-class PeftPostTraining(LocalJobs):
+class PeftPostTraining:
     """LoRA and full fine-tuning (SFT, DPO, GRPO) with transformers + peft, in worker processes
-    that run `recipe_sft`, `recipe_dpo` or `recipe_grpo` over the job's folder."""
+    that run each method's recipe (`recipe_sft`, `recipe_dpo`, `recipe_grpo`) over the job's
+    folder."""
 
-    def __init__(
-        self, config: PeftPostTrainingConfig, datasets: Datasets, models: Models, provider_id: str
-    ) -> None:
-        super().__init__(config, datasets, models, provider_id)
-        self.config = config
+    methods = frozenset(METHODS)
 
-    multi_rank = frozenset({"sft", "dpo"})  # recipe_grpo's rollouts are not split across ranks
+    def refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
+        return []  # what no local trainer honours is all it refuses
+
+    def multi_rank(self, method: TrainingMethod[Any]) -> bool:
+        return method.multi_rank
 
     def worker(self, request: TrainingRequest, job_dir: Path) -> list[str]:
-        return [sys.executable, "-m", _recipe(request), str(job_dir)]
+        return [sys.executable, "-m", method_of(request).recipe, str(job_dir)]
 
     def calibrator(self, folder: Path) -> list[str] | None:
         return [sys.executable, "-m", "providers.inline.post_training.peft.calibrate", str(folder)]
@@ -55,8 +47,7 @@ class PeftPostTraining(LocalJobs):
             return None
         return spec.model_copy(update={"low_memory": True})
 
-    async def prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
-        got = await self.gather(request, job_uuid)
+    async def prepare(self, got: Gathered, job_dir: Path) -> Prepared:
         return await asyncio.to_thread(_prepare, got.spec, got.train, got.validation)
 
 
@@ -67,7 +58,3 @@ def _prepare(
     if isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None:
         check_lora_targets(spec.base_folder, request.tuning, request.tuning_field)
     return prepare(spec, train, validation)
-
-
-def _recipe(request: TrainingRequest) -> str:
-    return f"providers.inline.post_training.peft.recipe_{request.method}"

@@ -16,7 +16,9 @@ async def create(
     config: TorchtunePostTrainingConfig, deps: Deps, provider_id: str
 ) -> PostTrainingJobs:
     from providers.inline.post_training.torchtune.post_training import TorchtunePostTraining
+    from providers.jobs.local import LocalJobs
 
-    trainer = TorchtunePostTraining(config, deps[Api.datasets], deps[Api.models], provider_id)
-    await trainer.start()
-    return trainer
+    trainer = TorchtunePostTraining(config, provider_id)
+    jobs = LocalJobs(config, deps[Api.datasets], deps[Api.models], provider_id, trainer)
+    await jobs.start()
+    return jobs

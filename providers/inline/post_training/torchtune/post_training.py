@@ -15,22 +15,18 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_post.apis.datasets import Datasets
-from llama_post.apis.models import Models
-from llama_post.apis.post_training import (
-    DPOLossType,
-    LoraFinetuningConfig,
-    PreferenceOptimizeRequest,
-    TrainingRequest,
-)
+from llama_post.apis.post_training import DPOLossType, LoraFinetuningConfig, TrainingRequest
 from llama_post.errors import ConfigError, InvalidRequestError
 from providers.inline.post_training.torchtune.config import TorchtunePostTrainingConfig
 from providers.jobs.folder import JobFolder, JobSpec, Prepared
-from providers.jobs.local import LocalJobs
+from providers.jobs.trainer import Gathered
 from providers.training.data import IGNORE, Example
+from providers.training.methods import DPO, SFT, TrainingMethod, method_of
 from providers.training.preflight import prepare
 from providers.utils.engines import engine_env, is_built
 
@@ -47,17 +43,60 @@ ATTENTION = {
 }
 
 
-class TorchtunePostTraining(LocalJobs):
+@dataclass(frozen=True)
+class Recipe:
+    """A method as torchtune runs it: its recipe, what of the method's request it cannot do,
+    and the loss (and gradient clipping) in its config."""
+
+    name: str
+    refusals: Callable[[TrainingRequest], list[tuple[str, str]]]
+    configure: Callable[[TrainingRequest, dict[str, Any]], None]
+
+
+def _no_refusals(request: TrainingRequest) -> list[tuple[str, str]]:
+    return []
+
+
+def _sft_loss(request: TrainingRequest, config: dict[str, Any]) -> None:
+    config["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
+    config["clip_grad_norm"] = request.training_config.max_grad_norm
+
+
+def _dpo_refusals(request: TrainingRequest) -> list[tuple[str, str]]:
+    if DPO.api.narrow(request).algorithm_config.loss_type != DPOLossType.ipo:
+        return []
+    return [
+        (
+            "algorithm_config.loss_type",
+            "torchtune 0.6.1 has the sigmoid (DPO) and hinge (RSO) losses; use one of "
+            "those, or inline::peft for ipo",
+        )
+    ]
+
+
+def _dpo_loss(request: TrainingRequest, config: dict[str, Any]) -> None:
+    alignment = DPO.api.narrow(request).algorithm_config
+    if alignment.loss_type == DPOLossType.hinge:
+        loss = {"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": alignment.beta}
+    else:
+        loss = {"_component_": "torchtune.rlhf.loss.DPOLoss", "beta": alignment.beta}
+    config["loss"] = loss
+    config["optimizer"]["max_grad_norm"] = request.training_config.max_grad_norm  # not clipped
+
+
+RECIPES = {
+    SFT.name: Recipe("lora_finetune_single_device", _no_refusals, _sft_loss),
+    DPO.name: Recipe("lora_dpo_single_device", _dpo_refusals, _dpo_loss),
+}
+
+
+class TorchtunePostTraining:
     """LoRA SFT and DPO by torchtune's recipes, each job a `tune run` in torchtune's own
     environment."""
 
-    def __init__(
-        self,
-        config: TorchtunePostTrainingConfig,
-        datasets: Datasets,
-        models: Models,
-        provider_id: str,
-    ) -> None:
+    methods = frozenset(RECIPES)
+
+    def __init__(self, config: TorchtunePostTrainingConfig, provider_id: str) -> None:
         env = config.environment or engine_env("torchtune")
         if env is None or not is_built(env):
             where = f" at {env}" if env else ""
@@ -66,15 +105,23 @@ class TorchtunePostTraining(LocalJobs):
                 "build it with `make engine-torchtune`, or name one in the provider's "
                 "`environment`"
             )
-        super().__init__(config, datasets, models, provider_id)
-        self.config = config
         self.python = env / "bin" / "python"
 
     def worker(self, request: TrainingRequest, job_dir: Path) -> list[str]:
         return [str(self.python), str(ENGINE), str(job_dir)]
 
+    def multi_rank(self, method: TrainingMethod[Any]) -> bool:
+        return False  # torchtune's single-device recipes
+
+    def calibrator(self, folder: Path) -> list[str] | None:
+        return None
+
+    def lighter(self, spec: JobSpec) -> JobSpec | None:
+        return None
+
     def refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
-        if request.method == "grpo":
+        recipe = RECIPES.get(request.method)
+        if recipe is None:
             return [
                 (
                     "algorithm_config",
@@ -82,8 +129,7 @@ class TorchtunePostTraining(LocalJobs):
                     "fine-tuning; send it to an inline::peft provider (provider_id)",
                 )
             ]
-        dpo = isinstance(request, PreferenceOptimizeRequest)
-        tuning_field = "finetuning_config" if dpo else "algorithm_config"
+        tuning_field = request.tuning_field
         cfg = request.training_config
         data = cfg.data
         found = []
@@ -106,17 +152,7 @@ class TorchtunePostTraining(LocalJobs):
                         f"{', '.join(unknown)}",
                     )
                 )
-        if (
-            isinstance(request, PreferenceOptimizeRequest)
-            and request.algorithm_config.loss_type == DPOLossType.ipo
-        ):
-            found.append(
-                (
-                    "algorithm_config.loss_type",
-                    "torchtune 0.6.1 has the sigmoid (DPO) and hinge (RSO) losses; use one of "
-                    "those, or inline::peft for ipo",
-                )
-            )
+        found += recipe.refusals(request)
         if request.supervision.on_nonfinite == "skip":
             found.append(
                 (
@@ -132,7 +168,7 @@ class TorchtunePostTraining(LocalJobs):
             found.append(("training_config.data_config.validation_split", no_validation))
         if cfg.max_validation_steps is not None:
             found.append(("training_config.max_validation_steps", no_validation))
-        if data.packed and not dpo:
+        if data.packed and method_of(request).whole_answers is None:  # else refused for all
             found.append(
                 (
                     "training_config.data_config.packed",
@@ -152,12 +188,11 @@ class TorchtunePostTraining(LocalJobs):
                     "torchtune checkpoints every layer; set 1 or leave it unset",
                 )
             )
-        return super().refusals(request) + found
+        return found
 
-    async def prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
-        got = await self.gather(request, job_uuid)
-        dpo = isinstance(request, PreferenceOptimizeRequest)
-        model_field = "finetuned_model" if dpo else "model"
+    async def prepare(self, got: Gathered, job_dir: Path) -> Prepared:
+        request = got.spec.request
+        model_field = request.model_field
         if got.spec.adapter_folder is not None:
             raise InvalidRequestError(
                 f"{model_field}: {request.model_id!r} is a LoRA adapter; inline::torchtune "
@@ -186,7 +221,7 @@ class TorchtunePostTraining(LocalJobs):
                 "at each epoch end), leave it unset, or use inline::peft",
                 param="training_config.save_every",
             )
-        prepared.files = job_files(model, prepared, self.jobs_dir / job_uuid)
+        prepared.files = job_files(model, prepared, job_dir)
         return prepared
 
 
@@ -197,8 +232,7 @@ PLAN = "torchtune.json"
 def job_files(model: dict[str, Any], prepared: Prepared, job_dir: Path) -> dict[str, str]:
     """The worker's files: the tokenized rows and the recipe plan."""
     request = prepared.spec.request
-    dpo = isinstance(request, PreferenceOptimizeRequest)
-    rows = tokenized(prepared.examples, dpo)
+    rows = tokenized(prepared.examples, method_of(request).pairs)
     if request.training_config.data.shuffle:
         # torchtune's sampler shuffles each epoch with a seed of its own (0): rows stored in an
         # order drawn from the request's seed make the seed decide the batches, as in peft
@@ -220,14 +254,14 @@ def steps_per_epoch(examples: list[Example], request: TrainingRequest) -> list[i
     return [steps] * cfg.n_epochs
 
 
-def tokenized(examples: list[list[Example]], dpo: bool) -> list[dict[str, list[int]]]:
+def tokenized(examples: list[list[Example]], pairs: bool) -> list[dict[str, list[int]]]:
     """Rows as torchtune's collators take them. Labels line up with the tokens (the recipes
     shift them); the first is never learned, as in inline::peft."""
 
     def labels(example: Example) -> list[int]:
         return [IGNORE, *example.labels[1:]]
 
-    if dpo:
+    if pairs:
         return [
             {
                 "chosen_input_ids": chosen.input_ids,
@@ -322,7 +356,7 @@ def recipe_plan(
 ) -> dict[str, Any]:
     """What the worker runs: the recipe and its config, in torchtune's own terms."""
     request = spec.request
-    dpo = isinstance(request, PreferenceOptimizeRequest)
+    recipe = RECIPES[request.method]
     cfg = request.training_config
     data = cfg.data
     opt = cfg.optimizer
@@ -348,7 +382,7 @@ def recipe_plan(
             "publish_dir": spec.checkpoint_dir,
             "base_model": spec.base_folder,
             "steps_per_epoch": per_epoch,
-            "dpo": dpo,
+            "dpo": method_of(request).pairs,
             "checkpoint_dir": spec.base_folder,
             "checkpoint_files": model["weights"],
             "model_type": model["model_type"],
@@ -393,20 +427,9 @@ def recipe_plan(
         or efficiency.enable_activation_checkpointing,
         "enable_activation_offloading": False,
     }
-    if dpo:
-        assert isinstance(request, PreferenceOptimizeRequest)
-        alignment = request.algorithm_config
-        if alignment.loss_type == DPOLossType.hinge:
-            loss = {"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": alignment.beta}
-        else:
-            loss = {"_component_": "torchtune.rlhf.loss.DPOLoss", "beta": alignment.beta}
-        config["loss"] = loss
-        config["optimizer"]["max_grad_norm"] = cfg.max_grad_norm  # the recipe does not clip
-    else:
-        config["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
-        config["clip_grad_norm"] = cfg.max_grad_norm
+    recipe.configure(request, config)
     return {
-        "recipe": "lora_dpo_single_device" if dpo else "lora_finetune_single_device",
+        "recipe": recipe.name,
         "rows": len(prepared.train),
         "torch_threads": spec.torch_threads,
         "config": config,
