@@ -25,7 +25,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from llama_post.apis.datasets import (
@@ -60,7 +60,7 @@ from llama_post.apis.post_training.jobs import (
     PreflightResponse,
     TrainingEstimate,
 )
-from llama_post.apis.post_training.methods import method_of, openai_method
+from llama_post.apis.post_training.methods import DPO, GRPO, SFT, method_of, openai_method
 from llama_post.apis.post_training.models import (
     PreferenceOptimizeRequest,
     ReinforceRequest,
@@ -278,6 +278,7 @@ class OpenAIFineTuning:
         metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
         data = request.training_config.data
         params = _resolved(request)
+        method = OPENAI_METHOD[request.method](request, params)
         return FineTuningJob(
             id=fine_tuning_job_id,
             created_at=status.scheduled_at or 0,
@@ -288,7 +289,7 @@ class OpenAIFineTuning:
             finished_at=status.completed_at,
             estimated_finish=_estimated_finish(status),
             hyperparameters=params,
-            method=_method(request, params),
+            method=method,
             model=status.model,
             seed=request.training_config.seed,
             # a job waiting for its retry (it has run before) is still running to its user
@@ -526,37 +527,48 @@ def _openai_param(native: str | None, method: str) -> str | None:
 
 
 def _resolved(request: TrainingRequest) -> ResolvedHyperparameters:
+    """The job's hyperparameters as OpenAI states them, whatever its method."""
     training = request.training_config
     return ResolvedHyperparameters(
         batch_size=training.data.batch_size,
         learning_rate_multiplier=round(training.optimizer.lr / BASE_LR[request.tuning.type], 9),
         n_epochs=training.n_epochs,
-        beta=request.algorithm_config.beta
-        if isinstance(request, PreferenceOptimizeRequest)
-        else None,
     )
 
 
-def _method(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
-    if isinstance(request, ReinforceRequest):
-        return FineTuningMethod(
-            type="reinforcement",
-            reinforcement=ReinforcementMethod(
-                grader=request.grading,
-                hyperparameters=ReinforcementHyperparameters(**params.model_dump(exclude={"beta"})),
-            ),
-        )
-    if request.method == "dpo":
-        return FineTuningMethod(
-            type="dpo",
-            dpo=DpoMethod(hyperparameters=DpoHyperparameters(**params.model_dump())),
-        )
+def _supervised(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
     return FineTuningMethod(
         type="supervised",
         supervised=SupervisedMethod(
             hyperparameters=Hyperparameters(**params.model_dump(exclude={"beta"}))
         ),
     )
+
+
+def _dpo(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
+    params.beta = DPO.narrow(request).algorithm_config.beta
+    return FineTuningMethod(
+        type="dpo", dpo=DpoMethod(hyperparameters=DpoHyperparameters(**params.model_dump()))
+    )
+
+
+def _reinforcement(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
+    return FineTuningMethod(
+        type="reinforcement",
+        reinforcement=ReinforcementMethod(
+            grader=GRPO.narrow(request).grading,
+            hyperparameters=ReinforcementHyperparameters(**params.model_dump(exclude={"beta"})),
+        ),
+    )
+
+
+# OpenAI's `method` of a native job, by the job's method (one entry per method object); the
+# method may complete the hyperparameters it shares with the job's (DPO's beta).
+OPENAI_METHOD: dict[str, Callable[[TrainingRequest, ResolvedHyperparameters], FineTuningMethod]] = {
+    SFT.name: _supervised,
+    DPO.name: _dpo,
+    GRPO.name: _reinforcement,
+}
 
 
 def _estimated_finish(status: PostTrainingJobStatusResponse) -> int | None:
