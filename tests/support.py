@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes()
 
 
 TINY = "tiny/llama"
+LISTENING = re.compile(r"Uvicorn running on http://[^:\s]+:(\d+)")
 
 
 def with_changes(body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +187,11 @@ def free_port() -> int:
 
 
 class Server:
-    """`llama-post run` in its own process, on a loopback port."""
+    """`llama-post run` in its own process, on a loopback port.
+
+    The first start asks for port 0: the server binds a free port itself and logs it (uvicorn's
+    "Uvicorn running on ..."), so no other process can take the port between choosing and
+    binding it. A restart binds the same port again, where its clients still look for it."""
 
     def __init__(
         self, config: dict[str, Any] | Path, folder: Path, env: dict[str, str] | None = None
@@ -194,13 +201,20 @@ class Server:
             path.write_text(yaml.safe_dump(config))
             config = path
         self.config = config
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"server-{self.port}.log"
+        self.port: int | None = None
+        handle, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=folder)
+        os.close(handle)
+        self.log = Path(name)
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
 
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the server has no port before its first start()"
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 30) -> Server:
+        offset = self.log.stat().st_size
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -210,22 +224,33 @@ class Server:
                     "run",
                     str(self.config),
                     "--port",
-                    str(self.port),
+                    str(self.port or 0),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
             )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while (listening := LISTENING.search(self.output(offset))) is None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server did not start:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.output()}")
+            time.sleep(0.05)
+        # uvicorn says so once the app's startup has run and the socket listens
+        self.port = int(listening[1])
+        health = httpx.get(f"{self.url}/v1/health", timeout=10)
+        assert health.status_code == 200, health.text
+        return self
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> str:
+        """The server's output once `text` is in it (a log line written after the response
+        that caused it was sent)."""
+        deadline = time.monotonic() + timeout
+        while text not in (output := self.output()):
+            assert time.monotonic() < deadline, f"{text!r} not in the server's output:\n{output}"
+            time.sleep(0.05)
+        return output
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         assert self.proc is not None
@@ -233,8 +258,10 @@ class Server:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+    def output(self, offset: int = 0) -> str:
+        with self.log.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def rss_peak_kib(self) -> int:
         assert self.proc is not None
