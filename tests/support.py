@@ -243,12 +243,11 @@ class Server:
         assert health.status_code == 200, health.text
         return self
 
-    def wait_for_output(self, text: str, timeout: float = 30) -> str:
-        """The server's output once `text` is in it (a log line written after the response
-        that caused it was sent)."""
+    def wait_for_output(self, pattern: str, timeout: float = 30) -> str:
+        """The server's output once a line of it matches the regex `pattern`."""
         deadline = time.monotonic() + timeout
-        while text not in (output := self.output()):
-            assert time.monotonic() < deadline, f"{text!r} not in the server's output:\n{output}"
+        while not re.search(pattern, output := self.output()):
+            assert time.monotonic() < deadline, f"no line matches {pattern!r}:\n{output}"
             time.sleep(0.05)
         return output
 
