@@ -98,6 +98,11 @@ def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dic
     return {**config, **overrides}
 
 
+def jobs_dir(home: Path) -> Path:
+    """Where the post-training provider of `distribution(home, model)` keeps its jobs' folders."""
+    return home / "post-training" / "jobs"
+
+
 def engine_environment(name: str) -> Path:
     """An engine's own environment, built by the project's Makefile (or found in its cache)."""
     import pytest
@@ -139,6 +144,26 @@ def wait_for_job(
         if time.monotonic() > deadline:
             raise AssertionError(f"{job_uuid} did not get there in {timeout:.0f} s: {status}")
         time.sleep(0.25)
+
+
+def wait_for_step(
+    server: Server, jobs_dir: Path, job_uuid: str, step: int, timeout: float = 120
+) -> dict[str, Any]:
+    """The job's status as soon as its worker has trained `step` steps: read from the progress
+    file the worker rewrites after each step (the tiny model trains several steps within one
+    status poll, so a test that kills or freezes the worker "at step N" must not poll)."""
+    from providers.jobs.folder import JobFolder
+
+    progress = JobFolder(jobs_dir / job_uuid).progress
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if json.loads(progress.read_text())["step"] >= step:
+                return wait_for_job(server, job_uuid, lambda s: s["progress"]["step"] >= step)
+        except (OSError, ValueError):
+            pass  # not written yet
+        assert time.monotonic() < deadline, f"{job_uuid} did not reach step {step}"
+        time.sleep(0.01)
 
 
 @contextmanager

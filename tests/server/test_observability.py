@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.support import TINY, Server, distribution, wait_for_job
+from tests.support import TINY, Server, distribution, jobs_dir, wait_for_job, wait_for_step
 
 ROWS = [{"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is blue."} for i in range(12)]
 JOB_STATUS = "/v1/post-training/jobs/{job_uuid}"
@@ -126,7 +126,7 @@ def test_jobs_by_state_steps_and_a_restart_after_a_killed_worker(server: Server)
     assert value(middle, "llama_post_jobs", provider="peft", state="failed") == 0
 
     assert _job(server, "killed", epochs=3).status_code == 200  # 18 steps
-    running = wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 3)
+    running = wait_for_step(server, jobs_dir(server.config.parent), "killed", 3)
     os.kill(running["resources_allocated"]["worker_pid"], signal.SIGKILL)
     killed = wait_for_job(server, "killed", _done)
     assert killed["status"] == "completed", killed
