@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import pytest
 import yaml
 
 from llama_post import LlamaPostClient, LlamaPostError
@@ -31,6 +32,12 @@ ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes()
 
 TINY = "tiny/llama"
 LISTENING = re.compile(r"Uvicorn running on http://[^:\s]+:(\d+)")
+
+
+# For a test of the `api` fixture that trains, where the library client would only repeat a
+# route another test already runs through it: the same request body reaches the same provider
+# either way, so only the HTTP run (the path a remote client takes) is worth a training job.
+HTTP_ONLY = pytest.mark.parametrize("api", ["http"], indirect=True)
 
 
 def with_changes(body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +112,6 @@ def jobs_dir(home: Path) -> Path:
 
 def engine_environment(name: str) -> Path:
     """An engine's own environment, built by the project's Makefile (or found in its cache)."""
-    import pytest
-
     root = Path(__file__).resolve().parents[1]
     built = subprocess.run(
         ["make", "-s", f"engine-{name}"], cwd=root, capture_output=True, text=True, timeout=1800
