@@ -111,10 +111,11 @@ def jobs_dir(home: Path) -> Path:
 
 
 def engine_environment(name: str) -> Path:
-    """An engine's own environment, built by the project's Makefile (or found in its cache)."""
+    """An engine's own environment, built by the project's Makefile (`make test` and
+    `make test-slow` build them before pytest starts; a build takes longer than a test may)."""
     root = Path(__file__).resolve().parents[1]
     built = subprocess.run(
-        ["make", "-s", f"engine-{name}"], cwd=root, capture_output=True, text=True, timeout=1800
+        ["make", "-s", f"engine-{name}"], cwd=root, capture_output=True, text=True, timeout=240
     )
     if built.returncode != 0:
         pytest.fail(f"make engine-{name} failed: {built.stderr[-2000:]}")
