@@ -192,7 +192,7 @@ def ray_head() -> Iterator[str]:
     # tests) runs low; the kernel's OOM killer is left to judge that here.
     env = {**os.environ, "RAY_memory_monitor_refresh_ms": "0"}
     started = subprocess.run(
-        [ray, "start", *flags], capture_output=True, text=True, timeout=300, env=env
+        [ray, "start", *flags], capture_output=True, text=True, timeout=120, env=env
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr

@@ -118,7 +118,7 @@ def test_a_job_that_stalls_every_time_fails_after_its_retries(
     try:
         made = _job(server, "wedges", stall_seconds={"training": 5}, max_retries=2)
         assert made.status_code == 200, made.text
-        failed = wait_for_job(server, "wedges", ended, timeout=300)
+        failed = wait_for_job(server, "wedges", ended)
     finally:
         server.stop()
     assert failed["status"] == "failed", failed

@@ -36,7 +36,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory, home: Path) -> Iterator[Se
     """run.yaml served on the module's home, for the tests that only call it (each with ids of
     its own); after the first test it loads the folder that test converted."""
     server = Server(ROOT / "run.yaml", tmp_path_factory.mktemp("smollm2"), env=_home(home))
-    server.start(timeout=300)
+    server.start(timeout=240)
     yield server
     assert server.stop() == 0
 
@@ -50,7 +50,7 @@ def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path
     env = _home(home)
     servers = [Server(ROOT / "run.yaml", tmp_path, env=env) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda s: s.start(timeout=300), servers))
+        list(pool.map(lambda s: s.start(timeout=240), servers))
     server = servers[0]
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
