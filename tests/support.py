@@ -212,6 +212,9 @@ def ray_head() -> Iterator[str]:
 
 
 def free_port() -> int:
+    """A port free now, for what cannot bind port 0 and say which port it got (Ray's head,
+    vLLM) and for addresses where nothing should answer. Another process may take it before
+    it is used: `Server` asks for port 0 instead."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
