@@ -247,7 +247,7 @@ class Server:
         assert self.port is not None, "the server has no port before its first start()"
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> Server:
+    def start(self, timeout: float = 120) -> Server:
         offset = self.log.stat().st_size
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
