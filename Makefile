@@ -68,16 +68,12 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/llama-post openapi --check
 
-# Two workers (pytest-xdist): many tests wait on a server or a worker process, and the other
-# worker's tests use the time. A group (tests/conftest.py) stays on one worker.
-PARALLEL ?= -n 2 --dist loadgroup --no-loadscope-reorder
-
 test-fast: setup browser
-	$(BIN)/pytest $(PARALLEL) -m "not slow"
+	$(BIN)/pytest -m "not slow"
 
 # pytest exits 5 when a lane selects no test; an empty lane is not a failure.
 test-slow: setup engines
-	$(BIN)/pytest $(PARALLEL) -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(BIN)/pytest -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # The slow lane's engines, built (or found in their cache) before pytest starts: a build takes
 # longer than pytest-timeout gives one test.
@@ -95,7 +91,7 @@ browser:
 
 # Both lanes in one run, so its closing line counts every test.
 test: lint browser engines
-	$(BIN)/pytest $(PARALLEL)
+	$(BIN)/pytest
 
 # Writes the lock from pyproject.toml's ranges: the newest releases they allow, today.
 # Run it to take new releases on purpose, then `make test`, and commit the lock with the fixes.

@@ -76,27 +76,3 @@ def import_dir(request: pytest.FixtureRequest, api: Driver) -> Path:
     """The folder the datasets provider of `api`'s stack may read local files from."""
     home: Path = request.getfixturevalue("server_home" if api.name == "http" else "library_home")
     return home / "import"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): one worker runs a
-    group's tests, in order. A module is a group, so its module-scoped servers start once; the
-    conformance suite is a group per target, each with its own servers; and whatever starts a
-    Ray head is one group, since `ray stop` ends every Ray process on the machine.
-
-    Groups holding a slow-lane test come first (stably), so the longest ones start early
-    rather than run on alone at the end."""
-    groups: dict[pytest.Item, str] = {}
-    for item in items:
-        group = item.path.relative_to(item.config.rootpath).as_posix()
-        if isinstance(item, pytest.Function):
-            params: dict[str, Any] = item.callspec.params if hasattr(item, "callspec") else {}
-            setup = params["target"][1].__name__ if "target" in params else None
-            if setup is not None:
-                group = f"{group}[{setup}]"
-            if "ray" in item.fixturenames or setup == "cluster":
-                group = "ray"
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups[item] = group
-    slow = {groups[item] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: groups[item] not in slow)
