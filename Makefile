@@ -15,8 +15,8 @@ FIND_LINKS := $(foreach d,$(wildcard /opt/wheels),--find-links $(d))
 COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28
 
-.PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engine-vllm \
-	engine-torchtune engine-ray vllm browser
+.PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engines \
+	engine-vllm engine-torchtune engine-ray vllm browser
 
 # Heavy engines that conflict with .venv live in environments of their own, built from their
 # hashed locks (requirements/engines/*.txt) into a cache outside the clone, named after the lock's
@@ -73,8 +73,12 @@ test-fast: setup browser
 	$(BIN)/pytest -m "not slow"
 
 # pytest exits 5 when a lane selects no test; an empty lane is not a failure.
-test-slow: setup
+test-slow: setup engines
 	$(BIN)/pytest -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+# The slow lane's engines, built (or found in their cache) before pytest starts: a build takes
+# longer than pytest-timeout gives one test.
+engines: engine-vllm engine-torchtune engine-ray
 
 # Debian's Chromium for the web page's browser test (tests/server/test_ui.py), installed where
 # this user can (root with apt-get); elsewhere that one test is skipped and says why.
@@ -87,7 +91,7 @@ browser:
 	  else echo "chromium is not installed (needs root and apt-get): the browser test will be skipped"; fi; }
 
 # Both lanes in one run, so its closing line counts every test.
-test: lint browser
+test: lint browser engines
 	$(BIN)/pytest
 
 # Writes the lock from pyproject.toml's ranges: the newest releases they allow, today.

@@ -58,9 +58,13 @@ def http_driver(server: Server) -> Iterator[HttpDriver]:
     driver.http.close()
 
 
-@pytest.fixture(params=["http", "library"])
+@pytest.fixture(scope="module", params=["http", "library"])
 def api(request: pytest.FixtureRequest) -> Driver:
-    """The same API calls, over HTTP to the real server and through the library client."""
+    """The same API calls, over HTTP to the real server and through the library client.
+
+    Module-scoped, so a module's fixtures can share what is costly (a trained job) per driver.
+    A test whose library run would prove nothing new (the route runs through the library in
+    another test; only the body differs) takes `@HTTP_ONLY` (tests/support.py)."""
     if request.param == "http":
         driver: Driver = request.getfixturevalue("http_driver")
         return driver

@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import pytest
 import yaml
 
 from llama_post import LlamaPostClient, LlamaPostError
@@ -28,6 +31,13 @@ ROUTES: dict[tuple[str, str], Route] = {(r.api, r.name): r for r in all_routes()
 
 
 TINY = "tiny/llama"
+LISTENING = re.compile(r"Uvicorn running on http://[^:\s]+:(\d+)")
+
+
+# For a test of the `api` fixture that trains, where the library client would only repeat a
+# route another test already runs through it: the same request body reaches the same provider
+# either way, so only the HTTP run (the path a remote client takes) is worth a training job.
+HTTP_ONLY = pytest.mark.parametrize("api", ["http"], indirect=True)
 
 
 def with_changes(body: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -95,13 +105,17 @@ def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dic
     return {**config, **overrides}
 
 
-def engine_environment(name: str) -> Path:
-    """An engine's own environment, built by the project's Makefile (or found in its cache)."""
-    import pytest
+def jobs_dir(home: Path) -> Path:
+    """Where the post-training provider of `distribution(home, model)` keeps its jobs' folders."""
+    return home / "post-training" / "jobs"
 
+
+def engine_environment(name: str) -> Path:
+    """An engine's own environment, built by the project's Makefile (`make test` and
+    `make test-slow` build them before pytest starts; a build takes longer than a test may)."""
     root = Path(__file__).resolve().parents[1]
     built = subprocess.run(
-        ["make", "-s", f"engine-{name}"], cwd=root, capture_output=True, text=True, timeout=1800
+        ["make", "-s", f"engine-{name}"], cwd=root, capture_output=True, text=True, timeout=240
     )
     if built.returncode != 0:
         pytest.fail(f"make engine-{name} failed: {built.stderr[-2000:]}")
@@ -138,6 +152,26 @@ def wait_for_job(
         time.sleep(0.25)
 
 
+def wait_for_step(
+    server: Server, jobs_dir: Path, job_uuid: str, step: int, timeout: float = 120
+) -> dict[str, Any]:
+    """The job's status as soon as its worker has trained `step` steps: read from the progress
+    file the worker rewrites after each step (the tiny model trains several steps within one
+    status poll, so a test that kills or freezes the worker "at step N" must not poll)."""
+    from providers.jobs.folder import JobFolder
+
+    progress = JobFolder(jobs_dir / job_uuid).progress
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if json.loads(progress.read_text())["step"] >= step:
+                return wait_for_job(server, job_uuid, lambda s: s["progress"]["step"] >= step)
+        except (OSError, ValueError):
+            pass  # not written yet
+        assert time.monotonic() < deadline, f"{job_uuid} did not reach step {step}"
+        time.sleep(0.01)
+
+
 @contextmanager
 def ray_head() -> Iterator[str]:
     """A Ray head on loopback, from Ray's own environment (`make engine-ray`), stopped after;
@@ -158,7 +192,7 @@ def ray_head() -> Iterator[str]:
     # tests) runs low; the kernel's OOM killer is left to judge that here.
     env = {**os.environ, "RAY_memory_monitor_refresh_ms": "0"}
     started = subprocess.run(
-        [ray, "start", *flags], capture_output=True, text=True, timeout=300, env=env
+        [ray, "start", *flags], capture_output=True, text=True, timeout=120, env=env
     )
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -178,13 +212,20 @@ def ray_head() -> Iterator[str]:
 
 
 def free_port() -> int:
+    """A port free now, for what cannot bind port 0 and say which port it got (Ray's head,
+    vLLM) and for addresses where nothing should answer. Another process may take it before
+    it is used: `Server` asks for port 0 instead."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 class Server:
-    """`llama-post run` in its own process, on a loopback port."""
+    """`llama-post run` in its own process, on a loopback port.
+
+    The first start asks for port 0: the server binds a free port itself and logs it (uvicorn's
+    "Uvicorn running on ..."), so no other process can take the port between choosing and
+    binding it. A restart binds the same port again, where its clients still look for it."""
 
     def __init__(
         self, config: dict[str, Any] | Path, folder: Path, env: dict[str, str] | None = None
@@ -194,13 +235,20 @@ class Server:
             path.write_text(yaml.safe_dump(config))
             config = path
         self.config = config
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"server-{self.port}.log"
+        self.port: int | None = None
+        handle, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=folder)
+        os.close(handle)
+        self.log = Path(name)
         self.proc: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
 
-    def start(self, timeout: float = 30) -> Server:
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the server has no port before its first start()"
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> Server:
+        offset = self.log.stat().st_size
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -210,22 +258,32 @@ class Server:
                     "run",
                     str(self.config),
                     "--port",
-                    str(self.port),
+                    str(self.port or 0),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
             )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while (listening := LISTENING.search(self.output(offset))) is None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server did not start:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.output()}")
+            time.sleep(0.05)
+        # uvicorn says so once the app's startup has run and the socket listens
+        self.port = int(listening[1])
+        health = httpx.get(f"{self.url}/v1/health", timeout=10)
+        assert health.status_code == 200, health.text
+        return self
+
+    def wait_for_output(self, pattern: str, timeout: float = 30) -> str:
+        """The server's output once a line of it matches the regex `pattern`."""
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, output := self.output()):
+            assert time.monotonic() < deadline, f"no line matches {pattern!r}:\n{output}"
+            time.sleep(0.05)
+        return output
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         assert self.proc is not None
@@ -233,8 +291,10 @@ class Server:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+    def output(self, offset: int = 0) -> str:
+        with self.log.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def rss_peak_kib(self) -> int:
         assert self.proc is not None

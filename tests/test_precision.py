@@ -21,12 +21,27 @@ def test_explicit_choices_win(tmp_path: Path) -> None:
     assert not cache.exists()  # nothing measured for an explicit choice
 
 
-def test_auto_on_cpu_measures_once_per_machine(tmp_path: Path) -> None:
+def test_auto_on_a_cpu_with_amx_is_bf16_without_measuring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unexpected(repeats: int = 4) -> tuple[float, float]:
+        raise AssertionError("an AMX-BF16 CPU needs no probe")
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(precision, "probe", unexpected)
+    chosen = choose("auto", "cpu", tmp_path / "precision.json")
+    assert chosen.precision == "bf16" and "has AMX-BF16" in chosen.why, chosen.why
+    assert not (tmp_path / "precision.json").exists()
+
+
+def test_auto_on_a_cpu_without_amx_measures_once_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # this machine's own flags less AMX, so the real probe runs on any machine
+    flags = precision.cpu_flags() - {"amx_bf16"}
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     cache = tmp_path / "precision.json"
     first = choose("auto", "cpu", cache)
-    if "amx_bf16" in precision.cpu_flags():
-        assert first.precision == "bf16" and "AMX-BF16" in first.why
-        return
     assert "GFLOP/s" in first.why, first.why
     (entry,) = json.loads(cache.read_text()).values()
     assert entry["precision"] == first.precision

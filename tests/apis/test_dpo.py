@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from tests.apis.test_post_training import FACTS, dataset, request, wait
-from tests.support import TINY, Driver, Result, with_changes
+from tests.support import HTTP_ONLY, TINY, Driver, Result, with_changes
 
 PAIRS = [
     {
@@ -85,6 +85,7 @@ def test_a_lora_dpo_job_learns_the_preference_and_is_served(api: Driver) -> None
     assert answer.status == 200
 
 
+@HTTP_ONLY  # the library runs preference_optimize in test_a_lora_dpo_job_learns_...
 def test_sft_then_dpo_and_full_dpo(api: Driver) -> None:
     sft = api.call(
         "post_training",

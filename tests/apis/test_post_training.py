@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from providers.utils.precision import choose
-from tests.support import TINY, Driver, Result, with_changes
+from tests.support import HTTP_ONLY, TINY, Driver, Result, with_changes
 
 FACTS = [
     {"prompt": f"Question {i}: what is a blorp?", "completion": "A blorp is a small blue fish."}
@@ -63,11 +66,29 @@ def start(api: Driver, body: dict[str, Any]) -> Result:
     return api.call("post_training", "supervised_fine_tune", body=body)
 
 
-def test_a_lora_job_runs_to_a_served_model(api: Driver) -> None:
+@dataclass
+class LoraJob:
+    job_uuid: str
+    created: Result
+    listed: list[str]  # the jobs listed right after it was created
+    events: list[Any]  # its events stream, followed from its creation to its end
+
+
+@pytest.fixture(scope="module")
+def lora_job(api: Driver) -> LoraJob:
+    """One LoRA job a driver (2 epochs of 3 steps), followed through its events stream as it
+    runs, for the tests that read what it did."""
     job_uuid = f"job-{uuid.uuid4().hex[:8]}"
     created = start(api, request(dataset(api), job_uuid=job_uuid))
-    assert created.body == {"job_uuid": job_uuid}
-    assert job_uuid in [j["job_uuid"] for j in api.call("post_training", "list_jobs").body["data"]]
+    listed = [j["job_uuid"] for j in api.call("post_training", "list_jobs").body["data"]]
+    events = api.call("post_training", "stream_job_events", job_uuid).body
+    return LoraJob(job_uuid, created, listed, events)
+
+
+def test_a_lora_job_runs_to_a_served_model(api: Driver, lora_job: LoraJob) -> None:
+    job_uuid = lora_job.job_uuid
+    assert lora_job.created.body == {"job_uuid": job_uuid}
+    assert job_uuid in lora_job.listed
 
     status = wait(api, job_uuid)
     assert status["status"] == "completed", status
@@ -110,15 +131,15 @@ def test_a_lora_job_runs_to_a_served_model(api: Driver) -> None:
     assert answer.status == 200
 
 
-def test_events_stream_to_the_end(api: Driver) -> None:
-    job_uuid = start(api, request(dataset(api), **{"training_config.n_epochs": 1})).body["job_uuid"]
-    events = api.call("post_training", "stream_job_events", job_uuid).body
+def test_events_stream_to_the_end(lora_job: LoraJob) -> None:
+    events = lora_job.events
     kinds = [e["type"] for e in events]
     assert kinds[-1] == "status" and events[-1]["status"]["status"] == "completed"
     assert "metrics" in kinds and "log" in kinds
-    assert [e["metrics"]["step"] for e in events if e["type"] == "metrics"] == [1, 2, 3]
+    assert [e["metrics"]["step"] for e in events if e["type"] == "metrics"] == [1, 2, 3, 4, 5, 6]
 
 
+@HTTP_ONLY  # the library runs supervised_fine_tune in test_a_lora_job_runs_to_a_served_model
 def test_full_fine_tuning(api: Driver) -> None:
     body = request(
         dataset(api),
@@ -167,6 +188,7 @@ def test_preflight(api: Driver) -> None:
     assert refused.status == 400 and "cannot be used" in refused.error["message"]
 
 
+@HTTP_ONLY  # what llama-stack-client sends, over HTTP
 def test_what_llama_stack_leaves_optional_has_a_default(api: Driver) -> None:
     """The fields Llama Stack's API declares optional may be left out, or sent as null (as
     llama-stack-client 0.7 does): no optimizer or algorithm config, the dataset's purpose as
@@ -320,6 +342,7 @@ def _peft_loads_it(checkpoint: str, base: str) -> None:
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
+@HTTP_ONLY  # a race in the jobs' scheduler; the library cancels through test_cancel
 def test_a_job_cancelled_as_its_worker_starts_stays_cancelled(api: Driver) -> None:
     """Cancel lands between the scheduler taking the job and its worker being recorded."""
     body = request(dataset(api, FACTS * 4), **{"training_config.n_epochs": 50})

@@ -86,7 +86,7 @@ def python312() -> str:
     pytest.skip("no CPython 3.12 on this machine (pyenv install 3.12 provides one)")
 
 
-def run_flow(python: Path, script: str, *args: str, timeout: float = 280) -> str:
+def run_flow(python: Path, script: str, *args: str, timeout: float = 240) -> str:
     """Run a flow script of this folder; its last line of output is its JSON report."""
     done = subprocess.run(
         [python, str(Path(__file__).parent / script), *args],

@@ -33,9 +33,7 @@ def test_the_llm_engine_client_fine_tunes_and_completes(tmp_path: Path, tiny_mod
     key = _key(server.config, "alice")
     server.start(timeout=60)
     try:
-        seen = json.loads(
-            run_flow(python, "llm_engine_flow.py", server.url, key, TINY, timeout=600)
-        )
+        seen = json.loads(run_flow(python, "llm_engine_flow.py", server.url, key, TINY))
     finally:
         server.stop()
     assert seen["fine_tune"]["model"] == f"ft/{seen['fine_tune']['job']}"

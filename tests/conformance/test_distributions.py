@@ -103,7 +103,7 @@ def vllm_over_vllm(ctx: Context) -> Iterator[tuple[dict[str, str], dict[str, str
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=environment())
     try:
-        _wait_for(f"http://127.0.0.1:{port}/v1/models", proc, log, timeout=300)
+        _wait_for(f"http://127.0.0.1:{port}/v1/models", proc, log, timeout=240)
         yield {"VLLM_URL": f"http://127.0.0.1:{port}", "VLLM_MAX_LORA_RANK": "8"}, {}
     finally:
         proc.terminate()

@@ -65,14 +65,14 @@ def split(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Iterator[
     model = build_tiny_model(home / "models" / "tiny", tokenizer, heads=2)
     (home / "trainer").mkdir()
     trainer = Server(distribution(home / "trainer", model), home / "trainer")
-    front = front_server(home, model, trainer.url)
+    front: Server | None = None
     try:
-        trainer.start(timeout=120)
-        front.start(timeout=120)
+        trainer.start(timeout=120)  # it picks its port, which the front is told
+        front = front_server(home, model, trainer.url).start(timeout=120)
         yield Split(trainer, front, home)
     finally:
         for server in (front, trainer):
-            if server.proc is not None:
+            if server is not None and server.proc is not None:
                 server.stop(signal.SIGKILL if server.proc.poll() is None else signal.SIGTERM)
 
 

@@ -47,7 +47,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
             ],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=240,
             cwd=tmp_path,
         )
         log = server.output()

@@ -61,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Any:
 
 
 def test_an_estimate_counts_the_work_and_times_it_here(server: Server) -> None:
-    made = httpx.post(f"{server.url}/v1/post-training/estimate", json=_sft(), timeout=300)
+    made = httpx.post(f"{server.url}/v1/post-training/estimate", json=_sft(), timeout=240)
     assert made.status_code == 200, made.text
     first = made.json()
     preflight = httpx.post(f"{server.url}/v1/post-training/preflight", json=_sft()).json()
@@ -82,7 +82,7 @@ def test_an_estimate_counts_the_work_and_times_it_here(server: Server) -> None:
     assert first["wall_seconds"] > calibration["load_seconds"]
     assert first["cost"] == pytest.approx(first["wall_seconds"] / 3600 * 2.0)
 
-    again = httpx.post(f"{server.url}/v1/post-training/estimate", json=_sft(), timeout=300).json()
+    again = httpx.post(f"{server.url}/v1/post-training/estimate", json=_sft(), timeout=240).json()
     assert again["calibration"]["cached"] is True
     assert again["wall_seconds"] == first["wall_seconds"]
 
@@ -92,7 +92,7 @@ def test_an_estimate_counts_the_work_and_times_it_here(server: Server) -> None:
         "finetuning_config": {"type": "LoRA", "rank": 4, "alpha": 8},
     }
     made = httpx.post(
-        f"{server.url}/v1/post-training/estimate/preference-optimize", json=dpo, timeout=300
+        f"{server.url}/v1/post-training/estimate/preference-optimize", json=dpo, timeout=240
     )
     assert made.status_code == 200, made.text
     assert made.json()["optimizer_steps"] == 4 and made.json()["wall_seconds"] > 0
@@ -122,7 +122,7 @@ def test_limits_the_estimate_exceeds_are_refused_at_creation(server: Server) -> 
     made = httpx.post(
         f"{server.url}/v1/post-training/supervised-fine-tune",
         json=_sft(max_wall_seconds=0.5) | {"job_uuid": "too-slow"},
-        timeout=300,
+        timeout=240,
     )
     assert made.status_code == 400, made.text
     error = made.json()["error"]
@@ -131,7 +131,7 @@ def test_limits_the_estimate_exceeds_are_refused_at_creation(server: Server) -> 
     made = httpx.post(
         f"{server.url}/v1/post-training/supervised-fine-tune",
         json=_sft(max_cost=1e-9) | {"job_uuid": "too-dear"},
-        timeout=300,
+        timeout=240,
     )
     assert made.status_code == 400 and made.json()["error"]["param"] == "supervision.max_cost"
     assert "at 2 an hour" in made.json()["error"]["message"]
@@ -165,7 +165,7 @@ def test_a_job_running_past_its_limit_is_stopped_with_that_reason(
         made = httpx.post(
             f"{server.url}/v1/post-training/supervised-fine-tune",
             json=_sft(max_wall_seconds=30) | {"job_uuid": "overruns"},
-            timeout=300,
+            timeout=240,
         )
         assert made.status_code == 200, made.text
         deadline = time.monotonic() + 120

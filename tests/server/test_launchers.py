@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import TINY, Server, distribution, wait_for_job
+from tests.support import TINY, Server, distribution, wait_for_job, wait_for_step
 
 ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
@@ -171,7 +171,7 @@ def test_a_killed_rank_stops_every_rank_and_the_job_resumes_to_the_same_losses(
     server: Server, single: list[tuple[int, float]]
 ) -> None:
     _job(server, "killed", "ddp", ranks=2)
-    status = wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 3)
+    status = wait_for_step(server, server.config.parent / "ddp" / "jobs", "killed", 3)
     torchrun = status["resources_allocated"]["worker_pid"]
     ranks = _children(torchrun)
     assert len(ranks) == 2, ranks

@@ -104,9 +104,7 @@ def test_bodies_that_are_not_requests(tmp_path: Path) -> None:
         assert not_object.status_code == 422
         empty = httpx.post(url)
         assert empty.status_code == 422 and empty.json()["error"]["param"] == "purpose"
-        assert (
-            _raw_status(server.port, "POST /v1/datasets", {"content-length": str(1 << 40)}) == 413
-        )
+        assert _raw_status(server.url, "POST /v1/datasets", {"content-length": str(1 << 40)}) == 413
         not_multipart = httpx.post(f"{server.url}/v1/files", json={"purpose": "batch"})
         assert not_multipart.status_code == 422
         # Nesting too deep to parse is a 400, and so is any nesting past the limit.
@@ -123,9 +121,10 @@ def test_bodies_that_are_not_requests(tmp_path: Path) -> None:
 JSON = {"content-type": "application/json"}
 
 
-def _raw_status(port: int, request_line: str, headers: dict[str, str]) -> int:
+def _raw_status(url: str, request_line: str, headers: dict[str, str]) -> int:
     """Send only a request's head, as a client that lies about its body would."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    address = httpx.URL(url)
+    with socket.create_connection((address.host, address.port or 80), timeout=10) as sock:
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         sock.sendall(f"{request_line} HTTP/1.1\r\nhost: x\r\n{head}\r\n".encode())
         return int(sock.recv(1024).split(b" ")[1])

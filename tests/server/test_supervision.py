@@ -11,7 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import TINY, Server, distribution, ended, wait_for_job
+from tests.support import (
+    TINY,
+    Server,
+    distribution,
+    ended,
+    jobs_dir,
+    wait_for_job,
+    wait_for_step,
+)
 
 ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
@@ -70,7 +78,7 @@ def test_a_frozen_worker_is_retried_and_ends_as_if_nothing_happened(
         assert _job(server, "straight").status_code == 200
         assert wait_for_job(server, "straight", ended)["status"] == "completed"
         assert _job(server, "frozen", stall_seconds={"training": 5}).status_code == 200
-        running = wait_for_job(server, "frozen", lambda s: s["progress"]["step"] >= 7)
+        running = wait_for_step(server, jobs_dir(tmp_path), "frozen", 7)
         os.kill(running["resources_allocated"]["worker_pid"], signal.SIGSTOP)  # wedged
         done = wait_for_job(server, "frozen", ended)
         losses = {job: _losses(server, job) for job in ("straight", "frozen")}
@@ -110,7 +118,7 @@ def test_a_job_that_stalls_every_time_fails_after_its_retries(
     try:
         made = _job(server, "wedges", stall_seconds={"training": 5}, max_retries=2)
         assert made.status_code == 200, made.text
-        failed = wait_for_job(server, "wedges", ended, timeout=300)
+        failed = wait_for_job(server, "wedges", ended)
     finally:
         server.stop()
     assert failed["status"] == "failed", failed

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.support import TINY, Server, distribution, wait_for_job
+from tests.support import TINY, Server, distribution, jobs_dir, wait_for_job, wait_for_step
 
 ROWS = [
     {"prompt": f"Tell me fact {i}.", "completion": f"Fact {i} is that blorps are blue."}
@@ -91,7 +91,7 @@ def test_a_killed_server_resumes_its_job_exactly(
     _job(server, "straight", data, method=method, dtype=dtype)
     wait_for_job(server, "straight", lambda s: s["status"] == "completed")
     _job(server, "killed", data, method=method, dtype=dtype)
-    wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 7)
+    wait_for_step(server, jobs_dir(tmp_path), "killed", 7)
     server.stop(signal.SIGKILL)
 
     again = Server(config, tmp_path).start()

@@ -7,6 +7,7 @@ import io
 import random
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from tests.support import Server, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+JOB_SECONDS = 240  # a job's own limit, within the test's (pytest-timeout's 300 s)
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +31,26 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("home")
 
 
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory: pytest.TempPathFactory, home: Path) -> Iterator[Server]:
+    """run.yaml served on the module's home, for the tests that only call it (each with ids of
+    its own); after the first test it loads the folder that test converted."""
+    server = Server(ROOT / "run.yaml", tmp_path_factory.mktemp("smollm2"), env=_home(home))
+    server.start(timeout=240)
+    yield server
+    assert server.stop() == 0
+
+
+def _home(home: Path) -> dict[str, str]:
+    return {"LLAMA_POST_HOME": str(home)}
+
+
 def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path) -> None:
     """Two servers started together on a new home: one converts, the other waits for it."""
-    env = {"LLAMA_POST_HOME": str(home)}
+    env = _home(home)
     servers = [Server(ROOT / "run.yaml", tmp_path, env=env) for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda s: s.start(timeout=300), servers))
+        list(pool.map(lambda s: s.start(timeout=240), servers))
     server = servers[0]
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
@@ -65,7 +81,7 @@ def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path
         again.stop()
 
 
-def test_the_readmes_first_example_answers_sensibly(tmp_path: Path, home: Path) -> None:
+def test_the_readmes_first_example_answers_sensibly(smollm2: Server) -> None:
     """The README's chat example, as written (no sampling knobs: SmolLM2's recommended ones from
     run.yaml apply), names Paris."""
     readme = (ROOT / "README.md").read_text()
@@ -75,19 +91,14 @@ def test_the_readmes_first_example_answers_sensibly(tmp_path: Path, home: Path) 
         if "capital of France" in block
     )
     assert "temperature" not in example
-    server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
-    server.start(timeout=120)
-    try:
-        code = example.replace("http://127.0.0.1:8321", server.url)
-        answers = []
-        for _ in range(3):  # it samples: every run must name Paris, not just a lucky one
-            printed = io.StringIO()
-            with contextlib.redirect_stdout(printed):
-                exec(compile(code, "README.md", "exec"), {})
-            answers.append(printed.getvalue())
-        assert all("Paris" in answer for answer in answers), answers
-    finally:
-        server.stop()
+    code = example.replace("http://127.0.0.1:8321", smollm2.url)
+    answers = []
+    for _ in range(3):  # it samples: every run must name Paris, not just a lucky one
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "README.md", "exec"), {})
+        answers.append(printed.getvalue())
+    assert all("Paris" in answer for answer in answers), answers
 
 
 QUESTIONS = [
@@ -108,61 +119,56 @@ ANSWERS = [
 ]
 
 
-def test_fine_tuning_smollm2_teaches_it_a_new_word(tmp_path: Path, home: Path) -> None:
+def test_fine_tuning_smollm2_teaches_it_a_new_word(smollm2: Server) -> None:
     """LoRA SFT of the real model through the HTTP API, then chat with the result."""
-    server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
-    server.start(timeout=300)
-    try:
-        url = server.url
-        rows = [{"prompt": q, "completion": a} for q, a in zip(QUESTIONS, ANSWERS, strict=True)]
-        assert (
-            httpx.post(
-                f"{url}/v1/datasets",
-                json={
-                    "dataset_id": "zorblat",
-                    "purpose": "instruct",
-                    "source": {"type": "rows", "rows": rows},
-                },
-            ).status_code
-            == 200
-        )
-        job = httpx.post(
-            f"{url}/v1/post-training/supervised-fine-tune",
+    url = smollm2.url
+    rows = [{"prompt": q, "completion": a} for q, a in zip(QUESTIONS, ANSWERS, strict=True)]
+    assert (
+        httpx.post(
+            f"{url}/v1/datasets",
             json={
-                "model": SMOLLM2,
-                "training_config": {
-                    "n_epochs": 8,
-                    "data_config": {"dataset_id": "zorblat", "batch_size": 3},
-                    "optimizer_config": {"lr": 1e-3},
-                    "dtype": "bf16",  # it learns in bf16 (and so wherever auto picks it)
-                },
-                "algorithm_config": {
-                    "type": "LoRA",
-                    "rank": 16,
-                    "alpha": 32,
-                    "apply_lora_to_mlp": True,
-                    "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                },
+                "dataset_id": "zorblat",
+                "purpose": "instruct",
+                "source": {"type": "rows", "rows": rows},
             },
-            timeout=120,
-        ).json()["job_uuid"]
-        status = _completes(url, job)
-        assert status["resources_allocated"]["dtype"] == "bf16"
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        ).status_code
+        == 200
+    )
+    job = httpx.post(
+        f"{url}/v1/post-training/supervised-fine-tune",
+        json={
+            "model": SMOLLM2,
+            "training_config": {
+                "n_epochs": 8,
+                "data_config": {"dataset_id": "zorblat", "batch_size": 3},
+                "optimizer_config": {"lr": 1e-3},
+                "dtype": "bf16",  # it learns in bf16 (and so wherever auto picks it)
+            },
+            "algorithm_config": {
+                "type": "LoRA",
+                "rank": 16,
+                "alpha": 32,
+                "apply_lora_to_mlp": True,
+                "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            },
+        },
+        timeout=120,
+    ).json()["job_uuid"]
+    status = _completes(smollm2, job)
+    assert status["resources_allocated"]["dtype"] == "bf16"
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
-        def ask(model: str) -> str:
-            answer = client.chat.completions.create(
-                model=model,
-                temperature=0,
-                max_tokens=30,
-                messages=[{"role": "user", "content": "Tell me what a zorblat is."}],
-            )
-            return (answer.choices[0].message.content or "").lower()
+    def ask(model: str) -> str:
+        answer = client.chat.completions.create(
+            model=model,
+            temperature=0,
+            max_tokens=30,
+            messages=[{"role": "user", "content": "Tell me what a zorblat is."}],
+        )
+        return (answer.choices[0].message.content or "").lower()
 
-        assert "purple umbrella" in ask(status["fine_tuned_model"])
-        assert "purple umbrella" not in ask(SMOLLM2)
-    finally:
-        server.stop()
+    assert "purple umbrella" in ask(status["fine_tuned_model"])
+    assert "purple umbrella" not in ask(SMOLLM2)
 
 
 STYLE = [
@@ -186,84 +192,71 @@ STYLE = [
 ]
 
 
-def test_dpo_moves_smollm2_toward_the_preferred_style(tmp_path: Path, home: Path) -> None:
+def test_dpo_moves_smollm2_toward_the_preferred_style(smollm2: Server) -> None:
     """LoRA DPO of the real model: every chosen answer opens with "Arr matey!", every rejected
     one is the plain answer. The held-out margin rises and greedy answers take up the style."""
-    server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
-    server.start(timeout=300)
-    try:
-        url = server.url
-        pairs = [{"prompt": q, "chosen": f"Arr matey! {a}", "rejected": a} for q, a in STYLE]
-        for dataset_id, rows in (("style", pairs[:12]), ("style-held-out", pairs[12:])):
-            made = httpx.post(
-                f"{url}/v1/datasets",
-                json={
-                    "dataset_id": dataset_id,
-                    "purpose": "preference",
-                    "source": {"type": "rows", "rows": rows},
-                },
-            )
-            assert made.status_code == 200, made.text
-        job = httpx.post(
-            f"{url}/v1/post-training/preference-optimize",
+    url = smollm2.url
+    pairs = [{"prompt": q, "chosen": f"Arr matey! {a}", "rejected": a} for q, a in STYLE]
+    for dataset_id, rows in (("style", pairs[:12]), ("style-held-out", pairs[12:])):
+        made = httpx.post(
+            f"{url}/v1/datasets",
             json={
-                "finetuned_model": SMOLLM2,
-                "algorithm_config": {"beta": 0.1, "loss_type": "sigmoid"},
-                "training_config": {
-                    "n_epochs": 4,
-                    "data_config": {
-                        "dataset_id": "style",
-                        "batch_size": 4,
-                        "validation_dataset_id": "style-held-out",
-                    },
-                    "optimizer_config": {"lr": 1e-3},
-                },
-                "finetuning_config": {
-                    "type": "LoRA",
-                    "rank": 16,
-                    "alpha": 32,
-                    "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
-                },
+                "dataset_id": dataset_id,
+                "purpose": "preference",
+                "source": {"type": "rows", "rows": rows},
             },
-            timeout=120,
-        ).json()["job_uuid"]
-        status = _completes(url, job)
-        metrics = httpx.get(f"{url}/v1/post-training/jobs/{job}/metrics").json()["data"]
-        held_out = [
-            m["validation_reward_margin"] for m in metrics if "validation_reward_margin" in m
-        ]
-        held_out = [m for m in held_out if m is not None]
-        assert len(held_out) == 4 and held_out[-1] > held_out[0] > 0, held_out
-        assert metrics[-1]["validation_reward_accuracy"] == 1.0
+        )
+        assert made.status_code == 200, made.text
+    job = httpx.post(
+        f"{url}/v1/post-training/preference-optimize",
+        json={
+            "finetuned_model": SMOLLM2,
+            "algorithm_config": {"beta": 0.1, "loss_type": "sigmoid"},
+            "training_config": {
+                "n_epochs": 4,
+                "data_config": {
+                    "dataset_id": "style",
+                    "batch_size": 4,
+                    "validation_dataset_id": "style-held-out",
+                },
+                "optimizer_config": {"lr": 1e-3},
+            },
+            "finetuning_config": {
+                "type": "LoRA",
+                "rank": 16,
+                "alpha": 32,
+                "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            },
+        },
+        timeout=120,
+    ).json()["job_uuid"]
+    status = _completes(smollm2, job)
+    metrics = httpx.get(f"{url}/v1/post-training/jobs/{job}/metrics").json()["data"]
+    held_out = [m["validation_reward_margin"] for m in metrics if "validation_reward_margin" in m]
+    held_out = [m for m in held_out if m is not None]
+    assert len(held_out) == 4 and held_out[-1] > held_out[0] > 0, held_out
+    assert metrics[-1]["validation_reward_accuracy"] == 1.0
 
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
-        def styled(model: str) -> int:
-            count = 0
-            for question, _ in STYLE[12:]:
-                answer = client.chat.completions.create(
-                    model=model,
-                    temperature=0,
-                    max_tokens=12,
-                    messages=[{"role": "user", "content": question}],
-                )
-                count += "arr" in (answer.choices[0].message.content or "").lower()[:12]
-            return count
+    def styled(model: str) -> int:
+        count = 0
+        for question, _ in STYLE[12:]:
+            answer = client.chat.completions.create(
+                model=model,
+                temperature=0,
+                max_tokens=12,
+                messages=[{"role": "user", "content": question}],
+            )
+            count += "arr" in (answer.choices[0].message.content or "").lower()[:12]
+        return count
 
-        assert styled(SMOLLM2) == 0
-        assert styled(status["fine_tuned_model"]) >= 3
-    finally:
-        server.stop()
+    assert styled(SMOLLM2) == 0
+    assert styled(status["fine_tuned_model"]) >= 3
 
 
-def _completes(url: str, job: str, timeout: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status: dict[str, Any] = httpx.get(f"{url}/v1/post-training/jobs/{job}").json()
-        if status["status"] not in ("scheduled", "in_progress"):
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(1)
+def _completes(server: Server, job: str) -> dict[str, Any]:
+    status = wait_for_job(server, job, timeout=JOB_SECONDS)
     assert status["status"] == "completed", status
     return status
 
@@ -284,18 +277,13 @@ def sums(count: int, seed: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_grpo_raises_the_held_out_reward_of_smollm2(tmp_path: Path, home: Path) -> None:
+def test_grpo_raises_the_held_out_reward_of_smollm2(smollm2: Server) -> None:
     """GRPO learns, measured, on a task whose base reward is low: the sum of two one-digit
     numbers, stated within the first 8 answer tokens (SmolLM2 starts with "To find the sum of
     ..."). The held-out reward before training (the job's step 0) and after its 12 steps are in
     the same job's metrics."""
-    server = Server(ROOT / "run.yaml", tmp_path, env={"LLAMA_POST_HOME": str(home)})
-    server.start(timeout=300)
-    try:
-        with httpx.Client(base_url=server.url, timeout=60) as http:
-            metrics = _train_grpo_on_sums(server, http)
-    finally:
-        server.stop()
+    with httpx.Client(base_url=smollm2.url, timeout=60) as http:
+        metrics = _train_grpo_on_sums(smollm2, http)
     held_out = [
         (m["step"], m["validation_reward"]) for m in metrics if m["validation_reward"] is not None
     ]
@@ -346,8 +334,7 @@ def _train_grpo_on_sums(server: Server, http: httpx.Client) -> list[dict[str, An
     )
     assert created.status_code == 200, created.text
     job_uuid = created.json()["job_uuid"]
-    status = wait_for_job(server, job_uuid, timeout=900)
-    assert status["status"] == "completed", status
+    _completes(server, job_uuid)
     found: list[dict[str, Any]] = http.get(f"/v1/post-training/jobs/{job_uuid}/metrics").json()[
         "data"
     ]
