@@ -268,7 +268,9 @@ class Server:
         while (listening := LISTENING.search(self.output(offset))) is None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline:  # not left running behind the failed test
+                self.proc.kill()
+                self.proc.wait()
                 raise RuntimeError(f"server did not start:\n{self.output()}")
             time.sleep(0.05)
         # uvicorn says so once the app's startup has run and the socket listens
