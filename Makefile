@@ -69,12 +69,17 @@ lint: setup
 	$(BIN)/lint-imports
 	$(BIN)/llama-post openapi --check
 
+# Two workers (pytest-xdist): many tests wait on a server or a worker process, and the other
+# worker's tests use the time. A group (tests/conftest.py: a module, a conformance target, or
+# whatever starts a Ray head) runs on one worker, in order; groups with slow tests go first.
+PARALLEL ?= -n 2 --no-loadscope-reorder
+
 test-fast: setup browser
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest $(PARALLEL) -m "not slow"
 
 # pytest exits 5 when a lane selects no test; an empty lane is not a failure.
 test-slow: setup engines
-	$(BIN)/pytest -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(BIN)/pytest $(PARALLEL) -m slow; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # The slow lane's engines, built (or found in their cache) before pytest starts: a build takes
 # longer than pytest-timeout gives one test.
@@ -92,7 +97,7 @@ browser:
 
 # Both lanes in one run, so its closing line counts every test.
 test: lint browser engines
-	$(BIN)/pytest
+	$(BIN)/pytest $(PARALLEL)
 
 # Writes the lock from pyproject.toml's ranges: the newest releases they allow, today.
 # Run it to take new releases on purpose, then `make test`, and commit the lock with the fixes.

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from llama_post import LlamaPostClient
 from tests.support import Driver, HttpDriver, LibraryDriver, Server, distribution
@@ -76,3 +77,37 @@ def import_dir(request: pytest.FixtureRequest, api: Driver) -> Path:
     """The folder the datasets provider of `api`'s stack may read local files from."""
     home: Path = request.getfixturevalue("server_home" if api.name == "http" else "library_home")
     return home / "import"
+
+
+CONFORMANCE = "tests/conformance/test_distributions.py"
+
+
+def xdist_group(nodeid: str) -> str:
+    """The group a test runs in under pytest-xdist (`make test` runs two workers): a worker runs
+    a whole group, in order, so a module's module-scoped servers start once. A module is a
+    group; the conformance suite is a group per target, each with its own servers; whatever
+    starts a Ray head is one group, since `ray stop` ends every Ray process on the machine."""
+    path, _, name = nodeid.partition("::")
+    target = name.rpartition("[")[2].rstrip("]") if path == CONFORMANCE and "[" in name else None
+    if path == "tests/server/test_ray_launcher.py" or target == "cluster":
+        return "ray"
+    return f"{path}[{target}]" if target else path
+
+
+class ByGroup(LoadScopeScheduling):  # type: ignore[misc]  # xdist ships no types
+    """xdist's scope scheduling with `xdist_group` as the scope (its own `loadgroup` reads a
+    mark through the node id, which pytest 9 no longer lets a plugin rewrite)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return xdist_group(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ByGroup:
+    return ByGroup(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups holding a slow-lane test run first (stably, each in its own order), so the longest
+    start early rather than run on alone at the end."""
+    slow = {xdist_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: xdist_group(item.nodeid) not in slow)
