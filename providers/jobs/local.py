@@ -89,7 +89,10 @@ class LocalJobs:
         )
         telemetry.watch(self)
 
-    async def start(self) -> None:
+    async def started(self) -> None:
+        """Once every model is loaded (the stack calls it then): take up the jobs that were
+        running when the server stopped, then run the queue. A job that ends at once publishes
+        `ft/<job>` over its base, which must be loaded by then."""
         await self.supervisor.start()
 
     async def shutdown(self) -> None:

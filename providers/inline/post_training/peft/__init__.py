@@ -18,5 +18,4 @@ async def create(config: PeftPostTrainingConfig, deps: Deps, provider_id: str) -
 
     trainer = PeftPostTraining()
     jobs = LocalJobs(config, deps[Api.datasets], deps[Api.models], provider_id, trainer)
-    await jobs.start()
     return jobs

@@ -20,5 +20,4 @@ async def create(
 
     trainer = TorchtunePostTraining(config, provider_id)
     jobs = LocalJobs(config, deps[Api.datasets], deps[Api.models], provider_id, trainer)
-    await jobs.start()
     return jobs
