@@ -277,8 +277,7 @@ class OpenAIFineTuning:
         request = _request_of(status)
         metrics = (await self.get_job_metrics(fine_tuning_job_id)).data
         data = request.training_config.data
-        params = _resolved(request)
-        method = OPENAI_METHOD[request.method](request, params)
+        method, params = OPENAI_METHOD[request.method](request)
         return FineTuningJob(
             id=fine_tuning_job_id,
             created_at=status.scheduled_at or 0,
@@ -536,35 +535,35 @@ def _resolved(request: TrainingRequest) -> ResolvedHyperparameters:
     )
 
 
-def _supervised(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
-    return FineTuningMethod(
-        type="supervised",
-        supervised=SupervisedMethod(
-            hyperparameters=Hyperparameters(**params.model_dump(exclude={"beta"}))
-        ),
+Viewed = tuple[FineTuningMethod, ResolvedHyperparameters]
+
+
+def _supervised(request: TrainingRequest) -> Viewed:
+    params = _resolved(request)
+    hyperparameters = Hyperparameters(**params.model_dump(exclude={"beta"}))
+    method = SupervisedMethod(hyperparameters=hyperparameters)
+    return FineTuningMethod(type="supervised", supervised=method), params
+
+
+def _dpo(request: TrainingRequest) -> Viewed:
+    beta = DPO.narrow(request).algorithm_config.beta
+    params = _resolved(request).model_copy(update={"beta": beta})
+    method = DpoMethod(hyperparameters=DpoHyperparameters(**params.model_dump()))
+    return FineTuningMethod(type="dpo", dpo=method), params
+
+
+def _reinforcement(request: TrainingRequest) -> Viewed:
+    params = _resolved(request)
+    method = ReinforcementMethod(
+        grader=GRPO.narrow(request).grading,
+        hyperparameters=ReinforcementHyperparameters(**params.model_dump(exclude={"beta"})),
     )
+    return FineTuningMethod(type="reinforcement", reinforcement=method), params
 
 
-def _dpo(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
-    params.beta = DPO.narrow(request).algorithm_config.beta
-    return FineTuningMethod(
-        type="dpo", dpo=DpoMethod(hyperparameters=DpoHyperparameters(**params.model_dump()))
-    )
-
-
-def _reinforcement(request: TrainingRequest, params: ResolvedHyperparameters) -> FineTuningMethod:
-    return FineTuningMethod(
-        type="reinforcement",
-        reinforcement=ReinforcementMethod(
-            grader=GRPO.narrow(request).grading,
-            hyperparameters=ReinforcementHyperparameters(**params.model_dump(exclude={"beta"})),
-        ),
-    )
-
-
-# OpenAI's `method` of a native job, by the job's method (one entry per method object); the
-# method may complete the hyperparameters it shares with the job's (DPO's beta).
-OPENAI_METHOD: dict[str, Callable[[TrainingRequest, ResolvedHyperparameters], FineTuningMethod]] = {
+# OpenAI's view of a native job, by the job's method (one entry per method object): its
+# `method`, and its hyperparameters with what only that method has (DPO's beta).
+OPENAI_METHOD: dict[str, Callable[[TrainingRequest], Viewed]] = {
     SFT.name: _supervised,
     DPO.name: _dpo,
     GRPO.name: _reinforcement,
