@@ -119,6 +119,17 @@ def pytest_configure(config: pytest.Config) -> None:
             sys.modules["torch"].set_num_threads(threads)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With LLAMA_POST_TIMELINE naming a file, each test phase appends a line to it: worker,
+    start, stop (epoch seconds), phase, node id. Read it to see what ran beside what."""
+    path = os.environ.get("LLAMA_POST_TIMELINE")
+    if path:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        line = f"{worker} {report.start:.1f} {report.stop:.1f} {report.when} {report.nodeid}\n"
+        with Path(path).open("a") as f:
+            f.write(line)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ByGroup:
     return ByGroup(config, log)
 
