@@ -121,11 +121,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """With LLAMA_POST_TIMELINE naming a file, each test phase appends a line to it: worker,
-    start, stop (epoch seconds), phase, node id. Read it to see what ran beside what."""
+    start, stop (epoch seconds), phase, outcome, node id. Read it to see what ran beside what."""
     path = os.environ.get("LLAMA_POST_TIMELINE")
-    if path:
+    if path and not hasattr(report, "node"):  # a worker's own report, not xdist's relay of it
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        line = f"{worker} {report.start:.1f} {report.stop:.1f} {report.when} {report.nodeid}\n"
+        times = f"{report.start:.1f} {report.stop:.1f}"
+        line = f"{worker} {times} {report.when} {report.outcome} {report.nodeid}\n"
         with Path(path).open("a") as f:
             f.write(line)
 
