@@ -69,18 +69,26 @@ def check_id(value: str, pattern: re.Pattern[str], what: str) -> str:
     return value
 
 
+def resolve_path(path: str | Path, field: str, base: Path | None = None) -> Path:
+    """`path` as the server would use it: taken from `base` when relative, `..` and symlinks
+    resolved, and probed once, so a name the OS refuses (too long, a NUL byte) is a 400 naming
+    `field` here rather than an OSError wherever it is first used."""
+    try:
+        resolved = ((base or Path()) / path).resolve()  # an absolute `path` replaces `base`
+        resolved.exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidRequestError(f"{field}: not a usable path ({reason})", param=field) from None
+    return resolved
+
+
 def resolve_under(
     path: str | Path, roots: Sequence[Path], field: str, kind: Literal["file", "dir"] = "file"
 ) -> Path:
     """Resolve `path` (symlinks followed) and insist it is a `kind` under one of `roots`."""
     if not roots:
         raise InvalidRequestError(f"{field}: no directory is allowed to read from", param=field)
-    try:
-        resolved = (roots[0] / path).resolve()  # an absolute `path` replaces the root
-    except (OSError, ValueError) as exc:
-        raise InvalidRequestError(
-            f"{field}: {path!r} is not a usable path ({exc})", param=field
-        ) from None
+    resolved = resolve_path(path, field, roots[0])
     if not any(resolved.is_relative_to(root.resolve()) for root in roots):
         # Not found, as an id that names nothing is: whether it exists out there is not told.
         allowed = ", ".join(str(r) for r in roots) or "none"

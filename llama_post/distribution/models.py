@@ -34,6 +34,7 @@ from llama_post.apis.models import (
     AdapterSource,
     ArchiveSource,
     DeleteModelResponse,
+    GGUFSource,
     ListModelsResponse,
     LoadLoraAdapterRequest,
     Model,
@@ -42,6 +43,7 @@ from llama_post.apis.models import (
     UnloadLoraAdapterRequest,
 )
 from llama_post.distribution.imports import ArchiveImports
+from llama_post.distribution.locations import Locations
 from llama_post.errors import (
     ConflictError,
     InvalidRequestError,
@@ -76,6 +78,7 @@ class ModelRegistry:
             imports_dir or storage_dir / "checkpoints" / "imported", archive_url_prefixes or []
         )
         self.providers: dict[str, InferenceProvider] = {}
+        self.locations: Locations | None = None  # set by the stack, with owners
         self.loaded: set[str] = set()
         self.failed: dict[str, tuple[float, LlamaPostError]] = {}  # id -> last failed load
 
@@ -137,10 +140,13 @@ class ModelRegistry:
             raise NotFoundError(f"no model {model_id!r}", param="model")
         return Model.model_validate_json(row["record"])
 
-    async def register_model(self, request: RegisterModelRequest, defer: bool = False) -> Model:
+    async def register_model(
+        self, request: RegisterModelRequest, defer: bool = False, unpacked: bool = False
+    ) -> Model:
         """Load the model with its provider, then store it. With `defer` (run.yaml's models), a
         model whose upstream cannot be reached now is stored unloaded, and loaded when asked for
-        once the upstream answers."""
+        once the upstream answers. `unpacked`: its folder is one this registry has just unpacked
+        for the caller, so no other owner's."""
         if self._exists(request.model_id):
             raise ConflictError(f"model {request.model_id!r} already exists", param="model_id")
         if isinstance(request.source, ArchiveSource):
@@ -151,7 +157,7 @@ class ModelRegistry:
             provider_id = base.provider_id
         else:
             provider_id = self._provider_id(request.provider_id)
-        await self.providers[provider_id].check_source(request.source)
+        await self._check_source(provider_id, request.source, unpacked)
         model = Model(
             id=request.model_id,
             created=int(time.time()),
@@ -206,6 +212,15 @@ class ModelRegistry:
     # -- helpers -------------------------------------------------------------------------------
 
     async def load_lora_adapter(self, request: LoadLoraAdapterRequest) -> Model:
+        try:
+            return await self._load_lora_adapter(request)
+        except LlamaPostError as exc:  # vLLM's route names the path `lora_path`
+            if exc.param != "source.path":
+                raise
+            message = exc.message.replace("source.path", "lora_path", 1)
+            raise type(exc)(message, param="lora_path", details=exc.details) from None
+
+    async def _load_lora_adapter(self, request: LoadLoraAdapterRequest) -> Model:
         base = request.base_model
         if base is None:
             bases = [m.id for m in self._all() if m.kind == "base"]
@@ -221,6 +236,7 @@ class ModelRegistry:
                     param="base_model",
                 )
             base = bases[0]
+        source = AdapterSource(type="adapter", path=request.lora_path, base_model=base)
         if request.load_inplace and self._exists(request.lora_name):
             old = await self.get_model(request.lora_name)
             if old.kind != "adapter":
@@ -228,10 +244,8 @@ class ModelRegistry:
                     f"lora_name: {old.id!r} is a base model; it is not replaced by an adapter",
                     param="lora_name",
                 )
-            check = AdapterSource(type="adapter", path=request.lora_path, base_model=base)
-            await self.providers[old.provider_id].check_source(check)  # before the old goes
+            await self._check_source(old.provider_id, source)  # before the old goes
             await self.unregister_model(request.lora_name)
-        source = AdapterSource(type="adapter", path=request.lora_path, base_model=base)
         return await self.register_model(
             RegisterModelRequest(model_id=request.lora_name, source=source)
         )
@@ -283,7 +297,7 @@ class ModelRegistry:
             update={"source": unpacked, "metadata": {**request.metadata, "archive": origin}}
         )
         try:
-            return await self.register_model(registration)
+            return await self.register_model(registration, unpacked=True)
         except BaseException:
             await self.imports.remove(Path(unpacked.path))
             raise
@@ -319,6 +333,19 @@ class ModelRegistry:
                 param="source.base_model",
             )
         return base
+
+    async def _check_source(
+        self, provider_id: str, source: ModelSource, unpacked: bool = False
+    ) -> None:
+        """The provider's checks of a source, then the caller's: where it lies in another
+        owner's folder (a job's, an imported model's), it is not found, as a path naming nothing."""
+        where = await self.providers[provider_id].check_source(source)
+        if where is None or unpacked or self.locations is None:
+            return
+        if not self.locations.usable(where):
+            kind = "file" if isinstance(source, GGUFSource) else "dir"
+            path = getattr(source, "path", None)
+            raise NotFoundError(f"source.path: no {kind} at {path}", param="source.path")
 
     def _provider_id(self, requested: str | None) -> str:
         if requested is not None:

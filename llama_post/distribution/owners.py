@@ -4,11 +4,15 @@ them.
 `Guarded` wraps an API's implementation and reads what to guard from the route table: a create
 (`@creates`) records its new ids as the caller's; a method taking an id (`file_id`, `dataset_id`,
 `model_id`, `job_uuid`, `fine_tuning_job_id`, `lora_name`, in the path, the query or the body)
-answers 404 for another owner's, as for an id that does not exist; a list leaves them out. The
-stack installs the guarded implementations as the ones providers receive too, so a reference made
-inside a request (a job's model and dataset, a dataset's file) is checked the same way. A thing
-no owner created (run.yaml's models, what an upstream serves, anything made while auth was off)
-is everyone's. An admin key, and an in-process call (no key), see everything.
+answers 404 for another owner's, as for an id that does not exist; a list leaves them out. A
+method that changes what an id names (`CHANGES`: unregistering a model, unloading an adapter,
+loading one in place of another) needs the caller to own it: a published model is everyone's to
+read and use, and its owner's alone to change (403). The stack installs the guarded
+implementations as the ones providers receive too, so a reference made inside a request (a job's
+model and dataset, a dataset's file) is checked the same way. A thing no owner created (run.yaml's
+models, what an upstream serves, anything made while auth was off) is everyone's. An admin key,
+and an in-process call (no key), see everything. Paths a request names are checked by where they
+lie (`locations.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from llama_post.auth import PRINCIPAL
-from llama_post.errors import NotFoundError
+from llama_post.errors import NotFoundError, PermissionDeniedError
 from llama_post.routes import Route
 from llama_post.storage import Database
 
@@ -57,6 +61,17 @@ BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
 BODY["register_model"] = [("model", lambda r: getattr(r.source, "base_model", None))]
 BODY["load_lora_adapter"] = [("model", lambda r: r.base_model)]
 BODY["unload_lora_adapter"] = [("model", lambda r: r.lora_name)]
+# methods that change the model an id names, by the parameter or body field naming it; a published
+# model is readable by every key, and changed by its owner alone
+CHANGES: dict[str, tuple[str, Callable[[Any], str | None]]] = {
+    "unregister_model": ("model_id", lambda bound: bound.get("model_id")),
+    "unload_lora_adapter": ("lora_name", lambda bound: bound["request"].lora_name),
+    # a load in place replaces the adapter of that name, if there is one
+    "load_lora_adapter": (
+        "lora_name",
+        lambda bound: bound["request"].lora_name if bound["request"].load_inplace else None,
+    ),
+}
 # lists: (the field holding the items, the item's id attribute, the kind)
 LISTS = {
     "list_files": ("data", "id", "file"),
@@ -118,6 +133,26 @@ class Owners:
         if id is not None and not self.visible(kind, id):
             raise NotFoundError(f"no {kind} {id!r}", param=param)
 
+    def check_change(self, kind: str, id: str | None, param: str) -> None:
+        """The caller may change it: 404 where it may not even read it, 403 where it may read
+        it (published) but not change it."""
+        self.check(kind, id, param)
+        if id is not None and not self.owns(kind, id):
+            raise PermissionDeniedError(
+                f"{kind} {id!r} is published, but only its owner may change it", param=param
+            )
+
+    def others(self, kind: str) -> list[str]:
+        """The ids of `kind` that another owner than the caller made (none for an admin, or
+        an in-process call)."""
+        principal = PRINCIPAL.get()
+        if principal is None or principal.admin:
+            return []
+        rows = self.db.all(
+            "SELECT id FROM owned WHERE kind = ? AND owner != ?", (kind, principal.owner)
+        )
+        return [str(r["id"]) for r in rows]
+
     def close(self) -> None:
         self.db.close()
 
@@ -158,6 +193,7 @@ class Guarded:
         creates = {param: pointer for r in routes for param, pointer in r.creates}
         body = BODY.get(name, [])
         listing = LISTS.get(name)
+        change = CHANGES.get(name)
 
         @functools.wraps(method)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -171,6 +207,9 @@ class Guarded:
             if request is not None:
                 for kind, read in body:
                     owners.check(kind, read(request), "model")
+            if change is not None:
+                param, changed = change
+                owners.check_change("model", changed(bound), param)
             result = await method(*args, **kwargs)
             for param, pointer in creates.items():
                 created = _pointer(result, pointer)

@@ -7,6 +7,7 @@ creating something picks the provider the request names, or the first one.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from llama_post.apis import Api
@@ -199,6 +200,13 @@ class PostTrainingRouter:
     def use_grader_settings(self, settings: GraderSettings) -> None:
         for provider in self.providers.values():
             provider.use_grader_settings(settings)
+
+    def use_locations(self, usable: Callable[[Path], bool]) -> None:
+        for provider in self.providers.values():
+            provider.use_locations(usable)
+
+    def job_folders(self, job_uuid: str) -> list[Path]:
+        return [f for provider in self.providers.values() for f in provider.job_folders(job_uuid)]
 
     async def preflight(self, request: SupervisedFineTuneRequest) -> PreflightResponse:
         return await self._named(request.provider_id).preflight(request)

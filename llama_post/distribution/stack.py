@@ -18,12 +18,14 @@ from llama_post.apis.inspect import (
     RouteInfo,
     VersionInfo,
 )
+from llama_post.auth import PRINCIPAL
 from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
 from llama_post.distribution.fine_tuning import OpenAIFineTuning
 from llama_post.distribution.graders import GraderService
 from llama_post.distribution.llm_engine import LLMEngineService
+from llama_post.distribution.locations import Locations
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
 from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
@@ -71,6 +73,8 @@ class Stack:
         run, resolved = load_run_config(source, env, registry)
         models = ModelRegistry(run.storage_dir, run.imported_models_dir, run.archive_url_prefixes)
         owners = Owners(run.storage_dir)
+        locations = Locations(owners, models.imports.folder)
+        models.locations = locations
         routes: dict[Api, list[Route]] = {}
         for route in all_routes():
             routes.setdefault(Api(route.api), []).append(route)
@@ -102,6 +106,8 @@ class Stack:
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
                 if api == Api.post_training:  # checkpoints and OpenAI's jobs, over any provider
                     one.use_grader_settings(run.graders.settings())
+                    one.use_locations(locations.usable)
+                    locations.jobs.append(one)
                     graders = GraderService(
                         run.graders.settings(), impls[Api.models], lambda: impls.get(Api.inference)
                     )
@@ -246,14 +252,35 @@ class InspectImpl:
         )
 
     async def list_providers(self) -> ListProvidersResponse:
+        """Every provider and its config; the server's folders in it only for an admin key (or
+        an in-process call), as another owner's things lie in them."""
+        principal = PRINCIPAL.get()
+        shown = principal is None or principal.admin
         return ListProvidersResponse(
             data=[
                 ProviderInfo(
                     api=p.api.value,
                     provider_id=p.provider_id,
                     provider_type=p.provider_type,
-                    config=p.config.model_dump(mode="json"),
+                    config=p.config.model_dump(mode="json")
+                    if shown
+                    else _without_folders(p.config.model_dump(mode="json"), p.config.model_dump()),
                 )
                 for p in self.stack.providers
             ]
         )
+
+
+HIDDEN = "(hidden)"
+
+
+def _without_folders(shown: Any, values: Any) -> Any:
+    """`shown` (a config as JSON) with every folder hidden: a value that was a `Path` (its
+    `values`, the same config as Python objects), or a string naming an absolute path."""
+    if isinstance(values, Path) or (isinstance(shown, str) and shown.startswith(("/", "~"))):
+        return HIDDEN
+    if isinstance(shown, dict) and isinstance(values, dict):
+        return {k: _without_folders(v, values.get(k)) for k, v in shown.items()}
+    if isinstance(shown, list) and isinstance(values, list | tuple | set | frozenset):
+        return [_without_folders(v, w) for v, w in zip(shown, values, strict=False)]
+    return shown

@@ -15,6 +15,7 @@ from llama_post.apis.models import Models
 from llama_post.apis.post_training import LoraFinetuningConfig, TrainingRequest
 from llama_post.errors import InvalidRequestError, NotFoundError
 from llama_post.graders import GraderRunner, GraderSettings
+from llama_post.storage import resolve_path
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import JobSpec
 from providers.jobs.launch import Launch
@@ -251,13 +252,27 @@ class CreationChecks:
         return rows, dataset.purpose
 
     def checkpoint_dir(self, request: TrainingRequest, job_uuid: str) -> Path:
+        """The job's checkpoint folder: its own under the root, or `checkpoint_dir` there; a
+        folder of another owner's job (resumed from, rewritten, listed) is refused, naming
+        nothing of theirs."""
         root = self.config.checkpoint_root.resolve()
         if request.checkpoint_dir is None:
-            return root / job_uuid
-        folder = (root / request.checkpoint_dir).resolve()
+            folder = resolve_path(job_uuid, "job_uuid", root)
+            if not self.roots.usable(folder):
+                raise InvalidRequestError(
+                    f"job_uuid: {job_uuid!r} cannot be used; choose another", param="job_uuid"
+                )
+            return folder
+        folder = resolve_path(request.checkpoint_dir, "checkpoint_dir", root)
         if not folder.is_relative_to(root) or folder == root:
             raise InvalidRequestError(
                 f"checkpoint_dir: {request.checkpoint_dir} must be a folder under {root}",
+                param="checkpoint_dir",
+            )
+        if not self.roots.usable(folder):
+            raise InvalidRequestError(
+                f"checkpoint_dir: {request.checkpoint_dir} is not a folder this job may use; "
+                "choose another",
                 param="checkpoint_dir",
             )
         return folder

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from llama_post import telemetry
 from llama_post.apis.datasets import Datasets
@@ -78,7 +79,7 @@ class LocalJobs:
         self.trainer = trainer
         config.checkpoint_root.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(config.storage_dir)
-        roots = Roots(config.storage_dir, config.checkpoint_root)
+        self.roots = roots = Roots(config.storage_dir, config.checkpoint_root)
         self.launch = Launch(config, self.store)
         self.checks = CreationChecks(config, datasets, models, trainer, self.launch, roots)
         self.estimates = Estimates(config, trainer)
@@ -118,6 +119,14 @@ class LocalJobs:
 
     def use_grader_settings(self, settings: GraderSettings) -> None:
         self.checks.grader_settings = settings
+
+    def use_locations(self, usable: Callable[[Path], bool]) -> None:
+        self.roots.usable = usable
+
+    def job_folders(self, job_uuid: str) -> list[Path]:
+        if self.store.row(job_uuid) is None:
+            return []
+        return [self.store.folder(job_uuid).path, self.store.checkpoint_dir(job_uuid)]
 
     async def prepare(self, request: TrainingRequest, job_uuid: str) -> Prepared:
         """Check the request against its model and data (`checks.py`), then the trainer's

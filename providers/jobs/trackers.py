@@ -37,6 +37,8 @@ from llama_post.apis.post_training import (
     TrainingRequest,
     WandbTracker,
 )
+from llama_post.errors import InvalidRequestError
+from llama_post.storage import resolve_path
 from providers.jobs.folder import JobFolder, read_jsonl, write_json_atomic
 from providers.training.methods import method_of
 
@@ -52,18 +54,25 @@ RUNS: TypeAdapter[list[TrackerRun]] = TypeAdapter(list[TrackerRun])
 
 class Roots:
     """The folders a tracker may write to: the provider's storage_dir (where a relative path
-    is taken from) and its checkpoint_root. Nothing a request names may lie outside them."""
+    is taken from) and its checkpoint_root. Nothing a request names may lie outside them, nor
+    in a folder the caller may not use (another owner's job's: `usable`, set by the stack)."""
 
     def __init__(self, storage_dir: Path, checkpoint_root: Path) -> None:
         self.base = storage_dir.resolve()
         self.allowed = (self.base, checkpoint_root.resolve())
+        self.usable: Callable[[Path], bool] = lambda path: True
 
     def folder(self, given: str, field: str) -> Path:
         """`given` resolved (symlinks followed) under a root, writable; else ValueError."""
-        path = (self.base / Path(given).expanduser()).resolve()
+        try:
+            path = resolve_path(Path(given).expanduser(), field, self.base)
+        except InvalidRequestError as exc:
+            raise ValueError(exc.message) from None
         if not any(path.is_relative_to(root) and path != root for root in self.allowed):
             roots = " or ".join(str(r) for r in self.allowed)
             raise ValueError(f"{field}: {given} must be a folder under {roots}")
+        if not self.usable(path):  # another owner's job's: nothing of theirs is named
+            raise ValueError(f"{field}: {given} is not a folder this job may write to")
         existing = next(p for p in (path, *path.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(f"{field}: {existing} is not a folder this server can write to")

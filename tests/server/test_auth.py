@@ -6,6 +6,7 @@ with: B gets 404, as for what does not exist. An admin key sees everything."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import time
@@ -365,3 +366,288 @@ def test_llama_stack_client_uses_the_same_keys(served: dict[str, Any]) -> None:
         )
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout, done.stdout
+
+
+# -- paths: a folder is its owner's, whichever route names it (issue #29) -------------------------
+
+ALICES_FOLDER = "alices-folder"  # her job's checkpoint_dir, under the checkpoint root
+
+
+def _job(dataset_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "model": TINY,
+        "training_config": {
+            "n_epochs": 1,
+            "max_steps_per_epoch": 2,
+            "save_every": 1,
+            "data_config": {"dataset_id": dataset_id, "batch_size": 2},
+            "optimizer_config": {"lr": 1e-2},
+        },
+        "algorithm_config": {"type": "LoRA", "rank": 2, "alpha": 4},
+        **extra,
+    }
+
+
+def _dataset(caller: Caller, dataset_id: str) -> str:
+    made = caller.post(
+        "/v1/datasets",
+        json={
+            "dataset_id": dataset_id,
+            "purpose": "instruct",
+            "source": {"type": "rows", "rows": ROWS},
+        },
+    )
+    assert made.status_code == 200, made.text
+    return dataset_id
+
+
+@pytest.fixture(scope="module")
+def bobs_rows(served: dict[str, Any]) -> str:
+    """A dataset of Bob's, to start jobs of his own from."""
+    return _dataset(served["bob"], "iso-bob")
+
+
+@pytest.fixture(scope="module")
+def alices_job(served: dict[str, Any]) -> dict[str, Any]:
+    """One job of Alice's, trained once, its checkpoints in a checkpoint_dir of her naming."""
+    alice: Caller = served["alice"]
+    _dataset(alice, "iso-alice")
+    created = alice.post(
+        "/v1/post-training/supervised-fine-tune",
+        json=_job("iso-alice", checkpoint_dir=ALICES_FOLDER),
+    )
+    assert created.status_code == 200, created.text
+    job_uuid = created.json()["job_uuid"]
+    status = _finished(alice, job_uuid)
+    assert status["status"] == "completed", status
+    checkpoints = {c["checkpoint_id"]: c for c in status["checkpoints"]}
+    return {
+        "job_uuid": job_uuid,
+        "model": status["fine_tuned_model"],
+        "folder": Path(checkpoints["step-000001"]["path"]).parent,
+        "step1": checkpoints["step-000001"]["path"],
+        "published": f"/v1/post-training/jobs/{job_uuid}/checkpoints/step-000002/publish",
+    }
+
+
+def _chat(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+
+
+def _tree(folder: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_another_owners_checkpoint_folder_is_no_model_source(
+    served: dict[str, Any], alices_job: dict[str, Any], models_dir: Path
+) -> None:
+    """Finding 1: Bob registers no model from Alice's checkpoints, by path, `..` or a link, nor
+    through vLLM's adapter route; he is told no more than for a path that names nothing. The
+    server's folders are not shown to him."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    step1 = alices_job["step1"]
+    climbing = str(models_dir / os.path.relpath(step1, models_dir))  # from a folder he may read
+    assert ".." in climbing
+    link = models_dir / "bobs-link"
+    link.symlink_to(step1, target_is_directory=True)
+    try:
+        for given in (step1, climbing, str(link)):
+            source = {"type": "adapter", "path": given, "base_model": TINY}
+            stolen = bob.post("/v1/models", json={"model_id": "bob/stolen", "source": source})
+            assert stolen.status_code == 404, (given, stolen.text)
+            assert stolen.json()["error"] == {
+                **stolen.json()["error"],
+                "param": "source.path",
+                "message": f"source.path: no dir at {given}",
+            }
+            hot = bob.post(
+                "/v1/load_lora_adapter",
+                json={"lora_name": "bob/hot", "lora_path": given, "base_model": TINY},
+            )
+            assert hot.status_code == 404, (given, hot.text)
+            assert hot.json()["error"]["param"] == "lora_path"
+        assert bob.post("/v1/chat/completions", json=_chat("bob/stolen")).status_code == 404
+        assert bob.post("/v1/chat/completions", json=_chat("bob/hot")).status_code == 404
+        # its owner may, by the same paths
+        source = {"type": "adapter", "path": str(link), "base_model": TINY}
+        hers = alice.post("/v1/models", json={"model_id": "alice/step1", "source": source})
+        assert hers.status_code == 200, hers.text
+        assert alice.post("/v1/chat/completions", json=_chat("alice/step1")).status_code == 200
+        assert alice.delete("/v1/models/alice/step1").status_code == 200
+    finally:
+        link.unlink()
+
+    # the server's folders (the checkpoint root among them) are an admin's to see
+    home = str(served["home"])
+    for caller in (bob, alice):
+        shown = caller.get("/v1/inspect/providers")
+        assert shown.status_code == 200 and shown.json()["data"]
+        assert home not in shown.text and str(models_dir) not in shown.text
+    assert str(served["home"] / "checkpoints") in served["root"].get("/v1/inspect/providers").text
+
+
+def test_only_its_owner_replaces_a_served_adapter(
+    served: dict[str, Any], alices_job: dict[str, Any], models_dir: Path
+) -> None:
+    """Finding 2: vLLM's `load_inplace` does not replace Alice's model for Bob: her private one
+    is not found, her published one is hers alone to change; she goes on chatting with both."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    root: Caller = served["root"]
+    hers = build_tiny_adapter(models_dir / "iso-hers", models_dir / "tiny", seed=7)
+    his = build_tiny_adapter(models_dir / "iso-his", models_dir / "tiny", seed=8)
+    source = {"type": "adapter", "path": str(hers), "base_model": TINY}
+    made = alice.post("/v1/models", json={"model_id": "alice/inplace", "source": source})
+    assert made.status_code == 200, made.text
+    tuned = alices_job["model"]
+    assert alice.post(alices_job["published"]).status_code == 200
+    try:
+        for name, status in (("alice/inplace", 404), (tuned, 403)):
+            replaced = bob.post(
+                "/v1/load_lora_adapter",
+                json={
+                    "lora_name": name,
+                    "lora_path": str(his),
+                    "base_model": TINY,
+                    "load_inplace": True,
+                },
+            )
+            assert replaced.status_code == status, (name, replaced.text)
+            assert replaced.json()["error"]["param"] == "lora_name"
+            kept = alice.get(f"/v1/models/{name}")
+            assert kept.status_code == 200 and kept.json()["source"]["path"] != str(his), name
+            assert alice.post("/v1/chat/completions", json=_chat(name)).status_code == 200
+        # its owner (and an admin) may
+        again = {
+            "lora_name": "alice/inplace",
+            "lora_path": str(his),
+            "base_model": TINY,
+            "load_inplace": True,
+        }
+        assert alice.post("/v1/load_lora_adapter", json=again).status_code == 200
+        assert alice.get("/v1/models/alice/inplace").json()["source"]["path"] == str(his)
+        assert root.post("/v1/load_lora_adapter", json=again).status_code == 200
+    finally:
+        assert alice.delete(alices_job["published"]).status_code == 200
+        root.delete("/v1/models/alice/inplace")
+
+
+def test_only_its_owner_unloads_or_deletes_a_published_model(
+    served: dict[str, Any], alices_job: dict[str, Any]
+) -> None:
+    """Finding 3: a published model is Bob's to read and chat with, not to unload or delete, by
+    any route (vLLM's, the native one, LLM Engine's)."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    tuned = alices_job["model"]
+    assert alice.post(alices_job["published"]).status_code == 200
+    try:
+        assert bob.get(f"/v1/models/{tuned}").status_code == 200
+        assert bob.post("/v1/chat/completions", json=_chat(tuned)).status_code == 200
+        unloaded = bob.post("/v1/unload_lora_adapter", json={"lora_name": tuned})
+        assert unloaded.status_code == 403, unloaded.text
+        assert unloaded.json()["error"]["param"] == "lora_name"
+        deleted = bob.delete(f"/v1/models/{tuned}")
+        assert deleted.status_code == 403, deleted.text
+        endpoint = bob.delete(f"/llm-engine/v1/llm/model-endpoints/{tuned}")
+        assert endpoint.status_code == 403, endpoint.text
+        assert "only its owner" in endpoint.json()["detail"]
+        assert alice.get(f"/v1/models/{tuned}").status_code == 200
+        assert alice.post("/v1/chat/completions", json=_chat(tuned)).status_code == 200
+    finally:
+        assert alice.delete(alices_job["published"]).status_code == 200
+    # unpublished, it is not found again
+    assert bob.post("/v1/unload_lora_adapter", json={"lora_name": tuned}).status_code == 404
+
+
+def test_a_job_does_not_resume_from_another_owners_checkpoints(
+    served: dict[str, Any], alices_job: dict[str, Any], bobs_rows: str
+) -> None:
+    """Finding 4: Bob's job cannot take Alice's checkpoint folder (by name, through `..`, below
+    it, or as the default folder of a job_uuid of that name): it would resume from her weights
+    and optimizer state, rewrite her checkpoints and list them as its own."""
+    bob: Caller = served["bob"]
+    root: Caller = served["root"]
+    folder: Path = alices_job["folder"]
+    before = _tree(folder)
+    for given in (ALICES_FOLDER, f"elsewhere/../{ALICES_FOLDER}", f"{ALICES_FOLDER}/more"):
+        taken = bob.post(
+            "/v1/post-training/supervised-fine-tune",
+            json=_job(bobs_rows, checkpoint_dir=given),
+        )
+        assert taken.status_code == 400, (given, taken.text)
+        error = taken.json()["error"]
+        assert error["param"] == "checkpoint_dir"
+        assert (
+            alices_job["job_uuid"] not in error["message"] and str(folder) not in error["message"]
+        )
+    as_id = bob.post(
+        "/v1/post-training/supervised-fine-tune", json=_job(bobs_rows, job_uuid=ALICES_FOLDER)
+    )
+    assert as_id.status_code == 400, as_id.text
+    assert as_id.json()["error"]["param"] == "job_uuid"
+    assert _tree(folder) == before
+    mine = bob.get("/v1/post-training/checkpoints").json()["data"]
+    assert not [c for c in mine if c["path"].startswith(str(folder))]
+    # a folder of his own is his; an admin may name any
+    preflight = "/v1/post-training/preflight"
+    assert (
+        bob.post(preflight, json=_job(bobs_rows, checkpoint_dir="bobs-folder")).status_code == 200
+    )
+    assert (
+        root.post(preflight, json=_job(bobs_rows, checkpoint_dir=ALICES_FOLDER)).status_code == 200
+    )
+
+
+def test_a_tracker_does_not_write_into_another_owners_folders(
+    served: dict[str, Any], alices_job: dict[str, Any], bobs_rows: str
+) -> None:
+    """Finding 5: a tracker's folder of Bob's job is not in Alice's checkpoint folder nor in her
+    job's own folder (the provider's storage_dir/jobs/<job>), by either path."""
+    bob: Caller = served["bob"]
+    folder: Path = alices_job["folder"]
+    job_folder = f"jobs/{alices_job['job_uuid']}/tensorboard"
+    before = _tree(folder)
+    for given in (str(folder / "tb"), job_folder, f"../checkpoints/{ALICES_FOLDER}"):
+        trackers = {"trackers": [{"type": "tensorboard", "log_dir": given}]}
+        refused = bob.post(
+            "/v1/post-training/supervised-fine-tune",
+            json=_job(bobs_rows, logger_config=trackers),
+        )
+        assert refused.status_code == 400, (given, refused.text)
+        assert refused.json()["error"]["param"] == "logger_config.trackers[0].log_dir"
+    assert _tree(folder) == before
+    own = {"trackers": [{"type": "tensorboard", "log_dir": "bobs-tensorboard"}]}
+    checked = bob.post("/v1/post-training/preflight", json=_job(bobs_rows, logger_config=own))
+    assert checked.status_code == 200, checked.text
+
+
+def test_a_path_the_os_refuses_is_a_400_naming_its_field(
+    served: dict[str, Any], models_dir: Path, bobs_rows: str
+) -> None:
+    """Finding 9: a name too long for the file system (in a folder the server reads), or holding
+    a NUL byte, is the client's mistake: 400 naming the field, never a 500."""
+    bob: Caller = served["bob"]
+    long = str(models_dir / ("a" * 300))
+    loaded = bob.post("/v1/load_lora_adapter", json={"lora_name": "bob/long", "lora_path": long})
+    assert loaded.status_code == 400, loaded.text
+    assert loaded.json()["error"]["param"] == "lora_path"
+    source = {"type": "adapter", "path": long, "base_model": TINY}
+    registered = bob.post("/v1/models", json={"model_id": "bob/long", "source": source})
+    assert registered.status_code == 400, registered.text
+    assert registered.json()["error"]["param"] == "source.path"
+    for given in ("a" * 300, "bad\x00name"):
+        job = bob.post(
+            "/v1/post-training/supervised-fine-tune",
+            json=_job(bobs_rows, checkpoint_dir=given),
+        )
+        assert job.status_code == 400, job.text
+        assert job.json()["error"]["param"] == "checkpoint_dir"
+        trackers = {"trackers": [{"type": "tensorboard", "log_dir": given}]}
+        tracked = bob.post(
+            "/v1/post-training/supervised-fine-tune",
+            json=_job(bobs_rows, logger_config=trackers),
+        )
+        assert tracked.status_code == 400, tracked.text
+        assert tracked.json()["error"]["param"] == "logger_config.trackers[0].log_dir"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Protocol
 
 from llama_post.apis.inference.models import (
@@ -68,8 +69,10 @@ class InferenceProvider(Inference, Protocol):
 
     async def unload_model(self, model_id: str) -> None: ...
 
-    async def check_source(self, source: ModelSource) -> None:
-        """Refuse (InvalidRequestError) a source this provider may not or cannot read."""
+    async def check_source(self, source: ModelSource) -> Path | None:
+        """Refuse (InvalidRequestError) a source this provider may not or cannot read; answer
+        where on this server it reads it (resolved), or None where it reads nothing here (an
+        upstream's model), so the registry can check that the caller may use that folder."""
         ...
 
     async def discover(self) -> list[RegisterModelRequest]:

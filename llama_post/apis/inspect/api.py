@@ -74,5 +74,8 @@ class Inspect(Protocol):
 
     @webmethod(route="/v1/inspect/providers", method="GET")
     async def list_providers(self) -> ListProvidersResponse:
-        """Every provider of the distribution; secret config values are masked."""
+        """Every provider of the distribution; secret config values are masked.
+
+        For a key that is not an admin's, the server's folders in them read `(hidden)`.
+        """
         ...

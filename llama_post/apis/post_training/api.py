@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Annotated, Protocol
 
 from pydantic import Field
@@ -198,6 +199,17 @@ class PostTrainingJobs(Protocol):
     def use_grader_settings(self, settings: GraderSettings) -> None:
         """What the distribution allows graders (run.yaml's `graders`: the python grader), for
         the runners of reinforcement jobs (not a route: the stack sets it once built)."""
+        ...
+
+    def use_locations(self, usable: Callable[[Path], bool]) -> None:
+        """How to tell whether the caller may use a folder a request names (`checkpoint_dir`,
+        a tracker's folder), once resolved: the stack's `Locations.usable`, which refuses
+        another owner's job folders (not a route: the stack sets it once built)."""
+        ...
+
+    def job_folders(self, job_uuid: str) -> list[Path]:
+        """The folders on this server a job keeps its files in (its own and its checkpoints');
+        none for a job this provider does not hold here (not a route: `Locations` asks)."""
         ...
 
 

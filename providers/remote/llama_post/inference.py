@@ -10,6 +10,7 @@ from an archive if it was trained elsewhere), not pushed from here.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from llama_post.apis.inspect import ProviderHealth
@@ -63,13 +64,14 @@ class RemoteInference:
             if re.match(MODEL_ID_PATTERN, m.id)
         ]
 
-    async def check_source(self, source: ModelSource) -> None:
+    async def check_source(self, source: ModelSource) -> Path | None:
         if not isinstance(source, ProviderModelSource):
             raise InvalidRequestError(
                 f"source.type: remote::llama-post serves the models its remote serves; register "
                 f"{source.type} sources there and they appear here",
                 param="source.type",
             )
+        return None
 
     async def load_model(self, model: Model, base: Model | None) -> ModelInfo:
         await self.check_source(model.source)

@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from llama_post.apis.models import ArchiveSource, Models, RegisterModelRequest
@@ -65,6 +67,12 @@ class RemotePostTraining:
     def use_grader_settings(self, settings: GraderSettings) -> None:
         """Nothing to take: a job's graders run on the trainer, under its own run.yaml's
         `graders:` settings (the python grader is the trainer's to allow)."""
+
+    def use_locations(self, usable: Callable[[Path], bool]) -> None:
+        """Nothing to check here: a job's folders are the trainer's, named there."""
+
+    def job_folders(self, job_uuid: str) -> list[Path]:
+        return []  # on the trainer
 
     async def started(self) -> None:
         """The stack is up (its models loaded): publishing can begin."""

@@ -103,8 +103,8 @@ class TransformersInference:
 
     # -- models --------------------------------------------------------------------------------
 
-    async def check_source(self, source: ModelSource) -> None:
-        await asyncio.to_thread(source_path, source, self.config.model_dirs)
+    async def check_source(self, source: ModelSource) -> Path:
+        return await asyncio.to_thread(source_path, source, self.config.model_dirs)
 
     async def discover(self) -> list[RegisterModelRequest]:
         return []  # it serves what it is given

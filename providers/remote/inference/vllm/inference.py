@@ -116,16 +116,17 @@ class VLLMInference:
             if _is_base(card) and re.match(MODEL_ID_PATTERN, name)
         ]
 
-    async def check_source(self, source: ModelSource) -> None:
+    async def check_source(self, source: ModelSource) -> Path | None:
         if isinstance(source, AdapterSource):
-            await asyncio.to_thread(self._adapter_folder, source)
-        elif not isinstance(source, ProviderModelSource):
+            return await asyncio.to_thread(self._adapter_folder, source)
+        if not isinstance(source, ProviderModelSource):
             raise InvalidRequestError(
                 f"source.type: provider {self.provider_id!r} (remote::vllm) serves the models "
                 "its upstream was started with and LoRA adapters over them; register one as "
                 '{"type": "provider_model", "provider_model_id": ...}',
                 param="source.type",
             )
+        return None
 
     async def load_model(self, model: Model, base: Model | None) -> ModelInfo:
         if isinstance(model.source, AdapterSource):
