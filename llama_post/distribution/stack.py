@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class Stack:
         run, resolved = load_run_config(source, env, registry)
         models = ModelRegistry(run.storage_dir, run.imported_models_dir, run.archive_url_prefixes)
         owners = Owners(run.storage_dir)
+        models.visible = functools.partial(owners.visible, "model")
         routes: dict[Api, list[Route]] = {}
         for route in all_routes():
             routes.setdefault(Api(route.api), []).append(route)
