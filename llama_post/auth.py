@@ -34,6 +34,13 @@ OWNER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 COOKIE = "llama_post_key"
 UI_HEADER = "x-llama-post-ui"
 QUERY_KEYS = {"api_key", "apikey", "key", "token", "access_token", "x-api-key"}
+# API routes served without a key: health and version (for load balancers and probes), and the
+# URLs that carry their own expiring, signed token (checkpoint archives and files)
+OPEN_ROUTES = ("/v1/health", "/v1/version", "/api/v1/healthz")
+CAPABILITY_ROUTES = (
+    "/v1/post-training/checkpoint-archives/",
+    "/v1/post-training/checkpoint-files/",
+)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
@@ -55,6 +62,11 @@ class Principal:
 
 
 PRINCIPAL: ContextVar[Principal | None] = ContextVar("llama_post_principal", default=None)
+
+
+def needs_key(path: str) -> bool:
+    """Whether an API route (its path, or its path template) needs a key when auth is on."""
+    return path not in OPEN_ROUTES and not path.startswith(CAPABILITY_ROUTES)
 
 
 def is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 from llama_post.apis import BUILTIN_APIS, Api
 from llama_post.apis.models import RegisterModelRequest
 from llama_post.distribution.spec import Registry, installed_registry
+from llama_post.distribution.url_prefixes import UrlPrefixText
 from llama_post.errors import ConfigError, ErrorDetail, _join_loc
 from llama_post.graders import GraderSettings
 from llama_post.schema import StrictModel, UserPath
@@ -114,7 +115,7 @@ class RunConfig(StrictModel):
         "`<storage_dir>/checkpoints/imported`); the inference provider must read it "
         "(`model_dirs`).",
     )
-    archive_url_prefixes: list[str] = Field(
+    archive_url_prefixes: list[UrlPrefixText] = Field(
         [],
         description="The only URLs `POST /v1/models` fetches archive sources from (a remote "
         "llama-post's base URL, say); none by default, so a caller cannot make the server "

@@ -2,13 +2,14 @@
 
 The archive comes from the Files API (`file_id`, read through the caller's guarded Files, so
 another owner's file is not found) or from a URL (a remote llama-post's signed archive URL), only
-under one of run.yaml's `archive_url_prefixes`, so a caller cannot make the server fetch what it
-likes. It is streamed into a spooled temporary file beside its destination while its sha256 is
-computed (so a 2 GB archive is on disk, never in memory), compared with the digest the request
-names and the one the URL's server sent, then unpacked member by member
-(`llama_post.archives`). What is unpacked is the model's folder under the stack's imported models
-folder, which the inference provider must be allowed to read (its `model_dirs`); it goes with the
-model when it is unregistered, and nothing stays when any step fails.
+under one of run.yaml's `archive_url_prefixes`, matched and fetched as a parsed, normalised URL
+(`url_prefixes`), so a caller cannot make the server fetch what it likes. It is streamed into a
+spooled temporary file beside its destination while its sha256 is computed (so a 2 GB archive is
+on disk, never in memory), compared with the digest the request names and the one the URL's
+server sent, then unpacked member by member (`llama_post.archives`). What is unpacked is the
+model's folder under the stack's imported models folder, which the inference provider must be
+allowed to read (its `model_dirs`); it goes with the model when it is unregistered, and nothing
+stays when any step fails.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import httpx
 from llama_post import archives
 from llama_post.apis.files import Files
 from llama_post.apis.models import AdapterSource, ArchiveSource, HuggingFaceSource, Model
+from llama_post.distribution.url_prefixes import UrlPrefix, locate
 from llama_post.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
 
 SPOOL_BYTES = 16 << 20  # an archive bigger than this is spooled to disk
@@ -38,7 +40,7 @@ class ArchiveImports:
 
     def __init__(self, folder: Path, url_prefixes: list[str]) -> None:
         self.folder = folder
-        self.url_prefixes = [p.rstrip("/") + "/" for p in url_prefixes]
+        self.url_prefixes = [UrlPrefix.parse(p) for p in url_prefixes]
         self.files: Files | None = None
 
     def owns(self, path: str) -> bool:
@@ -53,20 +55,14 @@ class ArchiveImports:
                 "source: give exactly one of file_id (an uploaded archive) and url",
                 param="source.file_id",
             )
-        if source.url is not None and not any(map(source.url.startswith, self.url_prefixes)):
-            allowed = ", ".join(self.url_prefixes) or "none: run.yaml lists no archive_url_prefixes"
-            raise InvalidRequestError(
-                f"source.url: this server fetches archives only from {allowed}; upload the "
-                "archive through /v1/files and give its file_id",
-                param="source.url",
-            )
+        url = self._allowed(source.url) if source.url is not None else None
         target = self.folder / model_id
         if target.exists():
             raise InvalidRequestError(
                 f"model_id: an archive is already imported as {model_id!r}", param="model_id"
             )
         with tempfile.SpooledTemporaryFile(SPOOL_BYTES) as spool:
-            sent = await self._fetch(source, spool)
+            sent = await self._fetch(source, url, spool)
             digest = hashlib.sha256()
             await asyncio.to_thread(_hash, spool, digest)
             for expected, named in ((source.sha256, "source.sha256"), (sent, "the server's")):
@@ -88,6 +84,23 @@ class ArchiveImports:
             await self.remove(target)
             raise
 
+    def _allowed(self, url: str) -> httpx.URL:
+        """The URL to fetch for `url`, normalised, when it is under one of the prefixes."""
+        try:
+            location, fetched = locate(url)
+            if any(location.under(p.location) for p in self.url_prefixes):
+                return fetched
+            why = ""
+        except ValueError as exc:
+            why = f" ({exc})"
+        allowed = ", ".join(p.text for p in self.url_prefixes)
+        raise InvalidRequestError(
+            f"source.url: this server fetches archives only from URLs under "
+            f"{allowed or 'none: run.yaml lists no archive_url_prefixes'}{why}; upload the "
+            "archive through /v1/files and give its file_id",
+            param="source.url",
+        )
+
     async def remove(self, folder: Path) -> None:
         """Remove an imported model's folder, and the folders its id made that are now empty."""
         await asyncio.to_thread(archives.remove_quietly, folder)
@@ -102,8 +115,11 @@ class ArchiveImports:
                 return
             parent = parent.parent
 
-    async def _fetch(self, source: ArchiveSource, out: IO[bytes]) -> str | None:
-        """Write the archive to `out`; the sha256 its server announced, if any."""
+    async def _fetch(
+        self, source: ArchiveSource, url: httpx.URL | None, out: IO[bytes]
+    ) -> str | None:
+        """Write the archive to `out` (from `source.file_id`, or `url`, the source's URL
+        normalised); the sha256 its server announced, if any."""
         if source.file_id is not None:
             if self.files is None:
                 raise InvalidRequestError(
@@ -112,11 +128,11 @@ class ArchiveImports:
             content = await self.files.retrieve_file_content(source.file_id)
             await _copy(content.chunks, out)
             return content.sha256
-        assert source.url is not None
+        assert url is not None
         try:
             async with (
                 httpx.AsyncClient(timeout=FETCH_TIMEOUT) as http,
-                http.stream("GET", source.url) as response,
+                http.stream("GET", url) as response,
             ):
                 if response.status_code >= 400:
                     await response.aread()

@@ -11,7 +11,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -81,6 +81,9 @@ class ModelRegistry:
         self.locations: Locations | None = None  # set by the stack, with owners
         self.loaded: set[str] = set()
         self.failed: dict[str, tuple[float, LlamaPostError]] = {}  # id -> last failed load
+        # whether the caller may see a model (set by the stack: the owners' rule); a message
+        # names no model the caller may not see
+        self.visible: Callable[[str], bool] = lambda model_id: True
 
     async def restore(self, declared: list[RegisterModelRequest]) -> None:
         """Register run.yaml's models if new, then load every stored model, bases first."""
@@ -194,8 +197,11 @@ class ModelRegistry:
         model = await self.get_model(model_id)
         adapters = [m.id for m in self._all() if m.base_model == model_id]
         if adapters:
+            yours = [a for a in adapters if self.visible(a)]
+            others = "adapters of other owners" if len(yours) < len(adapters) else ""
+            named = " and ".join(filter(None, (", ".join(yours), others)))
             raise ConflictError(
-                f"model {model_id!r} is the base of {', '.join(adapters)}; unregister those first"
+                f"model {model_id!r} is the base of {named}; it stays while they are registered"
             )
         if model_id in self.loaded:
             await self.providers[model.provider_id].unload_model(model_id)

@@ -13,6 +13,10 @@ model and dataset, a dataset's file) is checked the same way. A thing no owner c
 models, what an upstream serves, anything made while auth was off) is everyone's. An admin key,
 and an in-process call (no key), see everything. Paths a request names are checked by where they
 lie (`locations.py`).
+
+A paged list (`PAGED`) is cut from what the caller sees, so its pages are full and its cursors
+name only the caller's things; another owner's id as a cursor is answered as one that names
+nothing. Ids are one namespace for all owners: a taken one is the same 409 for everyone.
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ LISTS = {
     "list_models": ("data", "id", "model"),
     "list_jobs": ("data", "job_uuid", "job"),
 }
+# lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
+# are cut from what the caller may see, never filtered after the implementation has cut them
+PAGED = {"list_files"}
 
 
 class Owners:
@@ -153,6 +160,11 @@ class Owners:
         )
         return [str(r["id"]) for r in rows]
 
+    def sees_everything(self) -> bool:
+        """No owner's things are hidden from the caller: an admin, or an in-process call."""
+        principal = PRINCIPAL.get()
+        return principal is None or principal.admin
+
     def close(self) -> None:
         self.db.close()
 
@@ -194,6 +206,7 @@ class Guarded:
         body = BODY.get(name, [])
         listing = LISTS.get(name)
         change = CHANGES.get(name)
+        paged = listing if name in PAGED else None
 
         @functools.wraps(method)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -210,6 +223,8 @@ class Guarded:
             if change is not None:
                 param, changed = change
                 owners.check_change("model", changed(bound), param)
+            if paged is not None:
+                return await _visible_page(method, request, paged, owners)
             result = await method(*args, **kwargs)
             for param, pointer in creates.items():
                 created = _pointer(result, pointer)
@@ -226,6 +241,37 @@ class Guarded:
             return result
 
         return guarded
+
+
+async def _visible_page(
+    method: Callable[..., Any], request: Any, listing: tuple[str, str, str], owners: Owners
+) -> Any:
+    """The page of a paged list the caller sees: `request.limit` of the items it may see after
+    `request.after` (an id it may see, else a 404 as for none), read from the implementation's
+    pages until there are more than that or no more; its cursors are of those items."""
+    field, attr, kind = listing
+    if owners.sees_everything():
+        return await method(request)
+    if request.after is not None and not owners.visible(kind, request.after):
+        raise NotFoundError(f"after: no {kind} {request.after!r}", param="after")  # as for none
+    seen: list[Any] = []
+    asked = request
+    while True:
+        result = await method(asked)
+        items = getattr(result, field)
+        seen += [i for i in items if owners.visible(kind, getattr(i, attr))]
+        if len(seen) > request.limit or not result.has_more or not items:
+            break
+        asked = request.model_copy(update={"after": getattr(items[-1], attr)})
+    page = seen[: request.limit]
+    return result.model_copy(
+        update={
+            field: page,
+            "has_more": len(seen) > len(page),
+            "first_id": getattr(page[0], attr) if page else None,
+            "last_id": getattr(page[-1], attr) if page else None,
+        }
+    )
 
 
 def _pointer(result: Any, pointer: str) -> str | None:

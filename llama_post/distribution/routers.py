@@ -137,9 +137,7 @@ class FilesRouter:
         if request.after is not None:
             ids = [f.id for f in files]
             if request.after not in ids:
-                raise InvalidRequestError(
-                    f"after: no file with id {request.after!r}", param="after"
-                )
+                raise NotFoundError(f"after: no file {request.after!r}", param="after")
             files = files[ids.index(request.after) + 1 :]
         page = files[: request.limit]
         return ListFilesResponse(

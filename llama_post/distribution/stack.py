@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ class Stack:
         owners = Owners(run.storage_dir)
         locations = Locations(owners, models.imports.folder)
         models.locations = locations
+        models.visible = functools.partial(owners.visible, "model")
         routes: dict[Api, list[Route]] = {}
         for route in all_routes():
             routes.setdefault(Api(route.api), []).append(route)

@@ -1,4 +1,14 @@
-"""The OpenAPI 3.1 spec, generated from the route table and the pydantic models it names."""
+"""The OpenAPI 3.1 spec, generated from the route table and the pydantic models it names.
+
+Each operation lists the errors it can answer, read from its route: 401 and 403 (and the keys it
+takes, `security`) on every route that needs a key when auth is on (`llama_post.auth.needs_key`:
+all but health, version and the signed checkpoint URLs); 404 where it names something (an id in
+its path or query, or a request that may name one: a model, a dataset, a file, a cursor); 409
+where it creates a thing its request names (a dataset, a model, a job) or changes one by id (a
+compatibility route other than Tinker's answers a state conflict with 400); 413 where it takes a
+body; 400, 422 and 500 everywhere. LLM Engine's routes answer `{"detail": message}`, which its
+client reads, except for a refused key.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +17,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from llama_post.auth import needs_key
 from llama_post.errors import ErrorResponse
 from llama_post.routes import Route
+from llama_post.schema import LLM_ENGINE, TINKER
 from llama_post.version import __version__
 
 REF = "#/components/schemas/{model}"
@@ -19,11 +31,33 @@ COMPAT_NOTE = (
 )
 ERRORS = {
     "400": "The request is wrong: the message names the field, row or value.",
-    "404": "No such resource.",
+    "401": "No API key, or one that is not valid (auth is on): send `Authorization: Bearer "
+    "<key>` or `X-API-Key: <key>`.",
+    "403": "The key may not do this: what another owner published is changed only by its owner.",
+    "404": "No such resource: an id names nothing this key may see.",
     "409": "The id is taken, or the resource's state forbids this.",
-    "413": "Over a configured size limit.",
+    "413": "Over a size limit: a JSON body over 64 MiB, an upload over the provider's "
+    "`max_upload_bytes`.",
     "422": "The request does not match its schema.",
     "500": "An unexpected server error; the server log has the details.",
+}
+# the request fields a create's new id may be named by (a file's, a batch's are the server's)
+NAMED_BY = {"model_id": ("model_id", "lora_name")}
+# how a request presents its key (`llama_post.auth.presented_key`); any one of them will do
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>`"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "basic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "The key as the user name, no password (as LLM Engine's client sends it).",
+    },
+}
+DETAIL_ERROR = {  # LLM Engine's error body
+    "type": "object",
+    "title": "DetailError",
+    "properties": {"detail": {"type": "string", "title": "Detail"}},
+    "required": ["detail"],
 }
 
 
@@ -51,17 +85,58 @@ def build_spec(routes: list[Route]) -> dict[str, Any]:
         "tags": tags,
         "paths": paths,
         "components": {
-            "schemas": schemas,
+            "schemas": schemas | {"DetailError": DETAIL_ERROR},
             "responses": {
-                f"Error{code}": {
-                    "description": text,
-                    "content": {
-                        "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}
-                    },
-                }
+                f"{prefix}Error{code}": _error_response(code, text, model)
+                for prefix, model in (("", "ErrorResponse"), ("Detail", "DetailError"))
                 for code, text in ERRORS.items()
+                if not (prefix and code == "401")  # a refused key is the envelope everywhere
             },
+            "securitySchemes": SECURITY_SCHEMES,
         },
+    }
+
+
+def _error_response(code: str, text: str, model: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model=model)}}},
+    }
+    if code == "401":
+        response["headers"] = {
+            "WWW-Authenticate": {
+                "description": '`Bearer realm="llama-post"`',
+                "schema": {"type": "string"},
+            }
+        }
+    return response
+
+
+def _errors(route: Route) -> dict[str, Any]:
+    """The error responses `route` can answer (see the module's docstring)."""
+    keyed = needs_key(route.path)
+    names = bool(route.path_params or route.carried_params) or (
+        route.request_model is not None and route.request_kind != "multipart"
+    )
+    fields = set(route.request_model.model_fields) if route.request_model is not None else set()
+    named = any(fields & set(NAMED_BY.get(param, (param,))) for param, _ in route.creates)
+    changes = route.method != "GET" and bool(route.path_params or route.carried_params)
+    conflicts = named or (changes and route.compat in (None, TINKER))
+    codes = {
+        "400": True,
+        "401": keyed,
+        "403": keyed,
+        "404": names,
+        "409": conflicts,
+        "413": route.request_kind in ("json", "multipart"),
+        "422": True,
+        "500": True,
+    }
+    detail = "Detail" if route.compat == LLM_ENGINE else ""
+    return {
+        code: {"$ref": f"#/components/responses/{'' if code == '401' else detail}Error{code}"}
+        for code, used in codes.items()
+        if used
     }
 
 
@@ -126,9 +201,9 @@ def _operation(route: Route, refs: Refs) -> dict[str, Any]:
         }
     if params:
         op["parameters"] = params
-    op["responses"] = {"200": _success(route, refs)} | {
-        code: {"$ref": f"#/components/responses/Error{code}"} for code in ERRORS
-    }
+    if needs_key(route.path):
+        op["security"] = [{name: []} for name in SECURITY_SCHEMES]
+    op["responses"] = {"200": _success(route, refs)} | _errors(route)
     return op
 
 

@@ -165,10 +165,7 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
 
 
 async def _read_json(request: Request) -> Any:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_JSON_BODY:
-        raise PayloadTooLargeError(f"the body is over the {MAX_JSON_BODY}-byte limit")
-    body = await request.body()
+    body = await _read_body(request, MAX_JSON_BODY)
     if not body.strip():
         return {}
     try:
@@ -179,6 +176,25 @@ async def _read_json(request: Request) -> Any:
         raise InvalidRequestError(
             "the body is not valid JSON: it nests too deeply to parse", param="body"
         ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) once it is over `limit` bytes: at once when its Content-Length
+    says so, else as it arrives (a chunked body declares no length), so no more than the limit
+    is ever read."""
+    too_large = PayloadTooLargeError(
+        f"the body is over the {limit}-byte limit ({limit >> 20} MiB) of a JSON request",
+        param="body",
+    )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 async def _read_form(request: Request) -> tuple[Any, dict[str, Any]]:

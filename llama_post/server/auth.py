@@ -16,7 +16,9 @@ from urllib.parse import parse_qs, quote
 from starlette.responses import RedirectResponse, Response
 
 from llama_post.auth import (
+    CAPABILITY_ROUTES,
     COOKIE,
+    OPEN_ROUTES,
     PRINCIPAL,
     QUERY_KEYS,
     UI_HEADER,
@@ -31,19 +33,9 @@ from llama_post.server.errors import error_response
 class AuthMiddleware:
     """Every route but the open ones needs a valid key; the caller becomes `PRINCIPAL`."""
 
-    OPEN = (
-        "/v1/health",
-        "/v1/version",
-        "/api/v1/healthz",
-        "/openapi.json",
-        "/docs",
-        "/docs/oauth2-redirect",
-        "/",
-        "/ui/login",
-    )
-    OPEN_PREFIXES = ("/ui/static/",)
-    # URLs that carry their own expiring, signed token (checkpoint archives and files)
-    CAPABILITIES = ("/v1/post-training/checkpoint-archives/", "/v1/post-training/checkpoint-files/")
+    # the API's open routes (as the spec says, `needs_key`), the spec, and the login page
+    OPEN = (*OPEN_ROUTES, "/openapi.json", "/docs", "/docs/oauth2-redirect", "/", "/ui/login")
+    OPEN_PREFIXES = (*CAPABILITY_ROUTES, "/ui/static/")
 
     def __init__(self, app: Any, keys: KeyStore, public: tuple[str, ...] = ()) -> None:
         self.app = app
@@ -52,11 +44,7 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or path in self.open
-            or path.startswith(self.CAPABILITIES + self.OPEN_PREFIXES)
-        ):
+        if scope["type"] != "http" or path in self.open or path.startswith(self.OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         try:

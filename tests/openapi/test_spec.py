@@ -35,6 +35,48 @@ def test_the_spec_is_valid_openapi() -> None:
     assert operations == {(r.method, r.openapi_path) for r in all_routes()}
 
 
+def test_the_spec_says_which_routes_need_a_key_and_what_each_can_answer() -> None:
+    """Keys as the server takes them (`AuthMiddleware`), on every route but the open ones;
+    401 and 403 where a key is needed, 404 where an id is taken, 409 where a create is named by
+    its request, 413 where a body is, each with the error envelope (LLM Engine's own shape on
+    its routes)."""
+    spec = yaml.safe_load((DOCS / SPEC_NAME).read_text(encoding="utf-8"))
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"] == schemes["bearer"] | {"type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["basic"] == schemes["basic"] | {"type": "http", "scheme": "basic"}
+    for code in ("401", "403", "404", "409", "413"):
+        schema = spec["components"]["responses"][f"Error{code}"]["content"]["application/json"]
+        assert schema == {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+    assert "www-authenticate" in map(
+        str.lower, spec["components"]["responses"]["Error401"]["headers"]
+    )
+
+    open_paths = ("/v1/health", "/v1/version", "/api/v1/healthz")
+    signed = ("/v1/post-training/checkpoint-archives/", "/v1/post-training/checkpoint-files/")
+    for route in all_routes():
+        op = spec["paths"][route.openapi_path][route.method.lower()]
+        answers = set(op["responses"])
+        where = (route.method, route.openapi_path)
+        if route.openapi_path in open_paths or route.openapi_path.startswith(signed):
+            assert "security" not in op and not answers & {"401", "403"}, where
+        else:
+            assert op["security"] == [{"bearer": []}, {"apiKey": []}, {"basic": []}], where
+            assert {"401", "403"} <= answers, where
+            assert op["responses"]["401"] == {"$ref": "#/components/responses/Error401"}
+        if route.path_params or route.carried_params:
+            assert "404" in answers, where
+        if route.request_kind in ("json", "multipart"):
+            assert "413" in answers, where
+        if route.name in ("register_dataset", "register_model", "supervised_fine_tune"):
+            assert "409" in answers, where
+        if route.name in ("health", "list_models", "list_datasets", "upload_file"):
+            assert not answers & {"404", "409"}, where
+        family = "Detail" if route.compat == "llm-engine" else ""
+        if "404" in answers:
+            assert op["responses"]["404"] == {"$ref": f"#/components/responses/{family}Error404"}
+
+
 def test_links_lead_from_every_create_to_what_reads_uses_or_deletes_it() -> None:
     spec = yaml.safe_load((DOCS / SPEC_NAME).read_text(encoding="utf-8"))
     operations = {op["operationId"]: op for ms in spec["paths"].values() for op in ms.values()}

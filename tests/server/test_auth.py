@@ -651,3 +651,92 @@ def test_a_path_the_os_refuses_is_a_400_naming_its_field(
         )
         assert tracked.status_code == 400, tracked.text
         assert tracked.json()["error"]["param"] == "logger_config.trackers[0].log_dir"
+
+
+def test_file_pages_are_cut_from_what_the_caller_sees(served: dict[str, Any]) -> None:
+    """A page holds `limit` of the caller's files, its cursors are theirs, and another owner's
+    file id as `after` is answered as one that does not exist."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+
+    def upload(caller: Caller, name: str) -> str:
+        made = caller.post(
+            "/v1/files",
+            files={"file": (name, io.BytesIO(b"{}\n"))},
+            data={"purpose": "evals"},
+        )
+        assert made.status_code == 200, made.text
+        return str(made.json()["id"])
+
+    bobs = [upload(bob, "b1.jsonl")]
+    hers = [upload(alice, f"a{i}.jsonl") for i in range(3)]
+    bobs.append(upload(bob, "b2.jsonl"))
+
+    seen: list[str] = []
+    params = {"purpose": "evals", "limit": 1}
+    while True:
+        page = bob.get("/v1/files", params=params).json()
+        assert not {page["first_id"], page["last_id"]} & set(hers), page
+        assert len(page["data"]) == 1, page  # never short: filtering is done before the cut
+        seen.append(page["data"][0]["id"])
+        assert page["first_id"] == page["last_id"] == seen[-1]
+        if not page["has_more"]:
+            break
+        params["after"] = page["last_id"]
+    assert set(bobs) <= set(seen) and not set(hers) & set(seen)
+    assert seen.index(bobs[1]) < seen.index(bobs[0])  # newest first
+
+    # another owner's id as the cursor: the same 404 as an id that names nothing
+    hidden = bob.get("/v1/files", params={"after": hers[0]})
+    missing_id = "file-" + "0" * 24
+    missing = bob.get("/v1/files", params={"after": missing_id})
+    assert hidden.status_code == missing.status_code == 404
+    for answer, named in ((hidden, hers[0]), (missing, missing_id)):
+        error = answer.json()["error"]
+        error.pop("request_id")
+        error["message"] = error["message"].replace(named, "<id>")
+        assert error == {
+            "message": "after: no file '<id>'",
+            "type": "not_found_error",
+            "param": "after",
+            "code": "404",
+            "details": [],
+        }
+    assert alice.get("/v1/files", params={"after": hers[0]}).status_code == 200
+
+
+def test_conflicts_name_nothing_of_another_owner(served: dict[str, Any], models_dir: Path) -> None:
+    """Ids are one namespace: a taken one is a 409 for everyone, saying only the id the caller
+    sent; a model that others' adapters hold is a 409 that names only the caller's own."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    dataset = {"dataset_id": "alices-taken", "purpose": "instruct"}
+    made = alice.post("/v1/datasets", json=dataset | {"source": {"type": "rows", "rows": ROWS}})
+    assert made.status_code == 200, made.text
+    answers = [
+        caller.post("/v1/datasets", json=dataset | {"source": {"type": "rows", "rows": ROWS}})
+        for caller in (alice, bob)
+    ]
+    bodies = [a.json()["error"] | {"request_id": None} for a in answers]
+    assert [a.status_code for a in answers] == [409, 409] and bodies[0] == bodies[1], bodies
+
+    adapter = build_tiny_adapter(models_dir / "auth-held-adapter", models_dir / "tiny", seed=6)
+    held = alice.post(
+        "/v1/models",
+        json={
+            "model_id": "alice/holds-the-base",
+            "source": {"type": "adapter", "path": str(adapter), "base_model": TINY},
+        },
+    )
+    assert held.status_code == 200, held.text
+    try:
+        refused = bob.delete(f"/v1/models/{TINY}")
+        assert refused.status_code in (403, 404, 409), refused.text
+        assert "alice" not in refused.text and "holds-the-base" not in refused.text, refused.text
+        if refused.status_code == 409:
+            assert "adapters of other owners" in refused.json()["error"]["message"]
+        hers = alice.delete(f"/v1/models/{TINY}")
+        assert hers.status_code == 409 and "alice/holds-the-base" in hers.json()["error"]["message"]
+    finally:
+        assert alice.delete("/v1/models/alice/holds-the-base").status_code == 200
+    assert TINY in [m["id"] for m in bob.get("/v1/models").json()["data"]]

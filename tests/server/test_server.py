@@ -130,6 +130,45 @@ def _raw_status(url: str, request_line: str, headers: dict[str, str]) -> int:
         return int(sock.recv(1024).split(b" ")[1])
 
 
+def test_a_chunked_body_is_cut_at_the_limit(tmp_path: Path) -> None:
+    """A body that declares no length is counted as it arrives: the 413 comes once it passes
+    64 MiB, before it ends (this one never does), and the server goes on."""
+    with running(distribution(tmp_path), tmp_path) as server:
+        address = httpx.URL(server.url)
+        with socket.create_connection((address.host, address.port or 80), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/datasets HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
+            chunk = b"%x\r\n%s\r\n" % (1 << 20, b" " * (1 << 20))
+            for _ in range(66):  # 66 MiB of whitespace, and no last chunk
+                sock.sendall(chunk)
+            head, body = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 413 "), head
+        error = json.loads(body)["error"]
+        assert error["type"] == "payload_too_large_error"
+        assert f"{64 << 20}-byte limit" in error["message"], error
+        assert httpx.get(f"{server.url}/v1/health").json()["status"] == "OK"
+
+
+def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """A response's head and its body (of the length its head declares)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        more = sock.recv(65536)
+        assert more, received
+        received += more
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(
+        next(h for h in head.lower().split(b"\r\n") if h.startswith(b"content-length:"))[15:]
+    )
+    while len(body) < length:
+        more = sock.recv(65536)
+        assert more, body
+        body += more
+    return head, body
+
+
 def test_an_unexpected_failure_is_a_logged_500_and_the_server_goes_on(tmp_path: Path) -> None:
     with running(distribution(tmp_path), tmp_path) as server:
         httpx.post(

@@ -102,7 +102,7 @@ class LocalFiles:
         if request.after is not None:
             cursor = self.db.one("SELECT seq FROM files WHERE id = ?", (request.after,))
             if cursor is None:
-                raise NotFoundError(f"after: no file with id {request.after!r}", param="after")
+                raise NotFoundError(f"after: no file {request.after!r}", param="after")
             where.append("seq < ?" if request.order == "desc" else "seq > ?")
             params.append(cursor["seq"])
         sql = "SELECT * FROM files"
