@@ -14,6 +14,7 @@ catch `LookupError` or `ValueError` without importing ours.
     ├── PermissionDeniedError           403  the key may not do this
     ├── RateLimitError                  429  too many requests; try again later
     ├── NotSupportedError(NotImplementedError)  501  the provider cannot do it
+    ├── GenerationError(RuntimeError)   500  one request's decoding could not go on; it ends alone
     ├── UpstreamError(ConnectionError)  502  a remote provider's upstream failed (its 5xx)
     │   ├── UpstreamUnavailableError    503  the upstream cannot be reached
     │   └── UpstreamTimeoutError(TimeoutError)  504  the upstream did not answer in time
@@ -127,6 +128,13 @@ class PermissionDeniedError(LlamaPostError):
 class RateLimitError(LlamaPostError):
     status = 429
     type = "rate_limit_error"
+
+
+class GenerationError(LlamaPostError, RuntimeError):
+    """One sequence of a batched engine could not go on (its model output was not finite, its
+    grammar failed): that request ends with this error, the requests decoded beside it go on."""
+
+    type = "generation_error"
 
 
 class UpstreamError(LlamaPostError, ConnectionError):

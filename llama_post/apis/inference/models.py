@@ -2,13 +2,17 @@
 
 Sampling knobs beyond OpenAI's (`top_k`, `repetition_penalty`, `structured_outputs`) are the ones
 vLLM accepts. A key these models do not declare (`tools`, `logit_bias`, ...) is refused by name.
+Every knob's range gives a distribution to sample from, so one request cannot make the batch it is
+decoded in compute NaN: NaN and infinities are out of every range, a temperature too small to
+divide by decodes greedily (as vLLM's), a repetition penalty stays within a factor of 10 either
+way, and a seed fits the 64 bits a generator takes (vLLM's bounds).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from llama_post.schema import StrictModel
 
@@ -66,21 +70,28 @@ class StructuredOutputs(StrictModel):
 class SamplingFields(StrictModel):
     """The knobs shared by chat and completions."""
 
+    model_config = ConfigDict(allow_inf_nan=False)  # JSON's NaN and Infinity: "a finite number"
+
     model: str
     max_tokens: int | None = Field(None, ge=1, description="Defaults to what fits the context.")
     temperature: float | None = Field(
-        None, ge=0.0, le=2.0, description=f"0 decodes greedily. {MODEL_DEFAULT.format(1)}"
+        None,
+        ge=0.0,
+        le=2.0,
+        description=f"0 (or under 1e-5, as vLLM) decodes greedily. {MODEL_DEFAULT.format(1)}",
     )
     top_p: float | None = Field(None, gt=0.0, le=1.0, description=MODEL_DEFAULT.format(1))
     top_k: int | None = Field(None, ge=1, description=MODEL_DEFAULT.format("none"))
     stop: Text | Annotated[list[Text], Field(max_length=16)] | None = Field(
         None, description="Up to 16 stop sequences."
     )
-    seed: int | None = Field(None, description="The same seed gives the same output.")
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**63 - 1, description="The same seed gives the same output."
+    )
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(
-        None, gt=0.0, le=10.0, description=MODEL_DEFAULT.format(1)
+        None, ge=0.1, le=10.0, description=MODEL_DEFAULT.format(1)
     )
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is generated.")
     ignore_eos: bool = Field(False, description="Generate past end-of-sequence (as vLLM's).")

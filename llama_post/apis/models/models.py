@@ -102,7 +102,7 @@ class SamplingDefaults(StrictModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(None, ge=0.1, le=10.0)  # as inference's
 
     def over(self, fallback: SamplingDefaults) -> SamplingDefaults:
         """These values, and `fallback`'s where these leave a knob unset."""

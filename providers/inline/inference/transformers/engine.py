@@ -6,7 +6,10 @@ right-aligned: shorter sequences are padded on the left and masked, so a sequenc
 leave between any two steps. A LoRA adapter is chosen per sequence (PEFT's mixed-adapter batches),
 so requests for the base and for several adapters share the same forward pass. A constrained
 sequence (`Guide`) masks its own row of the step's logits before choosing; the other rows are
-untouched, so constrained and free requests share the batch too.
+untouched, so constrained and free requests share the batch too. Whatever fails in one row (its
+sampling, its grammar, its text) ends that sequence alone: it leaves the batch between two steps
+like one that finished, and its neighbours decode on as if it had never been there. Only a failed
+forward pass fails the whole batch.
 
 The asyncio side talks to the thread through `generate()`, an async iterator of `Event`s.
 """
@@ -29,7 +32,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from llama_post import telemetry
-from providers.inline.inference.transformers.guided import Guide, GuideError
+from llama_post.errors import GenerationError, LlamaPostError
+from providers.inline.inference.transformers.guided import Guide
 from providers.inline.inference.transformers.sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -283,15 +287,32 @@ class Engine:
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
         try:
-            if seq.guide is not None:
-                seq.guide.mask(logits)  # this row only: a view of the step's logits
-            choice = seq.sampler.choose(logits)
-            if seq.guide is not None:
-                seq.guide.accept(choice.token)
-        except GuideError as exc:  # fails its own request, not the batch
-            seq.finished = True
+            self._step(seq, logits)
+        except Exception as exc:  # fails its own request, not the batch
+            self._end_alone(seq, exc)
+
+    def _end_alone(self, seq: Sequence, exc: Exception) -> None:
+        seq.finished = True  # leaves the batch at the next `_drop_done`
+        done = len(seq.generated)
+        if isinstance(exc, LlamaPostError):
+            log.warning("a sequence ended alone after %d tokens: %s", done, exc)
+        else:
+            log.error("a sequence failed after %d tokens", done, exc_info=exc)
+            exc = GenerationError(
+                f"decoding this request failed after {done} tokens; the server log has the details"
+            )
+        try:
             seq.sink(exc)
-            return
+        except RuntimeError:  # its event loop is closed: nobody is left to tell
+            log.info("a failed sequence's caller is gone")
+
+    def _step(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Choose `seq`'s next token from its row of the step's logits and send what it adds."""
+        if seq.guide is not None:
+            seq.guide.mask(logits)  # this row only: a view of the step's logits
+        choice = seq.sampler.choose(logits)
+        if seq.guide is not None:
+            seq.guide.accept(choice.token)
         seq.generated.append(choice.token)
         if len(seq.generated) == 1:
             first = time.monotonic() - seq.queued_at

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from llama_post.apis.inference import SamplingFields
-from llama_post.errors import InvalidRequestError
+from llama_post.errors import GenerationError, InvalidRequestError
 
 Format = Literal["json_schema", "regex", "choice", "grammar"]
 ANY_OBJECT = '{"type": "object"}'
@@ -122,7 +122,7 @@ class Guide:
             raise GuideError(f"constrained decoding failed: {self.matcher.get_error()}")
 
 
-class GuideError(RuntimeError):
+class GuideError(GenerationError):
     """A matcher that cannot go on (a grammar's resource limits): its sequence fails alone."""
 
 

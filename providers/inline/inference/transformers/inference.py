@@ -439,10 +439,12 @@ class TransformersInference:
                 param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
             )
         if max_tokens is not None and prompt_tokens + max_tokens > context:
+            named = getattr(request, "max_completion_tokens", None)  # chat's newer name wins
+            field = "max_tokens" if named is None else "max_completion_tokens"
             raise InvalidRequestError(
-                f"max_tokens: {prompt_tokens} prompt tokens + {max_tokens} to generate is over "
+                f"{field}: {prompt_tokens} prompt tokens + {max_tokens} to generate is over "
                 f"{target.model_id}'s context of {context} tokens",
-                param="max_tokens",
+                param=field,
             )
         return SamplingParams(
             max_tokens=max_tokens or context - prompt_tokens,

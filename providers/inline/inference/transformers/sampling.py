@@ -1,10 +1,21 @@
-"""Choosing the next token of one sequence: penalties, temperature, top-k, top-p, seed."""
+"""Choosing the next token of one sequence: penalties, temperature, top-k, top-p, seed.
+
+A temperature below `GREEDY_BELOW` decodes greedily, as vLLM's does (its `_SAMPLING_EPS`): dividing
+by it would overflow. Logits are scaled after their largest is subtracted, so the best token's is
+0 at any temperature and the others' only fall (vLLM instead raises a temperature under 1e-2 to
+1e-2). What still gives no distribution (the model's own output not finite) fails this sequence
+alone, with a `GenerationError` that says why; the engine decodes its neighbours on.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+from llama_post.errors import GenerationError
+
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -48,14 +59,19 @@ class Sampler:
     def choose(self, logits: torch.Tensor) -> Choice:
         p = self.params
         logits = logits.float()
+        if bool((logits.isnan() | logits.isposinf()).any()):  # -inf: masked out by a grammar
+            raise GenerationError(
+                "the model's output for this request is not finite (NaN or inf); its decoding "
+                "stopped here"
+            )
         logprob, top = None, []
         if p.logprobs is not None:
             raw = torch.log_softmax(logits, dim=-1)
         logits = self._penalized(logits)
-        if p.temperature == 0:
+        if p.temperature < GREEDY_BELOW:
             token = int(torch.argmax(logits))
         else:
-            token = self._draw(logits / p.temperature)
+            token = self._draw((logits - logits.max()) / p.temperature)
         if p.logprobs is not None:
             logprob = float(raw[token])
             if p.logprobs:
@@ -85,10 +101,18 @@ class Sampler:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         if p.top_p < 1.0:
             ordered, order = torch.sort(logits, descending=True)
-            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(ordered, dim=-1) >= p.top_p  # keeps the first
+            probs = torch.softmax(ordered, dim=-1)
+            drop = probs.cumsum(-1) - probs >= p.top_p
+            drop[0] = False  # the most likely stays, even for a top_p that is 0 in float32
             logits = logits.scatter(0, order[drop], float("-inf"))
         probs = torch.softmax(logits, dim=-1)
+        if not bool(probs.isfinite().all()):
+            raise GenerationError(
+                f"no next token can be drawn: temperature={p.temperature}, top_p={p.top_p}, "
+                f"top_k={p.top_k}, presence_penalty={p.presence_penalty}, frequency_penalty="
+                f"{p.frequency_penalty} and repetition_penalty={p.repetition_penalty} leave no "
+                "finite distribution over it"
+            )
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def _count(self, token: int) -> None:
