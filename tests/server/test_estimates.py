@@ -157,6 +157,11 @@ def test_a_job_that_will_not_fit_is_refused_with_the_figures(
         server.stop()
 
 
+# 6 steps, so that a loaded machine's estimate stays well inside the 30 s limit (12 steps were
+# once estimated at 31 s and refused); the worker stalls at step 4 in either case
+ONE_EPOCH = {"training_config": _sft()["training_config"] | {"n_epochs": 1}}
+
+
 def test_a_job_running_past_its_limit_is_stopped_with_that_reason(
     tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -164,7 +169,7 @@ def test_a_job_running_past_its_limit_is_stopped_with_that_reason(
     try:
         made = httpx.post(
             f"{server.url}/v1/post-training/supervised-fine-tune",
-            json=_sft(max_wall_seconds=30) | {"job_uuid": "overruns"},
+            json=_sft(max_wall_seconds=30) | {"job_uuid": "overruns"} | ONE_EPOCH,
             timeout=240,
         )
         assert made.status_code == 200, made.text
