@@ -135,8 +135,24 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ByGroup:
     return ByGroup(config, log)
 
 
+# Default-lane groups measured at over 150 s in a full run (LLAMA_POST_TIMELINE, 2026-12-07):
+# one of them started last ran on alone for 260 s while the other worker sat idle.
+HEAVY = (
+    "tests/server/test_training_durability.py",
+    "tests/server/test_supervision.py",
+    "tests/server/test_estimates.py",
+    "tests/server/test_launchers.py",
+    "tests/server/test_trackers.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups holding a slow-lane test run first (stably, each in its own order), so the longest
-    start early rather than run on alone at the end."""
+    """Groups holding a slow-lane test run first, then the heavy ones of the default lane (stably,
+    each in its own order), so the longest start early rather than run on alone at the end."""
     slow = {xdist_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: xdist_group(item.nodeid) not in slow)
+
+    def rank(item: pytest.Item) -> int:
+        group = xdist_group(item.nodeid)
+        return 0 if group in slow else 1 if group in HEAVY else 2
+
+    items.sort(key=rank)
