@@ -43,6 +43,11 @@ def client_python(name: str, interpreter: str = sys.executable) -> Path:
     folder = cache_root() / f"{name}-py{version}-{digest}"
     python = folder / "bin" / "python"
     if (folder / ".installed").is_file() and python.is_file():
+        if not (folder / ".compiled").is_file():  # built before installs compiled their bytecode
+            subprocess.run(
+                [python, "-m", "compileall", "-q", "-j", "0", folder / "lib"], capture_output=True
+            )
+            (folder / ".compiled").touch()
         return python
     if not UV.is_file():
         subprocess.run(["make", "-s", str(UV.relative_to(ROOT))], cwd=ROOT, check=True)
@@ -63,11 +68,13 @@ def client_python(name: str, interpreter: str = sys.executable) -> Path:
             "--require-hashes",
             "--link-mode",
             "copy",
+            "--compile-bytecode",  # each flow is a process of its own: no import compiles again
             pins,
         ],
         check=True,
     )
     (staging / ".installed").touch()
+    (staging / ".compiled").touch()
     try:
         staging.rename(folder)
     except OSError:  # built meanwhile by another process: keep that one
