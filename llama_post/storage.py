@@ -65,7 +65,7 @@ class Database:
 def check_id(value: str, pattern: re.Pattern[str], what: str) -> str:
     """An id that names something on disk: anything else than `pattern` is simply not there."""
     if not pattern.fullmatch(value):
-        raise NotFoundError(f"no {what} with id {value!r}", param=f"{what}_id")
+        raise NotFoundError(f"no {what} {value!r}", param=f"{what}_id")
     return value
 
 

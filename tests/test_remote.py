@@ -62,3 +62,42 @@ def test_only_idempotent_requests_are_sent_again(api: str, name: str, sent: int)
     with upstream.sock:
         asyncio.run(call())
     assert upstream.seen == sent
+
+
+def test_a_front_lets_only_admin_keys_name_the_trainers_folders() -> None:
+    """remote::llama-post: `checkpoint_dir` and a tracker's `log_dir` are the trainer's folders,
+    where every owner of the front is one key: only an admin (or an in-process call) names one."""
+    from llama_post.apis.post_training import SupervisedFineTuneRequest
+    from llama_post.auth import PRINCIPAL, Principal
+    from llama_post.errors import InvalidRequestError
+    from providers.remote.llama_post.post_training import _named_folders
+
+    base = {
+        "model": "tiny",
+        "training_config": {"data_config": {"dataset_id": "rows", "batch_size": 1}},
+        "algorithm_config": {"type": "LoRA", "rank": 2, "alpha": 4},
+    }
+    plain = SupervisedFineTuneRequest.model_validate(base)
+    in_folder = SupervisedFineTuneRequest.model_validate(base | {"checkpoint_dir": "alices/run"})
+    logged = SupervisedFineTuneRequest.model_validate(
+        base | {"logger_config": {"trackers": [{"type": "tensorboard", "log_dir": "tb/alice"}]}}
+    )
+    user = PRINCIPAL.set(Principal(owner="bob", admin=False, key_id="k1"))
+    try:
+        _named_folders(plain)
+        for request, field in (
+            (in_folder, "checkpoint_dir"),
+            (logged, "logger_config.trackers[0].log_dir"),
+        ):
+            with pytest.raises(InvalidRequestError) as refused:
+                _named_folders(request)
+            assert refused.value.param == field and "admin key" in refused.value.message
+    finally:
+        PRINCIPAL.reset(user)
+    admin = PRINCIPAL.set(Principal(owner="ops", admin=True, key_id="k2"))
+    try:
+        _named_folders(in_folder)
+        _named_folders(logged)
+    finally:
+        PRINCIPAL.reset(admin)
+    _named_folders(in_folder)  # in process, no key

@@ -138,9 +138,14 @@ class ModelRegistry:
         return ListModelsResponse(data=self._all())
 
     async def get_model(self, model_id: str) -> Model:
+        return self._record(model_id, "model_id")
+
+    def _record(self, model_id: str, param: str = "model") -> Model:
+        """The model's record; a 404 naming `param` (the field of the request that named it,
+        as the route's owner check names it) where there is none."""
         row = self.db.one("SELECT record FROM models WHERE id = ?", (model_id,))
         if row is None:
-            raise NotFoundError(f"no model {model_id!r}", param="model")
+            raise NotFoundError(f"no model {model_id!r}", param=param)
         return Model.model_validate_json(row["record"])
 
     async def register_model(
@@ -194,7 +199,7 @@ class ModelRegistry:
         return model
 
     async def unregister_model(self, model_id: str) -> DeleteModelResponse:
-        model = await self.get_model(model_id)
+        model = self._record(model_id, "model_id")
         adapters = [m.id for m in self._all() if m.base_model == model_id]
         if adapters:
             yours = [a for a in adapters if self.visible(a)]
@@ -229,7 +234,8 @@ class ModelRegistry:
     async def _load_lora_adapter(self, request: LoadLoraAdapterRequest) -> Model:
         base = request.base_model
         if base is None:
-            bases = [m.id for m in self._all() if m.kind == "base"]
+            # among the bases the caller may use: another owner's are neither named nor counted
+            bases = [m.id for m in self._all() if m.kind == "base" and self.visible(m.id)]
             if not bases:
                 raise NotFoundError(
                     "base_model: no base model is served to load the adapter over",
@@ -257,7 +263,7 @@ class ModelRegistry:
         )
 
     async def unload_lora_adapter(self, request: UnloadLoraAdapterRequest) -> DeleteModelResponse:
-        model = await self.get_model(request.lora_name)
+        model = self._record(request.lora_name)  # named "model", as the owner check names it
         if model.kind != "adapter":
             raise InvalidRequestError(
                 f"lora_name: {model.id!r} is a base model, not an adapter", param="lora_name"
@@ -268,7 +274,7 @@ class ModelRegistry:
         """The provider serving a loaded model, and the model's record (one read). A model
         whose load failed (its upstream was down, say) is tried again, at most every
         RETRY_LOAD_SECONDS."""
-        model = await self.get_model(model_id)
+        model = self._record(model_id)
         if model_id not in self.loaded:
             when, error = self.failed.get(model_id, (0.0, None))
             if error is not None and time.monotonic() - when < RETRY_LOAD_SECONDS:

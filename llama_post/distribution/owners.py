@@ -57,6 +57,8 @@ KINDS = {
     "training_run_id": "job",
     "batch_id": "batch",
 }
+# what a route calls the thing an id names, where that is not its kind
+NOUNS = {"fine_tuning_job_id": "fine-tuning job"}
 # ids a request body names, by method: (kind, how to read it)
 BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
     name: [("model", lambda r: r.model)]
@@ -110,6 +112,14 @@ class Owners:
         owner = self.owner_of(kind, id)
         return owner is None or owner == principal.owner
 
+    def made_by_caller(self, kind: str, id: str) -> bool:
+        """The caller made it (or is an admin, or an in-process call): not merely allowed to
+        use it as no one's or a published thing."""
+        principal = PRINCIPAL.get()
+        if principal is None or principal.admin:
+            return True
+        return self.owner_of(kind, id) == principal.owner
+
     def visible(self, kind: str, id: str) -> bool:
         """The caller may read it: it may change it, or it is published."""
         return self.owns(kind, id) or self.is_public(kind, id)
@@ -137,8 +147,10 @@ class Owners:
             self.db.execute("DELETE FROM published WHERE kind = ? AND id = ?", (kind, id))
 
     def check(self, kind: str, id: str | None, param: str) -> None:
+        """A 404 for an id the caller may not read, in the words the route uses for an id that
+        names nothing, so that the answer does not tell whether the id is taken."""
         if id is not None and not self.visible(kind, id):
-            raise NotFoundError(f"no {kind} {id!r}", param=param)
+            raise NotFoundError(f"no {NOUNS.get(param, kind)} {id!r}", param=param)
 
     def check_change(self, kind: str, id: str | None, param: str) -> None:
         """The caller may change it: 404 where it may not even read it, 403 where it may read

@@ -19,6 +19,7 @@ from llama_post.apis.inspect import (
     RouteInfo,
     VersionInfo,
 )
+from llama_post.apis.models import ListModelsResponse, Model, ModelWeights
 from llama_post.auth import PRINCIPAL
 from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
@@ -101,6 +102,9 @@ class Stack:
                         )
                     )
                     group[entry.provider_id] = impl
+                    use_locations = getattr(impl, "use_locations", None)
+                    if use_locations is not None:  # it reads folders a request names
+                        use_locations(locations.usable)
                 if api == Api.inference:
                     models.providers = group
                     impls[api] = guard(api, InferenceRouter(models))
@@ -108,7 +112,6 @@ class Stack:
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
                 if api == Api.post_training:  # checkpoints and OpenAI's jobs, over any provider
                     one.use_grader_settings(run.graders.settings())
-                    one.use_locations(locations.usable)
                     locations.jobs.append(one)
                     graders = GraderService(
                         run.graders.settings(), impls[Api.models], lambda: impls.get(Api.inference)
@@ -151,8 +154,12 @@ class Stack:
         return stack
 
     def call(self, route: Route) -> Any:
-        """The bound implementation method a route dispatches to."""
-        return getattr(self.impls[Api(route.api)], route.name)
+        """The bound implementation method a route dispatches to; a model record it answers
+        with shows the server's folders only to the model's owner or an admin key."""
+        method = getattr(self.impls[Api(route.api)], route.name)
+        if route.api == Api.models.value and route.name in ANSWERS_MODELS and self.owners:
+            return _hiding_folders(method, self.owners)
+        return method
 
     async def shutdown(self) -> None:
         if self.batches is not None:
@@ -286,3 +293,36 @@ def _without_folders(shown: Any, values: Any) -> Any:
     if isinstance(shown, list) and isinstance(values, list | tuple | set | frozenset):
         return [_without_folders(v, w) for v, w in zip(shown, values, strict=False)]
     return shown
+
+
+# the Models routes whose answer holds model records
+ANSWERS_MODELS = {"get_model", "list_models", "register_model", "load_lora_adapter"}
+
+
+def _hiding_folders(method: Any, owners: Owners) -> Any:
+    """`method`, its model records read by a caller that did not make the model (a published
+    one, run.yaml's) with the server's folders (`source.path`, `weights`) hidden, as
+    `/v1/inspect/providers` hides them. Providers and jobs, which call the registry itself, read
+    them whole."""
+
+    def shown(model: Model) -> Model:
+        if owners.made_by_caller("model", model.id):
+            return model
+        update: dict[str, Any] = {}
+        if getattr(model.source, "path", None) is not None:
+            update["source"] = model.source.model_copy(update={"path": HIDDEN})
+        if model.weights is not None:
+            hidden = HIDDEN if model.weights.adapter_path is not None else None
+            update["weights"] = ModelWeights(path=HIDDEN, adapter_path=hidden)
+        return model.model_copy(update=update) if update else model
+
+    @functools.wraps(method)
+    async def hiding(*args: Any, **kwargs: Any) -> Any:
+        result = await method(*args, **kwargs)
+        if isinstance(result, Model):
+            return shown(result)
+        if isinstance(result, ListModelsResponse):
+            return result.model_copy(update={"data": [shown(m) for m in result.data]})
+        return result
+
+    return hiding

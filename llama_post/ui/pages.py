@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -204,8 +204,11 @@ class Pages:
             return RedirectResponse(target, status_code=303)
         if request.method == "GET":
             return self.render(request, "login.html", target=target)
-        form = await request.form(max_files=0, max_fields=4)
-        key = str(form.get("key", "")).strip()
+        form = await _small_form(request)
+        if form is None:
+            message = f"the form is over its {LOGIN_FORM_BYTES}-byte limit"
+            return self.render(request, "login.html", 413, target=target, message=message)
+        key = form.get("key", [""])[0].strip()
         try:
             self.keys.verify(key)
         except LlamaPostError as exc:
@@ -228,6 +231,26 @@ class Pages:
 
     async def nowhere(self, request: Request) -> Response:
         raise NotFoundError(f"there is no page {request.url.path}")
+
+
+LOGIN_FORM_BYTES = 16 << 10  # a key, and room to spare
+
+
+async def _small_form(request: Request) -> dict[str, list[str]] | None:
+    """The urlencoded form the login page posts; None once it is over LOGIN_FORM_BYTES, read
+    no further than that (a chunked body declares no length)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > LOGIN_FORM_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > LOGIN_FORM_BYTES:
+            return None
+    try:
+        return parse_qs(body.decode("latin-1"), max_num_fields=4)
+    except ValueError:  # more fields than the form has: no key read from it
+        return {}
 
 
 def _job_row(status: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def test_files_through_the_openai_sdk(client: openai.OpenAI) -> None:
     assert deleted.deleted and deleted.id == created.id
     with pytest.raises(openai.NotFoundError) as caught:
         client.files.retrieve(created.id)
-    assert "no file with id" in caught.value.message
+    assert f"no file {created.id!r}" in caught.value.message
 
 
 def test_the_sdk_pages_through_files(client: openai.OpenAI) -> None:

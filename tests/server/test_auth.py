@@ -60,7 +60,9 @@ class Caller:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("auth")
-    config = distribution(home, tiny_model) | {"auth": {"enabled": True}}
+    # datasets may be read from the checkpoint root too, where owners' job folders lie
+    readable = {"allowed_dirs": [str(home / "import"), str(home / "checkpoints")]}
+    config = distribution(home, tiny_model, datasets=readable) | {"auth": {"enabled": True}}
     server = Server(config, home)
     keys = {
         "alice": _key(server.config, "alice"),
@@ -740,3 +742,230 @@ def test_conflicts_name_nothing_of_another_owner(served: dict[str, Any], models_
     finally:
         assert alice.delete("/v1/models/alice/holds-the-base").status_code == 200
     assert TINY in [m["id"] for m in bob.get("/v1/models").json()["data"]]
+
+
+def _as_missing(response: httpx.Response, id: str) -> tuple[int, dict[str, Any]]:
+    """A refusal with the id it names blanked out: what tells one refusal from another."""
+    error = response.json()["error"] | {"request_id": None}
+    error["message"] = error["message"].replace(id, "<id>")
+    return response.status_code, error
+
+
+def test_another_owners_id_is_answered_as_an_id_that_names_nothing(
+    served: dict[str, Any], models_dir: Path
+) -> None:
+    """Whether an id is taken by another owner cannot be read from a refusal: B's answer for A's
+    id is the same, word for word, as for an id no one has."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    upload = alice.post(
+        "/v1/files",
+        files={"file": ("rows.jsonl", io.BytesIO(b'{"prompt": "a", "completion": "b"}\n'))},
+        data={"purpose": "fine-tune"},
+    )
+    file_id = upload.json()["id"]
+    dataset = {"dataset_id": "alices-quiet", "purpose": "instruct"}
+    made = alice.post("/v1/datasets", json=dataset | {"source": {"type": "rows", "rows": ROWS}})
+    assert made.status_code == 200, made.text
+    adapter = build_tiny_adapter(models_dir / "auth-quiet-adapter", models_dir / "tiny", seed=7)
+    source = {"type": "adapter", "path": str(adapter), "base_model": TINY}
+    model = alice.post("/v1/models", json={"model_id": "alice/quiet", "source": source})
+    assert model.status_code == 200, model.text
+    job = {
+        "model": TINY,
+        "training_config": {
+            "n_epochs": 1,
+            "max_steps_per_epoch": 1,
+            "data_config": {"dataset_id": "alices-quiet", "batch_size": 2},
+        },
+        "algorithm_config": {"type": "LoRA", "rank": 2, "alpha": 4},
+    }
+    created = alice.post("/v1/post-training/supervised-fine-tune", json=job)
+    assert created.status_code == 200, created.text
+    job_uuid = created.json()["job_uuid"]
+    nobodys = {
+        file_id: "file-" + "0" * (len(file_id) - 5),
+        "alices-quiet": "nobodys-quiet",
+        "alice/quiet": "nobody/quiet",
+        job_uuid: "0" * 8 + job_uuid[8:],
+    }
+    probes: list[tuple[str, str, str, dict[str, Any] | None]] = [
+        (file_id, "GET", "/v1/files/{}", None),
+        (file_id, "GET", "/v1/files/{}/content", None),
+        (file_id, "DELETE", "/v1/files/{}", None),
+        (
+            file_id,
+            "POST",
+            "/v1/datasets",
+            {
+                "dataset_id": "bobs-quiet",
+                "purpose": "instruct",
+                "source": {"type": "file", "file_id": "{}"},
+            },
+        ),
+        ("alices-quiet", "GET", "/v1/datasets/{}", None),
+        ("alices-quiet", "GET", "/v1/datasetio/iterrows/{}", None),
+        ("alices-quiet", "POST", "/v1/datasetio/append-rows/{}", {"rows": ROWS[:1]}),
+        ("alices-quiet", "DELETE", "/v1/datasets/{}", None),
+        (
+            "alices-quiet",
+            "POST",
+            "/v1/post-training/supervised-fine-tune",
+            job
+            | {
+                "training_config": job["training_config"]
+                | {"data_config": {"dataset_id": "{}", "batch_size": 2}}
+            },
+        ),
+        ("alice/quiet", "GET", "/v1/models/{}", None),
+        ("alice/quiet", "DELETE", "/v1/models/{}", None),
+        (
+            "alice/quiet",
+            "POST",
+            "/v1/chat/completions",
+            {"model": "{}", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+        ),
+        (
+            "alice/quiet",
+            "POST",
+            "/v1/completions",
+            {"model": "{}", "prompt": "Hi", "max_tokens": 2},
+        ),
+        ("alice/quiet", "POST", "/v1/unload_lora_adapter", {"lora_name": "{}"}),
+        (job_uuid, "GET", "/v1/post-training/jobs/{}", None),
+        (job_uuid, "GET", "/v1/post-training/jobs/{}/logs", None),
+        (job_uuid, "POST", "/v1/post-training/jobs/{}/cancel", None),
+        (job_uuid, "GET", "/v1/fine_tuning/jobs/{}", None),
+        (job_uuid, "GET", "/v1/fine_tuning/jobs/{}/events", None),
+    ]
+    try:
+        for id, method, path, body in probes:
+            answers = []
+            for asked in (id, nobodys[id]):
+                filled = yaml.safe_load(yaml.safe_dump(body).replace("'{}'", repr(asked)))
+                answer = bob.http.request(
+                    method, path.format(asked), json=filled if body is not None else None
+                )
+                answers.append(_as_missing(answer, asked))
+            assert answers[0][0] == 404 and answers[0] == answers[1], (method, path, answers)
+    finally:
+        _finished(alice, job_uuid)
+        assert alice.delete("/v1/models/alice/quiet").status_code == 200
+
+
+def test_a_base_model_is_chosen_among_those_the_caller_may_use(
+    served: dict[str, Any], models_dir: Path, tiny_model: Path
+) -> None:
+    """vLLM's `load_lora_adapter` without `base_model` takes the only base served; another
+    owner's bases are neither counted nor named."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    second = alice.post(
+        "/v1/models",
+        json={
+            "model_id": "alice/second-base",
+            "source": {"type": "huggingface", "path": str(tiny_model)},
+        },
+    )
+    assert second.status_code == 200, second.text
+    adapter = build_tiny_adapter(models_dir / "auth-base-choice", models_dir / "tiny", seed=8)
+    try:
+        his = bob.post(
+            "/v1/load_lora_adapter", json={"lora_name": "bob/choice", "lora_path": str(adapter)}
+        )
+        assert his.status_code == 200, his.text
+        assert his.json()["base_model"] == TINY
+        hers = alice.post(
+            "/v1/load_lora_adapter", json={"lora_name": "alice/choice", "lora_path": str(adapter)}
+        )
+        assert hers.status_code == 400, hers.text
+        assert "alice/second-base" in hers.json()["error"]["message"]
+    finally:
+        for caller, name in (
+            (bob, "bob/choice"),
+            (alice, "alice/choice"),
+            (alice, "alice/second-base"),
+        ):
+            caller.delete(f"/v1/models/{name}")
+
+
+def test_model_records_show_server_folders_to_their_maker_alone(
+    served: dict[str, Any], alices_job: dict[str, Any]
+) -> None:
+    """A model record's folders (`source.path`, `weights`) are the server's: its maker and an
+    admin read them; a key that may only use the model (published, or run.yaml's) reads
+    `(hidden)`, as `/v1/inspect/providers` shows it the server's folders."""
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    root: Caller = served["root"]
+    tuned = alices_job["model"]
+    assert alice.post(alices_job["published"]).status_code == 200
+    try:
+        for caller, shown in ((alice, True), (root, True), (bob, False)):
+            record = caller.get(f"/v1/models/{tuned}").json()
+            listed = next(m for m in caller.get("/v1/models").json()["data"] if m["id"] == tuned)
+            for seen in (record, listed):
+                folders = [seen["source"]["path"], *(seen["weights"] or {}).values()]
+                hidden = [f for f in folders if f is not None and f == "(hidden)"]
+                assert (not hidden) is shown and (len(hidden) >= 2) is not shown, (caller, seen)
+                if shown:
+                    assert str(alices_job["folder"]) in seen["source"]["path"], seen
+        base = bob.get(f"/v1/models/{TINY}").json()  # run.yaml's: no one made it
+        assert base["source"]["path"] == "(hidden)" and base["weights"]["path"] == "(hidden)"
+        assert root.get(f"/v1/models/{TINY}").json()["source"]["path"] != "(hidden)"
+    finally:
+        assert alice.delete(alices_job["published"]).status_code == 200
+
+
+def test_the_login_form_is_read_no_further_than_its_limit(served: dict[str, Any]) -> None:
+    url = served["server"].url
+    huge = b"key=" + b"x" * (1 << 20)
+    answer = httpx.post(
+        f"{url}/ui/login",
+        content=huge,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 413, answer.status_code
+
+    def chunks() -> Iterator[bytes]:
+        yield b"key="
+        for _ in range(64):
+            yield b"x" * (1 << 14)
+
+    streamed = httpx.post(
+        f"{url}/ui/login",
+        content=chunks(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert streamed.status_code == 413, streamed.status_code
+    wrong = httpx.post(f"{url}/ui/login", data={"key": "not-a-key"})
+    assert wrong.status_code == 401
+    right = httpx.post(f"{url}/ui/login", data={"key": served["keys"]["bob"]})
+    assert right.status_code == 303 and "llama_post" in right.headers.get("set-cookie", "")
+
+
+def test_a_dataset_is_not_read_from_another_owners_job_folder(
+    served: dict[str, Any], alices_job: dict[str, Any]
+) -> None:
+    alice: Caller = served["alice"]
+    bob: Caller = served["bob"]
+    hers = Path(alices_job["step1"]) / "adapter_config.json"
+    assert hers.is_file()
+    answers = {}
+    for name, path in (("hers", hers), ("none", hers.with_name("nothing.json"))):
+        uri = hers.as_uri() if name == "hers" else path.as_uri()
+        body = {
+            "dataset_id": f"bob-reads-{name}",
+            "purpose": "instruct",
+            "source": {"type": "uri", "uri": uri, "format": "json"},
+        }
+        answered = bob.post("/v1/datasets", json=body)
+        answers[name] = _as_missing(answered, str(path if name == "none" else hers))
+    assert answers["hers"][0] == 404 and answers["hers"] == answers["none"], answers
+    body = {
+        "dataset_id": "alice-reads-hers",
+        "purpose": "instruct",
+        "source": {"type": "uri", "uri": hers.as_uri(), "format": "json"},
+    }
+    own = alice.post("/v1/datasets", json=body)
+    assert own.status_code != 404, own.text  # hers to read (its rows are not a dataset's)

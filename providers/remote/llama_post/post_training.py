@@ -28,10 +28,13 @@ from llama_post.apis.post_training import (
     PostTrainingJob,
     PostTrainingJobStatusResponse,
     PreferenceOptimizeRequest,
+    ReinforceRequest,
     SupervisedFineTuneRequest,
 )
 from llama_post.apis.post_training.jobs import JobStatus
-from llama_post.errors import LlamaPostError, NotFoundError, UpstreamError
+from llama_post.apis.post_training.models import JobRequest
+from llama_post.auth import PRINCIPAL
+from llama_post.errors import InvalidRequestError, LlamaPostError, NotFoundError, UpstreamError
 from llama_post.graders import GraderSettings
 from llama_post.remote import ROUTES
 from llama_post.storage import Database
@@ -69,7 +72,7 @@ class RemotePostTraining:
         `graders:` settings (the python grader is the trainer's to allow)."""
 
     def use_locations(self, usable: Callable[[Path], bool]) -> None:
-        """Nothing to check here: a job's folders are the trainer's, named there."""
+        """Nothing to resolve here: a job's folders are the trainer's (`_named_folders`)."""
 
     def job_folders(self, job_uuid: str) -> list[Path]:
         return []  # on the trainer
@@ -92,12 +95,20 @@ class RemotePostTraining:
     # -- jobs ----------------------------------------------------------------------------------
 
     async def supervised_fine_tune(self, request: SupervisedFineTuneRequest) -> PostTrainingJob:
+        _named_folders(request)
         job: PostTrainingJob = await self.remote.supervised_fine_tune(request)
         await self._record(job.job_uuid)
         return job
 
     async def preference_optimize(self, request: PreferenceOptimizeRequest) -> PostTrainingJob:
+        _named_folders(request)
         job: PostTrainingJob = await self.remote.preference_optimize(request)
+        await self._record(job.job_uuid)
+        return job
+
+    async def reinforce(self, request: ReinforceRequest) -> PostTrainingJob:
+        _named_folders(request)
+        job: PostTrainingJob = await self.remote.reinforce(request)
         await self._record(job.job_uuid)
         return job
 
@@ -213,3 +224,24 @@ class RemotePostTraining:
                 except Exception:
                     log.exception("job %s not read", row["job_uuid"])
             await asyncio.sleep(self.config.poll_seconds)
+
+
+def _named_folders(request: JobRequest) -> None:
+    """A folder a request names (`checkpoint_dir`, a tracker's `log_dir`) lies on the trainer,
+    which sees every owner of this server as one key: whose job's folder it is cannot be told
+    from here, so only an admin key (or an in-process call) may name one."""
+    principal = PRINCIPAL.get()
+    if principal is None or principal.admin:
+        return
+    named = [("checkpoint_dir", request.checkpoint_dir)]
+    trackers = request.logger_config.trackers if request.logger_config else []
+    for i, tracker in enumerate(trackers):
+        named.append((f"logger_config.trackers[{i}].log_dir", getattr(tracker, "log_dir", None)))
+    for field, folder in named:
+        if folder is not None:
+            raise InvalidRequestError(
+                f"{field}: this server trains on a remote llama-post, where the folder cannot be "
+                "checked as yours; leave it unset (the job's own folder is used), or use an "
+                "admin key",
+                param=field,
+            )

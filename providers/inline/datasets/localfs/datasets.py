@@ -15,7 +15,7 @@ import secrets
 import shutil
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -73,6 +73,7 @@ class LocalDatasets:
     def __init__(self, config: LocalDatasetsConfig, files: Files) -> None:
         self.config = config
         self.files = files
+        self.usable: Callable[[Path], bool] = lambda path: True  # the stack's Locations
         self.data = config.storage_dir / "data"
         self.tmp = config.storage_dir / "tmp"
         self.data.mkdir(parents=True, exist_ok=True)
@@ -170,6 +171,11 @@ class LocalDatasets:
             identifier=dataset_id, appended=count - row["row_count"], row_count=count
         )
 
+    def use_locations(self, usable: Callable[[Path], bool]) -> None:
+        """How to tell whether the caller may read a `uri` source's file, once resolved: the
+        stack's `Locations.usable` (another owner's job and model folders are not theirs)."""
+        self.usable = usable
+
     async def shutdown(self) -> None:
         self.db.close()
 
@@ -182,7 +188,10 @@ class LocalDatasets:
         if isinstance(source, RowsDataSource):
             return enumerate(source.rows, start=1), DatasetOrigin(type="rows")
         if isinstance(source, UriDataSource):
-            path = resolve_under(_uri_to_path(source.uri), self.config.allowed_dirs, "source.uri")
+            named = _uri_to_path(source.uri)
+            path = resolve_under(named, self.config.allowed_dirs, "source.uri")
+            if not self.usable(path):  # in another owner's job or model folder: as no file
+                raise NotFoundError(f"source.uri: no file at {named}", param="source.uri")
             fmt = source.format or infer_format(path.name, "source.format")
             origin = DatasetOrigin(type="uri", uri=source.uri, format=fmt)
         else:
@@ -281,7 +290,7 @@ class LocalDatasets:
         check_id(dataset_id, DATASET_ID, "dataset")
         row = self._row(dataset_id)
         if row is None:
-            raise NotFoundError(f"no dataset with id {dataset_id!r}", param="dataset_id")
+            raise NotFoundError(f"no dataset {dataset_id!r}", param="dataset_id")
         return row
 
     def _to_dataset(self, row: Any) -> Dataset:

@@ -122,7 +122,7 @@ class LocalFiles:
         check_id(file_id, FILE_ID, "file")
         row = self.db.one("SELECT * FROM files WHERE id = ?", (file_id,))
         if row is None:
-            raise NotFoundError(f"no file with id {file_id!r}", param="file_id")
+            raise NotFoundError(f"no file {file_id!r}", param="file_id")
         return _to_object(row)
 
     async def retrieve_file_content(self, file_id: str) -> FileContent:
@@ -130,7 +130,7 @@ class LocalFiles:
         try:  # opened now: a delete while the download streams no longer cuts it short
             handle = (self.blobs / file_id).open("rb")
         except FileNotFoundError:
-            raise NotFoundError(f"no file with id {file_id!r}", param="file_id") from None
+            raise NotFoundError(f"no file {file_id!r}", param="file_id") from None
         return FileContent(chunks=_read_chunks(handle), filename=meta.filename, size=meta.bytes)
 
     async def delete_file(self, file_id: str) -> DeleteFileResponse:
