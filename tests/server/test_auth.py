@@ -771,16 +771,19 @@ def test_another_owners_id_is_answered_as_an_id_that_names_nothing(
     source = {"type": "adapter", "path": str(adapter), "base_model": TINY}
     model = alice.post("/v1/models", json={"model_id": "alice/quiet", "source": source})
     assert model.status_code == 200, model.text
-    job = {
-        "model": TINY,
-        "training_config": {
-            "n_epochs": 1,
-            "max_steps_per_epoch": 1,
-            "data_config": {"dataset_id": "alices-quiet", "batch_size": 2},
-        },
-        "algorithm_config": {"type": "LoRA", "rank": 2, "alpha": 4},
-    }
-    created = alice.post("/v1/post-training/supervised-fine-tune", json=job)
+
+    def job_on(dataset_id: str) -> dict[str, Any]:
+        return {
+            "model": TINY,
+            "training_config": {
+                "n_epochs": 1,
+                "max_steps_per_epoch": 1,
+                "data_config": {"dataset_id": dataset_id, "batch_size": 2},
+            },
+            "algorithm_config": {"type": "LoRA", "rank": 2, "alpha": 4},
+        }
+
+    created = alice.post("/v1/post-training/supervised-fine-tune", json=job_on("alices-quiet"))
     assert created.status_code == 200, created.text
     job_uuid = created.json()["job_uuid"]
     nobodys = {
@@ -811,11 +814,7 @@ def test_another_owners_id_is_answered_as_an_id_that_names_nothing(
             "alices-quiet",
             "POST",
             "/v1/post-training/supervised-fine-tune",
-            job
-            | {
-                "training_config": job["training_config"]
-                | {"data_config": {"dataset_id": "{}", "batch_size": 2}}
-            },
+            job_on("{}"),
         ),
         ("alice/quiet", "GET", "/v1/models/{}", None),
         ("alice/quiet", "DELETE", "/v1/models/{}", None),
