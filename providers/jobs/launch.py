@@ -20,13 +20,14 @@ from llama_post.apis.post_training import TrainingRequest
 from llama_post.errors import InvalidRequestError
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import ATTEMPT_ENV, EXIT_LOST, Prepared
-from providers.jobs.launchers import RayLauncher, TorchrunLauncher
+from providers.jobs.forks import ForkedWorker, ForkServer
+from providers.jobs.launchers import LocalLauncher, RayLauncher, TorchrunLauncher
 from providers.jobs.ray import RayClient, RayJob, RayUnavailable, submission_id
 from providers.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 CHECKOUT = str(Path(__file__).resolve().parents[2])  # where a Ray job imports providers/ from
-Worker = asyncio.subprocess.Process | RayJob
+Worker = asyncio.subprocess.Process | RayJob | ForkedWorker
 
 
 class Launch:
@@ -38,6 +39,9 @@ class Launch:
         self.launcher = config.launcher
         self.ray = RayClient(config.launcher) if isinstance(config.launcher, RayLauncher) else None
         self.ray_checked_at = 0.0  # when a probe job last wrote into the shared folders
+        launcher = config.launcher
+        preload = isinstance(launcher, LocalLauncher) and launcher.preload
+        self.forks = ForkServer() if preload else None
 
     @property
     def torchrun(self) -> TorchrunLauncher | None:
@@ -67,6 +71,14 @@ class Launch:
         torchrun = self.torchrun
         if torchrun is not None:
             command = torchrun_command(torchrun, command, job_uuid)
+        if self.forks is not None and command[:2] == [sys.executable, "-m"]:
+            try:
+                forked = await self.forks.fork(command, _worker_env(name, None), str(folder.log))
+            except (OSError, RuntimeError) as exc:  # started the usual way instead
+                log.warning("job %s: no worker forked (%s); starting one", job_uuid, exc)
+            else:
+                resources["worker_pid"] = forked.pid
+                return forked
         if self.ray is None:
             with folder.log.open("ab") as log_file:
                 proc = await asyncio.create_subprocess_exec(
@@ -120,6 +132,8 @@ class Launch:
     async def aclose(self) -> None:
         if self.ray is not None:
             await self.ray.aclose()
+        if self.forks is not None:
+            await self.forks.aclose()
 
     # -- at creation ---------------------------------------------------------------------------
 

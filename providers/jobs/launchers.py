@@ -20,6 +20,12 @@ class LocalLauncher(StrictModel):
     """One worker process on this machine (the default)."""
 
     type: Literal["local"] = "local"
+    preload: bool = Field(
+        True,
+        description="Fork each worker from a process that has imported torch, transformers and "
+        "the recipe's modules once (providers/jobs/forks.py): a job starts about 3 s sooner. "
+        "false: a fresh `python -m` process per worker.",
+    )
 
 
 class TorchrunLauncher(StrictModel):
