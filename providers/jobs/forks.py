@@ -71,9 +71,11 @@ class ForkedWorker:
 class ForkServer:
     """The provider's side: starts the fork server, asks it for workers, reads their exits."""
 
-    def __init__(self) -> None:
+    def __init__(self, preload: tuple[str, ...] = PRELOAD) -> None:
+        self.preload = preload
         self.proc: asyncio.subprocess.Process | None = None
-        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # a forked worker, or why none was
+        self.replies: asyncio.Queue[ForkedWorker | str] = asyncio.Queue()
         self.workers: dict[int, ForkedWorker] = {}
         self.reader: asyncio.Task[None] | None = None
         self.lock = asyncio.Lock()
@@ -87,44 +89,51 @@ class ForkServer:
             proc.stdin.write(json.dumps(request).encode() + b"\n")
             await proc.stdin.drain()
             reply = await self.replies.get()
-            if "error" in reply:
-                raise RuntimeError(f"the fork server could not start the worker: {reply['error']}")
-            worker = ForkedWorker(int(reply["pid"]))
-            self.workers[worker.pid] = worker
-            return worker
+            if isinstance(reply, str):
+                raise RuntimeError(f"the fork server could not start the worker: {reply}")
+            return reply
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self.proc is not None and self.proc.returncode is None:
             return self.proc
+        # this fork server's own: a dead one's error and workers stay with it
+        self.replies, self.workers = asyncio.Queue(), {}
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "providers.jobs.forks",
+            *self.preload,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
             limit=1 << 20,
         )
-        self.reader = asyncio.create_task(self._read(self.proc))
+        self.reader = asyncio.create_task(self._read(self.proc, self.replies, self.workers))
         return self.proc
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read(
+        self,
+        proc: asyncio.subprocess.Process,
+        replies: asyncio.Queue[ForkedWorker | str],
+        workers: dict[int, ForkedWorker],
+    ) -> None:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             message = json.loads(line)
-            if "code" in message:
-                worker = self.workers.pop(int(message["pid"]), None)
-                if worker is not None:
-                    worker.exited(int(message["code"]))
-            else:
-                await self.replies.put(message)
+            if "error" in message:
+                await replies.put(str(message["error"]))
+            elif "code" not in message:  # registered here, before its exit can be read
+                forked = workers[int(message["pid"])] = ForkedWorker(int(message["pid"]))
+                await replies.put(forked)
+            elif (ended := workers.pop(int(message["pid"]), None)) is not None:
+                ended.exited(int(message["code"]))
         # the fork server is gone, and its workers with it (they die with it)
         await proc.wait()
         log.warning("the fork server exited (%s); its workers were killed", proc.returncode)
-        for worker in self.workers.values():
+        for worker in workers.values():
             worker.exited(-signal.SIGKILL)
-        self.workers.clear()
-        await self.replies.put({"error": f"the fork server exited ({proc.returncode})"})
+        workers.clear()
+        await replies.put(f"the fork server exited ({proc.returncode})")
 
     async def aclose(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -216,7 +225,7 @@ def main() -> None:
     # the replies go on a duplicate of stdout; what the libraries print goes to stderr
     channel = os.dup(1)
     os.dup2(2, 1)
-    _preload(PRELOAD)
+    _preload(sys.argv[1:])
     loaded: set[str] = set()
     pending = b""
     stdin = sys.stdin.fileno()
