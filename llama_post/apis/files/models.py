@@ -18,9 +18,18 @@ class FilePurpose(StrEnum):
     evals = "evals"
 
 
+class ExpiresAfter(StrictModel):
+    """OpenAI's expiry: the file is deleted `seconds` after its creation (1 hour to 30 days).
+    A form sends it as `expires_after[anchor]` and `expires_after[seconds]`."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2592000)
+
+
 class UploadFileRequest(MultipartRequest):
     file: Upload
     purpose: FilePurpose
+    expires_after: ExpiresAfter | None = None
 
 
 class FileObject(BaseModel):

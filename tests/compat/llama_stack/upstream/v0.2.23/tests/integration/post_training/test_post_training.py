@@ -53,6 +53,39 @@ sys.stdout.reconfigure(line_buffering=True)
 #
 
 
+# llama-post: offline, rows of llamastack/simpleqa's shape in place of the Hub dataset
+SIMPLEQA_ROWS = [
+    {
+        "input_query": f"What is {a} plus {b}?",
+        "expected_answer": str(a + b),
+        "chat_completion_input": f'[{{"role": "user", "content": "What is {a} plus {b}?"}}]',
+    }
+    for a, b in zip(range(10), range(3, 13))
+]
+
+
+# llama-post: offline, rows of trl-internal-testing/hh-rlhf-helpful-base-trl-style's shape
+HH_RLHF_ROWS = [
+    {
+        "prompt": question,
+        "chosen": [
+            {"content": question, "role": "user"},
+            {"content": good, "role": "assistant"},
+        ],
+        "rejected": [
+            {"content": question, "role": "user"},
+            {"content": bad, "role": "assistant"},
+        ],
+    }
+    for question, good, bad in [
+        ("What is the capital of France?", "Paris.", "I would rather not say."),
+        ("How many legs does a spider have?", "Eight.", "Spiders are scary."),
+        ("What colour is the sky on a clear day?", "Blue.", "Who cares?"),
+        ("What is 2 plus 2?", "4.", "A lot."),
+    ]
+]
+
+
 # SFT test
 class TestPostTraining:
     @pytest.mark.integration
@@ -62,8 +95,8 @@ class TestPostTraining:
             (
                 "post-training/messages",
                 {
-                    "type": "uri",
-                    "uri": "huggingface://datasets/llamastack/simpleqa?split=train",
+                    "type": "rows",
+                    "rows": SIMPLEQA_ROWS,
                 },
             ),
         ],
@@ -172,8 +205,8 @@ class TestPostTraining:
             (
                 "post-training/messages",
                 {
-                    "type": "uri",
-                    "uri": "huggingface://datasets/trl-internal-testing/hh-rlhf-helpful-base-trl-style?split=train[:20]",
+                    "type": "rows",
+                    "rows": HH_RLHF_ROWS,
                 },
             ),
         ],
@@ -215,7 +248,7 @@ class TestPostTraining:
         # train with HuggingFace DPO implementation
         _ = llama_stack_client.post_training.preference_optimize(
             job_uuid=job_uuid,
-            finetuned_model="distilgpt2",  # Much smaller model for faster CI testing
+            finetuned_model="HuggingFaceTB/SmolLM2-135M-Instruct",  # llama-post: the bundled model
             algorithm_config=algorithm_config,
             training_config=training_config,
             hyperparam_search_config={},

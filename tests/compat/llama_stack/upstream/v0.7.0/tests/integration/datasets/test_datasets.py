@@ -31,16 +31,27 @@ def data_url_from_file(file_path: str) -> str:
     return data_url
 
 
+# llama-post: offline, rows of llamastack/simpleqa's shape in place of the Hub dataset
+SIMPLEQA_ROWS = [
+    {
+        "input_query": f"What is {a} plus {b}?",
+        "expected_answer": str(a + b),
+        "chat_completion_input": f'[{{"role": "user", "content": "What is {a} plus {b}?"}}]',
+    }
+    for a, b in zip(range(10), range(3, 13))
+]
+
+
 @pytest.mark.parametrize(
     "purpose, source, provider_id, limit",
     [
         (
             "eval/messages-answer",
             {
-                "type": "uri",
-                "uri": "huggingface://datasets/llamastack/simpleqa?split=train",
+                "type": "rows",
+                "rows": SIMPLEQA_ROWS,
             },
-            "huggingface",
+            "localfs",
             10,
         ),
         (
