@@ -127,7 +127,7 @@ def test_torchtune_module_names_are_the_models_own(api: Driver) -> None:
 
 
 def test_dpo_on_a_llama_stack_purpose_checks_rows_at_creation(api: Driver) -> None:
-    bad = [*TRL_PAIRS[:3], {"prompt": "hi", "chosen": 3, "rejected": "no"}]
+    bad: list[dict[str, Any]] = [*TRL_PAIRS[:3], {"prompt": "hi", "chosen": 3, "rejected": "no"}]
     ds = dataset(api, bad, purpose="post-training/messages")
     refused = start_dpo(
         api, dpo_request(ds, **{"training_config.data_config.data_format": "dialog"})

@@ -112,7 +112,8 @@ ROW_MODELS: dict[DatasetPurpose, type[BaseModel]] = {
     DatasetPurpose.dialog: DialogRow,
     DatasetPurpose.preference: PreferenceRow,
     DatasetPurpose.prompt: PromptRow,
-} | {purpose: FreeRow for purpose in FREE_FORM}
+}
+ROW_MODELS |= {purpose: FreeRow for purpose in FREE_FORM}
 
 
 def row_schema(purpose: DatasetPurpose) -> dict[str, Any]:
@@ -140,7 +141,8 @@ REQUIRED_COLUMNS: dict[DatasetPurpose, list[tuple[str, ...]]] = {
     DatasetPurpose.dialog: [("messages",)],
     DatasetPurpose.preference: [("prompt", "messages"), ("chosen",), ("rejected",)],
     DatasetPurpose.prompt: [("prompt", "messages")],
-} | {purpose: [] for purpose in FREE_FORM}
+}
+REQUIRED_COLUMNS |= {purpose: [] for purpose in FREE_FORM}
 
 # Columns that hold lists of messages; a CSV cell carries them as JSON text.
 STRUCTURED_COLUMNS = frozenset({"messages", "chosen", "rejected"})

@@ -13,7 +13,7 @@ they share are the prompt and the rest are the answers.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -21,6 +21,7 @@ from llama_post.apis.datasets.rows import DialogRow, InstructRow, PreferenceRow
 from llama_post.errors import ErrorDetail, InvalidRequestError
 
 Row = dict[str, Any]
+DataFormat = Literal["instruct", "dialog"]
 
 
 class RowError(ValueError):
@@ -29,7 +30,9 @@ class RowError(ValueError):
         self.field = field
 
 
-def sft_rows(rows: list[Row], data_format: str | None, param: str) -> tuple[list[Row], str]:
+def sft_rows(
+    rows: list[Row], data_format: DataFormat | None, param: str
+) -> tuple[list[Row], DataFormat | None]:
     """The rows as SFT reads them in `data_format` (unset: the first row's shape decides),
     and that format."""
     if data_format is None:

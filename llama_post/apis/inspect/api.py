@@ -49,7 +49,7 @@ class ProviderInfo(BaseModel):
     provider_type: str
     config: dict[str, JsonValue]
     health: dict[str, JsonValue] = Field(
-        default_factory=lambda: {"status": "OK"},
+        default_factory=lambda: dict[str, JsonValue](status="OK"),
         description="Llama Stack's shape: `status` OK, Error (with `message`), or Not "
         "Implemented for a provider that has no health check.",
     )

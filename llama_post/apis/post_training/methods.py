@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from llama_post.apis.datasets import DatasetPurpose
-from llama_post.apis.datasets.shapes import preference_rows, sft_rows
+from llama_post.apis.datasets.shapes import DataFormat, preference_rows, sft_rows
 from llama_post.apis.post_training.jobs import PostTrainingJob
 from llama_post.apis.post_training.models import (
     JobRequest,
@@ -27,7 +27,7 @@ R = TypeVar("R", bound=JobRequest)
 Rows = list[dict[str, Any]]
 # Rows of Llama Stack's purposes (kept as given) read in the shape the method reads for the
 # job's `data_format` (`rows, data_format, param -> rows, data_format`; a 400 naming the row)
-ShapeRows = Callable[[Rows, str | None, str], tuple[Rows, str | None]]
+ShapeRows = Callable[[Rows, DataFormat | None, str], tuple[Rows, DataFormat | None]]
 
 
 class Creates(Protocol):

@@ -86,7 +86,7 @@ def load_huggingface(uri: str) -> Any:
         )
     query.setdefault("split", "train")
     try:
-        import datasets
+        import datasets  # type: ignore[import-untyped]
     except ImportError:
         raise InvalidRequestError(
             f"{FIELD}: reading {uri!r} needs the `datasets` package on the server", param=FIELD
