@@ -65,6 +65,7 @@ def run_upstream(release: str, url: str, report: Path, *paths: str, timeout: flo
     assert report.is_file(), done.stdout[-4000:] + done.stderr[-4000:]
     outcomes = [_outcome(case) for case in ET.parse(report).iter("testcase")]
     assert done.returncode == 0, "\n".join(outcomes) + "\n" + done.stdout[-6000:]
+    print(done.stdout[-1500:])  # upstream's summary, shown with -rP
     return outcomes
 
 
