@@ -5,6 +5,7 @@ what was changed, and `llama_stack/upstream/` holds the files."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.envs import client_python, python312
+from tests.compat.envs import cache_root, client_python, python312
 from tests.support import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,16 @@ DATASETS_AND_FILES = [
     "test_files.py::test_files_authentication_shared_attributes",
     "test_files.py::test_files_authentication_anonymous_access",
 ]
+
+
+def converted_models() -> Path:
+    """A folder for run.yaml's converted models, named after what decides its content."""
+    digest = hashlib.sha256()
+    for part in ("requirements/nodeps.txt", "providers/utils/gguf.py", "run.yaml"):
+        digest.update((ROOT / part).read_bytes())
+    folder = cache_root().parent / "models" / f"run-yaml-{digest.hexdigest()[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def run_upstream(release: str, url: str, report: Path, *paths: str, timeout: float) -> list[str]:
@@ -108,8 +119,12 @@ def test_llama_stacks_datasets_and_files_tests_pass(
 
 @pytest.fixture(scope="module")
 def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`llama-post run run.yaml` on a home of its own: the bundled SmolLM2-135M-Instruct."""
+    """`llama-post run run.yaml` on a home of its own: the bundled SmolLM2-135M-Instruct. Its
+    conversion from GGUF (a minute) is kept outside the clone for the next run, as a user's home
+    keeps it for the next start, per bundled package and converter (tests/slow/test_smollm2.py
+    converts it anew)."""
     home = tmp_path_factory.mktemp("home")
+    (home / "models").symlink_to(converted_models())
     server = Server(ROOT / "run.yaml", home, env={"LLAMA_POST_HOME": str(home)})
     server.start(timeout=240)
     yield server
