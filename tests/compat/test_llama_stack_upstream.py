@@ -132,6 +132,7 @@ def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(540)  # two jobs polled every 10 s, as upstream's tests poll (100 s here)
 def test_llama_stacks_post_training_tests_pass(bundled: Server, tmp_path: Path) -> None:
     """SFT (LoRA on torchtune's module names, `instruct` rows of simpleqa's shape) and DPO
     (TRL-style pairs on a `post-training/messages` dataset), one step each on SmolLM2."""
@@ -144,6 +145,6 @@ def test_llama_stacks_post_training_tests_pass(bundled: Server, tmp_path: Path) 
         bundled.url,
         tmp_path / "report.xml",
         "post_training/test_post_training.py",
-        timeout=280,
+        timeout=420,
     )
     assert sorted(outcomes) == sorted(f"{t} passed" for t in tests), outcomes
