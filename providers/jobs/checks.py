@@ -104,8 +104,7 @@ class CreationChecks:
                 data.validation_dataset_id, {purpose}, "validation_dataset_id"
             )
         if purpose.free_form and shape_rows is not None:  # rows kept as given: read them now
-            data_format = data.data_format
-            train, data.data_format = shape_rows(train, data_format, f"{DATA}.dataset_id")
+            train, data.data_format = shape_rows(train, data.data_format, f"{DATA}.dataset_id")
             if validation is not None:
                 validation, _ = shape_rows(
                     validation, data.data_format, f"{DATA}.validation_dataset_id"
