@@ -201,7 +201,8 @@ def flops_per_token(folder: Path, data: Path, steps: int) -> tuple[float, str]:
     ]
     model = bounds.Decoder.from_folder(folder)
     work = bounds.sft_work(examples)
-    per_token = work.lora_training(model, lora.rank, lora_targets(lora)) / work.tokens
+    targets = lora_targets(lora, ("q_proj", "k_proj", "v_proj", "o_proj"))  # a Llama's names
+    per_token = work.lora_training(model, lora.rank, targets) / work.tokens
     line = (
         f"LoRA SFT: {per_token / 1e9:.3f} GFLOP per trained token ({len(examples)} rows, "
         f"{work.tokens / len(examples):.0f} tokens a row, {work.labelled / work.tokens:.0%} of "

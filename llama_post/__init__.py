@@ -30,6 +30,7 @@ def __getattr__(name: str) -> Any:
         return getattr(library_client, name)
     raise AttributeError(f"module 'llama_post' has no attribute {name!r}")
 
+
 __all__ = [
     "AsyncLlamaPostClient",
     "ConfigError",

@@ -236,8 +236,20 @@ def _encoded(route: Route, request: BaseModel | None) -> dict[str, Any]:
             with contextlib.suppress(OSError, ValueError):
                 upload.file.seek(0)  # a resend reads it again
         files = {n: (u.filename, u.file, u.content_type) for n, u in uploads.items()}
-        return {"data": {k: str(v) for k, v in body.items()}, "files": files}
+        return {"data": _form_fields(body), "files": files}
     return {"json": body}
+
+
+def _form_fields(body: dict[str, Any]) -> dict[str, str]:
+    """A request's fields as form fields; an object's as `name[key]`, as OpenAI's SDK sends
+    them (`expires_after[seconds]`) and the server reads them back."""
+    fields: dict[str, str] = {}
+    for name, value in body.items():
+        if isinstance(value, dict):
+            fields |= {f"{name}[{key}]": str(v) for key, v in value.items()}
+        else:
+            fields[name] = str(value)
+    return fields
 
 
 def _upstream_message(response: httpx.Response) -> tuple[str, str | None]:

@@ -13,6 +13,12 @@ from llama_post import LlamaPostClient
 from tests.support import Driver, HttpDriver, LibraryDriver, Server, distribution
 from tests.tiny import build_tiny_model, smollm2_tokenizer
 
+# Llama Stack's own tests: they run in their client environments (tests/compat/llama_stack)
+collect_ignore = ["compat/llama_stack/upstream"]
+# The tests run offline: what they start reads no model or dataset hub (a `huggingface://`
+# dataset source fails at once, as where the Hub cannot be reached)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

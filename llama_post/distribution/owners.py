@@ -57,8 +57,11 @@ KINDS = {
     "training_run_id": "job",
     "batch_id": "batch",
 }
-# what a route calls the thing an id names, where that is not its kind
-NOUNS = {"fine_tuning_job_id": "fine-tuning job"}
+# how a route says that an id names nothing, where not as "no <kind> 'id'"
+MISSING = {
+    "fine_tuning_job_id": "no fine-tuning job {id!r}",
+    "file_id": "file {id!r} not found",  # Llama Stack's own tests read "not found"
+}
 # ids a request body names, by method: (kind, how to read it)
 BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
     name: [("model", lambda r: r.model)]
@@ -150,7 +153,8 @@ class Owners:
         """A 404 for an id the caller may not read, in the words the route uses for an id that
         names nothing, so that the answer does not tell whether the id is taken."""
         if id is not None and not self.visible(kind, id):
-            raise NotFoundError(f"no {NOUNS.get(param, kind)} {id!r}", param=param)
+            missing = MISSING.get(param, "no {kind} {id!r}")
+            raise NotFoundError(missing.format(kind=kind, id=id), param=param)
 
     def check_change(self, kind: str, id: str | None, param: str) -> None:
         """The caller may change it: 404 where it may not even read it, 403 where it may read

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
 from llama_post.apis import BUILTIN_APIS, Api
 from llama_post.apis.inspect import (
@@ -33,7 +34,7 @@ from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
-from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
+from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError, NotFoundError
 from llama_post.routes import Route, all_routes, api_version
 from llama_post.version import __version__
 
@@ -263,21 +264,39 @@ class InspectImpl:
     async def list_providers(self) -> ListProvidersResponse:
         """Every provider and its config; the server's folders in it only for an admin key (or
         an in-process call), as another owner's things lie in them."""
+        return ListProvidersResponse(data=[await self._info(p) for p in self.stack.providers])
+
+    async def inspect_provider(self, provider_id: str) -> ProviderInfo:
+        for p in self.stack.providers:
+            if p.provider_id == provider_id:
+                return await self._info(p)
+        raise NotFoundError(f"no provider with id {provider_id!r}", param="provider_id")
+
+    async def _info(self, p: ProviderInstance) -> ProviderInfo:
         principal = PRINCIPAL.get()
         shown = principal is None or principal.admin
-        return ListProvidersResponse(
-            data=[
-                ProviderInfo(
-                    api=p.api.value,
-                    provider_id=p.provider_id,
-                    provider_type=p.provider_type,
-                    config=p.config.model_dump(mode="json")
-                    if shown
-                    else _without_folders(p.config.model_dump(mode="json"), p.config.model_dump()),
-                )
-                for p in self.stack.providers
-            ]
+        config = p.config.model_dump(mode="json")
+        return ProviderInfo(
+            api=p.api.value,
+            provider_id=p.provider_id,
+            provider_type=p.provider_type,
+            config=config if shown else _without_folders(config, p.config.model_dump()),
+            health=await _health(p),
         )
+
+
+async def _health(p: ProviderInstance) -> dict[str, JsonValue]:
+    """Llama Stack's health of one provider: what its check says, within 5 s."""
+    check = getattr(p.impl, "health", None)
+    if check is None:
+        return {"status": "Not Implemented", "message": "Provider does not implement health check"}
+    try:
+        report = await asyncio.wait_for(check(), timeout=5)
+    except TimeoutError:
+        return {"status": "Error", "message": "the health check did not answer within 5 s"}
+    if report.status == "OK":
+        return {"status": "OK"}
+    return {"status": "Error", "message": report.message}
 
 
 HIDDEN = "(hidden)"

@@ -48,6 +48,7 @@ from llama_post.ui import ui_routes
 log = logging.getLogger("llama_post.server")
 
 MAX_JSON_BODY = 64 << 20
+FORM_KEY = re.compile(r"([A-Za-z_]\w*)\[([A-Za-z_]\w*)\]")  # an object's field in a form
 
 
 def create_app(
@@ -215,6 +216,8 @@ async def _read_form(request: Request) -> tuple[Any, dict[str, Any]]:
                 file=value.file,
                 content_type=value.content_type or "application/octet-stream",
             )
+        elif (nested := FORM_KEY.fullmatch(key)) is not None:  # `expires_after[seconds]`
+            data.setdefault(nested[1], {})[nested[2]] = value
         else:
             data[key] = value
     return form, data

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
+from llama_post.apis.datasets.purpose import FREE_FORM
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import LoraFinetuningConfig, TrainingRequest
 from llama_post.errors import InvalidRequestError, NotFoundError
@@ -26,6 +27,7 @@ from providers.training.methods import method_of
 from providers.utils.precision import UnsupportedPrecision, choose
 
 EFFICIENCY = "training_config.efficiency_config"
+DATA = "training_config.data_config"
 
 
 class CreationChecks:
@@ -92,15 +94,24 @@ class CreationChecks:
             wanted = {DatasetPurpose(data.data_format)}
         else:  # the dataset's purpose says how to read its rows
             wanted = set(method.api.purposes)
+        shape_rows = method.api.shape_rows
+        if shape_rows is not None:
+            wanted |= FREE_FORM
         train, purpose = await self.rows(data.dataset_id, wanted, "dataset_id")
-        if reads_purpose:
-            data.data_format = "instruct" if purpose == DatasetPurpose.instruct else "dialog"
         validation = None
         if data.validation_dataset_id:
             validation, _ = await self.rows(
                 data.validation_dataset_id, {purpose}, "validation_dataset_id"
             )
-        if not reads_purpose and data.data_format is not None:
+        if purpose.free_form and shape_rows is not None:  # rows kept as given: read them now
+            train, data.data_format = shape_rows(train, data.data_format, f"{DATA}.dataset_id")
+            if validation is not None:
+                validation, _ = shape_rows(
+                    validation, data.data_format, f"{DATA}.validation_dataset_id"
+                )
+        elif reads_purpose:
+            data.data_format = "instruct" if purpose == DatasetPurpose.instruct else "dialog"
+        elif data.data_format is not None:
             check_prompt_field(data.data_format, train, validation)
         checkpoint_dir = self.checkpoint_dir(request, job_uuid)
         device = self.launch.device()

@@ -105,7 +105,7 @@ def lora_params(shape: Shape, request: TrainingRequest) -> int:
         return 0
     modules = shape.modules()
     total = 0
-    for target in lora_targets(algo):
+    for target in lora_targets(algo, modules):
         if target == "lm_head":
             total += algo.rank * (shape.hidden + shape.vocab)
         elif target in modules:

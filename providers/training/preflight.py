@@ -7,7 +7,7 @@ request fails in seconds with the rows and fields at fault.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from llama_post.apis.post_training import (
@@ -97,7 +97,7 @@ def check_lora_targets(
     leaves = sorted(
         {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     )
-    for target in lora_targets(algo):
+    for target in lora_targets(algo, {n.rsplit(".", 1)[-1] for n in names}):
         if not any(n == target or n.endswith("." + target) for n in names):
             raise InvalidRequestError(
                 f"{field}.lora_attn_modules: the model has no module {target!r}; "
@@ -118,11 +118,25 @@ def _split(
     return [rows[i] for i in keep], [rows[i] for i in sorted(order[:held])]
 
 
-def lora_targets(algo: LoraFinetuningConfig) -> list[str]:
-    """The Hugging Face names of the modules a LoRA config adapts."""
-    targets = list(algo.lora_attn_modules)
+# torchtune's names for the attention projections, which Llama Stack's clients send
+# (`q_proj`, `k_proj`, `v_proj`, `output_proj`), and the names Hugging Face architectures give
+# the same module, the first the model has being the one adapted.
+TORCHTUNE_NAMES = {"output_proj": ("o_proj", "out_proj", "dense")}
+
+
+def lora_targets(algo: LoraFinetuningConfig, modules: Collection[str]) -> list[str]:
+    """The model's own names of the modules a LoRA config adapts: `modules` holds the model's
+    module names (their last part); a torchtune name it lacks is its own name for that module.
+    A name that is neither stays as given, for `check_lora_targets` to refuse by name."""
+    targets = [_own_name(name, modules) for name in algo.lora_attn_modules]
     if algo.apply_lora_to_mlp:
         targets += ["gate_proj", "up_proj", "down_proj"]
     if algo.apply_lora_to_output:
         targets.append("lm_head")
-    return targets
+    return list(dict.fromkeys(targets))
+
+
+def _own_name(name: str, modules: Collection[str]) -> str:
+    if name in modules:
+        return name
+    return next((n for n in TORCHTUNE_NAMES.get(name, ()) if n in modules), name)

@@ -483,9 +483,10 @@ def test_another_owners_checkpoint_folder_is_no_model_source(
     # the server's folders (the checkpoint root among them) are an admin's to see
     home = str(served["home"])
     for caller in (bob, alice):
-        shown = caller.get("/v1/inspect/providers")
-        assert shown.status_code == 200 and shown.json()["data"]
-        assert home not in shown.text and str(models_dir) not in shown.text
+        for path in ("/v1/inspect/providers", "/v1/providers", "/v1/providers/peft"):
+            shown = caller.get(path)
+            assert shown.status_code == 200 and shown.json(), path
+            assert home not in shown.text and str(models_dir) not in shown.text, path
     assert str(served["home"] / "checkpoints") in served["root"].get("/v1/inspect/providers").text
 
 

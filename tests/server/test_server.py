@@ -205,6 +205,16 @@ def test_inspection_routes(server: Server) -> None:
         ("inference", "inline::transformers"),
         ("post_training", "inline::peft"),
     }
+    # Llama Stack's Providers API: the same providers, each with its health
+    listed = httpx.get(f"{server.url}/v1/providers").json()["data"]
+    assert listed == providers
+    health = {p["provider_type"]: p["health"] for p in listed}
+    assert health["inline::transformers"] == {"status": "OK"}
+    assert health["inline::localfs"]["status"] == "Not Implemented"
+    one = httpx.get(f"{server.url}/v1/providers/transformers").json()
+    assert one == next(p for p in listed if p["provider_id"] == "transformers")
+    missing = httpx.get(f"{server.url}/v1/providers/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "provider_id"
     assert httpx.get(f"{server.url}/v1/version").json()["version"]
     assert httpx.get(f"{server.url}/openapi.json").json()["openapi"] == "3.1.0"
 

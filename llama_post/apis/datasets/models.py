@@ -15,7 +15,7 @@ DATASET_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 DatasetId = Annotated[str, Field(pattern=DATASET_ID_PATTERN, examples=["my-dataset"])]
 
 
-_PURPOSE_ALIASES = {"post-training/messages": "dialog", "post-training/instruct": "instruct"}
+_PURPOSE_ALIASES = {"post-training/instruct": "instruct"}
 
 
 class DatasetFormat(StrEnum):
@@ -26,11 +26,15 @@ class DatasetFormat(StrEnum):
 
 
 class UriDataSource(StrictModel):
-    """A local file: a path or `file://` URI under a directory the provider allows."""
+    """A local file (a path or `file://` URI under a directory the provider allows), a `data:`
+    URI (CSV, JSONL, JSON or Parquet by its media type, base64 or percent-encoded), or
+    `huggingface://datasets/<owner>/<name>?split=<split>` (read where the Hub can be reached)."""
 
     type: Literal["uri"]
     uri: str
-    format: DatasetFormat | None = Field(None, description="Inferred from the extension if unset.")
+    format: DatasetFormat | None = Field(
+        None, description="Inferred from the extension (a data: URI: its media type) if unset."
+    )
 
 
 class FileDataSource(StrictModel):

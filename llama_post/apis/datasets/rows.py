@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llama_post.apis.datasets.purpose import DatasetPurpose
+from llama_post.apis.datasets.purpose import FREE_FORM, DatasetPurpose
 
 
 class Message(BaseModel):
@@ -100,12 +100,20 @@ class PromptRow(BaseModel):
         return self
 
 
+class FreeRow(BaseModel):
+    """A row of one of Llama Stack's purposes: any JSON object, kept as given. A job reads it
+    in the shape its `data_format` names and checks it then (`shapes.py`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 ROW_MODELS: dict[DatasetPurpose, type[BaseModel]] = {
     DatasetPurpose.instruct: InstructRow,
     DatasetPurpose.dialog: DialogRow,
     DatasetPurpose.preference: PreferenceRow,
     DatasetPurpose.prompt: PromptRow,
 }
+ROW_MODELS |= {purpose: FreeRow for purpose in FREE_FORM}
 
 
 def row_schema(purpose: DatasetPurpose) -> dict[str, Any]:
@@ -134,6 +142,7 @@ REQUIRED_COLUMNS: dict[DatasetPurpose, list[tuple[str, ...]]] = {
     DatasetPurpose.preference: [("prompt", "messages"), ("chosen",), ("rejected",)],
     DatasetPurpose.prompt: [("prompt", "messages")],
 }
+REQUIRED_COLUMNS |= {purpose: [] for purpose in FREE_FORM}
 
 # Columns that hold lists of messages; a CSV cell carries them as JSON text.
 STRUCTURED_COLUMNS = frozenset({"messages", "chosen", "rejected"})

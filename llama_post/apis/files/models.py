@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import json
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from llama_post.schema import MultipartRequest, StrictModel, Upload
 
@@ -18,9 +19,29 @@ class FilePurpose(StrEnum):
     evals = "evals"
 
 
+class ExpiresAfter(StrictModel):
+    """OpenAI's expiry: the file is deleted `seconds` after its creation (1 hour to 30 days).
+    A form sends it as `expires_after[anchor]` and `expires_after[seconds]`."""
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2592000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_part(cls, data: Any) -> Any:
+        """A form part holding the object as JSON text (how OpenAPI encodes one by default)."""
+        if isinstance(data, str):
+            try:
+                return json.loads(data)
+            except json.JSONDecodeError:
+                raise ValueError("expires_after: send an object, or its JSON text") from None
+        return data
+
+
 class UploadFileRequest(MultipartRequest):
     file: Upload
     purpose: FilePurpose
+    expires_after: ExpiresAfter | None = None
 
 
 class FileObject(BaseModel):

@@ -48,6 +48,11 @@ class ProviderInfo(BaseModel):
     provider_id: str
     provider_type: str
     config: dict[str, JsonValue]
+    health: dict[str, JsonValue] = Field(
+        default_factory=lambda: dict[str, JsonValue](status="OK"),
+        description="Llama Stack's shape: `status` OK, Error (with `message`), or Not "
+        "Implemented for a provider that has no health check.",
+    )
 
 
 class ListProvidersResponse(BaseModel):
@@ -73,9 +78,16 @@ class Inspect(Protocol):
         ...
 
     @webmethod(route="/v1/inspect/providers", method="GET")
+    @webmethod(route="/v1/providers", method="GET")
     async def list_providers(self) -> ListProvidersResponse:
-        """Every provider of the distribution; secret config values are masked.
+        """Every provider of the distribution, with its health; secret config values are masked.
 
         For a key that is not an admin's, the server's folders in them read `(hidden)`.
+        `/v1/providers` is Llama Stack's Providers API.
         """
+        ...
+
+    @webmethod(route="/v1/providers/{provider_id}", method="GET")
+    async def inspect_provider(self, provider_id: str) -> ProviderInfo:
+        """One provider (the first of that id, where two APIs' providers share it)."""
         ...

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from llama_post.apis.datasets import DatasetPurpose
+from llama_post.apis.datasets.shapes import DataFormat, preference_rows, sft_rows
 from llama_post.apis.post_training.jobs import PostTrainingJob
 from llama_post.apis.post_training.models import (
     JobRequest,
@@ -23,6 +24,10 @@ from llama_post.apis.post_training.models import (
 )
 
 R = TypeVar("R", bound=JobRequest)
+Rows = list[dict[str, Any]]
+# Rows of Llama Stack's purposes (kept as given) read in the shape the method reads for the
+# job's `data_format` (`rows, data_format, param -> rows, data_format`; a 400 naming the row)
+ShapeRows = Callable[[Rows, DataFormat | None, str], tuple[Rows, DataFormat | None]]
 
 
 class Creates(Protocol):
@@ -46,6 +51,8 @@ class Method(Generic[R]):
     # prompt field every row carries
     format_is_purpose: bool
     create: Callable[[Creates, R], Awaitable[PostTrainingJob]]  # the route creating it
+    # reads Llama Stack's purposes too (`DatasetPurpose.free_form`), in this shape; None: not
+    shape_rows: ShapeRows | None = None
 
     def narrow(self, request: TrainingRequest) -> R:
         """The request as this method's type (a request of another method is a bug)."""
@@ -61,6 +68,7 @@ SFT = Method(
     openai="supervised",
     format_is_purpose=True,
     create=lambda jobs, request: jobs.supervised_fine_tune(request),
+    shape_rows=sft_rows,
 )
 DPO = Method(
     name="dpo",
@@ -69,6 +77,7 @@ DPO = Method(
     openai="dpo",
     format_is_purpose=False,
     create=lambda jobs, request: jobs.preference_optimize(request),
+    shape_rows=lambda rows, data_format, param: (preference_rows(rows, param), data_format),
 )
 GRPO = Method(
     name="grpo",

@@ -50,6 +50,11 @@ from llama_post.errors import (
 from llama_post.storage import Database, check_id, resolve_under
 from providers.inline.datasets.localfs.config import LocalDatasetsConfig
 from providers.inline.datasets.localfs.formats import RowOrProblem, infer_format, read_rows
+from providers.inline.datasets.localfs.sources import (
+    huggingface_rows,
+    load_huggingface,
+    write_data_uri,
+)
 
 DATASET_ID = re.compile(DATASET_ID_PATTERN)
 OFFSET = struct.Struct("<Q")
@@ -187,7 +192,14 @@ class LocalDatasets:
         source = request.source
         if isinstance(source, RowsDataSource):
             return enumerate(source.rows, start=1), DatasetOrigin(type="rows")
-        if isinstance(source, UriDataSource):
+        if isinstance(source, UriDataSource) and source.uri.startswith("huggingface://"):
+            loaded = await asyncio.to_thread(load_huggingface, source.uri)
+            return huggingface_rows(loaded), DatasetOrigin(type="uri", uri=source.uri)
+        if isinstance(source, UriDataSource) and source.uri.startswith("data:"):
+            path = staging / "source"
+            fmt = await asyncio.to_thread(write_data_uri, source.uri, source.format, path)
+            origin = DatasetOrigin(type="uri", uri=_shortened(source.uri), format=fmt)
+        elif isinstance(source, UriDataSource):
             named = _uri_to_path(source.uri)
             path = resolve_under(named, self.config.allowed_dirs, "source.uri")
             if not self.usable(path):  # in another owner's job or model folder: as no file
@@ -318,7 +330,10 @@ def _check(
             ErrorDetail(row=number, field=_join_loc("", e["loc"]) or None, message=e["msg"])
             for e in exc.errors()
         ]
-    line = json.dumps(valid.model_dump(mode="json", exclude_unset=True), ensure_ascii=False)
+    try:
+        line = json.dumps(valid.model_dump(mode="json", exclude_unset=True), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:  # a value JSON cannot hold (from a Hub dataset)
+        return [ErrorDetail(row=number, message=f"row cannot be stored as JSON: {exc}")]
     encoded = line.encode("utf-8") + b"\n"
     if len(encoded) > limit:
         return [
@@ -342,6 +357,11 @@ def _rows_error(bad_rows: list[int], seen: int, problems: list[ErrorDetail]) -> 
     )
 
 
+def _shortened(uri: str, keep: int = 80) -> str:
+    """A data: URI as the dataset's origin records it: its header and the start of its data."""
+    return uri if len(uri) <= keep else f"{uri[:keep]}..."
+
+
 def _uri_to_path(uri: str) -> str:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -351,7 +371,8 @@ def _uri_to_path(uri: str) -> str:
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive
         raise InvalidRequestError(
             f"source.uri: {parsed.scheme}:// cannot be read; give a local path or file:// URI, "
-            "or upload the file through /v1/files and use a `file` source",
+            "a data: URI, a huggingface://datasets/<owner>/<name> URI, or upload the file "
+            "through /v1/files and use a `file` source",
             param="source.uri",
         )
     return uri

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS files (
     purpose TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER
 );
 """
 
@@ -50,16 +51,20 @@ class LocalFiles:
         for leftover in self.tmp.iterdir():  # uploads cut off by a crash
             leftover.unlink()
         self.db = Database(config.storage_dir / "files.db", SCHEMA)
+        if "expires_at" not in {r["name"] for r in self.db.all("PRAGMA table_info(files)")}:
+            self.db.execute("ALTER TABLE files ADD COLUMN expires_at INTEGER")  # older files.db
 
     async def upload_file(self, request: UploadFileRequest) -> FileObject:
         filename = _display_name(request.file.filename)
         file_id = f"file-{secrets.token_hex(12)}"
         size, digest = await asyncio.to_thread(self._store, request.file.file, file_id)
         created = int(time.time())
+        expiry = request.expires_after
+        expires = created + expiry.seconds if expiry is not None else None
         self.db.execute(
-            "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (file_id, filename, request.purpose.value, size, digest, created),
+            "INSERT INTO files (id, filename, purpose, bytes, sha256, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (file_id, filename, request.purpose.value, size, digest, created, expires),
         )
         return FileObject(
             id=file_id,
@@ -68,6 +73,7 @@ class LocalFiles:
             filename=filename,
             purpose=request.purpose,
             sha256=digest,
+            expires_at=expires,
         )
 
     def _store(self, source: BinaryIO, file_id: str) -> tuple[int, str]:
@@ -94,7 +100,16 @@ class LocalFiles:
             partial.unlink(missing_ok=True)
         return size, digest.hexdigest()
 
+    def _expire(self) -> None:
+        """Delete the files past their `expires_at`: an expired file is gone for every call."""
+        now = int(time.time())
+        expired = self.db.all("SELECT id FROM files WHERE expires_at <= ?", (now,))
+        for row in expired:
+            self.db.execute("DELETE FROM files WHERE id = ?", (row["id"],))
+            (self.blobs / row["id"]).unlink(missing_ok=True)
+
     async def list_files(self, request: ListFilesRequest) -> ListFilesResponse:
+        self._expire()
         where, params = [], []
         if request.purpose is not None:
             where.append("purpose = ?")
@@ -120,9 +135,10 @@ class LocalFiles:
 
     async def retrieve_file(self, file_id: str) -> FileObject:
         check_id(file_id, FILE_ID, "file")
+        self._expire()
         row = self.db.one("SELECT * FROM files WHERE id = ?", (file_id,))
         if row is None:
-            raise NotFoundError(f"no file {file_id!r}", param="file_id")
+            raise NotFoundError(f"file {file_id!r} not found", param="file_id")
         return _to_object(row)
 
     async def retrieve_file_content(self, file_id: str) -> FileContent:
@@ -130,7 +146,7 @@ class LocalFiles:
         try:  # opened now: a delete while the download streams no longer cuts it short
             handle = (self.blobs / file_id).open("rb")
         except FileNotFoundError:
-            raise NotFoundError(f"no file {file_id!r}", param="file_id") from None
+            raise NotFoundError(f"file {file_id!r} not found", param="file_id") from None
         return FileContent(chunks=_read_chunks(handle), filename=meta.filename, size=meta.bytes)
 
     async def delete_file(self, file_id: str) -> DeleteFileResponse:
@@ -166,4 +182,5 @@ def _to_object(row: object) -> FileObject:
         filename=r["filename"],
         purpose=FilePurpose(r["purpose"]),
         sha256=r["sha256"],
+        expires_at=r["expires_at"],
     )

@@ -87,7 +87,9 @@ def load_model(spec: JobSpec, whole_fp32: bool = False) -> tuple[Any, Any]:
                     r=algo.rank,
                     lora_alpha=algo.alpha,  # type: ignore[arg-type]  # peft takes floats too
                     lora_dropout=algo.dropout,
-                    target_modules=lora_targets(algo),
+                    target_modules=lora_targets(
+                        algo, {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+                    ),
                     use_dora=algo.use_dora,
                     task_type="CAUSAL_LM",
                 ),
