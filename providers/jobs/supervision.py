@@ -269,14 +269,14 @@ class Supervisor:
                 if beat is None or not ours:
                     beat = {"time": self.launched_at.get(job_uuid, now), "phase": "loading"}
                 phase = str(beat.get("phase"))
-                limit = self._stall_limit(job_uuid, phase)
+                limit, why = self._stall_limit(job_uuid, phase, beat.get("slowest_step"))
                 quiet = now - float(beat["time"])
                 if quiet <= limit:
                     continue
                 where = f" at step {beat['step']}" if beat.get("step") is not None else ""
                 reason = (
                     f"the worker stalled in its {phase} phase{where}: no progress for "
-                    f"{quiet:.0f} s (the limit is {limit:g} s)"
+                    f"{quiet:.0f} s (the limit is {limit:g} s{why})"
                 )
                 self.stalled[job_uuid] = reason
                 self.store.note(job_uuid, reason)
@@ -323,14 +323,25 @@ class Supervisor:
             )
         return None
 
-    def _stall_limit(self, job_uuid: str, phase: str) -> float:
+    def _stall_limit(self, job_uuid: str, phase: str, slowest: Any) -> tuple[float, str]:
+        """How long the worker may show no progress in `phase`, and why when it is not a set
+        window: the job's own windows, else the provider's, which in training, once a step has
+        completed, shrinks to `stall_step_factor` times the slowest step (with a floor), so a
+        stall on a fast step is caught quickly and a slow first step is not taken for one."""
         limits: dict[str, float] = {str(k): v for k, v in self.config.stall_seconds.items()}
         asked = self.running[job_uuid].supervision.stall_seconds
         if isinstance(asked, dict):
-            limits |= {str(k): v for k, v in asked.items()}
+            own = {str(k): v for k, v in asked.items()}
+            if phase in own:
+                return own[phase], ""
         elif asked is not None:
-            limits = dict.fromkeys(limits, asked)
-        return limits.get(phase, max(limits.values()))
+            return asked, ""
+        limit = limits.get(phase, max(limits.values()))
+        if phase != "training" or not isinstance(slowest, int | float):
+            return limit, ""
+        return paced_window(
+            limit, float(slowest), self.config.stall_step_factor, self.config.stall_floor_seconds
+        )
 
     # -- failures and retries ------------------------------------------------------------------
 
@@ -383,3 +394,14 @@ class Supervisor:
         self.store.reschedule(job_uuid, only_in_progress=True)
         telemetry.WORKER_RESTARTS.labels(self.provider_id).inc()
         self._wake.set()
+
+
+def paced_window(
+    limit: float, slowest: float, factor: float | None, floor: float
+) -> tuple[float, str]:
+    """A training window that follows the job's pace: `factor` times its slowest step, at least
+    `floor`, at most the set `limit`; and why, when it is not `limit`."""
+    if factor is None or max(floor, factor * slowest) >= limit:
+        return limit, ""
+    paced = max(floor, factor * slowest)
+    return paced, f": {factor:g} times its slowest step, {slowest:.3g} s, at least {floor:g} s"

@@ -108,10 +108,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(kept))
 
 
-def _beat(job_dir: Path, phase: str, step: int | None) -> None:
+def _beat(job_dir: Path, phase: str, step: int | None, slowest: float | None = None) -> None:
     """The worker's heartbeat for the server's stall watchdog (llama-post's `Heartbeat`: its
-    own clock, its pid, which `tune run` keeps, replacing this process)."""
-    beat = {"time": time.time(), "pid": os.getpid(), "phase": phase, "step": step, "micro": None}
+    own clock, its pid, which `tune run` keeps, replacing this process; the slowest step, which
+    sets the watchdog's window in training)."""
+    beat = {
+        "time": time.time(),
+        "pid": os.getpid(),
+        "phase": phase,
+        "step": step,
+        "micro": None,
+        "slowest_step": slowest,
+    }
     partial = job_dir / "heartbeat.json.partial"
     partial.write_text(json.dumps(beat))
     partial.replace(job_dir / "heartbeat.json")
@@ -218,6 +226,8 @@ class MetricLogger:
         self.total_steps = total_steps
         self.step_offset = step_offset
         self.last = time.perf_counter()
+        self.slowest: float | None = None  # of the steps after the first (whose time has setup)
+        self.logged = False
 
     def log_config(self, config: Any) -> None:
         pass
@@ -235,7 +245,10 @@ class MetricLogger:
         line["step_seconds"] = now - self.last
         line["timestamp"] = time.time()
         self.last = now
-        _beat(self.folder, "training", step)
+        if self.logged:
+            self.slowest = max(self.slowest or 0.0, line["step_seconds"])
+        self.logged = True
+        _beat(self.folder, "training", step, self.slowest)
         loss = line.get("loss")
         if loss is not None and not math.isfinite(loss):  # torchtune would train on
             print(f"non-finite loss ({loss}) at step {step}", flush=True)
