@@ -76,6 +76,7 @@ def main(job_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE_DIR), *_pythonpath()])}
     if plan.get("torch_threads"):
         env["OMP_NUM_THREADS"] = str(plan["torch_threads"])
+    env["PYTHONWARNINGS"] = "ignore"  # the libraries' deprecations: nothing a user can act on
     tune = str(Path(sys.executable).with_name("tune"))
     sys.stdout.flush()
     os.execve(tune, [tune, "run", plan["recipe"], "--config", str(path)], env)
