@@ -215,6 +215,9 @@ class PostTrainingRouter:
     async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
         return await self._named(request.provider_id).estimate_preference(request)
 
+    async def estimate_reinforce(self, request: ReinforceRequest) -> TrainingEstimate:
+        return await self._named(request.provider_id).estimate_reinforce(request)
+
     def _named(self, provider_id: str | None) -> PostTrainingJobs:
         provider = self.providers.get(provider_id or next(iter(self.providers)))
         if provider is None:

@@ -165,6 +165,9 @@ class LocalJobs:
     async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
         return await self._estimated(request)
 
+    async def estimate_reinforce(self, request: ReinforceRequest) -> TrainingEstimate:
+        return await self._estimated(request)
+
     async def _estimated(self, request: TrainingRequest) -> TrainingEstimate:
         prepared = await self.prepare(request, request.job_uuid or "estimate")
         return await asyncio.to_thread(self.estimates.estimate, prepared, True)

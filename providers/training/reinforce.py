@@ -28,16 +28,6 @@ def refusals(request: ReinforceRequest) -> list[tuple[str, str]]:
                 "regex, json_schema, python or multi over those",
             )
         )
-    limits = request.supervision
-    for name in ("max_wall_seconds", "max_cost"):
-        if getattr(limits, name) is not None:
-            found.append(
-                (
-                    f"supervision.{name}",
-                    "a GRPO job's time depends on the answers it samples, which the "
-                    "calibration cannot foresee; leave it unset",
-                )
-            )
     if request.training_config.data.data_format is not None:
         found.append(
             (

@@ -176,11 +176,6 @@ def test_bad_grpo_requests_name_the_field(api: Driver) -> None:
             400,
             "training_config.data_config.data_format",
         ),
-        (
-            grpo_request(prompts, **{"supervision.max_wall_seconds": 60}),
-            400,
-            "supervision.max_wall_seconds",
-        ),
         (  # no room left for an answer after the prompt
             grpo_request(
                 prompts,

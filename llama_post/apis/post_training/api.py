@@ -139,6 +139,12 @@ class PostTrainingJobs(Protocol):
         """The same estimate for a preference optimization (DPO) job."""
         ...
 
+    @webmethod(route="/v1/post-training/estimate/reinforce", method="POST")
+    async def estimate_reinforce(self, request: ReinforceRequest) -> TrainingEstimate:
+        """The same estimate for a reinforcement (GRPO) job, with its sampling timed here too:
+        an upper bound, every answer as long as `max_tokens` allows."""
+        ...
+
     @webmethod(route="/v1/post-training/jobs", method="GET")
     @webmethod(route="/v1alpha/post-training/jobs", method="GET", compat=V0_7)
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
