@@ -4,9 +4,9 @@ full fine-tuning, activation checkpointing on and off, two sequence lengths), as
 and wall time with the worker's measured peak RSS and its running time.
 
 The server is llama-post on run.yaml (`LLAMA_POST_HOME` = `--home`, where the bundled model is
-converted the first time and cached), on a loopback port; each setting's estimate is calibrated afresh (its own cache).
-Reported per setting: estimated and measured peak memory and wall time, and their ratios
-(estimate / reality). Targets on CPU: memory within 25%, time within 35%.
+converted the first time and cached), on a loopback port; each setting's estimate is calibrated
+afresh (its own cache). Reported per setting: estimated and measured peak memory and wall time,
+and their ratios (estimate / reality). Targets on CPU: memory within 25%, time within 35%.
 
 Run: .venv/bin/python benchmarks/estimates.py --home /tmp/bench-home [--steps 6]
 """

@@ -46,6 +46,7 @@ from llama_post.apis.post_training import (
     TrainingEstimate,
     TrainingRequest,
 )
+from llama_post.apis.post_training.access import InferenceAccess
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from llama_post.graders import GraderSettings
 from llama_post.schema import FileContent
@@ -202,6 +203,10 @@ class PostTrainingRouter:
     def use_locations(self, usable: Callable[[Path], bool]) -> None:
         for provider in self.providers.values():
             provider.use_locations(usable)
+
+    def use_inference_access(self, access: InferenceAccess) -> None:
+        for provider in self.providers.values():
+            provider.use_inference_access(access)
 
     def job_folders(self, job_uuid: str) -> list[Path]:
         return [f for provider in self.providers.values() for f in provider.job_folders(job_uuid)]

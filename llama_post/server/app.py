@@ -320,12 +320,15 @@ async def serve(
     except BaseException:
         await stack.shutdown()
         raise
+    port = settings.port if port is None else port
+    if stack.worker_access is not None:  # training workers call inference here
+        stack.worker_access.serving(host, port, keys)
     json_logs = log_format == "json"
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=host,
-            port=settings.port if port is None else port,
+            port=port,
             log_level="info",
             # JSON: uvicorn's records go through the root handler; its access lines give way to
             # the server's own (RequestMiddleware)

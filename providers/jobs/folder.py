@@ -35,6 +35,8 @@ EXIT_OUT_OF_MEMORY = 4
 EXIT_NONFINITE = 5  # a non-finite loss or gradient: the job's fault, never retried
 EXIT_LOST = 6  # what a launcher answers for a worker it lost (a Ray job's node): retried
 ATTEMPT_ENV = "LLAMA_POST_ATTEMPT"  # the attempt a worker runs for, so its heartbeat is known
+# where a worker calls this server's inference, and the key its attempt may (a score_model grader)
+INFERENCE_URL_ENV, INFERENCE_KEY_ENV = "LLAMA_POST_INFERENCE_URL", "LLAMA_POST_INFERENCE_KEY"
 
 
 class JobSpec(BaseModel):

@@ -67,7 +67,10 @@ def _grpo(**supervision: Any) -> dict[str, Any]:
             "input": "{{sample.output_text}}",
             "pattern": "blue",
         },
-        "training_config": {"n_epochs": 1, "data_config": {"dataset_id": "prompts", "batch_size": 2}},
+        "training_config": {
+            "n_epochs": 1,
+            "data_config": {"dataset_id": "prompts", "batch_size": 2},
+        },
         "finetuning_config": {"type": "LoRA", "rank": 4, "alpha": 8},
         "supervision": supervision,
     }
@@ -161,7 +164,9 @@ def test_limits_the_estimate_exceeds_are_refused_at_creation(server: Server) -> 
 
 
 def test_a_grpo_estimate_times_its_sampling_and_its_limits_are_checked(server: Server) -> None:
-    made = httpx.post(f"{server.url}/v1/post-training/estimate/reinforce", json=_grpo(), timeout=240)
+    made = httpx.post(
+        f"{server.url}/v1/post-training/estimate/reinforce", json=_grpo(), timeout=240
+    )
     assert made.status_code == 200, made.text
     grpo = made.json()
     calibration = grpo["calibration"]

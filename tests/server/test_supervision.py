@@ -31,9 +31,7 @@ ROWS = [
 WATCHED = {"post_training": {"watch_interval_seconds": 0.5}}
 
 
-def _server(
-    home: Path, tiny_model: Path, fault: str | None = None, **config: Any
-) -> Server:
+def _server(home: Path, tiny_model: Path, fault: str | None = None, **config: Any) -> Server:
     env = {"LLAMA_POST_TEST_FAULT": fault} if fault else None
     training = {"post_training": {**WATCHED["post_training"], **config}}
     server = Server(distribution(home, tiny_model, **training), home, env=env).start()

@@ -6,6 +6,7 @@ from typing import Annotated, Protocol
 
 from pydantic import Field
 
+from llama_post.apis.post_training.access import InferenceAccess
 from llama_post.apis.post_training.graders import (
     GraderRunRequest,
     GraderRunResponse,
@@ -211,6 +212,11 @@ class PostTrainingJobs(Protocol):
         """How to tell whether the caller may use a folder a request names (`checkpoint_dir`,
         a tracker's folder), once resolved: the stack's `Locations.usable`, which refuses
         another owner's job folders (not a route: the stack sets it once built)."""
+        ...
+
+    def use_inference_access(self, access: InferenceAccess) -> None:
+        """How a job's worker may call this server's inference (a GRPO job's score_model
+        grader): a grant per attempt (not a route: the stack sets it once built)."""
         ...
 
     def job_folders(self, job_uuid: str) -> list[Path]:

@@ -30,6 +30,7 @@ from llama_post.apis.post_training import (
     PreferenceOptimizeRequest,
     SupervisedFineTuneRequest,
 )
+from llama_post.apis.post_training.access import InferenceAccess
 from llama_post.apis.post_training.jobs import JobStatus
 from llama_post.errors import LlamaPostError, NotFoundError, UpstreamError
 from llama_post.graders import GraderSettings
@@ -70,6 +71,9 @@ class RemotePostTraining:
 
     def use_locations(self, usable: Callable[[Path], bool]) -> None:
         """Nothing to check here: a job's folders are the trainer's, named there."""
+
+    def use_inference_access(self, access: InferenceAccess) -> None:
+        """Nothing to take: a job's workers run on the trainer, and call its inference."""
 
     def job_folders(self, job_uuid: str) -> list[Path]:
         return []  # on the trainer

@@ -16,8 +16,8 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
