@@ -50,8 +50,8 @@ from providers.inline.post_training.peft.training import (
     run,
 )
 from providers.jobs.folder import JobFolder, read_jsonl
-from providers.training.scoring import worker_scorer
 from providers.training.data import IGNORE, Example, collate, epoch_order, first_fit, render_prompt
+from providers.training.scoring import worker_scorer
 
 log = logging.getLogger("recipe_grpo")
 
