@@ -17,8 +17,9 @@ the recipe's PYTHONPATH):
 - `MetricLogger`: each logged step into `metrics.jsonl` and `progress.json`, in llama-post's
   names, and a line in the log;
 - `checkpointer`: torchtune's Hugging Face checkpointer, which after each epoch also publishes
-  the adapter (PEFT files only, never torchtune's merged weights) as the shared job machinery's
-  `step-NNNNNN` checkpoint, with the recipe state that resumes it.
+  the adapter (PEFT files only, never torchtune's merged weights), or a full fine-tune's whole
+  model (a Hugging Face folder), as the shared job machinery's `step-NNNNNN` checkpoint, with
+  the recipe state that resumes it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ def main(job_dir: Path) -> None:
             flush=True,
         )
         config["resume_from_checkpoint"] = True
-        config["checkpointer"]["adapter_checkpoint"] = str(folder / "adapter_model.pt")
+        if plan.get("full"):  # the epoch's whole model, in Hugging Face's format
+            config["checkpointer"]["checkpoint_dir"] = str(folder)
+            config["checkpointer"]["checkpoint_files"] = sorted(
+                p.name for p in folder.glob("*.safetensors")
+            )
+        else:
+            config["checkpointer"]["adapter_checkpoint"] = str(folder / "adapter_model.pt")
         config["checkpointer"]["recipe_checkpoint"] = str(folder / "recipe_state.pt")
     _truncate_metrics(job_dir / "metrics.jsonl", start_step)
     # torchtune 0.6.1 restores its step count on resume only when max_steps_per_epoch cuts the
@@ -277,10 +284,16 @@ class MetricLogger:
 
 
 def checkpointer(
-    publish_dir: str, base_model: str, steps_per_epoch: int, dpo: bool = False, **kwargs: Any
+    publish_dir: str,
+    base_model: str,
+    steps_per_epoch: int,
+    dpo: bool = False,
+    full: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """torchtune's `FullModelHFCheckpointer` (given `kwargs`), which also publishes each
-    epoch's adapter into `publish_dir` as the checkpoint `step-NNNNNN`."""
+    epoch's adapter (or, `full`, the whole model) into `publish_dir` as the checkpoint
+    `step-NNNNNN`."""
     from torchtune.training import FullModelHFCheckpointer
 
     class Checkpointer(FullModelHFCheckpointer):  # type: ignore[misc]
@@ -300,6 +313,7 @@ def checkpointer(
                 base_model,
                 intermediate_checkpoint,
                 dpo,
+                full,
             )
 
     return Checkpointer(**kwargs)
@@ -313,6 +327,7 @@ def _publish(
     base_model: str,
     intermediate: bool,
     dpo: bool,
+    full: bool,
 ) -> None:
     """Copy what torchtune wrote for an epoch into a checkpoint folder beside its final place,
     then rename it there (a kill mid-copy leaves the previous checkpoint the newest)."""
@@ -321,12 +336,16 @@ def _publish(
     partial = publish_dir / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    # the adapter alone: the epoch folder's merged weights would be loaded under it too
-    for name in ("adapter_model.safetensors", "adapter_model.pt"):
-        shutil.copy2(produced / name, partial / name)
-    adapter_config = json.loads((produced / "adapter_config.json").read_text())
-    adapter_config.update(base_model_name_or_path=base_model, task_type="CAUSAL_LM")
-    (partial / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    if full:  # the whole model in Hugging Face's format, with the base's config and tokenizer
+        for path in produced.iterdir():
+            if path.is_file():
+                shutil.copy2(path, partial / path.name)
+    else:  # the adapter alone: the epoch folder's merged weights would be loaded under it too
+        for name in ("adapter_model.safetensors", "adapter_model.pt"):
+            shutil.copy2(produced / name, partial / name)
+        adapter_config = json.loads((produced / "adapter_config.json").read_text())
+        adapter_config.update(base_model_name_or_path=base_model, task_type="CAUSAL_LM")
+        (partial / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     if intermediate:
         shutil.copy2(output_dir / "recipe_state" / "recipe_state.pt", partial)
     record: dict[str, Any] = {
