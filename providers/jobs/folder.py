@@ -121,9 +121,10 @@ class Heartbeat:
     either changes), so a loop of fast micro-batches costs nothing; the server's watchdog reads
     it (`read_heartbeat`)."""
 
-    def __init__(self, path: Path, every: float = 1.0) -> None:
+    def __init__(self, path: Path, every: float = 1.0, clock: Any = time.time) -> None:
         self.path = path
         self.every = every
+        self.clock = clock
         self.pid = os.getpid()
         self.attempt = os.environ.get(ATTEMPT_ENV)  # the server's name for this attempt
         self.slowest: float | None = None
@@ -132,7 +133,7 @@ class Heartbeat:
         self._written = 0.0
 
     def __call__(self, phase: str, step: int | None = None, micro: int | None = None) -> None:
-        now = time.time()
+        now = self.clock()
         if (phase, step) != self._current:
             if self._current[0] == "training" and self._current[1] is not None:
                 self.slowest = max(self.slowest or 0.0, now - self._began)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llama_post.apis.post_training import FullFinetuningConfig, ReinforceRequest
 
 
@@ -28,7 +30,7 @@ def refusals(request: ReinforceRequest) -> list[tuple[str, str]]:
     return found
 
 
-def score_models(grader: object, where: str = "grader") -> list[tuple[str, str]]:
+def score_models(grader: Any, where: str = "grader") -> list[tuple[str, str]]:
     """(field, model) of each score_model grader in `grader` (a multi's included): a job's
     worker calls this server's inference for those."""
     if getattr(grader, "type", None) == "score_model":

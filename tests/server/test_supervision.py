@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.jobs import folder
 from providers.jobs.folder import Heartbeat, read_heartbeat
 from providers.jobs.supervision import paced_window
 from tests.support import (
@@ -143,12 +142,9 @@ def test_a_job_that_stalls_every_time_fails_after_its_retries(
     assert all(a["ended_at"] >= a["started_at"] for a in attempts)
 
 
-def test_the_training_window_follows_the_slowest_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_training_window_follows_the_slowest_step(tmp_path: Path) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(folder.time, "time", lambda: clock[0])
-    beat = Heartbeat(tmp_path / "heartbeat.json")
+    beat = Heartbeat(tmp_path / "heartbeat.json", clock=lambda: clock[0])
     beat("loading")
     clock[0] += 300  # loading is no step
     beat("training", 1, 0)

@@ -368,7 +368,7 @@ def keep_library_warnings_out() -> None:
     warnings.showwarning = shown
     from transformers.utils import logging as library_logging
 
-    library_logging.set_verbosity_error()  # transformers' own logger's advice, likewise
+    library_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # its logger, likewise
 
 
 def run(main: Any, job_dir: Path) -> None:
