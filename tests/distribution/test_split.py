@@ -64,7 +64,11 @@ def split(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Iterator[
     home = tmp_path_factory.mktemp("split")
     model = build_tiny_model(home / "models" / "tiny", tokenizer, heads=2)
     (home / "trainer").mkdir()
-    trainer = Server(distribution(home / "trainer", model), home / "trainer")
+    # archives it imports (adapters a front pushes) go where its inference reads checkpoints
+    imported = str(home / "trainer" / "checkpoints" / "imported")
+    trainer = Server(
+        distribution(home / "trainer", model, imported_models_dir=imported), home / "trainer"
+    )
     front: Server | None = None
     try:
         trainer.start(timeout=120)  # it picks its port, which the front is told
