@@ -3,10 +3,10 @@ full fine-tuning, activation checkpointing on and off, two sequence lengths), as
 `POST /v1/post-training/estimate`, then run the same job, and compare the estimated peak memory
 and wall time with the worker's measured peak RSS and its running time.
 
-The server is llama-post on run.yaml (`LLAMA_POST_HOME` = `--home`, where the converted model
-is cached), on a loopback port; each setting's estimate is calibrated afresh (its own cache).
-Reported per setting: estimated and measured peak memory and wall time, and their ratios
-(estimate / reality). Targets on CPU: memory within 25%, time within 35%.
+The server is llama-post on run.yaml (`LLAMA_POST_HOME` = `--home`, where the bundled model is
+converted the first time and cached), on a loopback port; each setting's estimate is calibrated
+afresh (its own cache). Reported per setting: estimated and measured peak memory and wall time,
+and their ratios (estimate / reality). Targets on CPU: memory within 25%, time within 35%.
 
 Run: .venv/bin/python benchmarks/estimates.py --home /tmp/bench-home [--steps 6]
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from settings import bundled_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -66,7 +67,9 @@ def rows(count: int, words: int, seed: int) -> list[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--home", required=True, help="LLAMA_POST_HOME with the converted model")
+    parser.add_argument(
+        "--home", required=True, help="LLAMA_POST_HOME, where the bundled model is converted"
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=4)
     args = parser.parse_args()
@@ -74,7 +77,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
-        shutil.copytree(Path(args.home) / "models", home / "models")  # the converted model
+        model = bundled_model(Path(args.home))
+        shutil.copytree(model, home / "models" / model.name)  # the converted model
         env = {**os.environ, "LLAMA_POST_HOME": str(home), "LLAMA_POST_PORT": str(port)}
         log = (Path(tmp) / "server.log").open("wb")
         server = subprocess.Popen(

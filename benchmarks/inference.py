@@ -51,6 +51,7 @@ from typing import Any
 
 import bounds
 import httpx
+from settings import bundled_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -105,7 +106,7 @@ def main() -> None:
         )
         dtype, why = (reported, "as the server reports") if reported else server_dtype(args.dtype)
         print(f"dtype {args.dtype}: our server and transformers compute in {dtype} ({why})")
-        folder = next((args.home / "models").glob("SmolLM2-135M-Instruct*"))
+        folder = bundled_model(args.home)
         served = {"inline::transformers": ours}
         if not args.no_vllm:
             env = args.vllm_env or _vllm_environment()
@@ -267,7 +268,7 @@ def measure_server(
     """Our server's figures, and the dtype it reports computing the model in (None if it does
     not say)."""
     port = 8390
-    adapter = build_adapter(next((home / "models").glob("SmolLM2-135M-Instruct*")), tmp / "local")
+    adapter = build_adapter(bundled_model(home), tmp / "local")
     env = {
         **os.environ,
         "LLAMA_POST_HOME": str(home),

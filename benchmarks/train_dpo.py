@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import bounds
-from settings import report_one, run_each
+from settings import bundled_model, report_one, run_each
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--pairs", type=int, default=64)
     args = parser.parse_args()
-    folder = next((args.home / "models").glob("SmolLM2-135M-Instruct*"))
+    folder = bundled_model(args.home)
     machine = bounds.measure()
     print(bounds.describe(machine), flush=True)
     with tempfile.TemporaryDirectory() as tmp:

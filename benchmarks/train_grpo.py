@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from settings import report_one, run_each
+from settings import bundled_model, report_one, run_each
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path.home() / ".llama-post")
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
-    folder = next((args.home / "models").glob("SmolLM2-135M-Instruct*"))
+    folder = bundled_model(args.home)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "prompts.jsonl"
         count = PROMPTS_PER_STEP * (args.steps + WARMUP)

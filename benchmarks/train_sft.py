@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import bounds
-from settings import report_one, run_each
+from settings import bundled_model, report_one, run_each
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP = 2  # optimizer steps not timed
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rows", type=int, default=256)
     args = parser.parse_args()
-    folder = next((args.home / "models").glob("SmolLM2-135M-Instruct*"))
+    folder = bundled_model(args.home)
     names: tuple[str, ...] = SETTINGS
     if not _torchtune_built():
         print("torchtune: left out, its environment is missing (make engine-torchtune)")

@@ -41,11 +41,21 @@ CAPABILITY_ROUTES = (
     "/v1/post-training/checkpoint-archives/",
     "/v1/post-training/checkpoint-files/",
 )
+# what a scoped key (made by the server for a training job's worker) may call, by scope
+SCOPES = {"inference": ("/v1/chat/completions", "/v1/completions")}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     admin INTEGER NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS scoped_keys (
+    key_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    scope TEXT NOT NULL,
     secret_sha256 TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     revoked_at INTEGER
@@ -59,6 +69,7 @@ class Principal:
     owner: str
     admin: bool
     key_id: str
+    scope: str | None = None  # a scoped key's: it may call only the routes of `SCOPES[scope]`
 
 
 PRINCIPAL: ContextVar[Principal | None] = ContextVar("llama_post_principal", default=None)
@@ -92,6 +103,28 @@ class KeyStore:
         )
         return key_id, f"tml-{key_id}{secret}"
 
+    def create_scoped(self, owner: str, scope: str) -> tuple[str, str]:
+        """A key the server makes for its own workers (a training job's, to call inference as
+        the job's owner): never an admin's, valid for the routes of `SCOPES[scope]` alone, and
+        revoked when the work ends (`revoke_scoped`). `llama-post keys list` does not show
+        them."""
+        key_id, secret = secrets.token_hex(6), secrets.token_hex(24)
+        self.db.execute(
+            "INSERT INTO scoped_keys (key_id, owner, scope, secret_sha256, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key_id, owner, scope, _sha256(secret), int(time.time())),
+        )
+        return key_id, f"tml-{key_id}{secret}"
+
+    def revoke_scoped(self, key_id: str | None = None) -> None:
+        """Revoke one scoped key, or (None) every one still valid: a server that starts
+        revokes those its last run left."""
+        self.db.execute(
+            "UPDATE scoped_keys SET revoked_at = ? WHERE revoked_at IS NULL"
+            + (" AND key_id = ?" if key_id is not None else ""),
+            (int(time.time()), *([key_id] if key_id is not None else [])),
+        )
+
     def list(self) -> list[dict[str, Any]]:
         rows = self.db.all(
             "SELECT key_id, owner, admin, created_at, revoked_at FROM api_keys ORDER BY created_at"
@@ -119,12 +152,19 @@ class KeyStore:
                 "(make one with `llama-post keys create`)"
             )
         key_id, secret = match.groups()
-        row = self.db.one("SELECT * FROM api_keys WHERE key_id = ?", (key_id,))
+        row = self.db.one(
+            "SELECT owner, admin, secret_sha256, revoked_at, NULL AS scope FROM api_keys "
+            "WHERE key_id = ? UNION ALL SELECT owner, 0, secret_sha256, revoked_at, scope "
+            "FROM scoped_keys WHERE key_id = ?",
+            (key_id, key_id),
+        )
         expected = row["secret_sha256"] if row is not None else _DUMMY
         matched = hmac.compare_digest(_sha256(secret), expected)
         if row is None or not matched or row["revoked_at"] is not None:
             raise AuthenticationError("the API key is not valid: unknown, or revoked")
-        return Principal(owner=row["owner"], admin=bool(row["admin"]), key_id=key_id)
+        return Principal(
+            owner=row["owner"], admin=bool(row["admin"]), key_id=key_id, scope=row["scope"]
+        )
 
     def close(self) -> None:
         self.db.close()

@@ -151,6 +151,9 @@ class OpenAIFineTuning:
     async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
         return await self.jobs.estimate_preference(request)
 
+    async def estimate_reinforce(self, request: ReinforceRequest) -> TrainingEstimate:
+        return await self.jobs.estimate_reinforce(request)
+
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
         return await self.jobs.list_jobs()
 

@@ -46,6 +46,7 @@ from llama_post.apis.post_training import (
     TrainingEstimate,
     TrainingRequest,
 )
+from llama_post.apis.post_training.access import InferenceAccess
 from llama_post.errors import ConflictError, InvalidRequestError, NotFoundError
 from llama_post.graders import GraderSettings
 from llama_post.schema import FileContent
@@ -203,6 +204,10 @@ class PostTrainingRouter:
         for provider in self.providers.values():
             provider.use_locations(usable)
 
+    def use_inference_access(self, access: InferenceAccess) -> None:
+        for provider in self.providers.values():
+            provider.use_inference_access(access)
+
     def job_folders(self, job_uuid: str) -> list[Path]:
         return [f for provider in self.providers.values() for f in provider.job_folders(job_uuid)]
 
@@ -214,6 +219,9 @@ class PostTrainingRouter:
 
     async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
         return await self._named(request.provider_id).estimate_preference(request)
+
+    async def estimate_reinforce(self, request: ReinforceRequest) -> TrainingEstimate:
+        return await self._named(request.provider_id).estimate_reinforce(request)
 
     def _named(self, provider_id: str | None) -> PostTrainingJobs:
         provider = self.providers.get(provider_id or next(iter(self.providers)))

@@ -34,6 +34,7 @@ from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
+from llama_post.distribution.worker_access import WorkerAccess
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError, NotFoundError
 from llama_post.routes import Route, all_routes, api_version
 from llama_post.version import __version__
@@ -61,6 +62,7 @@ class Stack:
         self.owners: Owners | None = None
         self.checkpoints: Checkpoints | None = None
         self.batches: BatchService | None = None
+        self.worker_access: WorkerAccess | None = None
         self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
 
     @classmethod
@@ -76,6 +78,7 @@ class Stack:
         run, resolved = load_run_config(source, env, registry)
         models = ModelRegistry(run.storage_dir, run.imported_models_dir, run.archive_url_prefixes)
         owners = Owners(run.storage_dir)
+        worker_access = WorkerAccess(owners)  # the server says where it listens (`serve`)
         locations = Locations(owners, models.imports.folder)
         models.locations = locations
         models.visible = functools.partial(owners.visible, "model")
@@ -113,6 +116,7 @@ class Stack:
                 one = next(iter(group.values())) if len(group) == 1 else ROUTERS[api](group)
                 if api == Api.post_training:  # checkpoints and OpenAI's jobs, over any provider
                     one.use_grader_settings(run.graders.settings())
+                    one.use_inference_access(worker_access)
                     locations.jobs.append(one)
                     graders = GraderService(
                         run.graders.settings(), impls[Api.models], lambda: impls.get(Api.inference)
@@ -150,6 +154,7 @@ class Stack:
             impls[Api.llm_engine] = engine
         stack = cls(run, built, impls)
         stack.owners, stack.checkpoints, stack.batches = owners, checkpoints, batches
+        stack.worker_access = worker_access
         if engine is not None:
             engine.dispatcher = stack  # for the batch service, whichever serves /v1/batches
         return stack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -323,12 +324,13 @@ async def serve(
     except BaseException:
         await stack.shutdown()
         raise
+    port = settings.port if port is None else port
     json_logs = log_format == "json"
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=host,
-            port=settings.port if port is None else port,
+            port=port,
             log_level="info",
             # JSON: uvicorn's records go through the root handler; its access lines give way to
             # the server's own (RequestMiddleware)
@@ -337,12 +339,28 @@ async def serve(
             timeout_graceful_shutdown=10,
         )
     )
+    told = asyncio.create_task(_tell_workers(server, stack, host, keys))
     try:
         await server.serve()
     finally:
+        told.cancel()
         await stack.shutdown()
         if keys is not None:
             keys.close()
+
+
+async def _tell_workers(
+    server: uvicorn.Server, stack: Stack, host: str, keys: KeyStore | None
+) -> None:
+    """Once the server listens, where (the port it bound: 0 asks the OS for one), for the
+    training workers that call its inference (`WorkerAccess`)."""
+    while not server.started:
+        if server.should_exit:
+            return
+        await asyncio.sleep(0.05)
+    if stack.worker_access is not None and server.servers:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        stack.worker_access.serving(host, port, keys)
 
 
 def _keys(run: RunConfig, host: str) -> KeyStore | None:

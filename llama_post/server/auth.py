@@ -1,10 +1,12 @@
 """Who is calling: every route but the open ones needs a valid key (`llama_post.auth`).
 
 `AuthMiddleware` reads the key from `Authorization: Bearer`, `X-API-Key` (any case) or HTTP Basic
-with the key as user (LLM Engine's client), and refuses a key in the query string. The web page
-(`/ui`) keeps the key its user logged in with in an HttpOnly, SameSite=Strict cookie; the cookie
-counts for the pages and for API requests that carry the page's `X-Llama-Post-UI` header (which a
-form on another site cannot send), and a page asked for without a key redirects to the login form.
+with the key as user (LLM Engine's client), and refuses a key in the query string. A scoped key
+(a training job's worker calls inference with one) reaches its scope's routes alone (403). The
+web page (`/ui`) keeps the key its user logged in with in an HttpOnly, SameSite=Strict cookie;
+the cookie counts for the pages and for API requests that carry the page's `X-Llama-Post-UI`
+header (which a form on another site cannot send), and a page asked for without a key redirects
+to the login form.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from llama_post.auth import (
     OPEN_ROUTES,
     PRINCIPAL,
     QUERY_KEYS,
+    SCOPES,
     UI_HEADER,
     KeyStore,
     Principal,
     presented_key,
 )
-from llama_post.errors import AuthenticationError, LlamaPostError
+from llama_post.errors import AuthenticationError, LlamaPostError, PermissionDeniedError
 from llama_post.server.errors import error_response
 
 
@@ -83,7 +86,13 @@ class AuthMiddleware:
                 "this server needs an API key: send Authorization: Bearer <key> or X-API-Key "
                 "(an admin makes keys with `llama-post keys create`)"
             )
-        return self.keys.verify(key)
+        principal = self.keys.verify(key)
+        path = scope.get("path", "")
+        if principal.scope is not None and path not in SCOPES.get(principal.scope, ()):
+            raise PermissionDeniedError(
+                f"this key is a training job's, for {principal.scope} alone; it cannot call {path}"
+            )
+        return principal
 
 
 def _is_page(path: str) -> bool:

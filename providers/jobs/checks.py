@@ -14,6 +14,8 @@ from llama_post.apis.datasets import DatasetPurpose, Datasets, IterRowsRequest
 from llama_post.apis.datasets.purpose import FREE_FORM
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import LoraFinetuningConfig, TrainingRequest
+from llama_post.apis.post_training.access import InferenceAccess
+from llama_post.apis.post_training.graders import Grader
 from llama_post.errors import InvalidRequestError, NotFoundError
 from llama_post.graders import GraderRunner, GraderSettings
 from llama_post.storage import resolve_path
@@ -24,6 +26,7 @@ from providers.jobs.trackers import Roots
 from providers.jobs.trackers import refusals as tracker_refusals
 from providers.jobs.trainer import Gathered, Trainer
 from providers.training.methods import method_of
+from providers.training.reinforce import score_models
 from providers.utils.precision import UnsupportedPrecision, choose
 
 EFFICIENCY = "training_config.efficiency_config"
@@ -47,6 +50,7 @@ class CreationChecks:
         self.launch = launch
         self.roots = roots
         self.grader_settings = GraderSettings()  # the distribution's, once the stack sets them
+        self.inference_access: InferenceAccess | None = None  # the stack's, once it sets it
 
     async def gather(self, request: TrainingRequest, job_uuid: str) -> Gathered:
         """What every trainer checks first: the model (registered, its weights readable here,
@@ -74,6 +78,7 @@ class CreationChecks:
         self.refuse(request)  # after the lookups: a missing model is a 404 first
         if method.grader is not None:  # a bad template or pattern: a 400 naming it
             GraderRunner(method.grader(request), self.grader_settings)
+            await self.scoring_models(method.grader(request))
         base, adapter = weights.path, weights.adapter_path
         rank = getattr(request.tuning, "rank", None)
         if rank is not None and model.max_lora_rank is not None and rank > model.max_lora_rank:
@@ -139,6 +144,25 @@ class CreationChecks:
             else {},
         )
         return Gathered(model, spec, train, validation)
+
+    async def scoring_models(self, grader: Grader) -> None:
+        """A score_model grader's model, which the job's worker will call here as the job's
+        owner: one the caller may use (400 naming the field, as the grader routes answer), and
+        a server to call it on."""
+        for where, model_id in score_models(grader):
+            try:
+                await self.models.get_model(model_id)
+            except NotFoundError:
+                raise InvalidRequestError(
+                    f"{where}.model: no model {model_id!r} you may use is served here",
+                    param=f"{where}.model",
+                ) from None
+            if self.inference_access is None:
+                raise InvalidRequestError(
+                    f"{where}: this trainer's jobs cannot call the server's inference",
+                    param=where,
+                )
+            self.inference_access.check(where)
 
     def refuse(self, request: TrainingRequest) -> None:
         """Raise a 400 naming the first field this trainer cannot honour."""

@@ -6,7 +6,9 @@ from llama_post.apis.post_training.models import Phase, StallSeconds
 from llama_post.schema import StrictModel, UserPath
 from providers.jobs.launchers import Launcher, LocalLauncher
 
-# a big model loads (and its reference pass runs) for a long time before its first step
+# a big model loads (and its reference pass runs) for a long time before its first step; in
+# training these windows hold until a step has completed, then the job's own pace sets a shorter
+# one (`stall_step_factor`)
 STALL_DEFAULTS: dict[Phase, float] = {
     "loading": 1800.0,
     "reference": 1800.0,
@@ -31,6 +33,17 @@ class LocalJobsConfig(StrictModel):
         default_factory=lambda: dict(STALL_DEFAULTS),
         description="How long a worker may show no progress in each phase before it is "
         "killed and retried; a job's supervision.stall_seconds overrides them.",
+    )
+    stall_step_factor: float | None = Field(
+        10.0,
+        ge=2,
+        le=1000,
+        description="In training, once the worker has completed a step, the window is this "
+        "many times its slowest step so far (at least stall_floor_seconds, at most "
+        "stall_seconds.training), unless the job sets its own; null: stall_seconds alone.",
+    )
+    stall_floor_seconds: StallSeconds = Field(
+        60.0, description="The shortest window stall_step_factor gives."
     )
     price_per_device_hour: float | None = Field(
         None,

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 
-from llama_post.apis.post_training import Calibration, TrainingEstimate
+from llama_post.apis.post_training import Calibration, TrainingEstimate, TrainingRequest
 from llama_post.errors import InvalidRequestError
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.folder import JobSpec, Prepared
@@ -21,6 +21,7 @@ from providers.jobs.trainer import Trainer
 from providers.training.data import steps_per_epoch
 from providers.training.estimate import Shape, Work, available_memory, count
 from providers.training.estimate import memory as estimate_memory
+from providers.training.methods import method_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Estimates:
                 calibration.load_seconds
                 + work.flops / calibration.flops_per_second
                 + saves * calibration.save_seconds
+                + sum(plan) * _sampling_seconds(request, calibration)
             )
             if self.config.price_per_device_hour is not None:
                 cost = wall / 3600 * self.config.price_per_device_hour
@@ -86,6 +88,9 @@ class Estimates:
                     "threads": spec.torch_threads,
                     "low_memory": spec.low_memory,
                     "batch": [[len(e.input_ids) for e in row] for row in work.largest],
+                    "sampled": request.training_config.gradient_accumulation_steps
+                    if method_of(request).sampled is not None
+                    else None,  # the rollout batch is the step's micro-batches' prompts
                 },
                 sort_keys=True,
             ).encode()
@@ -129,6 +134,8 @@ class Estimates:
             load_seconds=measured["loaded_at"] - launched,  # the interpreter's start included
             save_seconds=measured["save_seconds"],
             peak_memory=measured["peak_memory"],
+            rollout_prefill_seconds=(measured.get("rollouts") or [None])[0],
+            rollout_decode_seconds=(measured.get("rollouts") or [None, None])[1],
             cached=False,
         )
         cached.write_text(calibration.model_dump_json())
@@ -173,6 +180,16 @@ class Estimates:
                 param="supervision.max_cost",
             )
         return figures
+
+
+def _sampling_seconds(request: TrainingRequest, calibration: Calibration) -> float:
+    """A step's sampling, for a method that samples its answers: the rollout batch's prefill
+    and `max_tokens` decode steps (every answer as long as it may be: an upper bound)."""
+    method = method_of(request)
+    prefill, decode = calibration.rollout_prefill_seconds, calibration.rollout_decode_seconds
+    if method.sampled is None or prefill is None or decode is None:
+        return 0.0
+    return prefill + (method.sampled(request).max_tokens - 1) * decode
 
 
 def _gib(n: int) -> str:

@@ -7,7 +7,8 @@ validation.jsonl   the validation rows (a dataset, or a held-out split)
 train.log          the worker's output, tracebacks included
 metrics.jsonl      one StepMetrics line per logged step
 progress.json      step, total_steps, epoch (replaced atomically each step)
-heartbeat.json     the worker's own time, pid, attempt, phase, step and micro-batch (rank 0's)
+heartbeat.json     the worker's own time, pid, attempt, phase, step, micro-batch and slowest step
+                   (rank 0's)
 trackers.json      the server's: where each experiment tracker's run is, and the last step sent
 tensorboard/       the server's: TensorBoard event files (a tracker's default folder)
 wandb/             the server's: W&B's offline runs
@@ -34,6 +35,8 @@ EXIT_OUT_OF_MEMORY = 4
 EXIT_NONFINITE = 5  # a non-finite loss or gradient: the job's fault, never retried
 EXIT_LOST = 6  # what a launcher answers for a worker it lost (a Ray job's node): retried
 ATTEMPT_ENV = "LLAMA_POST_ATTEMPT"  # the attempt a worker runs for, so its heartbeat is known
+# where a worker calls this server's inference, and the key its attempt may (a score_model grader)
+INFERENCE_URL_ENV, INFERENCE_KEY_ENV = "LLAMA_POST_INFERENCE_URL", "LLAMA_POST_INFERENCE_KEY"
 
 
 class JobSpec(BaseModel):
@@ -112,23 +115,32 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 class Heartbeat:
-    """A worker's evidence of progress: its own clock, its pid, what it is doing. Written at
-    most every `every` seconds within a step of a phase (at once when either changes), so a
-    loop of fast micro-batches costs nothing; the server's watchdog reads it
-    (`read_heartbeat`)."""
+    """A worker's evidence of progress: its own clock, its pid, what it is doing, and the
+    longest training step it has completed (`slowest_step`, which sets the watchdog's window in
+    training). Written at most every `every` seconds within a step of a phase (at once when
+    either changes), so a loop of fast micro-batches costs nothing; the server's watchdog reads
+    it (`read_heartbeat`)."""
 
-    def __init__(self, path: Path, every: float = 1.0) -> None:
+    def __init__(self, path: Path, every: float = 1.0, clock: Any = time.time) -> None:
         self.path = path
         self.every = every
+        self.clock = clock
         self.pid = os.getpid()
         self.attempt = os.environ.get(ATTEMPT_ENV)  # the server's name for this attempt
-        self._last: tuple[float, str, int | None] = (0.0, "", None)
+        self.slowest: float | None = None
+        self._current: tuple[str, int | None] = ("", None)
+        self._began = 0.0  # when the current phase and step began
+        self._written = 0.0
 
     def __call__(self, phase: str, step: int | None = None, micro: int | None = None) -> None:
-        now = time.time()
-        if (phase, step) == self._last[1:] and now - self._last[0] < self.every:
+        now = self.clock()
+        if (phase, step) != self._current:
+            if self._current[0] == "training" and self._current[1] is not None:
+                self.slowest = max(self.slowest or 0.0, now - self._began)
+            self._current, self._began = (phase, step), now
+        elif now - self._written < self.every:
             return
-        self._last = (now, phase, step)
+        self._written = now
         beat = {
             "time": now,
             "pid": self.pid,
@@ -136,6 +148,7 @@ class Heartbeat:
             "phase": phase,
             "step": step,
             "micro": micro,
+            "slowest_step": self.slowest,
         }
         partial = self.path.with_name(f"{self.path.name}.partial")
         partial.write_text(json.dumps(beat))

@@ -62,10 +62,16 @@ class Launch:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     async def start(
-        self, job_uuid: str, attempt: int, command: list[str], resources: dict[str, Any]
+        self,
+        job_uuid: str,
+        attempt: int,
+        command: list[str],
+        resources: dict[str, Any],
+        env: dict[str, str] | None = None,
     ) -> Worker | None:
-        """Start the attempt's worker running `command` (adding where it runs to `resources`);
-        None where the Ray cluster refused it (the cluster's fault: the job waits its turn)."""
+        """Start the attempt's worker running `command` (adding where it runs to `resources`)
+        with `env` added to its environment; None where the Ray cluster refused it (the
+        cluster's fault: the job waits its turn)."""
         name = f"{job_uuid}/{attempt}"
         folder = self.store.folder(job_uuid)
         torchrun = self.torchrun
@@ -87,21 +93,21 @@ class Launch:
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
-                    env=_worker_env(name, torchrun),
+                    env=_worker_env(name, torchrun) | (env or {}),
                 )
             resources["worker_pid"] = proc.pid
             return proc
         ray_id = submission_id(job_uuid, attempt)
-        env = {ATTEMPT_ENV: name, "PYTHONPATH": self.ray.launcher.pythonpath or CHECKOUT}
+        ray_env = {ATTEMPT_ENV: name, "PYTHONPATH": self.ray.launcher.pythonpath or CHECKOUT}
         if torchrun is not None and torchrun.rdzv_endpoint is None:
-            env["GLOO_SOCKET_IFNAME"] = "lo"
+            ray_env["GLOO_SOCKET_IFNAME"] = "lo"
         if self.config.torch_threads:
-            env["OMP_NUM_THREADS"] = str(self.config.torch_threads)
+            ray_env["OMP_NUM_THREADS"] = str(self.config.torch_threads)
         try:
             await self.ray.submit(
                 ray_id,
                 self.ray.entrypoint(command, folder.log),
-                env,
+                ray_env | (env or {}),
                 {"llama_post_job": job_uuid, "attempt": str(attempt)},
             )
         except Exception as exc:  # the cluster, not the job: tried again

@@ -47,6 +47,7 @@ from llama_post.apis.post_training import (
     TrainingEstimate,
     TrainingRequest,
 )
+from llama_post.apis.post_training.access import InferenceAccess
 from llama_post.errors import ConflictError, InvalidRequestError
 from llama_post.graders import GraderSettings
 from llama_post.schema import FileContent
@@ -123,6 +124,9 @@ class LocalJobs:
     def use_locations(self, usable: Callable[[Path], bool]) -> None:
         self.roots.usable = usable
 
+    def use_inference_access(self, access: InferenceAccess) -> None:
+        self.checks.inference_access = self.supervisor.inference_access = access
+
     def job_folders(self, job_uuid: str) -> list[Path]:
         if self.store.row(job_uuid) is None:
             return []
@@ -163,6 +167,9 @@ class LocalJobs:
         return await self._estimated(request)
 
     async def estimate_preference(self, request: PreferenceOptimizeRequest) -> TrainingEstimate:
+        return await self._estimated(request)
+
+    async def estimate_reinforce(self, request: ReinforceRequest) -> TrainingEstimate:
         return await self._estimated(request)
 
     async def _estimated(self, request: TrainingRequest) -> TrainingEstimate:

@@ -13,15 +13,26 @@ from typing import Any
 
 from llama_post import telemetry
 from llama_post.apis.post_training import JobProgress, JobStatus, TrainingRequest
+from llama_post.apis.post_training.access import Grant, InferenceAccess
+from llama_post.errors import InvalidRequestError
 from providers.jobs.checkpoints import JobCheckpoints
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.failures import failure, failure_class, intact, out_of_memory
-from providers.jobs.folder import EXIT_CANCELLED, EXIT_LOST, EXIT_NONFINITE, read_heartbeat
+from providers.jobs.folder import (
+    EXIT_CANCELLED,
+    EXIT_LOST,
+    EXIT_NONFINITE,
+    INFERENCE_KEY_ENV,
+    INFERENCE_URL_ENV,
+    read_heartbeat,
+)
 from providers.jobs.launch import Launch, Worker, send
 from providers.jobs.ray import RayJob
 from providers.jobs.store import TERMINAL, JobStore
 from providers.jobs.tracking import Tracking
 from providers.jobs.trainer import Trainer
+from providers.training.methods import method_of
+from providers.training.reinforce import score_models
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,8 @@ class Supervisor:
         self.running: dict[str, TrainingRequest] = {}  # read once a launch, for the watchdog
         self.steps_seen: dict[str, int] = {}  # job -> the highest step counted in the metrics
         self.attempt_names: dict[str, str] = {}  # job -> its running attempt's ATTEMPT_ENV
+        self.inference_access: InferenceAccess | None = None  # the stack's, once it sets it
+        self.grants: dict[str, Grant] = {}  # job -> its running attempt's way to inference
         self.stopping = False
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
@@ -171,17 +184,43 @@ class Supervisor:
             "launcher": self.launch.launcher.type,
             "ranks": self.store.spec(job_uuid).ranks,
         }
-        proc = await self.launch.start(job_uuid, attempt, command, resources)
+        try:
+            env = await self._grant(job_uuid)
+        except InvalidRequestError as exc:
+            self.finish(job_uuid, JobStatus.failed, error=str(exc))
+            return
+        proc = await self.launch.start(job_uuid, attempt, command, resources, env)
         if proc is None:  # the cluster refused it for now: the job waits its turn
+            self._revoke(job_uuid)
             await asyncio.sleep(self.config.watch_interval_seconds)
             self._wake.set()
             return
         if not self.store.started(job_uuid, resources):  # cancelled while it was starting
+            self._revoke(job_uuid)
             send(proc, signal.SIGKILL)
             await proc.wait()
             return
         self.store.begin_attempt(job_uuid, resources.get("ray_submission_id"))
         self._follow(job_uuid, f"{job_uuid}/{attempt}", proc)
+
+    async def _grant(self, job_uuid: str) -> dict[str, str]:
+        """The worker's way to this server's inference, where its grader calls a model there:
+        a grant for this attempt alone, in the worker's environment (never its folder)."""
+        grader = method_of(self.store.request(job_uuid)).grader
+        if grader is None or not score_models(grader(self.store.request(job_uuid))):
+            return {}
+        if self.inference_access is None:
+            raise InvalidRequestError("the job's grader calls this server's inference, unserved")
+        grant = self.grants[job_uuid] = await self.inference_access.grant(job_uuid)
+        return {
+            INFERENCE_URL_ENV: grant.url,
+            **({INFERENCE_KEY_ENV: grant.key} if grant.key else {}),
+        }
+
+    def _revoke(self, job_uuid: str) -> None:
+        grant = self.grants.pop(job_uuid, None)
+        if grant is not None and self.inference_access is not None:
+            self.inference_access.revoke(grant)
 
     async def _monitor(self, job_uuid: str, proc: Worker) -> None:
         code = await proc.wait()
@@ -225,6 +264,7 @@ class Supervisor:
             self.launched_at.pop(job_uuid, None)
             self.running.pop(job_uuid, None)
             self.attempt_names.pop(job_uuid, None)
+            self._revoke(job_uuid)
             self.cancelling.discard(job_uuid)
             self._wake.set()
         await self.tracking.end(job_uuid, self.stopping)
@@ -269,14 +309,14 @@ class Supervisor:
                 if beat is None or not ours:
                     beat = {"time": self.launched_at.get(job_uuid, now), "phase": "loading"}
                 phase = str(beat.get("phase"))
-                limit = self._stall_limit(job_uuid, phase)
+                limit, why = self._stall_limit(job_uuid, phase, beat.get("slowest_step"))
                 quiet = now - float(beat["time"])
                 if quiet <= limit:
                     continue
                 where = f" at step {beat['step']}" if beat.get("step") is not None else ""
                 reason = (
                     f"the worker stalled in its {phase} phase{where}: no progress for "
-                    f"{quiet:.0f} s (the limit is {limit:g} s)"
+                    f"{quiet:.0f} s (the limit is {limit:g} s{why})"
                 )
                 self.stalled[job_uuid] = reason
                 self.store.note(job_uuid, reason)
@@ -323,14 +363,25 @@ class Supervisor:
             )
         return None
 
-    def _stall_limit(self, job_uuid: str, phase: str) -> float:
+    def _stall_limit(self, job_uuid: str, phase: str, slowest: Any) -> tuple[float, str]:
+        """How long the worker may show no progress in `phase`, and why when it is not a set
+        window: the job's own windows, else the provider's, which in training, once a step has
+        completed, shrinks to `stall_step_factor` times the slowest step (with a floor), so a
+        stall on a fast step is caught quickly and a slow first step is not taken for one."""
         limits: dict[str, float] = {str(k): v for k, v in self.config.stall_seconds.items()}
         asked = self.running[job_uuid].supervision.stall_seconds
         if isinstance(asked, dict):
-            limits |= {str(k): v for k, v in asked.items()}
+            own = {str(k): v for k, v in asked.items()}
+            if phase in own:
+                return own[phase], ""
         elif asked is not None:
-            limits = dict.fromkeys(limits, asked)
-        return limits.get(phase, max(limits.values()))
+            return asked, ""
+        limit = limits.get(phase, max(limits.values()))
+        if phase != "training" or not isinstance(slowest, int | float):
+            return limit, ""
+        return paced_window(
+            limit, float(slowest), self.config.stall_step_factor, self.config.stall_floor_seconds
+        )
 
     # -- failures and retries ------------------------------------------------------------------
 
@@ -383,3 +434,14 @@ class Supervisor:
         self.store.reschedule(job_uuid, only_in_progress=True)
         telemetry.WORKER_RESTARTS.labels(self.provider_id).inc()
         self._wake.set()
+
+
+def paced_window(
+    limit: float, slowest: float, factor: float | None, floor: float
+) -> tuple[float, str]:
+    """A training window that follows the job's pace: `factor` times its slowest step, at least
+    `floor`, at most the set `limit`; and why, when it is not `limit`."""
+    if factor is None or max(floor, factor * slowest) >= limit:
+        return limit, ""
+    paced = max(floor, factor * slowest)
+    return paced, f": {factor:g} times its slowest step, {slowest:.3g} s, at least {floor:g} s"

@@ -13,7 +13,12 @@ d, and A = 4 H d L(L+1)/2 the causal attention products of the layers (scores an
   recomputed, and two backward products);
 - activation checkpointing recomputes the forward of the checkpointed layers;
 - a method's reference pass (DPO's, `reference_pass`), once per row the job will see: a
-  forward pass.
+  forward pass;
+- a method that samples its answers (GRPO's, `sampled`): each prompt as `answers` sequences of
+  the prompt and `max_tokens` answer tokens (every answer as long as it may be: an upper bound),
+  trained on `updates` times, with `scoring_passes` forward passes more. Sampling them is timed
+  apart (decoding is not bound by FLOPs): per step, the calibration's prefill of the step's
+  rollout batch and `max_tokens` decode steps of it.
 
 Memory: the weights (bf16 or fp32 as the job holds them), what training adds per trained
 parameter (an fp32 copy where the weights are not fp32, its gradient, AdamW's two moments), the
@@ -168,6 +173,7 @@ def count(
     cfg = request.training_config
     data = cfg.data
     method = method_of(request)
+    sampled = method.sampled(request) if method.sampled is not None else None
     recompute = checkpointed(request, low_memory)
     ga = cfg.gradient_accumulation_steps
     total_tokens = total_trained = 0
@@ -187,12 +193,18 @@ def count(
             examples = [row[0] for row in per_row]
             batches = group(examples, order, data.batch_size, data.packed, data.max_seq_len)
         for batch in batches[: steps * ga]:
+            if sampled is not None:  # each prompt's answers, as long as they may be
+                batch = [row for row in batch for _ in range(sampled.answers)]
             lengths = [len(e.input_ids) for row in batch for e in row]
             trained = sum(e.trained for row in batch for e in row)
-            work = flops(shape, request, lengths, trained, recompute)
+            work = flops(shape, request, lengths, trained, recompute)  # one pass, as calibrated
             total_tokens += sum(lengths)
             total_trained += trained
-            total_flops += work
+            if sampled is None:
+                total_flops += work
+            else:
+                scoring = flops(shape, request, lengths, trained, 0.0, forward_only=True)
+                total_flops += work * sampled.updates + scoring * sampled.scoring_passes
             if work > largest_flops:
                 largest, largest_flops = batch, work
     if method.reference_pass:  # once per row the job will see

@@ -3,8 +3,9 @@
 
 Each owns what varies by method on this side: the recipe module a peft worker runs, whether it
 runs as torchrun's ranks, how a dataset row becomes the examples the estimate and pre-flight
-count, what its estimate's FLOPs add (a reference pass), which request fields it refuses, and
-what it tells the experiment trackers. Nothing else in providers/ asks which method a job is.
+count, what its estimate's FLOPs add (a reference pass) and what a step samples, which request
+fields it refuses, and what it tells the experiment trackers. Nothing else in providers/ asks
+which method a job is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from llama_post.apis.post_training import (
+    LoraFinetuningConfig,
     PreferenceOptimizeRequest,
     ReinforceRequest,
     SupervisedFineTuneRequest,
@@ -27,6 +29,29 @@ from providers.training.reinforce import refusals as reinforce_refusals
 
 R = TypeVar("R", bound=JobRequest)
 Render = Callable[[dict[str, Any], Any, R], list[Example]]  # a row, the tokenizer, the request
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """What a method that samples its own answers runs per prompt of a step, for the estimate:
+    `answers` sampled (each at most `max_tokens`), trained on `updates` times, with
+    `scoring_passes` more forward passes over them (a reference, the sampling policy's)."""
+
+    answers: int
+    max_tokens: int
+    updates: int
+    scoring_passes: int
+
+
+def _grpo_sampled(request: ReinforceRequest) -> Sampled:
+    algo = request.algorithm_config
+    lora = isinstance(request.tuning, LoraFinetuningConfig)
+    return Sampled(
+        answers=algo.group_size,
+        max_tokens=algo.max_tokens,
+        updates=algo.num_iterations,
+        scoring_passes=int(lora) + int(algo.num_iterations > 1),
+    )
 
 
 def _no_refusals(request: Any) -> list[tuple[str, str]]:
@@ -50,6 +75,8 @@ class TrainingMethod(Generic[R]):
     # why rows are never packed nor trained on their input (None: the request chooses)
     whole_answers: str | None = None
     grader: Callable[[R], Grader] | None = None  # the request's grader, where it is graded
+    # what a step samples (answers to each prompt), where the method samples its own
+    sampled: Callable[[R], Sampled] | None = None
     refusals: Callable[[R], list[tuple[str, str]]] = field(default=_no_refusals)
     tracker_params: Callable[[R], dict[str, str]] = field(default=_no_params)  # beyond the shared
 
@@ -109,6 +136,7 @@ GRPO = TrainingMethod(
     render=rollout_shape,
     whole_answers="GRPO samples",
     grader=lambda request: request.grading,
+    sampled=_grpo_sampled,
     refusals=reinforce_refusals,
 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from llama_post.apis.post_training import FullFinetuningConfig, ReinforceRequest
 
 
@@ -18,26 +20,6 @@ def refusals(request: ReinforceRequest) -> list[tuple[str, str]]:
                 "set kl_coef to 0",
             )
         )
-    grader = request.grader
-    if grader is not None and _uses_score_model(grader):
-        found.append(
-            (
-                "grader",
-                "a score_model grader cannot run inside a training worker yet (it would call "
-                "this server's inference from the job); use string_check, text_similarity, "
-                "regex, json_schema, python or multi over those",
-            )
-        )
-    limits = request.supervision
-    for name in ("max_wall_seconds", "max_cost"):
-        if getattr(limits, name) is not None:
-            found.append(
-                (
-                    f"supervision.{name}",
-                    "a GRPO job's time depends on the answers it samples, which the "
-                    "calibration cannot foresee; leave it unset",
-                )
-            )
     if request.training_config.data.data_format is not None:
         found.append(
             (
@@ -48,7 +30,12 @@ def refusals(request: ReinforceRequest) -> list[tuple[str, str]]:
     return found
 
 
-def _uses_score_model(grader: object) -> bool:
+def score_models(grader: Any, where: str = "grader") -> list[tuple[str, str]]:
+    """(field, model) of each score_model grader in `grader` (a multi's included): a job's
+    worker calls this server's inference for those."""
     if getattr(grader, "type", None) == "score_model":
-        return True
-    return any(_uses_score_model(g) for g in (getattr(grader, "graders", None) or {}).values())
+        return [(where, str(grader.model))]
+    graders = getattr(grader, "graders", None) or {}
+    return [
+        found for name, g in graders.items() for found in score_models(g, f"{where}.graders.{name}")
+    ]

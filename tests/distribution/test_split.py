@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tests.support import TINY, Server, distribution, parse_sse, wait_for_job
-from tests.tiny import build_tiny_model
+from tests.tiny import build_tiny_adapter, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
@@ -64,7 +64,11 @@ def split(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Iterator[
     home = tmp_path_factory.mktemp("split")
     model = build_tiny_model(home / "models" / "tiny", tokenizer, heads=2)
     (home / "trainer").mkdir()
-    trainer = Server(distribution(home / "trainer", model), home / "trainer")
+    # archives it imports (adapters a front pushes) go where its inference reads checkpoints
+    imported = str(home / "trainer" / "checkpoints" / "imported")
+    trainer = Server(
+        distribution(home / "trainer", model, imported_models_dir=imported), home / "trainer"
+    )
     front: Server | None = None
     try:
         trainer.start(timeout=120)  # it picks its port, which the front is told
@@ -208,7 +212,8 @@ def test_the_trainer_going_away_and_the_front_restarting(split: Split, tokenizer
 
 def test_inference_on_the_trainer_through_a_front(split: Split, tmp_path: Path) -> None:
     """A front whose inference is the trainer's (`remote::llama-post` for inference): the same
-    models by the same ids, the same greedy answers, streamed too."""
+    models by the same ids, the same greedy answers, streamed too; an adapter registered on the
+    front is pushed to the trainer, and unregistered there with it."""
     remote = {"provider_id": "trainer", "provider_type": "remote::llama-post"}
     config = {
         "version": 1,
@@ -242,6 +247,28 @@ def test_inference_on_the_trainer_through_a_front(split: Split, tmp_path: Path) 
         assert streamed.text.rstrip().endswith("data: [DONE]")
         missing = httpx.post(f"{front.url}/v1/chat/completions", json={**body, "model": "no/such"})
         assert missing.status_code == 404
+
+        # an adapter registered on the front over the remote's base is pushed there
+        adapter = build_tiny_adapter(tmp_path / "pushed", split.home / "models" / "tiny", seed=5)
+        source = {"type": "adapter", "path": str(adapter), "base_model": TINY}
+        made = httpx.post(
+            f"{front.url}/v1/models", json={"model_id": "pushed/blorp", "source": source}
+        )
+        assert made.status_code == 200, made.text
+        there = httpx.get(f"{split.trainer.url}/v1/models/pushed/blorp").json()
+        assert there["kind"] == "adapter" and there["base_model"] == TINY, there
+        asked = {**body, "model": "pushed/blorp"}
+        here = httpx.post(f"{front.url}/v1/chat/completions", json=asked, timeout=60)
+        direct = httpx.post(f"{split.trainer.url}/v1/chat/completions", json=asked, timeout=60)
+        assert here.status_code == 200, here.text
+        assert (
+            here.json()["choices"][0]["message"]["content"]
+            == (direct.json()["choices"][0]["message"]["content"])
+        )
+        files = httpx.get(f"{split.trainer.url}/v1/files").json()["data"]
+        assert not [f for f in files if f["filename"] == "adapter.tar.gz"]  # the upload: gone
+        assert httpx.delete(f"{front.url}/v1/models/pushed/blorp").status_code == 200
+        assert httpx.get(f"{split.trainer.url}/v1/models/pushed/blorp").status_code == 404
     finally:
         front.stop()
 

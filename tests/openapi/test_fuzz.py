@@ -81,6 +81,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
         "POST /v1/fine_tuning/alpha/graders/run",
         "POST /v1/fine_tuning/alpha/graders/validate",
         "POST /v1/post-training/reinforce",  # its grader, checked the same way
+        "POST /v1/post-training/estimate/reinforce",  # the same request, the same grader
         "POST /v1/datasetio/append-rows/{dataset_id}",
         "POST /v1beta/datasetio/append-rows/{dataset_id}",
         "POST /v1/fine_tuning/jobs",

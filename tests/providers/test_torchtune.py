@@ -163,6 +163,40 @@ def test_first_step_losses_agree_with_peft(server: Server, method: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_full_fine_tune_agrees_with_peft_and_is_served(server: Server) -> None:
+    """torchtune's full_finetune_single_device: the first step's loss as peft's, and each
+    epoch's whole model published as a Hugging Face folder, served as ft/<job>."""
+    first = {}
+    for provider in ("peft", "torchtune"):
+        body = _body(provider, optimizer_config={"lr": 1e-3}) | {
+            "algorithm_config": {"type": "full"}
+        }
+        status = _run(server, body)
+        assert status["status"] == "completed", status
+        metrics = _metrics(server, status["job_uuid"])
+        assert [m["step"] for m in metrics] == [1, 2]
+        first[provider] = metrics[0]["loss"]
+    assert abs(first["peft"] - first["torchtune"]) < 1e-4, first
+    (checkpoint,) = status["checkpoints"]
+    folder = Path(checkpoint["path"])
+    assert (folder / "config.json").is_file() and list(folder.glob("model*.safetensors"))
+    assert not list(folder.glob("adapter_*"))
+    assert (
+        httpx.get(f"{server.url}/v1/models/{status['fine_tuned_model']}").json()["kind"] == "base"
+    )
+    chat = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={
+            "model": status["fine_tuned_model"],
+            "messages": [{"role": "user", "content": "What is a blorp?"}],
+            "max_tokens": 4,
+        },
+        timeout=60,
+    )
+    assert chat.status_code == 200, chat.text
+
+
+@pytest.mark.slow
 def test_a_qwen2_model_trains_the_same_under_both(server: Server, tiny_model: Path) -> None:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -238,11 +272,6 @@ def test_refused_at_creation_by_name(server: Server, tiny_model: Path) -> None:
     cases: list[tuple[dict[str, Any], str, str]] = [
         ({**_body("torchtune"), "model": "tiny/gpt2"}, "model", "llama and qwen2"),
         (
-            {**_body("torchtune"), "algorithm_config": {"type": "full"}},
-            "algorithm_config.type",
-            "LoRA",
-        ),
-        (
             _body("torchtune", max_steps_per_epoch=None, save_every=3),
             "training_config.save_every",
             "every 4 steps here",
@@ -294,11 +323,12 @@ def test_refused_at_creation_by_name(server: Server, tiny_model: Path) -> None:
         error = refused.json()["error"]
         assert error["param"] == param and words in error["message"], error
     ipo = _body("torchtune", "dpo") | {"algorithm_config": {"loss_type": "ipo"}}
-    refused = httpx.post(f"{server.url}/v1/post-training/preference-optimize", json=ipo, timeout=60)
-    assert (
-        refused.status_code == 400
-        and refused.json()["error"]["param"] == "algorithm_config.loss_type"
-    )
+    full_dpo = _body("torchtune", "dpo") | {"finetuning_config": {"type": "full"}}
+    for body, param in ((ipo, "algorithm_config.loss_type"), (full_dpo, "finetuning_config.type")):
+        refused = httpx.post(
+            f"{server.url}/v1/post-training/preference-optimize", json=body, timeout=60
+        )
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param
     assert httpx.get(f"{server.url}/v1/post-training/jobs").json()["data"] == before
 
 

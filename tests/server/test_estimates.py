@@ -20,13 +20,18 @@ PAIRS = [
     {"prompt": f"Tell me fact {i}.", "chosen": f"Fact {i}: blorps are blue.", "rejected": "No."}
     for i in range(8)
 ]
+PROMPTS = [{"prompt": f"Say blue, {i} times."} for i in range(8)]
 PRICED = {"post_training": {"price_per_device_hour": 2.0, "watch_interval_seconds": 0.5}}
 
 
 def _start(home: Path, tiny_model: Path, env: dict[str, str] | None = None, **extra: Any) -> Server:
     config = distribution(home, tiny_model, **{**PRICED, **extra})
     server = Server(config, home, env=env).start()
-    for dataset_id, purpose, rows in (("facts", "instruct", ROWS), ("prefs", "preference", PAIRS)):
+    for dataset_id, purpose, rows in (
+        ("facts", "instruct", ROWS),
+        ("prefs", "preference", PAIRS),
+        ("prompts", "prompt", PROMPTS),
+    ):
         made = httpx.post(
             f"{server.url}/v1/datasets",
             json={
@@ -48,6 +53,25 @@ def _sft(**supervision: Any) -> dict[str, Any]:
             "save_every": 3,
         },
         "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
+        "supervision": supervision,
+    }
+
+
+def _grpo(**supervision: Any) -> dict[str, Any]:
+    return {
+        "model": TINY,
+        "algorithm_config": {"group_size": 4, "max_tokens": 6, "num_iterations": 2},
+        "grader": {
+            "type": "regex",
+            "name": "blue",
+            "input": "{{sample.output_text}}",
+            "pattern": "blue",
+        },
+        "training_config": {
+            "n_epochs": 1,
+            "data_config": {"dataset_id": "prompts", "batch_size": 2},
+        },
+        "finetuning_config": {"type": "LoRA", "rank": 4, "alpha": 8},
         "supervision": supervision,
     }
 
@@ -137,6 +161,40 @@ def test_limits_the_estimate_exceeds_are_refused_at_creation(server: Server) -> 
     assert "at 2 an hour" in made.json()["error"]["message"]
     for job in ("too-slow", "too-dear"):
         assert httpx.get(f"{server.url}/v1/post-training/jobs/{job}").status_code == 404
+
+
+def test_a_grpo_estimate_times_its_sampling_and_its_limits_are_checked(server: Server) -> None:
+    made = httpx.post(
+        f"{server.url}/v1/post-training/estimate/reinforce", json=_grpo(), timeout=240
+    )
+    assert made.status_code == 200, made.text
+    grpo = made.json()
+    calibration = grpo["calibration"]
+    assert grpo["optimizer_steps"] == 4  # 8 prompts, 2 a step
+    assert calibration["rollout_prefill_seconds"] > 0 and calibration["rollout_decode_seconds"] > 0
+    # each step: a pass over its answers per update, their reference and sampling policy's
+    # log-probs, and sampling 6 tokens for each of 2 x 4 answers (every answer its longest)
+    sampling = calibration["rollout_prefill_seconds"] + 5 * calibration["rollout_decode_seconds"]
+    trained = grpo["flops"] / calibration["flops_per_second"]
+    assert grpo["wall_seconds"] == pytest.approx(
+        calibration["load_seconds"] + trained + calibration["save_seconds"] + 4 * sampling
+    )
+    assert grpo["cost"] == pytest.approx(grpo["wall_seconds"] / 3600 * 2.0)
+    made = httpx.post(
+        f"{server.url}/v1/post-training/reinforce",
+        json=_grpo(max_wall_seconds=0.5) | {"job_uuid": "grpo-too-slow"},
+        timeout=240,
+    )
+    assert made.status_code == 400, made.text
+    error = made.json()["error"]
+    assert error["param"] == "supervision.max_wall_seconds"
+    assert "estimated to take" in error["message"] and "4 steps" in error["message"]
+    made = httpx.post(
+        f"{server.url}/v1/post-training/reinforce",
+        json=_grpo(max_cost=1e-9) | {"job_uuid": "grpo-too-dear"},
+        timeout=240,
+    )
+    assert made.status_code == 400 and made.json()["error"]["param"] == "supervision.max_cost"
 
 
 def test_a_job_that_will_not_fit_is_refused_with_the_figures(

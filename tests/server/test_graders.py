@@ -16,7 +16,7 @@ from llama_post.auth import KeyStore
 from llama_post.graders.score_model import parse_score
 from tests.compat import openai_flow
 from tests.server.test_auth import Caller
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, distribution, wait_for_job
 from tests.tiny import build_tiny_adapter
 
 RUN, VALIDATE = "/v1/post-training/graders/run", "/v1/post-training/graders/validate"
@@ -58,7 +58,7 @@ def served(
         },
     )
     assert registered.status_code == 200, registered.text
-    yield {"server": server, "keys": keys, "alice": alice, "bob": bob}
+    yield {"server": server, "keys": keys, "alice": alice, "bob": bob, "home": home}
     alice.http.close()
     bob.http.close()
     server.stop()
@@ -232,3 +232,76 @@ def test_score_model_uses_only_the_callers_models(served: dict[str, Any]) -> Non
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["param"] == "grader.model"
     assert bob.post(VALIDATE, json={"grader": _judge(TINY)}).status_code == 200
+
+
+def test_a_grpo_job_scores_with_a_model_served_here_as_its_owner(served: dict[str, Any]) -> None:
+    """A score_model grader inside training: the worker calls the server's inference with a key
+    granted to its attempt alone (inference only, as the job's owner), revoked at its end."""
+    alice, bob = served["alice"], served["bob"]
+    made = alice.post(
+        "/v1/datasets",
+        json={
+            "dataset_id": "sums",
+            "purpose": "prompt",
+            "source": {"type": "rows", "rows": [{"prompt": f"What is {n} + {n}?"} for n in (1, 2)]},
+        },
+    )
+    assert made.status_code == 200, made.text
+    judge = _judge("alice/judge") | {
+        "input": [
+            {"role": "system", "content": "Rate the answer from 0 to 10."},
+            {"role": "user", "content": "Q: {{item.prompt}} A: {{sample.output_text}}"},
+        ]
+    }
+    body: dict[str, Any] = {
+        "job_uuid": "judged",
+        "model": TINY,
+        "algorithm_config": {"group_size": 2, "max_tokens": 4, "kl_coef": 0},
+        "grader": judge,
+        "training_config": {"n_epochs": 1, "data_config": {"dataset_id": "sums", "batch_size": 2}},
+        "finetuning_config": {"type": "LoRA", "rank": 4, "alpha": 8},
+    }
+    refused = bob.post("/v1/post-training/reinforce", json=body | {"job_uuid": "bobs"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "grader.model"
+    made = alice.post("/v1/post-training/reinforce", json=body)
+    assert made.status_code == 200, made.text
+    done = wait_for_job(alice.http, "judged")
+    log = alice.get("/v1/post-training/jobs/judged/logs").json()["lines"]
+    # the tiny judge answers noise: the job learns from the numbers in it, or, where it holds
+    # none, fails naming what the judge said; either way the worker reached it, as alice
+    if done["status"] != "completed":
+        assert "the scoring model's answer holds no number" in done["error"], done
+    store = KeyStore(served["home"] / "stack")
+    try:
+        scoped = store.db.all("SELECT owner, scope, revoked_at FROM scoped_keys")
+    finally:
+        store.close()
+    scoped = [r for r in scoped if r["owner"] == "alice"]
+    assert [r["scope"] for r in scoped] == ["inference"]  # one attempt, one key
+    assert all(r["revoked_at"] is not None for r in scoped)  # given back at the attempt's end
+    assert not any("tml-" in line for line in log)
+
+
+def test_a_scoped_key_reaches_inference_alone(served: dict[str, Any]) -> None:
+    store = KeyStore(served["home"] / "stack")
+    try:
+        key_id, key = store.create_scoped("bob", "inference")
+    finally:
+        store.close()
+    worker = Caller(served["server"].url, key)
+    try:
+        chat = {"model": TINY, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert worker.post("/v1/chat/completions", json=chat).status_code == 200
+        theirs = worker.post("/v1/chat/completions", json=chat | {"model": "alice/judge"})
+        assert theirs.status_code == 404, theirs.text  # as bob: alice's model is not his
+        for path in ("/v1/files", "/v1/models", "/v1/post-training/jobs"):
+            refused = worker.get(path)
+            assert refused.status_code == 403 and "inference alone" in refused.text, path
+        store = KeyStore(served["home"] / "stack")
+        try:
+            store.revoke_scoped(key_id)
+        finally:
+            store.close()
+        assert worker.post("/v1/chat/completions", json=chat).status_code == 401
+    finally:
+        worker.http.close()

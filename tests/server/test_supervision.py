@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from providers.jobs.folder import Heartbeat, read_heartbeat
+from providers.jobs.supervision import paced_window
 from tests.support import (
     TINY,
     Server,
@@ -28,9 +30,10 @@ ROWS = [
 WATCHED = {"post_training": {"watch_interval_seconds": 0.5}}
 
 
-def _server(home: Path, tiny_model: Path, fault: str | None = None) -> Server:
+def _server(home: Path, tiny_model: Path, fault: str | None = None, **config: Any) -> Server:
     env = {"LLAMA_POST_TEST_FAULT": fault} if fault else None
-    server = Server(distribution(home, tiny_model, **WATCHED), home, env=env).start()
+    training = {"post_training": {**WATCHED["post_training"], **config}}
+    server = Server(distribution(home, tiny_model, **training), home, env=env).start()
     made = httpx.post(
         f"{server.url}/v1/datasets",
         json={
@@ -119,21 +122,50 @@ def test_a_frozen_worker_is_retried_and_ends_as_if_nothing_happened(
 def test_a_job_that_stalls_every_time_fails_after_its_retries(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    server = _server(tmp_path, tiny_model, fault="stall@5")
+    # no window set: once a step has completed, ten times the slowest step (a fraction of a
+    # second for the tiny model) with the provider's floor, not the 600 s training default
+    server = _server(tmp_path, tiny_model, fault="stall@5", stall_floor_seconds=5)
     try:
-        made = _job(server, "wedges", stall_seconds={"training": 5}, max_retries=2)
+        made = _job(server, "wedges", max_retries=2)
         assert made.status_code == 200, made.text
         failed = wait_for_job(server, "wedges", ended)
     finally:
         server.stop()
     assert failed["status"] == "failed", failed
     assert failed["error"].startswith("the worker stalled in its training phase at step 5")
+    assert "(the limit is 5 s: 10 times its slowest step" in failed["error"], failed["error"]
     assert failed["error"].endswith("(attempt 3; giving up after 2 retries)")
     attempts = failed["attempts"]
     assert [a["attempt"] for a in attempts] == [1, 2, 3]
     assert [a["resumed_from"] for a in attempts] == [None, "step-000003", "step-000003"]
     assert all("stalled in its training phase at step 5" in a["ended_because"] for a in attempts)
     assert all(a["ended_at"] >= a["started_at"] for a in attempts)
+
+
+def test_the_training_window_follows_the_slowest_step(tmp_path: Path) -> None:
+    clock = [1000.0]
+    beat = Heartbeat(tmp_path / "heartbeat.json", clock=lambda: clock[0])
+    beat("loading")
+    clock[0] += 300  # loading is no step
+    beat("training", 1, 0)
+    assert read_heartbeat(beat.path)["slowest_step"] is None  # type: ignore[index]
+    clock[0] += 400  # a slow first step (a compile, a cold cache)
+    beat("training", 2, 0)
+    assert read_heartbeat(beat.path)["slowest_step"] == 400  # type: ignore[index]
+    clock[0] += 2
+    beat("saving", 2)
+    clock[0] += 50  # saving is no step either
+    beat("training", 3, 0)
+    assert read_heartbeat(beat.path)["slowest_step"] == 400  # type: ignore[index]
+    # before a step has completed the set window holds, so a slow first step is no stall;
+    # a 2-second step's stall is caught in a minute; a slow one's window stays the set one
+    assert paced_window(600, 2.0, 10, 60) == (
+        60,
+        ": 10 times its slowest step, 2 s, at least 60 s",
+    )
+    assert paced_window(600, 12.5, 10, 60)[0] == 125
+    assert paced_window(600, 400.0, 10, 60) == (600, "")
+    assert paced_window(600, 2.0, None, 60) == (600, "")
 
 
 def test_a_non_finite_loss_stops_the_job_naming_the_step_or_is_skipped(

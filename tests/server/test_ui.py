@@ -184,7 +184,8 @@ def test_a_browser_follows_a_job_and_chats_with_its_model(
                     "batch_size": 2,
                     "validation_dataset_id": "blorps",
                 },
-                "optimizer_config": {"lr": 3e-3, "num_warmup_steps": 1},
+                # a small rate, whose axis once read 0 at every tick
+                "optimizer_config": {"lr": 1e-4, "num_warmup_steps": 1},
             },
             "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
         },
@@ -233,8 +234,14 @@ def test_a_browser_follows_a_job_and_chats_with_its_model(
             page.wait_for_selector('#job[data-status="completed"]', timeout=60_000)
             page.wait_for_selector("#chart-loss canvas")
             assert page.get_attribute("#chart-lr", "data-points") == str(STEPS)
+            ticks = str(page.get_attribute("#chart-lr", "data-ticks")).split()
+            assert len(set(ticks)) == len(ticks) > 2, ticks  # each tick its own label
+            assert 5e-5 <= max(float(t) for t in ticks) <= 2e-4, ticks
             assert page.inner_text("#job-steps") == f"{STEPS}/{STEPS}"
-            assert "computing in" in page.inner_text("#log")
+            log_text = page.inner_text("#log")
+            assert "computing in" in log_text
+            # a library's deprecation is nothing the user can act on
+            assert "Warning:" not in log_text and "deprecated" not in log_text, log_text
             assert page.locator("#checkpoints tbody tr").count() >= 1
             assert page.inner_text("#job-model") == "ft/ui-watched"
             page.screenshot(path=ARTIFACTS / "job.png", full_page=True)

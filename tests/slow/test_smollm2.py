@@ -80,6 +80,19 @@ def test_run_yaml_serves_smollm2_and_converts_it_once(tmp_path: Path, home: Path
         again.stop()
 
 
+def test_the_benchmarks_find_the_model_in_their_home(home: Path) -> None:
+    """`benchmarks/*.py --home DIR` take the bundled model converted there (converting it in a
+    new home), never the conversion's lock file beside its folder."""
+    import runpy
+
+    bundled_model = runpy.run_path(str(ROOT / "benchmarks" / "settings.py"))["bundled_model"]
+    folder = bundled_model(home)  # converted by the first test, or here when run alone
+    assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+    beside = sorted(p.name for p in (home / "models").glob("SmolLM2-135M-Instruct*"))
+    assert beside == [folder.name, f"{folder.name}.lock"]  # what the benchmarks once globbed
+    assert bundled_model(home) == folder  # once only
+
+
 def test_the_readmes_first_example_answers_sensibly(smollm2: Server) -> None:
     """The README's chat example, as written (no sampling knobs: SmolLM2's recommended ones from
     run.yaml apply), names Paris."""

@@ -6,6 +6,7 @@ from typing import Annotated, Protocol
 
 from pydantic import Field
 
+from llama_post.apis.post_training.access import InferenceAccess
 from llama_post.apis.post_training.graders import (
     GraderRunRequest,
     GraderRunResponse,
@@ -139,6 +140,12 @@ class PostTrainingJobs(Protocol):
         """The same estimate for a preference optimization (DPO) job."""
         ...
 
+    @webmethod(route="/v1/post-training/estimate/reinforce", method="POST")
+    async def estimate_reinforce(self, request: ReinforceRequest) -> TrainingEstimate:
+        """The same estimate for a reinforcement (GRPO) job, with its sampling timed here too:
+        an upper bound, every answer as long as `max_tokens` allows."""
+        ...
+
     @webmethod(route="/v1/post-training/jobs", method="GET")
     @webmethod(route="/v1alpha/post-training/jobs", method="GET", compat=V0_7)
     async def list_jobs(self) -> ListPostTrainingJobsResponse:
@@ -205,6 +212,11 @@ class PostTrainingJobs(Protocol):
         """How to tell whether the caller may use a folder a request names (`checkpoint_dir`,
         a tracker's folder), once resolved: the stack's `Locations.usable`, which refuses
         another owner's job folders (not a route: the stack sets it once built)."""
+        ...
+
+    def use_inference_access(self, access: InferenceAccess) -> None:
+        """How a job's worker may call this server's inference (a GRPO job's score_model
+        grader): a grant per attempt (not a route: the stack sets it once built)."""
         ...
 
     def job_folders(self, job_uuid: str) -> list[Path]:

@@ -135,6 +135,14 @@ class Calibration(BaseModel):
     load_seconds: float
     save_seconds: float
     peak_memory: int
+    rollout_prefill_seconds: float | None = Field(
+        None,
+        description="A method that samples its answers (GRPO): the prefill of one step's "
+        "rollout batch, and its first token.",
+    )
+    rollout_decode_seconds: float | None = Field(
+        None, description="Each further decode step of that batch (a token for every answer)."
+    )
     cached: bool = Field(description="Measured before for the same model and settings.")
 
 

@@ -77,6 +77,17 @@ function size(bytes) {
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
 }
 
+// A chart's number, readable at any scale: 0.25, 12.5, 1e-4, 2.5e-5, 3.2e6 (uPlot's own format
+// keeps three decimals, so every tick of a 1e-4 learning rate read 0).
+function number(value) {
+  if (value === null || value === undefined) return "--";
+  const magnitude = Math.abs(value);
+  if (magnitude === 0 || (magnitude >= 1e-3 && magnitude < 1e6)) {
+    return String(Number(value.toPrecision(4)));
+  }
+  return value.toExponential(3).replace(/\.?0+e/, "e").replace("e+", "e");
+}
+
 // -- the jobs table --------------------------------------------------------------------------
 
 function jobsPage() {
@@ -117,6 +128,13 @@ class Chart {
     }
   }
 
+  // the value axis's labels, kept on the holder too, where a test reads what the canvas shows
+  ticks(values) {
+    const labels = values.map(number);
+    this.holder.dataset.ticks = labels.join(" ");
+    return labels;
+  }
+
   options() {
     return {
       width: Math.max(280, this.holder.clientWidth || 420),
@@ -131,9 +149,10 @@ class Chart {
           width: 1.5,
           spanGaps: true,
           points: { show: name.startsWith("validation") },
+          value: (_, value) => number(value),
         })),
       ],
-      axes: [{ label: "step" }, { size: 60 }],
+      axes: [{ label: "step" }, { size: 60, values: (_, ticks) => this.ticks(ticks) }],
     };
   }
 }

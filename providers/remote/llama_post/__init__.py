@@ -43,7 +43,8 @@ async def create_inference(
     from providers.remote.llama_post.inference import RemoteInference
 
     remote = await connect(Api.inference, config, provider_id)
-    return RemoteInference(remote, RemoteApi(Api.models, remote.client))
+    models, files = RemoteApi(Api.models, remote.client), RemoteApi(Api.files, remote.client)
+    return RemoteInference(remote, models, files)
 
 
 async def create_post_training(

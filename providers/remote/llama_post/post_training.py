@@ -31,6 +31,7 @@ from llama_post.apis.post_training import (
     ReinforceRequest,
     SupervisedFineTuneRequest,
 )
+from llama_post.apis.post_training.access import InferenceAccess
 from llama_post.apis.post_training.jobs import JobStatus
 from llama_post.apis.post_training.models import JobRequest
 from llama_post.auth import PRINCIPAL
@@ -73,6 +74,9 @@ class RemotePostTraining:
 
     def use_locations(self, usable: Callable[[Path], bool]) -> None:
         """Nothing to resolve here: a job's folders are the trainer's (`_named_folders`)."""
+
+    def use_inference_access(self, access: InferenceAccess) -> None:
+        """Nothing to take: a job's workers run on the trainer, and call its inference."""
 
     def job_folders(self, job_uuid: str) -> list[Path]:
         return []  # on the trainer

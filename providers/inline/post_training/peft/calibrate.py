@@ -1,7 +1,9 @@
 """A calibration: the job's largest micro-batch, run for a few timed micro-steps by the recipes'
 own code on this device, and one checkpoint saved. It reports the seconds per micro-step, the
 model's load and save times and the process's peak memory, from which the server's estimates
-take their time and memory (`providers/training/estimate.py`).
+take their time and memory (`providers/training/estimate.py`). A method that samples its answers
+(GRPO) has one step's rollout batch sampled too, by the recipe's engine: the prefill and the
+seconds of each decode step after it.
 
 Run by the server: `python -m providers.inline.post_training.peft.calibrate DIR`, where DIR
 holds the job's `job.json` and `batch.json` (the micro-batch's rows of examples); it writes
@@ -10,10 +12,12 @@ holds the job's `job.json` and `batch.json` (the micro-batch's rows of examples)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,11 +31,12 @@ from providers.inline.post_training.peft.training import (
     make_scheduler,
     peak_memory,
 )
-from providers.jobs.folder import JobFolder
-from providers.training.data import Example, collate, repack
+from providers.jobs.folder import JobFolder, JobSpec
+from providers.training.data import IGNORE, Example, collate, repack
 from providers.training.methods import DPO, method_of
 
 TIMED = 2  # micro-steps timed, after one not timed
+DECODED = 4  # decode steps timed after the prefill, for a method that samples
 
 
 def main(folder: Path) -> None:
@@ -51,8 +56,15 @@ def main(folder: Path) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, request)
     scheduler = make_scheduler(optimizer, request, TIMED + 1)
+    rollouts: tuple[float, float] | None = None
+    method = method_of(request)
+    if method.sampled is not None:  # the step's prompts: the batch's, times its micro-batches
+        prompts = [e.input_ids[: e.labels.count(IGNORE)] for row in batch for e in row]
+        rollouts = time_rollouts(
+            model, tokenizer, spec, prompts * request.training_config.gradient_accumulation_steps
+        )
     model.train()
-    paired = method_of(request).pairs  # a row is (chosen, rejected): DPO's loss
+    paired = method.pairs  # a row is (chosen, rejected): DPO's loss
 
     def micro_step() -> None:
         if paired:
@@ -106,9 +118,42 @@ def main(folder: Path) -> None:
                 "loaded_at": loaded_at,
                 "save_seconds": saved,
                 "peak_memory": peak,
+                "rollouts": rollouts,
             }
         )
     )
+
+
+def time_rollouts(
+    model: Any, tokenizer: Any, spec: JobSpec, prompts: list[list[int]]
+) -> tuple[float, float]:
+    """Seconds to prefill `prompts` together and sample their first tokens, and each decode
+    step after (no end of sequence, so every answer runs its length), with the recipe's
+    engine."""
+    from providers.inline.inference.transformers.engine import Engine
+    from providers.inline.inference.transformers.sampling import SamplingParams
+
+    engine = Engine(model, tokenizer, spec.device, len(prompts))
+    model.eval()
+
+    def sample(tokens: int) -> float:
+        async def one(k: int, prompt: list[int]) -> None:
+            async for _ in engine.generate(prompt, SamplingParams(tokens, seed=k), None):
+                pass
+
+        async def every() -> None:
+            await asyncio.gather(*(one(k, p) for k, p in enumerate(prompts)))
+
+        started = time.perf_counter()
+        asyncio.run(every())
+        return time.perf_counter() - started
+
+    try:
+        sample(1)  # allocations, kernel choices
+        first = sample(1)
+        return first, max(0.0, (sample(1 + DECODED) - first) / DECODED)
+    finally:
+        engine.stop()
 
 
 if __name__ == "__main__":

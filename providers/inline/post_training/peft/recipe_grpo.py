@@ -51,6 +51,7 @@ from providers.inline.post_training.peft.training import (
 )
 from providers.jobs.folder import JobFolder, read_jsonl
 from providers.training.data import IGNORE, Example, collate, epoch_order, first_fit, render_prompt
+from providers.training.scoring import worker_scorer
 
 log = logging.getLogger("recipe_grpo")
 
@@ -81,7 +82,8 @@ def main(job_dir: Path) -> None:
     lora = isinstance(request.tuning, LoraFinetuningConfig) and spec.adapter_folder is None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     settings = GraderSettings(**spec.grader_settings)  # type: ignore[arg-type]
-    grader = GraderRunner(request.grading, settings=settings)
+    # a score_model grader calls this server's inference, with the key the attempt was granted
+    grader = GraderRunner(request.grading, settings=settings, scorer=worker_scorer())
     rows, held_out = read_jsonl(folder.train), read_jsonl(folder.validation)
     prompts = [render_prompt(r, tokenizer) for r in rows]
     held_out_prompts = [render_prompt(r, tokenizer) for r in held_out]

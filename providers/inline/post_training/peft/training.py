@@ -351,6 +351,28 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
+def keep_library_warnings_out() -> None:
+    """A warning raised inside a library (transformers' and peft's deprecations, as peft reading
+    `is_gradient_checkpointing`) is nothing the job's user can act on: it stays out of the job's
+    log. A warning from llama-post's own code still shows, as do errors."""
+    import warnings
+
+    import llama_post
+    import providers
+
+    ours = [Path(str(package.__file__)).resolve().parent for package in (llama_post, providers)]
+    show = warnings.showwarning
+
+    def shown(message: Any, category: Any, filename: str, *args: Any, **kwargs: Any) -> None:
+        if any(Path(filename).resolve().is_relative_to(folder) for folder in ours):
+            show(message, category, filename, *args, **kwargs)
+
+    warnings.showwarning = shown
+    from transformers.utils import logging as library_logging
+
+    library_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # its logger, likewise
+
+
 def run(main: Any, job_dir: Path) -> None:
     """A worker's entry: run the recipe; exit 3 when cancelled, 4 when out of memory, 5 on a
     non-finite loss."""
@@ -364,6 +386,7 @@ def run(main: Any, job_dir: Path) -> None:
         _heartbeat = Heartbeat(JobFolder(job_dir).heartbeat)
     else:
         logging.getLogger().setLevel(logging.WARNING)
+    keep_library_warnings_out()
     beat("loading")
     try:
         main(job_dir)

@@ -1,6 +1,9 @@
-"""The PostTraining API of `inline::torchtune`: LoRA SFT and LoRA DPO through torchtune's own
-single-device recipes (`tune run lora_finetune_single_device` / `lora_dpo_single_device`),
-run in torchtune's environment on the shared local jobs (`providers/jobs/local.py`).
+"""The PostTraining API of `inline::torchtune`: SFT (LoRA or full) and LoRA DPO through
+torchtune's own single-device recipes (`tune run lora_finetune_single_device`,
+`full_finetune_single_device`, `lora_dpo_single_device`), run in torchtune's environment on the
+shared local jobs (`providers/jobs/local.py`). A full fine-tune trains every weight in the job's
+type (bf16 weights and optimizer state under bf16, as torchtune's recipe does, where inline::peft
+keeps fp32 masters) and publishes each epoch's whole model as a Hugging Face folder.
 
 At creation the server checks the request, builds the model's torchtune description from its
 `config.json` (Llama and Qwen2 architectures; anything else is refused by name), renders and
@@ -84,15 +87,34 @@ def _dpo_loss(request: TrainingRequest, config: dict[str, Any]) -> None:
     config["optimizer"]["max_grad_norm"] = request.training_config.max_grad_norm  # not clipped
 
 
+def _full_dpo_refusals(request: TrainingRequest) -> list[tuple[str, str]]:
+    return [
+        (
+            f"{request.tuning_field}.type",
+            "torchtune 0.6.1 has no single-device full DPO recipe; use LoRA, or inline::peft "
+            "for full DPO",
+        )
+    ]
+
+
 RECIPES = {
     SFT.name: Recipe("lora_finetune_single_device", _no_refusals, _sft_loss),
     DPO.name: Recipe("lora_dpo_single_device", _dpo_refusals, _dpo_loss),
 }
+FULL_RECIPES = {  # every weight trained
+    SFT.name: Recipe("full_finetune_single_device", _no_refusals, _sft_loss),
+    DPO.name: Recipe("lora_dpo_single_device", _full_dpo_refusals, _dpo_loss),
+}
+
+
+def recipe_of(request: TrainingRequest) -> Recipe:
+    lora = isinstance(request.tuning, LoraFinetuningConfig)
+    return (RECIPES if lora else FULL_RECIPES)[request.method]
 
 
 class TorchtunePostTraining:
-    """LoRA SFT and DPO by torchtune's recipes, each job a `tune run` in torchtune's own
-    environment."""
+    """SFT (LoRA or full) and LoRA DPO by torchtune's recipes, each job a `tune run` in
+    torchtune's own environment."""
 
     methods = frozenset(RECIPES)
 
@@ -120,8 +142,7 @@ class TorchtunePostTraining:
         return None
 
     def refusals(self, request: TrainingRequest) -> list[tuple[str, str]]:
-        recipe = RECIPES.get(request.method)
-        if recipe is None:
+        if request.method not in RECIPES:
             return [
                 (
                     "algorithm_config",
@@ -134,15 +155,7 @@ class TorchtunePostTraining:
         data = cfg.data
         found = []
         algo = request.tuning
-        if not isinstance(algo, LoraFinetuningConfig):
-            found.append(
-                (
-                    f"{tuning_field}.type",
-                    "inline::torchtune trains LoRA adapters; use LoRA, or inline::peft for "
-                    "full fine-tuning",
-                )
-            )
-        else:
+        if isinstance(algo, LoraFinetuningConfig):
             unknown = [m for m in algo.lora_attn_modules if m not in ATTENTION]
             if unknown:
                 found.append(
@@ -152,7 +165,7 @@ class TorchtunePostTraining:
                         f"{', '.join(unknown)}",
                     )
                 )
-        found += recipe.refusals(request)
+        found += recipe_of(request).refusals(request)
         if request.supervision.on_nonfinite == "skip":
             found.append(
                 (
@@ -161,7 +174,7 @@ class TorchtunePostTraining:
                     "non-finite loss: use stop, or inline::peft to skip steps",
                 )
             )
-        no_validation = "torchtune's single-device LoRA recipes run no validation; leave it unset"
+        no_validation = "torchtune's single-device recipes run no validation; leave it unset"
         if data.validation_dataset_id:
             found.append(("training_config.data_config.validation_dataset_id", no_validation))
         if data.validation_split:
@@ -306,8 +319,8 @@ def describe(base: Path, request: TrainingRequest, field: str) -> dict[str, Any]
         )
     tied = bool(config.get("tie_word_embeddings", kind == "llama"))
     algo = request.tuning
-    assert isinstance(algo, LoraFinetuningConfig)
-    if tied and algo.apply_lora_to_output:
+    lora = isinstance(algo, LoraFinetuningConfig)
+    if isinstance(algo, LoraFinetuningConfig) and tied and algo.apply_lora_to_output:
         tuning = "finetuning_config" if field == "finetuned_model" else "algorithm_config"
         raise InvalidRequestError(
             f"{tuning}.apply_lora_to_output: {name!r} ties its output to its embeddings, "
@@ -333,20 +346,26 @@ def describe(base: Path, request: TrainingRequest, field: str) -> dict[str, Any]
         "norm_eps": config.get("rms_norm_eps", 1e-5),
         "rope_base": config.get("rope_theta", 10000.0),
         "tie_word_embeddings": tied,
-        "lora_attn_modules": sorted({ATTENTION[m] for m in algo.lora_attn_modules}),
-        "apply_lora_to_mlp": algo.apply_lora_to_mlp,
-        "apply_lora_to_output": algo.apply_lora_to_output,
-        "lora_rank": algo.rank,
-        "lora_alpha": algo.alpha,
-        "lora_dropout": algo.dropout,
-        "use_dora": algo.use_dora,
     }
+    if isinstance(algo, LoraFinetuningConfig):
+        builder.update(
+            lora_attn_modules=sorted({ATTENTION[m] for m in algo.lora_attn_modules}),
+            apply_lora_to_mlp=algo.apply_lora_to_mlp,
+            apply_lora_to_output=algo.apply_lora_to_output,
+            lora_rank=algo.rank,
+            lora_alpha=algo.alpha,
+            lora_dropout=algo.dropout,
+            use_dora=algo.use_dora,
+        )
+    # the LoRA builders, or the plain decoders' component builders for a full fine-tune
     if kind == "llama":
         # Llama 3.2's builder, with no Llama-3 RoPE scaling (scale_factor 1)
-        builder.update(_component_="torchtune.models.llama3_2.lora_llama3_2", scale_factor=1)
+        component = "lora_llama3_2" if lora else "_component_builders.llama3_2"
+        builder.update(_component_=f"torchtune.models.llama3_2.{component}", scale_factor=1)
         model_type = "LLAMA3_2" if tied else "LLAMA3"
     else:
-        builder.update(_component_="torchtune.models.qwen2.lora_qwen2")
+        component = "lora_qwen2" if lora else "_component_builders.qwen2"
+        builder.update(_component_=f"torchtune.models.qwen2.{component}")
         model_type = "QWEN2"
     return {"builder": builder, "model_type": model_type, "weights": weights}
 
@@ -356,7 +375,8 @@ def recipe_plan(
 ) -> dict[str, Any]:
     """What the worker runs: the recipe and its config, in torchtune's own terms."""
     request = spec.request
-    recipe = RECIPES[request.method]
+    recipe = recipe_of(request)
+    lora = isinstance(request.tuning, LoraFinetuningConfig)
     cfg = request.training_config
     data = cfg.data
     opt = cfg.optimizer
@@ -383,13 +403,15 @@ def recipe_plan(
             "base_model": spec.base_folder,
             "steps_per_epoch": per_epoch,
             "dpo": method_of(request).pairs,
+            "full": not lora,
             "checkpoint_dir": spec.base_folder,
             "checkpoint_files": model["weights"],
             "model_type": model["model_type"],
             "output_dir": str(job_dir / "torchtune"),
         },
         "resume_from_checkpoint": False,
-        "save_adapter_weights_only": True,
+        "save_adapter_weights_only": lora,
+        "optimizer_in_bwd": False,  # the full recipe's: clipping and accumulation need it off
         "dataset": {"_component_": "llama_post_torchtune.dataset", "path": str(job_dir / TOKENS)},
         "seed": cfg.seed,
         "shuffle": data.shuffle,
@@ -422,7 +444,7 @@ def recipe_plan(
         else 1,
         "log_peak_memory_stats": False,
         "device": spec.device,
-        "dtype": spec.dtype,  # torchtune trains its LoRA weights in this type too
+        "dtype": spec.dtype,  # torchtune trains its LoRA (or every) weight in this type too
         "enable_activation_checkpointing": efficiency is None
         or efficiency.enable_activation_checkpointing,
         "enable_activation_offloading": False,
@@ -430,6 +452,7 @@ def recipe_plan(
     recipe.configure(request, config)
     return {
         "recipe": recipe.name,
+        "full": not lora,
         "rows": len(prepared.train),
         "torch_threads": spec.torch_threads,
         "config": config,

@@ -17,8 +17,9 @@ the recipe's PYTHONPATH):
 - `MetricLogger`: each logged step into `metrics.jsonl` and `progress.json`, in llama-post's
   names, and a line in the log;
 - `checkpointer`: torchtune's Hugging Face checkpointer, which after each epoch also publishes
-  the adapter (PEFT files only, never torchtune's merged weights) as the shared job machinery's
-  `step-NNNNNN` checkpoint, with the recipe state that resumes it.
+  the adapter (PEFT files only, never torchtune's merged weights), or a full fine-tune's whole
+  model (a Hugging Face folder), as the shared job machinery's `step-NNNNNN` checkpoint, with
+  the recipe state that resumes it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,13 @@ def main(job_dir: Path) -> None:
             flush=True,
         )
         config["resume_from_checkpoint"] = True
-        config["checkpointer"]["adapter_checkpoint"] = str(folder / "adapter_model.pt")
+        if plan.get("full"):  # the epoch's whole model, in Hugging Face's format
+            config["checkpointer"]["checkpoint_dir"] = str(folder)
+            config["checkpointer"]["checkpoint_files"] = sorted(
+                p.name for p in folder.glob("*.safetensors")
+            )
+        else:
+            config["checkpointer"]["adapter_checkpoint"] = str(folder / "adapter_model.pt")
         config["checkpointer"]["recipe_checkpoint"] = str(folder / "recipe_state.pt")
     _truncate_metrics(job_dir / "metrics.jsonl", start_step)
     # torchtune 0.6.1 restores its step count on resume only when max_steps_per_epoch cuts the
@@ -76,6 +83,7 @@ def main(job_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE_DIR), *_pythonpath()])}
     if plan.get("torch_threads"):
         env["OMP_NUM_THREADS"] = str(plan["torch_threads"])
+    env["PYTHONWARNINGS"] = "ignore"  # the libraries' deprecations: nothing a user can act on
     tune = str(Path(sys.executable).with_name("tune"))
     sys.stdout.flush()
     os.execve(tune, [tune, "run", plan["recipe"], "--config", str(path)], env)
@@ -108,10 +116,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(kept))
 
 
-def _beat(job_dir: Path, phase: str, step: int | None) -> None:
+def _beat(job_dir: Path, phase: str, step: int | None, slowest: float | None = None) -> None:
     """The worker's heartbeat for the server's stall watchdog (llama-post's `Heartbeat`: its
-    own clock, its pid, which `tune run` keeps, replacing this process)."""
-    beat = {"time": time.time(), "pid": os.getpid(), "phase": phase, "step": step, "micro": None}
+    own clock, its pid, which `tune run` keeps, replacing this process; the slowest step, which
+    sets the watchdog's window in training)."""
+    beat = {
+        "time": time.time(),
+        "pid": os.getpid(),
+        "phase": phase,
+        "step": step,
+        "micro": None,
+        "slowest_step": slowest,
+    }
     partial = job_dir / "heartbeat.json.partial"
     partial.write_text(json.dumps(beat))
     partial.replace(job_dir / "heartbeat.json")
@@ -218,6 +234,8 @@ class MetricLogger:
         self.total_steps = total_steps
         self.step_offset = step_offset
         self.last = time.perf_counter()
+        self.slowest: float | None = None  # of the steps after the first (whose time has setup)
+        self.logged = False
 
     def log_config(self, config: Any) -> None:
         pass
@@ -235,7 +253,10 @@ class MetricLogger:
         line["step_seconds"] = now - self.last
         line["timestamp"] = time.time()
         self.last = now
-        _beat(self.folder, "training", step)
+        if self.logged:
+            self.slowest = max(self.slowest or 0.0, line["step_seconds"])
+        self.logged = True
+        _beat(self.folder, "training", step, self.slowest)
         loss = line.get("loss")
         if loss is not None and not math.isfinite(loss):  # torchtune would train on
             print(f"non-finite loss ({loss}) at step {step}", flush=True)
@@ -263,10 +284,16 @@ class MetricLogger:
 
 
 def checkpointer(
-    publish_dir: str, base_model: str, steps_per_epoch: int, dpo: bool = False, **kwargs: Any
+    publish_dir: str,
+    base_model: str,
+    steps_per_epoch: int,
+    dpo: bool = False,
+    full: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """torchtune's `FullModelHFCheckpointer` (given `kwargs`), which also publishes each
-    epoch's adapter into `publish_dir` as the checkpoint `step-NNNNNN`."""
+    epoch's adapter (or, `full`, the whole model) into `publish_dir` as the checkpoint
+    `step-NNNNNN`."""
     from torchtune.training import FullModelHFCheckpointer
 
     class Checkpointer(FullModelHFCheckpointer):  # type: ignore[misc]
@@ -286,6 +313,7 @@ def checkpointer(
                 base_model,
                 intermediate_checkpoint,
                 dpo,
+                full,
             )
 
     return Checkpointer(**kwargs)
@@ -299,6 +327,7 @@ def _publish(
     base_model: str,
     intermediate: bool,
     dpo: bool,
+    full: bool,
 ) -> None:
     """Copy what torchtune wrote for an epoch into a checkpoint folder beside its final place,
     then rename it there (a kill mid-copy leaves the previous checkpoint the newest)."""
@@ -307,12 +336,16 @@ def _publish(
     partial = publish_dir / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    # the adapter alone: the epoch folder's merged weights would be loaded under it too
-    for name in ("adapter_model.safetensors", "adapter_model.pt"):
-        shutil.copy2(produced / name, partial / name)
-    adapter_config = json.loads((produced / "adapter_config.json").read_text())
-    adapter_config.update(base_model_name_or_path=base_model, task_type="CAUSAL_LM")
-    (partial / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+    if full:  # the whole model in Hugging Face's format, with the base's config and tokenizer
+        for path in produced.iterdir():
+            if path.is_file():
+                shutil.copy2(path, partial / path.name)
+    else:  # the adapter alone: the epoch folder's merged weights would be loaded under it too
+        for name in ("adapter_model.safetensors", "adapter_model.pt"):
+            shutil.copy2(produced / name, partial / name)
+        adapter_config = json.loads((produced / "adapter_config.json").read_text())
+        adapter_config.update(base_model_name_or_path=base_model, task_type="CAUSAL_LM")
+        (partial / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
     if intermediate:
         shutil.copy2(output_dir / "recipe_state" / "recipe_state.pt", partial)
     record: dict[str, Any] = {
