@@ -32,6 +32,7 @@ from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
+from llama_post.distribution.tinker_sessions import TinkerSessions
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError
 from llama_post.routes import Route, all_routes, api_version
 from llama_post.version import __version__
@@ -119,6 +120,8 @@ class Stack:
                     )
                     checkpoints.start()
                     one = checkpoints
+                if api == Api.training_sessions:  # Tinker's training calls, over any provider
+                    one = TinkerSessions(one, impls[Api.models], lambda: impls.get(Api.inference))
                 impls[api] = guard(api, one)
             models.imports.files = impls.get(Api.files)  # archives uploaded through Files
             await models.restore(run.models)
