@@ -66,8 +66,10 @@ class InteractiveTraining(Protocol):
 
     @webmethod(route="/v1/training-sessions/{session_id}/heartbeat", method="POST")
     async def heartbeat_session(self, session_id: SessionId) -> TrainingSession:
-        """Keep a session alive: one without a heartbeat for the provider's
-        `session_timeout_seconds` is finished (its workers stopped, its saved states kept)."""
+        """Keep a session alive.
+
+        One not heard from for the provider's `session_timeout_seconds` is finished (its
+        workers stopped, its saved states kept)."""
         ...
 
     @webmethod(route="/v1/training-sessions/{session_id}/finish", method="POST")
@@ -81,8 +83,9 @@ class InteractiveTraining(Protocol):
     async def create_training_model(
         self, session_id: SessionId, request: CreateTrainingModelRequest
     ) -> TrainingModel:
-        """Start a training model: a fresh LoRA over a base model, or a saved state (with its
-        optimizer, if asked). Answers once its worker has loaded it."""
+        """Start a training model: a fresh LoRA over a base model, or a saved state.
+
+        With `with_optimizer`, the state's optimizer too. Answers once its worker has loaded it."""
         ...
 
     @webmethod(route="/v1/training-models/{training_model_id}", method="GET")
@@ -94,8 +97,9 @@ class InteractiveTraining(Protocol):
     async def forward_backward(
         self, training_model_id: TrainingModelId, request: ForwardBackwardRequest
     ) -> ForwardBackwardResult:
-        """The loss of a batch and its gradients, added to those already accumulated
-        (`forward_only`: the loss alone). Losses are sums over tokens: `cross_entropy`
+        """The loss of a batch, and its gradients added to those accumulated.
+
+        `forward_only`: the loss alone. Losses are sums over tokens: `cross_entropy`
         -sum(weight * logp), `importance_sampling` -sum(exp(logp - sampler_logp) * advantage),
         `ppo` the same ratio clipped to [clip_low_threshold, clip_high_threshold] (0.8, 1.2)
         with the pessimistic minimum."""
@@ -105,8 +109,10 @@ class InteractiveTraining(Protocol):
     async def optim_step(
         self, training_model_id: TrainingModelId, request: OptimStepRequest
     ) -> OptimStepResult:
-        """One AdamW step with the accumulated gradients (clipped to `grad_clip_norm` first),
-        which are then cleared; the step's settings are the request's."""
+        """One AdamW step with the accumulated gradients, which are then cleared.
+
+        The gradients are clipped to `grad_clip_norm` first; the step's settings are the
+        request's."""
         ...
 
     @webmethod(route="/v1/training-models/{training_model_id}/states", method="POST")
@@ -173,8 +179,9 @@ class TrainingSessions(InteractiveTraining, Protocol):
 
     @webmethod(route="/api/v1/save_weights_for_sampler", method="POST", compat=TINKER)
     async def tinker_save_weights_for_sampler(self, request: TinkerSaveForSampler) -> TinkerFuture:
-        """Save the adapter to sample from: `tinker://<model>/sampler_weights/<name>`, or (no
-        `path`) a sampling session over it."""
+        """Save the adapter to sample from: `tinker://<model>/sampler_weights/<name>`.
+
+        Without `path`, the future's result is a sampling session over it."""
         ...
 
     @webmethod(route="/api/v1/load_weights", method="POST", compat=TINKER)
@@ -184,9 +191,10 @@ class TrainingSessions(InteractiveTraining, Protocol):
 
     @webmethod(route="/api/v1/retrieve_future", method="POST", compat=TINKER)
     async def tinker_retrieve_future(self, request: TinkerRetrieveFuture) -> FileContent:
-        """A future's result: JSON, or protobuf for forward/backward and samples; held open up
-        to 30 s while it runs, then `{"type": "try_again"}`; a failure is
-        `{"error", "category"}`."""
+        """A future's result, held open up to 30 s while it runs.
+
+        JSON, or protobuf for forward/backward and samples (as the SDK reads them); still
+        running: `{"type": "try_again"}`; failed: `{"error", "category"}`."""
         ...
 
     @webmethod(route="/api/v1/create_sampling_session", method="POST", compat=TINKER)
