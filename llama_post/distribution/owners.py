@@ -106,6 +106,7 @@ LISTS = {
     "list_datasets": ("data", "identifier", "dataset"),
     "list_models": ("data", "id", "model"),
     "list_jobs": ("data", "job_uuid", "job"),
+    "list_sessions": ("data", "session_id", "session"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
 # are cut from what the caller may see, never filtered after the implementation has cut them

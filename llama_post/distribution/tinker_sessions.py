@@ -250,16 +250,18 @@ class TinkerSessions:
 
     async def tinker_load_weights(self, request: TinkerLoadWeights) -> TinkerFuture:
         if request.session_id is None or request.model_seq_id is None:
-            raise InvalidRequestError(
-                "session_id: loading into an existing training model is not served; create a "
-                "training client from the state (create_training_client_from_state)",
+            raise NotFoundError(  # an id names nothing: loading into a model is not served
+                "session_id: name the session and model_seq_id of the training model to create "
+                "from the state (create_training_client_from_state)",
                 param="session_id",
             )
         session = _session(request.session_id)
+        model_id, kind, name = _reference(request.path).split("/")
+        saved = await self.raw.get_state(model_id, kind, name)
         native = _native(
             CreateTrainingModelRequest,
             "path",
-            base_model=request.base_model,
+            base_model=request.base_model or saved.base_model,
             from_state=_reference(request.path),
             with_optimizer=request.optimizer,
             index=request.model_seq_id,
@@ -278,7 +280,7 @@ class TinkerSessions:
     async def tinker_create_sampling_session(
         self, request: TinkerCreateSamplingSession
     ) -> TinkerSamplingSession:
-        session = _session(request.session_id)
+        session = (await self.raw.get_session(_session(request.session_id))).session_id
         sampler_id = f"{session}:sample:{request.sampling_session_seq_id}"
         if sampler_id not in self.samplers:
             await self._sampler(sampler_id, request.model_path, request.base_model)
@@ -485,7 +487,7 @@ def _reference(path: str) -> str:
     """A Tinker path's native state reference (`<model>/<state|sampler>/<name>`)."""
     parts = path.removeprefix("tinker://").split("/")
     if not path.startswith("tinker://") or len(parts) != 3 or parts[1] not in KINDS:
-        raise InvalidRequestError(
+        raise NotFoundError(  # names no saved state
             f"path: {path!r} is not tinker://<training model>/weights/<name>", param="path"
         )
     return f"{_model(parts[0])}/{KINDS[parts[1]]}/{parts[2]}"

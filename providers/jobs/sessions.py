@@ -38,6 +38,7 @@ from llama_post.apis.training_sessions import (
     SaveStateRequest,
     TrainingModel,
     TrainingSession,
+    TrainingSessionList,
 )
 from llama_post.errors import (
     ConflictError,
@@ -148,6 +149,9 @@ class LocalSessions:
         self.sessions[session.session_id] = session
         return session
 
+    async def list_sessions(self) -> TrainingSessionList:
+        return TrainingSessionList(data=list(self.sessions.values()))
+
     async def get_session(self, session_id: str) -> TrainingSession:
         session = self.sessions.get(session_id)
         if session is not None:
@@ -178,7 +182,7 @@ class LocalSessions:
     async def _active(self, session_id: str) -> TrainingSession:
         session = await self.get_session(session_id)
         if session.status != "active":
-            raise InvalidRequestError(
+            raise ConflictError(
                 f"training session {session_id} is finished; open a new one",
                 param="session_id",
             )
@@ -219,7 +223,7 @@ class LocalSessions:
     ) -> TrainingModel:
         state = self._state_folder(request.from_state) if request.from_state else None
         saved = json.loads((state / "state.json").read_text()) if state else None
-        base_model = request.base_model or (saved["base_model"] if saved else "")
+        base_model = request.base_model
         if saved and base_model != saved["base_model"]:
             raise InvalidRequestError(
                 f"base_model: the state was trained over {saved['base_model']!r}, not "
@@ -335,7 +339,7 @@ class LocalSessions:
             session = training_model_id.split(":", 1)[0]
             stored = self.root / session / training_model_id.rsplit(":", 1)[-1] / "model.json"
             if stored.is_file():
-                raise InvalidRequestError(
+                raise ConflictError(
                     f"training model {training_model_id} is finished (its session ended, or "
                     "the server restarted); create a model from one of its saved states",
                     param="training_model_id",

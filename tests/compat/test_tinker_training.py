@@ -38,7 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
     alice, bob = _key(server.config, "alice"), _key(server.config, "bob")
     server.start(timeout=60)
     try:
-        seen = json.loads(
+        seen: dict[str, Any] = json.loads(
             run_flow(python, "tinker_training_flow.py", server.url, alice, bob, TINY, timeout=400)
         )
         model = seen["model_id"]
@@ -67,7 +67,8 @@ def _reference(model_dir: Path, rows: list[list[int]], weights: list[list[float]
     summed over all rows, computed with transformers in this process (float32)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
     logprobs, total = [], 0.0
     with torch.no_grad():
         for tokens, w in zip(rows, weights, strict=True):

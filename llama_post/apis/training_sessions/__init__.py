@@ -17,6 +17,7 @@ from llama_post.apis.training_sessions.models import (
     TrainingModel,
     TrainingModelId,
     TrainingSession,
+    TrainingSessionList,
 )
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "TrainingModel",
     "TrainingModelId",
     "TrainingSession",
+    "TrainingSessionList",
     "TrainingSessions",
 ]

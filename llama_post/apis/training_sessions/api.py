@@ -18,6 +18,7 @@ from llama_post.apis.training_sessions.models import (
     TrainingModel,
     TrainingModelId,
     TrainingSession,
+    TrainingSessionList,
 )
 from llama_post.apis.training_sessions.tinker import (
     TinkerCreateModel,
@@ -57,6 +58,11 @@ class InteractiveTraining(Protocol):
     @webmethod(route="/v1/training-sessions", method="POST")
     async def create_session(self, request: CreateSessionRequest) -> TrainingSession:
         """Open a session."""
+        ...
+
+    @webmethod(route="/v1/training-sessions", method="GET")
+    async def list_sessions(self) -> TrainingSessionList:
+        """The sessions of this run of the server (the caller's)."""
         ...
 
     @webmethod(route="/v1/training-sessions/{session_id}", method="GET")

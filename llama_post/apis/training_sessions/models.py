@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from llama_post.schema import StrictModel
 
@@ -41,12 +41,26 @@ class TrainingSession(BaseModel):
     metadata: dict[str, str] = {}
 
 
+class TrainingSessionList(BaseModel):
+    data: list[TrainingSession]
+
+
 class FinishSessionRequest(StrictModel):
     reason: Literal["success", "errored", "interrupted"] = "success"
 
 
+NOT_NOTHING_TRAINED: dict[str, JsonValue] = {
+    "not": {
+        "properties": {p: {"const": False} for p in ("train_attn", "train_mlp", "train_unembed")},
+        "required": ["train_attn", "train_mlp", "train_unembed"],
+    }
+}
+
+
 class LoraSettings(StrictModel):
     """The adapter a training model trains (Tinker's `LoraConfig`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=NOT_NOTHING_TRAINED)
 
     rank: int = Field(32, ge=1, le=512)
     alpha: float = Field(32.0, gt=0.0, description="LoRA's scale is alpha / rank.")
@@ -63,9 +77,7 @@ class LoraSettings(StrictModel):
 
 
 class CreateTrainingModelRequest(StrictModel):
-    base_model: str | None = Field(
-        None, description="A registered base model; optional with `from_state` (its base)."
-    )
+    base_model: str = Field(description="A registered base model (with `from_state`: its base).")
     lora: LoraSettings | None = Field(
         None, description="Default: rank 32, every part trained; with `from_state`, its own."
     )
@@ -74,19 +86,11 @@ class CreateTrainingModelRequest(StrictModel):
         pattern=r"^ts-[0-9a-f]{16}:train:[0-9]{1,6}/(state|sampler)/[A-Za-z0-9][A-Za-z0-9._-]*$",
         description="Start from a saved state: `<training_model_id>/<kind>/<name>`.",
     )
-    with_optimizer: bool = Field(False, description="Restore the state's optimizer too.")
+    with_optimizer: bool = Field(False, description="With `from_state`: its optimizer too.")
     index: int | None = Field(
         None, ge=0, lt=1_000_000, description="The model's index in its session (default: next)."
     )
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
-
-    @model_validator(mode="after")
-    def _base_or_state(self) -> CreateTrainingModelRequest:
-        if self.base_model is None and self.from_state is None:
-            raise ValueError("give base_model, or from_state to start from a saved state")
-        if self.with_optimizer and self.from_state is None:
-            raise ValueError("with_optimizer needs from_state")
-        return self
 
 
 class TrainingModel(BaseModel):
