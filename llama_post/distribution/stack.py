@@ -121,6 +121,8 @@ class Stack:
                     checkpoints.start()
                     one = checkpoints
                 if api == Api.training_sessions:  # Tinker's training calls, over any provider
+                    if hasattr(one, "session_folders"):  # a local provider's
+                        locations.sessions.append(one)
                     one = TinkerSessions(one, impls[Api.models], lambda: impls.get(Api.inference))
                 impls[api] = guard(api, one)
             models.imports.files = impls.get(Api.files)  # archives uploaded through Files

@@ -105,13 +105,6 @@ class TinkerSessions:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
 
-    async def shutdown(self) -> None:
-        for task in self.futures.values():
-            task.cancel()
-        close = getattr(self.raw, "shutdown", None)
-        if close is not None:
-            await close()
-
     # -- sessions ------------------------------------------------------------------------------
 
     async def tinker_create_session(self, request: TinkerCreateSession) -> TinkerSessionCreated:
@@ -347,6 +340,7 @@ class TinkerSessions:
                 seed=None if params.seed is None else params.seed + i,  # samples differ
                 stop=texts or None,
                 stop_token_ids=ids or None,
+                ignore_eos=params.stop == [],  # Tinker's: [] disables every stop, EOS too
                 logprobs=0,
                 return_token_ids=True,
             )

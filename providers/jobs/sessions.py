@@ -331,6 +331,10 @@ class LocalSessions:
         meta.pop("lora")
         return SavedState.model_validate(meta)
 
+    def session_folders(self, session_id: str) -> list[Path]:
+        """Where a session's states lie (another owner may not name a path in it)."""
+        return [self.root / session_id]
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _live(self, training_model_id: str) -> Live:

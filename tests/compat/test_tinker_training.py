@@ -43,6 +43,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
         )
         model = seen["model_id"]
         session = model.split(":", 1)[0]
+        stolen = home / "training-sessions" / "sessions" / session / "0" / "sampler" / "s1"
+        assert (stolen / "adapter_model.safetensors").is_file()
         with httpx.Client(base_url=server.url, headers={"X-API-Key": bob}, timeout=60) as http:
             seen["bob"] = [
                 http.post("/api/v1/get_info", json={"model_id": model}).status_code,
@@ -55,6 +57,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
                 http.post(
                     "/api/v1/create_model",
                     json={"session_id": session, "model_seq_id": 5, "base_model": TINY},
+                ).status_code,
+                http.get(f"/v1/training-models/{model}/states/sampler/s1").status_code,
+                # nor the folder of the owner's sampler weights, named by its path
+                http.post(
+                    "/v1/models",
+                    json={
+                        "model_id": "bob/stolen",
+                        "source": {"type": "adapter", "path": str(stolen), "base_model": TINY},
+                    },
                 ).status_code,
             ]
     finally:
@@ -122,4 +133,4 @@ def test_sampling_from_saved_sampler_weights(trained: dict[str, Any]) -> None:
 def test_another_owner_is_refused_the_session(trained: dict[str, Any]) -> None:
     for refusal in trained["refused"].values():
         assert "404" in refusal or "NotFound" in refusal, trained["refused"]
-    assert trained["bob"] == [404] * 6, trained["bob"]
+    assert trained["bob"] == [404] * 8, trained["bob"]

@@ -204,6 +204,7 @@ def test_inspection_routes(server: Server) -> None:
         ("datasets", "inline::localfs"),
         ("inference", "inline::transformers"),
         ("post_training", "inline::peft"),
+        ("training_sessions", "inline::peft"),
     }
     assert httpx.get(f"{server.url}/v1/version").json()["version"]
     assert httpx.get(f"{server.url}/openapi.json").json()["openapi"] == "3.1.0"
