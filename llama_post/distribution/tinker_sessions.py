@@ -158,32 +158,14 @@ class TinkerSessions:
             lora_rank=model.lora.rank,
         )
 
+    # A call of a model's that takes its turn (a seq_id) is refused through its future, never at
+    # once: the SDK has spent the seq_id, and the model's next calls wait for it.
+
     async def tinker_forward_backward(self, request: TinkerForwardBackward) -> TinkerFuture:
         model_id = _model(request.model_id)
-        given = request.forward_backward_input
-        if given.loss_fn not in LOSSES:
-            raise InvalidRequestError(
-                f"loss_fn: {given.loss_fn!r} is not served here; use one of {', '.join(LOSSES)}",
-                param="loss_fn",
-            )
-        config = given.loss_fn_config or {}
-        text = [k for k, v in config.items() if isinstance(v, str)]
-        if text:
-            raise InvalidRequestError(
-                f"loss_fn_config.{text[0]}: {given.loss_fn} takes numbers only",
-                param=f"loss_fn_config.{text[0]}",
-            )
-        native = _native(
-            ForwardBackwardRequest,
-            "forward_backward_input",
-            data=[_datum(i, d) for i, d in enumerate(given.data)],
-            loss=given.loss_fn,
-            loss_config={k: float(v) for k, v in config.items()},
-            forward_only=request.forward_only,
-        )
 
         async def run() -> Answer:
-            done = await self.raw.forward_backward(model_id, native)
+            done = await self.raw.forward_backward(model_id, _forward_backward(request))
             outputs = [o.model_dump() for o in done.outputs]
             return encode_forward_backward_output(outputs, done.metrics), PROTOBUF
 
@@ -191,15 +173,15 @@ class TinkerSessions:
 
     async def tinker_optim_step(self, request: TinkerOptimStep) -> TinkerFuture:
         model_id = _model(request.model_id)
-        if request.optimizer_params is not None:
-            raise InvalidRequestError(
-                "optimizer_params: AdamW is the one optimizer served here; send adam_params",
-                param="optimizer_params",
-            )
-        given = request.adam_params.model_dump() if request.adam_params else {}
-        native = OptimStepRequest(adam=_native(AdamParams, "adam_params", **given))
 
         async def run() -> Answer:
+            if request.optimizer_params is not None:
+                raise InvalidRequestError(
+                    "optimizer_params: AdamW is the one optimizer served here; send adam_params",
+                    param="optimizer_params",
+                )
+            given = request.adam_params.model_dump() if request.adam_params else {}
+            native = OptimStepRequest(adam=_native(AdamParams, "adam_params", **given))
             done = await self.raw.optim_step(model_id, native)
             return _json({"metrics": done.metrics, "type": "optim_step"})
 
@@ -222,16 +204,12 @@ class TinkerSessions:
     ) -> TinkerFuture:
         model_id = _model(request.model_id)
         name = request.path or f"seq-{request.seq_id or 0:06d}"
-        native = _native(
-            SaveStateRequest,
-            "path",
-            name=name,
-            kind=KINDS[kind],
-            overwrite=request.overwrite,
-        )
         answer = "save_weights" if kind == "weights" else "save_weights_for_sampler"
 
         async def run() -> Answer:
+            native = _native(
+                SaveStateRequest, "path", name=name, kind=KINDS[kind], overwrite=request.overwrite
+            )
             await self.raw.save_state(model_id, native)
             path = f"tinker://{model_id}/{kind}/{name}"
             if sampling is not None:
@@ -423,6 +401,30 @@ class TinkerSessions:
                 async with turns.changed:
                     turns.next = max(turns.next, seq_id + 1)
                     turns.changed.notify_all()
+
+
+def _forward_backward(request: TinkerForwardBackward) -> ForwardBackwardRequest:
+    given = request.forward_backward_input
+    if given.loss_fn not in LOSSES:
+        raise InvalidRequestError(
+            f"loss_fn: {given.loss_fn!r} is not served here; use one of {', '.join(LOSSES)}",
+            param="loss_fn",
+        )
+    config = given.loss_fn_config or {}
+    text = [k for k, v in config.items() if isinstance(v, str)]
+    if text:
+        raise InvalidRequestError(
+            f"loss_fn_config.{text[0]}: {given.loss_fn} takes numbers only",
+            param=f"loss_fn_config.{text[0]}",
+        )
+    return _native(
+        ForwardBackwardRequest,
+        "forward_backward_input",
+        data=[_datum(i, d) for i, d in enumerate(given.data)],
+        loss=given.loss_fn,
+        loss_config={k: float(v) for k, v in config.items()},
+        forward_only=request.forward_only,
+    )
 
 
 def _datum(index: int, datum: TinkerDatum) -> Datum:
