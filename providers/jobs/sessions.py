@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import time
@@ -52,6 +53,10 @@ from providers.jobs.launch import die_with_parent
 
 log = logging.getLogger(__name__)
 WORKER = "providers.inline.post_training.peft.session_worker"
+# the ids that name folders: anything else names nothing
+SESSION = re.compile(r"ts-[0-9a-f]{16}")
+MODEL = re.compile(r"(ts-[0-9a-f]{16}):train:([0-9]{1,6})")
+STATE = re.compile(MODEL.pattern + r"/(state|sampler)/([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
 LOSS_INPUTS = {
     "cross_entropy": ("weights",),
     "importance_sampling": ("logprobs", "advantages"),
@@ -157,7 +162,7 @@ class LocalSessions:
         if session is not None:
             return session
         stored = self.root / session_id / "session.json"
-        if not stored.is_file():
+        if not SESSION.fullmatch(session_id) or not stored.is_file():
             raise NotFoundError(f"no training session {session_id!r}", param="session_id")
         # a session of an earlier run of the server: its workers are gone, its states kept
         found = TrainingSession.model_validate_json(stored.read_text())
@@ -339,7 +344,7 @@ class LocalSessions:
 
     def _live(self, training_model_id: str) -> Live:
         live = self.live.get(training_model_id)
-        if live is None:
+        if live is None and MODEL.fullmatch(training_model_id):
             session = training_model_id.split(":", 1)[0]
             stored = self.root / session / training_model_id.rsplit(":", 1)[-1] / "model.json"
             if stored.is_file():
@@ -348,6 +353,7 @@ class LocalSessions:
                     "the server restarted); create a model from one of its saved states",
                     param="training_model_id",
                 )
+        if live is None:
             raise NotFoundError(
                 f"no training model {training_model_id!r}", param="training_model_id"
             )
@@ -365,10 +371,12 @@ class LocalSessions:
             raise
 
     def _state_folder(self, reference: str, param: str = "from_state") -> Path:
-        model_id, kind, name = reference.split("/")
-        session, _, index = model_id.split(":")
-        folder = self.root / session / index / kind / name
-        if kind not in ("state", "sampler") or not (folder / "state.json").is_file():
+        found = STATE.fullmatch(reference)
+        folder = self.root / "-"  # names nothing
+        if found is not None:
+            session, index, kind, name = found.groups()
+            folder = self.root / session / index / kind / name
+        if not (folder / "state.json").is_file():
             raise NotFoundError(f"no saved state {reference!r}", param=param)
         return folder
 
