@@ -128,6 +128,7 @@ def test_sampling_from_saved_sampler_weights(trained: dict[str, Any]) -> None:
         assert 1 <= len(sample["tokens"]) <= 6 and sample["stop"] in ("stop", "length")
         assert len(sample["logprobs"]) == len(sample["tokens"])
         assert all(lp <= 0.0 for lp in sample["logprobs"])
+    assert len(trained["quick"]) == 4  # stop=[]: no end of sequence stops it
 
 
 def test_another_owner_is_refused_the_session(trained: dict[str, Any]) -> None:

@@ -87,6 +87,9 @@ def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
     prompt = types.ModelInput.from_ints(rows[0][:5])
     params = types.SamplingParams(max_tokens=6, temperature=1.0, seed=7)
     sampled = sampler.sample(prompt, num_samples=2, sampling_params=params).result()
+    quick = client.save_weights_and_get_sampling_client()  # as RL loops do, each step
+    greedy = types.SamplingParams(max_tokens=4, temperature=0.0, stop=[])
+    quickly = quick.sample(prompt, num_samples=1, sampling_params=greedy).result()
 
     other = tinker.ServiceClient(base_url=url, api_key=other_key)
     theirs = {
@@ -116,6 +119,7 @@ def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
             }
             for s in sampled.sequences
         ],
+        "quick": [int(t) for t in quickly.sequences[0].tokens],
         "refused": theirs,
         "state": state,
     }
