@@ -11,6 +11,7 @@ are protobuf, as the SDK reads them; the rest JSON. A saved state's Tinker path 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -73,6 +74,7 @@ M = TypeVar("M", bound=BaseModel)
 LOSSES = ("cross_entropy", "importance_sampling", "ppo")
 KINDS = {"weights": "state", "sampler_weights": "sampler"}
 POLL_SECONDS = 30.0  # under the SDK's 45 s per poll
+KEEP_SECONDS = 600.0  # how long a result is kept once it has been read
 TURN_WAIT = 60.0  # how long a call waits for an earlier seq_id that has not come
 CREATION = -1  # the key of a model's creation among its seq_ids
 Answer = tuple[bytes, str]  # a future's body and its media type
@@ -350,6 +352,9 @@ class TinkerSessions:
         done, _ = await asyncio.wait({task}, timeout=POLL_SECONDS)
         if done:
             body, media_type = task.result()
+            # kept a while for a poll the SDK sends again, then dropped (results can be large)
+            forget = functools.partial(self.futures.pop, request.request_id, None)
+            asyncio.get_running_loop().call_later(KEEP_SECONDS, forget)
         else:
             pending = {"type": "try_again", "request_id": request.request_id}
             body, media_type = _json({**pending, "queue_state": "active"})
