@@ -17,7 +17,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -283,7 +282,7 @@ class TinkerSessions:
             await self.models.get_model(served)
         except NotFoundError:
             source = AdapterSource(
-                type="adapter", path=Path(saved.path), base_model=saved.base_model
+                type="adapter", path=saved.path, base_model=saved.base_model
             )
             await self.models.register_model(RegisterModelRequest(model_id=served, source=source))
         self.samplers[sampler_id] = TinkerSampler(

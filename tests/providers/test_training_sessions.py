@@ -44,7 +44,7 @@ class OneModel:
             context_length=256,
             has_chat_template=False,
             weights=ModelWeights(path=str(folder)),
-            source=HuggingFaceSource(type="huggingface", path=folder),
+            source=HuggingFaceSource(type="huggingface", path=str(folder)),
         )
 
     async def get_model(self, model_id: str) -> Model:
