@@ -48,7 +48,7 @@ def refused(call: Any) -> str:
 
 def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
     service = tinker.ServiceClient(base_url=url, api_key=key)
-    client = service.create_lora_training_client(base_model=base_model, rank=4, seed=3)
+    client = service.create_lora_training_client(base_model=base_model, rank=4, seed=3).result()
     info = client.get_info()
     tokenizer = client.get_tokenizer()  # from the folder get_info names: no hub
     rows = [tokenizer.encode(t) for t in TEXTS]
@@ -61,10 +61,15 @@ def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
     # the uninterrupted client, and one made from the saved state with its optimizer
     resumed = service.create_training_client_from_state_with_optimizer(state).result()
     going_on = [step(client, data), loss(client, data)]
-    after = [step(resumed, data[:1], data[1:]), loss(resumed, data)]  # accumulated: 2 calls
+    after = [step(resumed, data), loss(resumed, data)]
+    # one more step each: the resumed client's gradients accumulated over two calls
+    step(client, data)
+    step(resumed, data[:1], data[1:])
+    accumulated = [loss(client, data), loss(resumed, data)]
 
-    # the RL losses, on the sampler's own log-probabilities: the ratio is 1
-    lp = [o["logprobs"].tolist() for o in first.loss_fn_outputs]
+    # the RL losses, on the model's own log-probabilities as the sampler's: the ratio is 1
+    now = client.forward(data, "cross_entropy").result()
+    lp = [o["logprobs"].tolist() for o in now.loss_fn_outputs]
     rl = {}
     for name in ("importance_sampling", "ppo"):
         rl_data = [
@@ -83,20 +88,20 @@ def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
     unknown = refused(lambda: client.forward(data, "dro").result())
 
     sampler_path = client.save_weights_for_sampler("s1").result().path
-    sampler = service.create_sampling_client(model_path=sampler_path)
+    sampler = service.create_sampling_client(model_path=sampler_path).result()
     prompt = types.ModelInput.from_ints(rows[0][:5])
     params = types.SamplingParams(max_tokens=6, temperature=1.0, seed=7)
     sampled = sampler.sample(prompt, num_samples=2, sampling_params=params).result()
-    quick = client.save_weights_and_get_sampling_client()  # as RL loops do, each step
+    quick = client.save_weights_and_get_sampling_client().result()  # as RL loops do
     greedy = types.SamplingParams(max_tokens=4, temperature=0.0, stop=[])
     quickly = quick.sample(prompt, num_samples=1, sampling_params=greedy).result()
 
     other = tinker.ServiceClient(base_url=url, api_key=other_key)
     theirs = {
         "state": refused(lambda: other.create_training_client_from_state(state).result()),
-        "sampler": refused(lambda: other.create_sampling_client(model_path=sampler_path)),
+        "sampler": refused(lambda: other.create_sampling_client(model_path=sampler_path).result()),
     }
-    service.close()
+    service.close("success", detail="the flow is done").result()
     return {
         "tinker": tinker.__version__,
         "model_id": info.model_id,
@@ -105,10 +110,11 @@ def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
         "rows": rows,
         "weights": weights,
         "first_loss": first.metrics["loss:sum"],
-        "first_logprobs": lp,
+        "first_logprobs": [o["logprobs"].tolist() for o in first.loss_fn_outputs],
         "losses": losses,
         "going_on": going_on,
         "after": after,
+        "accumulated": accumulated,
         "rl": rl,
         "unknown_loss": unknown,
         "samples": [
