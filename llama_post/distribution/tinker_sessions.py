@@ -269,8 +269,8 @@ class TinkerSessions:
         adapter model of the caller's, which inference serves over its base without reloading
         it."""
         if path is None:
-            if base_model is None:
-                raise InvalidRequestError("model_path: give it, or base_model", param="model_path")
+            if base_model is None:  # names no model to sample
+                raise NotFoundError("model_path: give it, or base_model", param="model_path")
             model = await self.models.get_model(base_model)
             self.samplers[sampler_id] = TinkerSampler(sampler_id=sampler_id, base_model=model.id)
             self.served[sampler_id] = model.id
