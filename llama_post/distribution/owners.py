@@ -71,6 +71,7 @@ BODY["register_model"] = [("model", lambda r: getattr(r.source, "base_model", No
 BODY["load_lora_adapter"] = [("model", lambda r: r.base_model)]
 BODY["unload_lora_adapter"] = [("model", lambda r: r.lora_name)]
 BODY["create_training_model"] = [("session", lambda r: r.from_state)]
+BODY["load_state"] = [("session", lambda r: r.from_state)]
 for _name in ("tinker_session_heartbeat", "tinker_create_model", "tinker_create_sampling_session"):
     BODY[_name] = [("session", lambda r: r.session_id)]
 for _name in (

@@ -31,6 +31,7 @@ from llama_post.apis.training_sessions import (
     FinishSessionRequest,
     ForwardBackwardRequest,
     InteractiveTraining,
+    LoadStateRequest,
     LoraSettings,
     OptimStepRequest,
     SaveStateRequest,
@@ -221,10 +222,12 @@ class TinkerSessions:
         return self._submit(_owner(model_id), model_id, request.seq_id, run)
 
     async def tinker_load_weights(self, request: TinkerLoadWeights) -> TinkerFuture:
+        if request.model_id is not None:  # into a training model (`load_state`), in its turn
+            return self._load_into(request, _model(request.model_id))
         if request.session_id is None or request.model_seq_id is None:
-            raise NotFoundError(  # an id names nothing: loading into a model is not served
+            raise NotFoundError(  # names no model to load into or to create
                 "session_id: name the session and model_seq_id of the training model to create "
-                "from the state (create_training_client_from_state)",
+                "from the state, or the model_id to load it into",
                 param="session_id",
             )
         session = _session(request.session_id)
@@ -246,6 +249,19 @@ class TinkerSessions:
             return _json(answer)
 
         return self._submit(session, model_id, None, load, once=CREATION)
+
+    def _load_into(self, request: TinkerLoadWeights, model_id: str) -> TinkerFuture:
+        async def load() -> Answer:
+            native = _native(
+                LoadStateRequest,
+                "path",
+                from_state=_reference(request.path),
+                with_optimizer=request.optimizer,
+            )
+            await self.raw.load_state(model_id, native)
+            return _json({"path": request.path, "model_id": model_id, "type": "load_weights"})
+
+        return self._submit(_owner(model_id), model_id, request.seq_id, load)
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -281,9 +297,7 @@ class TinkerSessions:
         try:
             await self.models.get_model(served)
         except NotFoundError:
-            source = AdapterSource(
-                type="adapter", path=saved.path, base_model=saved.base_model
-            )
+            source = AdapterSource(type="adapter", path=saved.path, base_model=saved.base_model)
             await self.models.register_model(RegisterModelRequest(model_id=served, source=source))
         self.samplers[sampler_id] = TinkerSampler(
             sampler_id=sampler_id, base_model=saved.base_model, model_path=path

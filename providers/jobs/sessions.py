@@ -32,6 +32,7 @@ from llama_post.apis.training_sessions import (
     FinishSessionRequest,
     ForwardBackwardRequest,
     ForwardBackwardResult,
+    LoadStateRequest,
     LoraSettings,
     OptimStepRequest,
     OptimStepResult,
@@ -329,6 +330,23 @@ class LocalSessions:
         meta = {**saved.model_dump(), "lora": live.record.lora.model_dump()}
         (target / "state.json").write_text(json.dumps(meta))
         return saved
+
+    async def load_state(self, training_model_id: str, request: LoadStateRequest) -> TrainingModel:
+        live = self._live(training_model_id)
+        folder = self._state_folder(request.from_state)
+        saved = json.loads((folder / "state.json").read_text())
+        if saved["base_model"] != live.record.base_model or saved["lora"] != (
+            live.record.lora.model_dump()
+        ):
+            raise InvalidRequestError(
+                f"from_state: the state was trained over {saved['base_model']!r} with other "
+                "adapter settings than this model's; create a model from it instead",
+                param="from_state",
+            )
+        optimizer = request.with_optimizer and saved["kind"] == "state"
+        done = await self._call(live, "load", folder=str(folder), optimizer=optimizer)
+        live.record.steps = done["steps"]
+        return live.record
 
     async def get_state(self, training_model_id: str, kind: str, name: str) -> SavedState:
         folder = self._state_folder(f"{training_model_id}/{kind}/{name}", "name")

@@ -19,6 +19,7 @@ from llama_post.apis.training_sessions import (
     Datum,
     FinishSessionRequest,
     ForwardBackwardRequest,
+    LoadStateRequest,
     LoraSettings,
     OptimStepRequest,
     SaveStateRequest,
@@ -131,5 +132,17 @@ async def _story(tmp_path: Path, tiny_model: Path) -> None:
             resumed.training_model_id, ForwardBackwardRequest(data=DATA, forward_only=True)
         )
         assert after.loss < before.loss
+        # and loaded into a live model again (Tinker's load_state), its optimizer's step with it
+        await second.optim_step(resumed.training_model_id, OptimStepRequest())
+        assert (await second.get_training_model(resumed.training_model_id)).steps == 2
+        loaded = await second.load_state(
+            resumed.training_model_id,
+            LoadStateRequest(from_state=saved.reference, with_optimizer=True),
+        )
+        assert loaded.steps == 1
+        again_after = await second.forward_backward(
+            resumed.training_model_id, ForwardBackwardRequest(data=DATA, forward_only=True)
+        )
+        assert again_after.loss == after.loss
     finally:
         await second.shutdown()

@@ -8,6 +8,7 @@ from llama_post.apis.training_sessions.models import (
     FinishSessionRequest,
     ForwardBackwardRequest,
     ForwardBackwardResult,
+    LoadStateRequest,
     OptimStepRequest,
     OptimStepResult,
     SavedState,
@@ -126,6 +127,13 @@ class InteractiveTraining(Protocol):
         self, training_model_id: TrainingModelId, request: SaveStateRequest
     ) -> SavedState:
         """Save the adapter as a PEFT folder (`state`: with the optimizer, to resume from)."""
+        ...
+
+    @webmethod(route="/v1/training-models/{training_model_id}/load", method="POST")
+    async def load_state(
+        self, training_model_id: TrainingModelId, request: LoadStateRequest
+    ) -> TrainingModel:
+        """Load a saved state's adapter (and optimizer) into a training model."""
         ...
 
     @webmethod(route="/v1/training-models/{training_model_id}/states/{kind}/{name}", method="GET")

@@ -163,6 +163,14 @@ class SaveStateRequest(StrictModel):
     overwrite: bool = False
 
 
+class LoadStateRequest(StrictModel):
+    from_state: str = Field(
+        pattern=r"^ts-[0-9a-f]{16}:train:[0-9]{1,6}/(state|sampler)/[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="A saved state of the same base and adapter settings.",
+    )
+    with_optimizer: bool = Field(False, description="Its optimizer too (a `state`'s).")
+
+
 class SavedState(BaseModel):
     training_model_id: str
     kind: StateKind
