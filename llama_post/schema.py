@@ -30,7 +30,7 @@ OPENAI_FINE_TUNING = "openai-fine-tuning"  # the openai SDK's `client.fine_tunin
 V0_2 = "llama-stack-v0.2"  # llama-stack-client 0.2.x: ids in the query or body, /v1/openai/v1
 V0_7 = "llama-stack-v0.7"  # llama-stack-client 0.7.0: /v1alpha post-training, /v1beta datasets
 VLLM = "vllm"  # vLLM's own routes beside its OpenAI ones: hot-loading LoRA adapters
-TINKER = "tinker"  # the tinker SDK's RestClient (/api/v1): training runs and their checkpoints
+TINKER = "tinker"  # the tinker SDK (/api/v1): runs, checkpoints, training and sampling sessions
 LLM_ENGINE = "llm-engine"  # Scale's scale-llm-engine client, under /llm-engine/v1: its own shapes
 
 
@@ -131,6 +131,15 @@ class MultipartRequest(StrictModel):
     """A request sent as multipart/form-data rather than JSON."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class ProtobufRequest(BaseModel):
+    """A request its client may send as protobuf (`application/x-protobuf`) rather than JSON:
+    the model turns the bytes into the JSON they stand for, which is then validated as any."""
+
+    @classmethod
+    def from_protobuf(cls, body: bytes) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 @dataclass

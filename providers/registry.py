@@ -49,6 +49,15 @@ REGISTRY = build_registry(
             description="LoRA and full fine-tuning with transformers + peft, in worker processes.",
         ),
         ProviderSpec(
+            api=Api.training_sessions,
+            provider_type="inline::peft",
+            config_class=peft.LocalSessionsConfig,
+            factory=peft.create_sessions,
+            deps=(Api.models,),
+            description="Interactive LoRA training (the caller's loop, Tinker's API): each "
+            "training model in a worker process with transformers + peft.",
+        ),
+        ProviderSpec(
             api=Api.post_training,
             provider_type="inline::torchtune",
             config_class=torchtune.TorchtunePostTrainingConfig,

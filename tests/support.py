@@ -77,7 +77,11 @@ def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dic
     if model is not None:
         inference = {
             "cache_dir": str(home / "cache"),
-            "model_dirs": [str(model.parent), str(home / "checkpoints")],
+            "model_dirs": [
+                str(model.parent),
+                str(home / "checkpoints"),
+                str(home / "training-sessions"),
+            ],
             # outputs are compared token for token with fp32 references (plain transformers,
             # peft, vLLM); bf16 serving has its own tests (tests/server/test_mixed_precision.py)
             "dtype": "float32",
@@ -91,6 +95,14 @@ def distribution(home: Path, model: Path | None = None, **overrides: Any) -> dic
         }
         config["providers"]["post_training"] = [
             {"provider_id": "peft", "provider_type": "inline::peft", "config": training}
+        ]
+        sessions = {
+            "storage_dir": str(home / "training-sessions"),
+            "torch_threads": 1,
+            **overrides.pop("training_sessions", {}),
+        }
+        config["providers"]["training_sessions"] = [
+            {"provider_id": "peft", "provider_type": "inline::peft", "config": sessions}
         ]
         config["providers"]["inference"] = [
             {

@@ -10,6 +10,7 @@ from llama_post.apis.inspect import Inspect
 from llama_post.apis.llm_engine import LLMEngine
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import PostTraining
+from llama_post.apis.training_sessions import TrainingSessions
 
 
 class Api(StrEnum):
@@ -21,6 +22,7 @@ class Api(StrEnum):
     inspect = "inspect"
     batches = "batches"
     llm_engine = "llm_engine"
+    training_sessions = "training_sessions"
 
 
 PROTOCOLS: dict[Api, type] = {
@@ -32,6 +34,7 @@ PROTOCOLS: dict[Api, type] = {
     Api.inspect: Inspect,
     Api.batches: Batches,
     Api.llm_engine: LLMEngine,
+    Api.training_sessions: TrainingSessions,
 }
 
 # APIs the stack implements itself; run.yaml names providers only for the others.

@@ -56,6 +56,11 @@ KINDS = {
     "fine_tuning_job_id": "job",
     "training_run_id": "job",
     "batch_id": "batch",
+    # a training session, and what lives in it: `<session>:train:<n>`, its saved states
+    # (`<session>:train:<n>/state/<name>`), its samplers and futures: owned as the session
+    "session_id": "session",
+    "training_model_id": "session",
+    "sampler_id": "session",
 }
 # how a route says that an id names nothing, where not as "no <kind> 'id'"
 MISSING = {
@@ -70,6 +75,26 @@ BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
 BODY["register_model"] = [("model", lambda r: getattr(r.source, "base_model", None))]
 BODY["load_lora_adapter"] = [("model", lambda r: r.base_model)]
 BODY["unload_lora_adapter"] = [("model", lambda r: r.lora_name)]
+BODY["create_training_model"] = [("session", lambda r: r.from_state)]
+BODY["load_state"] = [("session", lambda r: r.from_state)]
+for _name in ("tinker_session_heartbeat", "tinker_create_model", "tinker_create_sampling_session"):
+    BODY[_name] = [("session", lambda r: r.session_id)]
+for _name in (
+    "tinker_get_info",
+    "tinker_forward_backward",
+    "tinker_optim_step",
+    "tinker_save_weights",
+    "tinker_save_weights_for_sampler",
+):
+    BODY[_name] = [("session", lambda r: r.model_id)]
+BODY["tinker_load_weights"] = [
+    ("session", lambda r: r.session_id),
+    ("session", lambda r: r.model_id),
+    ("session", lambda r: tinker_run(r.path)),
+]
+BODY["tinker_create_sampling_session"].append(("session", lambda r: tinker_run(r.model_path)))
+BODY["tinker_retrieve_future"] = [("session", lambda r: r.request_id)]
+BODY["tinker_sample"] = [("session", lambda r: r.sampling_session_id)]
 # methods that change the model an id names, by the parameter or body field naming it; a published
 # model is readable by every key, and changed by its owner alone
 CHANGES: dict[str, tuple[str, Callable[[Any], str | None]]] = {
@@ -87,10 +112,18 @@ LISTS = {
     "list_datasets": ("data", "identifier", "dataset"),
     "list_models": ("data", "id", "model"),
     "list_jobs": ("data", "job_uuid", "job"),
+    "list_sessions": ("data", "session_id", "session"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
 # are cut from what the caller may see, never filtered after the implementation has cut them
 PAGED = {"list_files"}
+
+
+def tinker_run(path: str | None) -> str | None:
+    """The run (a training model) of a Tinker path, `tinker://<run>/<kind>/<name>`."""
+    if path is None or not path.startswith("tinker://"):
+        return None
+    return path.removeprefix("tinker://").split("/", 1)[0]
 
 
 class Owners:
@@ -112,6 +145,8 @@ class Owners:
             return True
         if kind == "checkpoint":
             return self.owns("job", id.split("/", 1)[0])
+        if kind == "session":  # a session's models, states, samplers and futures are its own
+            id = id.split("/", 1)[0].split(":", 1)[0]
         owner = self.owner_of(kind, id)
         return owner is None or owner == principal.owner
 

@@ -34,6 +34,7 @@ from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
+from llama_post.distribution.tinker_sessions import TinkerSessions
 from llama_post.distribution.worker_access import WorkerAccess
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError, NotFoundError
 from llama_post.routes import Route, all_routes, api_version
@@ -127,6 +128,10 @@ class Stack:
                     )
                     checkpoints.start()
                     one = checkpoints
+                if api == Api.training_sessions:  # Tinker's training calls, over any provider
+                    if hasattr(one, "session_folders"):  # a local provider's
+                        locations.sessions.append(one)
+                    one = TinkerSessions(one, impls[Api.models], lambda: impls.get(Api.inference))
                 impls[api] = guard(api, one)
             models.imports.files = impls.get(Api.files)  # archives uploaded through Files
             await models.restore(run.models)

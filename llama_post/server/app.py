@@ -40,7 +40,7 @@ from llama_post.errors import (
 )
 from llama_post.openapi.generator import build_spec
 from llama_post.routes import Dispatcher, Route
-from llama_post.schema import LLM_ENGINE, TINKER, FileContent, UploadedFile
+from llama_post.schema import LLM_ENGINE, TINKER, FileContent, ProtobufRequest, UploadedFile
 from llama_post.server.auth import AuthMiddleware
 from llama_post.server.errors import error_response
 from llama_post.server.observe import RequestMiddleware, envelope
@@ -50,6 +50,7 @@ log = logging.getLogger("llama_post.server")
 
 MAX_JSON_BODY = 64 << 20
 FORM_KEY = re.compile(r"([A-Za-z_]\w*)\[([A-Za-z_]\w*)\]")  # an object's field in a form
+PROTOBUF = "application/x-protobuf"
 
 
 def create_app(
@@ -145,6 +146,10 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
         form = None
         if route.request_kind == "multipart":
             form, data = await _read_form(request)
+        elif route.request_kind == "json" and _is_protobuf(route, request):
+            model = route.request_model
+            assert model is not None and issubclass(model, ProtobufRequest)
+            data = model.from_protobuf(await _read_body(request, MAX_JSON_BODY))
         elif route.request_kind == "json":
             data = await _read_json(request)
         elif route.request_kind == "query":
@@ -164,6 +169,13 @@ def _endpoint(route: Route, call: Callable[..., Awaitable[Any]]) -> Callable[[Re
         return _respond(route, result, done_marker=done_marker)
 
     return endpoint
+
+
+def _is_protobuf(route: Route, request: Request) -> bool:
+    """A body sent as protobuf to a route whose request model reads it (Tinker's SDK)."""
+    model = route.request_model
+    sent = request.headers.get("content-type", "").split(";")[0].strip()
+    return sent == PROTOBUF and model is not None and issubclass(model, ProtobufRequest)
 
 
 async def _read_json(request: Request) -> Any:

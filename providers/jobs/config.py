@@ -70,3 +70,19 @@ class LocalJobsConfig(StrictModel):
     @classmethod
     def _every_phase(cls, given: dict[Phase, float]) -> dict[Phase, float]:
         return {**STALL_DEFAULTS, **given}  # the phases it leaves out keep their defaults
+
+
+class LocalSessionsConfig(StrictModel):
+    """Interactive training sessions: each training model in a worker process of its own."""
+
+    storage_dir: UserPath = Field(description="Sessions, their models' logs and saved states.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="Per worker; torch's default.")
+    max_live_models: int = Field(
+        4, ge=1, le=256, description="Workers alive at once; a model past them is refused (429)."
+    )
+    session_timeout_seconds: float = Field(
+        600.0,
+        ge=5,
+        description="A session not heard from (a heartbeat or a call) for this long is finished.",
+    )

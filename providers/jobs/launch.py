@@ -79,7 +79,9 @@ class Launch:
             command = torchrun_command(torchrun, command, job_uuid)
         if self.forks is not None and command[:2] == [sys.executable, "-m"]:
             try:
-                forked = await self.forks.fork(command, _worker_env(name, None), str(folder.log))
+                forked = await self.forks.fork(
+                    command, _worker_env(name, None) | (env or {}), str(folder.log)
+                )
             except (OSError, RuntimeError) as exc:  # started the usual way instead
                 log.warning("job %s: no worker forked (%s); starting one", job_uuid, exc)
             else:
@@ -92,7 +94,7 @@ class Launch:
                     stdout=log_file,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                     env=_worker_env(name, torchrun) | (env or {}),
                 )
             resources["worker_pid"] = proc.pid
@@ -271,7 +273,7 @@ def send(proc: Worker, sig: int) -> None:
             proc.send_signal(sig)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the worker, before exec: be killed when the server dies, however it dies."""
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

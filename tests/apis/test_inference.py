@@ -175,3 +175,23 @@ def test_bad_requests(api: Driver) -> None:
     assert unsupported.status == 422 and unsupported.error["param"] == "tools"
     bad_role = chat(api, messages=[{"role": "wizard", "content": "hi"}])
     assert bad_role.status == 422 and bad_role.error["param"] == "messages[0].role"
+
+
+def test_a_prompt_of_token_ids_and_the_ids_sampled(api: Driver, tokenizer: Any) -> None:
+    """As vLLM's: `prompt` as token ids, `return_token_ids`, `stop_token_ids` (Tinker's
+    sampling is served this way)."""
+    text = complete(api, max_tokens=6, temperature=0, return_token_ids=True).body["choices"][0]
+    ids = tokenizer("Once upon", add_special_tokens=False)["input_ids"]
+    same = complete(
+        api, prompt=ids, max_tokens=6, temperature=0, return_token_ids=True, logprobs=0
+    ).body["choices"][0]
+    assert same["text"] == text["text"] and same["token_ids"] == text["token_ids"]
+    assert len(same["logprobs"]["token_logprobs"]) == len(same["token_ids"]) == 6
+    stop = same["token_ids"][2]
+    stopped = complete(
+        api, prompt=ids, max_tokens=6, temperature=0, return_token_ids=True, stop_token_ids=[stop]
+    ).body["choices"][0]
+    assert stopped["token_ids"] == same["token_ids"][: same["token_ids"].index(stop) + 1]
+    assert stopped["finish_reason"] == "stop"
+    refused = complete(api, prompt=[10**9], max_tokens=2)
+    assert refused.status == 400 and "vocabulary" in refused.error["message"], refused.body

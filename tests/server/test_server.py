@@ -204,6 +204,7 @@ def test_inspection_routes(server: Server) -> None:
         ("datasets", "inline::localfs"),
         ("inference", "inline::transformers"),
         ("post_training", "inline::peft"),
+        ("training_sessions", "inline::peft"),
     }
     # Llama Stack's Providers API: the same providers, each with its health
     listed = httpx.get(f"{server.url}/v1/providers").json()["data"]

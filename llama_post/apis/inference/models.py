@@ -116,9 +116,18 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: Text | Annotated[list[Text], Field(min_length=1)]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] | TokenIds = Field(
+        description="A text, several, or one prompt as token ids (as OpenAI's and vLLM's)."
+    )
     logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token.")
+    return_token_ids: bool = Field(False, description="Each choice's `token_ids` (as vLLM's).")
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, max_length=64, description="Tokens that end the output, kept in it (as vLLM's)."
+    )
 
 
 class Usage(BaseModel):
@@ -201,6 +210,7 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: FinishReason | None = None
     logprobs: CompletionLogprobs | None = None
+    token_ids: list[int] | None = Field(None, description="With `return_token_ids`.")
 
 
 class Completion(BaseModel):

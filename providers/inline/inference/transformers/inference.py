@@ -4,6 +4,7 @@ LoRA adapters served over their base without loading it again."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -327,14 +328,13 @@ class TransformersInference:
         self, request: CompletionRequest
     ) -> Completion | AsyncIterator[Completion]:
         target = self._target(request.model)
-        prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        if not prompts:
-            raise InvalidRequestError("prompt: give at least one prompt", param="prompt")
         guides = await self._guides(request, target)
         streams = []
-        for i, text in enumerate(prompts):
-            ids = self._encode(target, text, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
+        for ids in self._prompts(target, request.prompt):
             params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
+            if request.stop_token_ids:
+                stops = params.eos_ids | frozenset(request.stop_token_ids)
+                params = dataclasses.replace(params, eos_ids=stops)
             streams.append(
                 target.base.engine.generate(ids, params, target.adapter, target.model_id, guides())
             )
@@ -416,6 +416,24 @@ class TransformersInference:
             turns, add_generation_prompt=turns[-1]["role"] != "assistant", tokenize=False
         )
         return self._encode(target, text, field)
+
+    def _prompts(self, target: Target, prompt: str | list[str] | list[int]) -> list[list[int]]:
+        """A completion's prompts as token ids: one text, several, or one given as ids."""
+        if isinstance(prompt, str):
+            return [self._encode(target, prompt, "prompt")]
+        if all(isinstance(p, int) for p in prompt):
+            vocab = target.base.engine.vocab
+            if any(p >= vocab for p in prompt):  # type: ignore[operator]
+                raise InvalidRequestError(
+                    f"prompt: a token id is not in the model's vocabulary of {vocab}",
+                    param="prompt",
+                )
+            return [list(prompt)]  # type: ignore[arg-type]
+        many = len(prompt) > 1
+        return [
+            self._encode(target, str(text), f"prompt[{i}]" if many else "prompt")
+            for i, text in enumerate(prompt)
+        ]
 
     def _encode(self, target: Target, text: str, field: str) -> list[int]:
         ids: list[int] = target.base.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -537,12 +555,14 @@ def _completion(
     request: SamplingFields, results: list[tuple[int, str, list[TokenInfo], Event]]
 ) -> Completion:
     want = getattr(request, "logprobs", None) is not None
+    ids = getattr(request, "return_token_ids", False)
     choices = [
         CompletionChoice(
             index=i,
             text=text,
             finish_reason=last.finish_reason,
             logprobs=_completion_logprobs(tokens, 0) if want else None,
+            token_ids=[t.id for t in tokens] if ids else None,
         )
         for i, text, tokens, last in results
     ]

@@ -1,0 +1,138 @@
+"""The official tinker SDK (0.38.0, in its own environment) trains and samples through
+llama-post's training sessions (`tinker_training_flow.py`): its numbers are checked here against
+transformers' own, and another owner's key against the owner's session."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from tests.compat.envs import client_python, run_flow
+from tests.support import TINY, Server, distribution
+
+
+def _key(config: Path, owner: str) -> str:
+    made = subprocess.run(
+        [sys.executable, "-m", "llama_post", "keys", "create", "--owner", owner, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return made.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[str, Any]:
+    """The flow's report, and what another owner's key got from the owner's session."""
+    python = client_python("tinker-0.38")
+    home = tmp_path_factory.mktemp("tinker-training")
+    server = Server(distribution(home, tiny_model) | {"auth": {"enabled": True}}, home)
+    alice, bob = _key(server.config, "alice"), _key(server.config, "bob")
+    server.start(timeout=60)
+    try:
+        seen: dict[str, Any] = json.loads(
+            run_flow(python, "tinker_training_flow.py", server.url, alice, bob, TINY, timeout=400)
+        )
+        model = seen["model_id"]
+        session = model.split(":", 1)[0]
+        stolen = home / "training-sessions" / "sessions" / session / "0" / "sampler" / "s1"
+        assert (stolen / "adapter_model.safetensors").is_file()
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": bob}, timeout=60) as http:
+            seen["bob"] = [
+                http.post("/api/v1/get_info", json={"model_id": model}).status_code,
+                http.post("/api/v1/optim_step", json={"model_id": model, "seq_id": 99}).status_code,
+                http.post(
+                    "/api/v1/retrieve_future", json={"request_id": f"{session}:req:0"}
+                ).status_code,
+                http.get(f"/v1/training-sessions/{session}").status_code,
+                http.post(f"/v1/training-models/{model}/optim-step", json={}).status_code,
+                http.post(
+                    "/api/v1/create_model",
+                    json={"session_id": session, "model_seq_id": 5, "base_model": TINY},
+                ).status_code,
+                http.get(f"/v1/training-models/{model}/states/sampler/s1").status_code,
+                # nor the folder of the owner's sampler weights, named by its path
+                http.post(
+                    "/v1/models",
+                    json={
+                        "model_id": "bob/stolen",
+                        "source": {"type": "adapter", "path": str(stolen), "base_model": TINY},
+                    },
+                ).status_code,
+            ]
+    finally:
+        server.stop()
+    return seen
+
+
+def _reference(model_dir: Path, rows: list[list[int]], weights: list[list[float]]) -> Any:
+    """Each row's per-token log-probabilities of its targets, and the weighted cross-entropy
+    summed over all rows, computed with transformers in this process (float32)."""
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    logprobs, total = [], 0.0
+    with torch.no_grad():
+        for tokens, w in zip(rows, weights, strict=True):
+            logits = model(torch.tensor([tokens[:-1]])).logits[0].float()
+            lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
+            logprobs.append(lp.tolist())
+            total += float(-(lp * torch.tensor(w[1:])).sum())
+    return logprobs, total
+
+
+def test_the_first_forward_is_transformers_cross_entropy(
+    trained: dict[str, Any], tiny_model: Path
+) -> None:
+    assert trained["tinker"] == "0.38.0"
+    assert trained["tokenizer_id"] == str(tiny_model) and trained["lora_rank"] == 4
+    logprobs, loss = _reference(tiny_model, trained["rows"], trained["weights"])
+    assert abs(trained["first_loss"] - loss) < 1e-4, (trained["first_loss"], loss)
+    for mine, theirs in zip(trained["first_logprobs"], logprobs, strict=True):
+        assert max(abs(a - b) for a, b in zip(mine, theirs, strict=True)) < 1e-4
+
+
+def test_steps_lower_the_loss_and_a_saved_state_goes_on_alike(trained: dict[str, Any]) -> None:
+    losses = trained["losses"]
+    assert losses[2] < losses[1] < losses[0], losses
+    # the next step's loss and the loss after it, from the client that never stopped and from
+    # one made from the state saved with its optimizer: the same numbers
+    assert trained["going_on"] == trained["after"], (trained["going_on"], trained["after"])
+    assert trained["going_on"][1] < losses[0]
+    # then a step over one batch, and one over its halves in two forward_backward calls
+    # (the gradients accumulated): the same step, up to the float sums' order
+    full, halves = trained["accumulated"]
+    assert abs(full - halves) <= 1e-5 * abs(full), trained["accumulated"]
+
+
+def test_rl_losses_and_a_refused_one(trained: dict[str, Any]) -> None:
+    targets = sum(len(r) - 1 for r in trained["rows"])
+    # on the sampler's own log-probabilities the ratio is 1 (and within ppo's clip): -sum(A)
+    for name in ("importance_sampling", "ppo"):
+        assert abs(trained["rl"][name] + targets) < 1e-3, trained["rl"]
+    assert "'dro' is not served" in trained["unknown_loss"], trained["unknown_loss"]
+
+
+def test_sampling_from_saved_sampler_weights(trained: dict[str, Any]) -> None:
+    samples = trained["samples"]
+    assert len(samples) == 2
+    for sample in samples:
+        assert 1 <= len(sample["tokens"]) <= 6 and sample["stop"] in ("stop", "length")
+        assert len(sample["logprobs"]) == len(sample["tokens"])
+        assert all(lp <= 0.0 for lp in sample["logprobs"])
+    assert len(trained["quick"]) == 4  # stop=[]: no end of sequence stops it
+
+
+def test_another_owner_is_refused_the_session(trained: dict[str, Any]) -> None:
+    for refusal in trained["refused"].values():
+        assert "404" in refusal or "NotFound" in refusal, trained["refused"]
+    assert trained["bob"] == [404] * 8, trained["bob"]
