@@ -56,6 +56,7 @@ KINDS = {
     "fine_tuning_job_id": "job",
     "training_run_id": "job",
     "batch_id": "batch",
+    "export_id": "export",
 }
 # ids a request body names, by method: (kind, how to read it)
 BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
@@ -63,6 +64,8 @@ BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
     for name in ("chat_completion", "completion", "batch_chat_completion", "batch_completion")
 }
 BODY["register_model"] = [("model", lambda r: getattr(r.source, "base_model", None))]
+for name in ("merge_adapter", "export_model"):  # what a merge or export reads
+    BODY[name] = [("model", lambda r: r.model), ("checkpoint", lambda r: r.checkpoint)]
 BODY["load_lora_adapter"] = [("model", lambda r: r.base_model)]
 BODY["unload_lora_adapter"] = [("model", lambda r: r.lora_name)]
 # methods that change the model an id names, by the parameter or body field naming it; a published
@@ -82,6 +85,7 @@ LISTS = {
     "list_datasets": ("data", "identifier", "dataset"),
     "list_models": ("data", "id", "model"),
     "list_jobs": ("data", "job_uuid", "job"),
+    "list_exports": ("data", "export_id", "export"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
 # are cut from what the caller may see, never filtered after the implementation has cut them
@@ -219,7 +223,8 @@ class Guarded:
             request = bound.get("request")
             if request is not None:
                 for kind, read in body:
-                    owners.check(kind, read(request), "model")
+                    field = "checkpoint" if kind == "checkpoint" else "model"
+                    owners.check(kind, read(request), field)
             if change is not None:
                 param, changed = change
                 owners.check_change("model", changed(bound), param)

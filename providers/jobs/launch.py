@@ -74,7 +74,7 @@ class Launch:
                     stdout=log_file,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                     env=_worker_env(name, torchrun),
                 )
             resources["worker_pid"] = proc.pid
@@ -251,7 +251,7 @@ def send(proc: Worker, sig: int) -> None:
             proc.send_signal(sig)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the worker, before exec: be killed when the server dies, however it dies."""
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -6,6 +6,13 @@ from typing import Annotated, Protocol
 
 from pydantic import Field
 
+from llama_post.apis.post_training.exports import (
+    ExportId,
+    ExportJob,
+    ExportRequest,
+    ListExportsResponse,
+    MergeRequest,
+)
 from llama_post.apis.post_training.graders import (
     GraderRunRequest,
     GraderRunResponse,
@@ -189,6 +196,49 @@ class PostTrainingJobs(Protocol):
     ) -> FileContent:
         """The checkpoint's folder as a tar.gz, streamed, its sha256 in `x-llama-post-sha256` and
         its size in `content-length` (what `POST /v1/models` registers from an archive)."""
+        ...
+
+    @creates(export_id="/export_id", model_id="/model_id")
+    @webmethod(route="/v1/post-training/merge", method="POST")
+    async def merge_adapter(self, request: MergeRequest) -> ExportJob:
+        """Merge a LoRA adapter into its base as a plain Hugging Face folder (a job).
+
+        The adapter is a model (`ft/<job>`, any adapter) or a job's checkpoint; the merged
+        folder is registered as `model_id` once the job completes, and downloads as a tar.gz.
+        """
+        ...
+
+    @creates(export_id="/export_id")
+    @webmethod(route="/v1/post-training/export", method="POST")
+    async def export_model(self, request: ExportRequest) -> ExportJob:
+        """Write a model as one GGUF file, unquantized or quantized (a job).
+
+        A base model, an adapter (merged into its base first) or a job's checkpoint; the file
+        carries the tokenizer and chat template llama.cpp reads. Download it once it completes.
+        """
+        ...
+
+    @webmethod(route="/v1/post-training/exports", method="GET")
+    async def list_exports(self) -> ListExportsResponse:
+        """Merge and export jobs, oldest first."""
+        ...
+
+    @webmethod(route="/v1/post-training/exports/{export_id}", method="GET")
+    async def get_export(self, export_id: ExportId) -> ExportJob:
+        """A merge or export job: its status and what it made."""
+        ...
+
+    @webmethod(route="/v1/post-training/exports/{export_id}/cancel", method="POST")
+    async def cancel_export(self, export_id: ExportId) -> ExportJob:
+        """Stop a merge or export job; 409 once it has ended."""
+        ...
+
+    @webmethod(route="/v1/post-training/exports/{export_id}/download", method="GET")
+    async def export_download(self, export_id: ExportId) -> FileContent:
+        """What a completed merge or export made: the GGUF file, or the merged folder as a tar.gz.
+
+        Its sha256 is in `x-llama-post-sha256`, its size in `content-length`.
+        """
         ...
 
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:

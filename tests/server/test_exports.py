@@ -1,0 +1,166 @@
+"""Merge and export jobs on the tiny model, over one server for the module: a LoRA job's adapter
+merged into its base answers as the adapter served unmerged does, token for token; its GGUF
+export read back through transformers' GGUF reader (the inference provider's `gguf` source)
+answers the same; quantized exports are GGUF files whose tensors have the types asked for."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import TINY, Server, distribution, wait_for_job
+
+ROWS = [
+    {"prompt": f"Question {i}: what is a blorp?", "completion": "A blorp is a small blue fish."}
+    for i in range(8)
+]
+PROMPTS = ["Question 1: what is a blorp?", "The blorp", "Once upon a time"]
+JOB = "export-source"
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[httpx.Client]:
+    """A server with a finished LoRA job (`ft/export-source`) to merge and export."""
+    home = tmp_path_factory.mktemp("exports")
+    server = Server(distribution(home, tiny_model), home).start()
+    client = httpx.Client(base_url=server.url, timeout=60)
+    try:
+        rows = {"type": "rows", "rows": ROWS}
+        made = client.post(
+            "/v1/datasets", json={"dataset_id": "blorps", "purpose": "instruct", "source": rows}
+        )
+        assert made.status_code == 200, made.text
+        body = {
+            "job_uuid": JOB,
+            "model": TINY,
+            "training_config": {
+                "n_epochs": 2,
+                "data_config": {"dataset_id": "blorps", "batch_size": 4},
+                "optimizer_config": {"lr": 2e-2},
+            },
+            "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
+        }
+        made = client.post("/v1/post-training/supervised-fine-tune", json=body)
+        assert made.status_code == 200, made.text
+        assert wait_for_job(client, JOB)["status"] == "completed"
+        yield client
+    finally:
+        client.close()
+        server.stop()
+
+
+def finished(http: httpx.Client, export_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = http.get(f"/v1/post-training/exports/{export_id}").json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            assert job["status"] == "completed", job
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def greedy(http: httpx.Client, model: str, prompt: str) -> list[str]:
+    answer = http.post(
+        "/v1/completions",
+        json={"model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 1},
+    )
+    assert answer.status_code == 200, answer.text
+    tokens: list[str] = answer.json()["choices"][0]["logprobs"]["tokens"]
+    return tokens
+
+
+def test_a_merged_adapter_answers_as_the_adapter_does(http: httpx.Client) -> None:
+    body = {"model": f"ft/{JOB}", "export_id": "merge-ft"}
+    made = http.post("/v1/post-training/merge", json=body)
+    assert made.status_code == 200, made.text
+    assert made.json()["model_id"] == "merged/merge-ft"
+    job = finished(http, "merge-ft")
+    merged = http.get("/v1/models/merged/merge-ft").json()
+    assert merged["kind"] == "base" and merged["has_chat_template"]
+    for prompt in PROMPTS:
+        assert greedy(http, "merged/merge-ft", prompt) == greedy(http, f"ft/{JOB}", prompt)
+    assert greedy(http, TINY, PROMPTS[0]) != greedy(http, f"ft/{JOB}", PROMPTS[0])  # it learnt
+
+    download = http.get("/v1/post-training/exports/merge-ft/download")
+    assert download.status_code == 200
+    assert hashlib.sha256(download.content).hexdigest() == download.headers["x-llama-post-sha256"]
+    with tarfile.open(fileobj=io.BytesIO(download.content)) as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json"} <= names
+    assert job["filename"] == "merge-ft.tar.gz" and job["size_bytes"] > 0
+
+
+def test_the_f16_gguf_reads_back_through_transformers_with_the_same_answers(
+    http: httpx.Client,
+) -> None:
+    made = http.post(
+        "/v1/post-training/export",
+        json={"model": f"ft/{JOB}", "outtype": "f16", "export_id": "gguf-f16"},
+    )
+    assert made.status_code == 200, made.text
+    job = finished(http, "gguf-f16")
+    assert job["filename"] == f"ft-{JOB}-f16.gguf"
+    download = http.get("/v1/post-training/exports/gguf-f16/download")
+    assert hashlib.sha256(download.content).hexdigest() == job["sha256"]
+    assert download.content[:4] == b"GGUF"
+    registered = http.post(
+        "/v1/models",
+        json={"model_id": "gguf/f16", "source": {"type": "gguf", "path": job["path"]}},
+    )
+    assert registered.status_code == 200, registered.text
+    for prompt in PROMPTS:
+        assert greedy(http, "gguf/f16", prompt) == greedy(http, f"ft/{JOB}", prompt)
+
+
+def test_quantized_exports_hold_the_types_asked_for(http: httpx.Client) -> None:
+    import gguf
+
+    checkpoint = http.get(f"/v1/post-training/jobs/{JOB}").json()["checkpoints"][-1]["identifier"]
+    for outtype in ("q8_0", "q4_0", "bf16"):
+        made = http.post(
+            "/v1/post-training/export",
+            json={"checkpoint": checkpoint, "outtype": outtype, "export_id": f"gguf-{outtype}"},
+        )
+        assert made.status_code == 200, made.text
+    expected = {"q8_0": ("Q8_0", "Q8_0"), "q4_0": ("Q4_0", "Q8_0"), "bf16": ("BF16", "BF16")}
+    for outtype, (layers, embedding) in expected.items():
+        reader = gguf.GGUFReader(finished(http, f"gguf-{outtype}")["path"])
+        types = {t.name: t.tensor_type.name for t in reader.tensors}
+        assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_down.weight"] == layers
+        assert types["token_embd.weight"] == embedding
+        assert types["blk.0.attn_norm.weight"] == "F32"
+        assert "output.weight" not in types  # tied to the embedding, as in the model
+        fields = reader.fields
+        assert fields["general.architecture"].contents() == "llama"
+        assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+        assert fields["tokenizer.ggml.pre"].contents() == "smollm"
+        assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
+        assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
+        assert len(fields["tokenizer.ggml.merges"].data) > 40000
+
+
+def test_what_cannot_be_merged_or_exported_is_refused_by_name(http: httpx.Client) -> None:
+    def refused(route: str, body: dict[str, Any]) -> tuple[int, str | None]:
+        answer = http.post(f"/v1/post-training/{route}", json=body)
+        return answer.status_code, answer.json()["error"].get("param")
+
+    assert refused("merge", {"model": TINY}) == (400, "model")  # a base: nothing to merge
+    assert refused("merge", {}) == (400, "model")
+    assert refused("export", {"model": TINY, "checkpoint": f"{JOB}/step-000004"}) == (400, "model")
+    assert refused("export", {"model": "nothing/here"})[0] == 404
+    assert refused("export", {"checkpoint": f"{JOB}/step-000099"}) == (404, "checkpoint")
+    assert refused("export", {"model": TINY, "outtype": "q3_k"})[0] == 422
+    assert refused("merge", {"model": f"ft/{JOB}", "model_id": TINY}) == (409, "model_id")
+    assert refused("merge", {"model": f"ft/{JOB}", "export_id": JOB}) == (409, "export_id")
+    assert http.post("/v1/post-training/exports/nothing-here/cancel").status_code == 404
+    listed = [e["export_id"] for e in http.get("/v1/post-training/exports").json()["data"]]
+    assert "merge-ft" in listed
