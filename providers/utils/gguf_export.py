@@ -144,7 +144,22 @@ def _tokenizer(writer: Any, folder: Path, config: dict[str, Any]) -> None:
     if scores:
         writer.add_token_scores(scores + [0.0] * (vocab_size - len(scores)))
     special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=vocab_size)
+    # whether BOS and EOS are added as the tokenizer itself adds them (a reader that is not
+    # told assumes its own default, which may differ)
+    special.add_special_token |= _adds_bos_eos(folder)
     special.add_to_gguf(writer, quiet=True)
+
+
+def _adds_bos_eos(folder: Path) -> dict[str, bool]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    ids = tokenizer("a")["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return {
+        "bos": bos is not None and ids[:1] == [bos],
+        "eos": eos is not None and ids[-1:] == [eos],
+    }
 
 
 def _byte_level(spec: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from providers.utils.gguf_export import _pre_tokenizer
 from tests.support import TINY, Server, distribution, wait_for_job
 
 ROWS = [
@@ -99,6 +100,14 @@ def test_a_merged_adapter_answers_as_the_adapter_does(http: httpx.Client) -> Non
     assert job["filename"] == "merge-ft.tar.gz" and job["size_bytes"] > 0
 
 
+def test_a_models_page_offers_a_download_per_format(http: httpx.Client) -> None:
+    page = http.get(f"/ui/models/ft/{JOB}").text
+    assert 'data-kind="merge"' in page  # an adapter: merged weights too
+    for outtype in ("f16", "q8_0", "q4_0"):
+        assert f'data-outtype="{outtype}"' in page
+    assert 'data-kind="merge"' not in http.get(f"/ui/models/{TINY}").text
+
+
 def test_the_f16_gguf_reads_back_through_transformers_with_the_same_answers(
     http: httpx.Client,
 ) -> None:
@@ -142,7 +151,10 @@ def test_quantized_exports_hold_the_types_asked_for(http: httpx.Client) -> None:
         fields = reader.fields
         assert fields["general.architecture"].contents() == "llama"
         assert fields["tokenizer.ggml.model"].contents() == "gpt2"
-        assert fields["tokenizer.ggml.pre"].contents() == "smollm"
+        # the tiny model's tokenizer, rebuilt by transformers from SmolLM2's GGUF, splits text
+        # as GPT-2's does (SmolLM2's own tokenizer.json is "smollm": digits one by one)
+        assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+        assert fields["tokenizer.ggml.add_bos_token"].contents() is False
         assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
         assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
         assert len(fields["tokenizer.ggml.merges"].data) > 40000
@@ -164,3 +176,12 @@ def test_what_cannot_be_merged_or_exported_is_refused_by_name(http: httpx.Client
     assert http.post("/v1/post-training/exports/nothing-here/cancel").status_code == 404
     listed = [e["export_id"] for e in http.get("/v1/post-training/exports").json()["data"]]
     assert "merge-ft" in listed
+
+
+def test_a_byte_level_pre_tokenizer_is_named_as_llama_cpp_knows_it() -> None:
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    digits = {"type": "Digits", "individual_digits": True}
+    smollm = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [digits, byte_level]}}
+    assert _pre_tokenizer(smollm) == "smollm"  # SmolLM2's own tokenizer.json
+    assert _pre_tokenizer({"pre_tokenizer": byte_level}) == "gpt-2"
+    assert _pre_tokenizer({"pre_tokenizer": {"type": "Metaspace"}}) == "default"
