@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from providers.jobs.folder import EXIT_CANCELLED, Heartbeat, write_json_atomic
+from providers.jobs.folder import EXIT_CANCELLED, write_json_atomic
 from providers.utils.gguf_export import write_gguf
 
 
@@ -45,8 +45,6 @@ def digest(path: Path) -> str:
 
 def run(folder: Path) -> None:
     spec = json.loads((folder / "export.json").read_text())
-    beat = Heartbeat(folder / "heartbeat.json")
-    beat("loading")
     base = Path(spec["base_folder"])
     adapter = Path(spec["adapter_folder"]) if spec.get("adapter_folder") else None
     target = Path(spec["target"])
@@ -70,8 +68,7 @@ def run(folder: Path) -> None:
                 source = Path(scratch) / "merged"
                 merge(base, adapter, source)
             print(f"writing {target.name} ({spec['outtype']})", flush=True)
-            beat("saving")
-            write_gguf(source, staging, spec["outtype"], spec["name"], lambda: beat("saving"))
+            write_gguf(source, staging, spec["outtype"], spec["name"])
         staging.replace(target)
         result = {"size_bytes": target.stat().st_size, "sha256": digest(target)}
     write_json_atomic(folder / "result.json", result)

@@ -2,8 +2,8 @@
 a model), or a model written as a GGUF file. Durable as training jobs are, with less to do:
 
 - a record per job in the provider's `exports.db` (its request, status, times, error, what it
-  made), and a folder under `storage_dir/exports/<id>` (`export.json`, the worker's log, its
-  heartbeat and `result.json`); what it makes goes under `checkpoint_root/exports/<id>`, where
+  made), and a folder under `storage_dir/exports/<id>` (`export.json`, the worker's log and
+  `result.json`); what it makes goes under `checkpoint_root/exports/<id>`, where
   the inference provider may read a merged folder;
 - everything checked at creation (the model or checkpoint, that there is an adapter to merge,
   that the architecture can be written as GGUF, that the merged id is free), so a bad request
@@ -227,6 +227,10 @@ class ExportJobs:
 
     def holds(self, export_id: str) -> bool:
         return self._row(export_id) is not None
+
+    def folders_of(self, export_id: str) -> list[Path]:
+        """Its folder and its output's (`Locations` keeps other owners out of both)."""
+        return [self.folders / export_id, self.outputs / export_id]
 
     def get(self, export_id: str) -> ExportJob:
         row = self._existing(export_id)

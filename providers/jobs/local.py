@@ -133,6 +133,8 @@ class LocalJobs:
         self.roots.usable = usable
 
     def job_folders(self, job_uuid: str) -> list[Path]:
+        if self.exports.holds(job_uuid):
+            return self.exports.folders_of(job_uuid)
         if self.store.row(job_uuid) is None:
             return []
         return [self.store.folder(job_uuid).path, self.store.checkpoint_dir(job_uuid)]

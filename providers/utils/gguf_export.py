@@ -20,7 +20,6 @@ refused before a job is queued.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +48,7 @@ def check_exportable(folder: Path) -> str | None:
     return None
 
 
-def write_gguf(
-    folder: Path, out: Path, outtype: str, name: str, beat: Callable[[], None] = lambda: None
-) -> None:
+def write_gguf(folder: Path, out: Path, outtype: str, name: str) -> None:
     """Write the Hugging Face model in `folder` to `out` as GGUF, its weights as `outtype`."""
     import gguf
 
@@ -83,7 +80,6 @@ def write_gguf(
         elif hf_name.endswith("k_proj.weight"):
             data = _permute(data, heads, kv_heads)
         writer.write_tensor_data(_encoded(data, qtype))
-        beat()
     writer.close()
 
 
@@ -138,7 +134,7 @@ def _tokenizer(writer: Any, folder: Path, config: dict[str, Any]) -> None:
         types.append(kind)
     byte_level = model["type"] == "BPE" and _byte_level(spec)
     writer.add_tokenizer_model("gpt2" if byte_level else "llama")
-    writer.add_tokenizer_pre(_pre_tokenizer(spec) if byte_level else "default")
+    writer.add_tokenizer_pre(llama_cpp_pre(spec) if byte_level else "default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     if scores:
@@ -168,7 +164,7 @@ def _byte_level(spec: dict[str, Any]) -> bool:
     )
 
 
-def _pre_tokenizer(spec: dict[str, Any]) -> str:
+def llama_cpp_pre(spec: dict[str, Any]) -> str:
     """llama.cpp's name for a byte-level BPE pre-tokenizer, recognised by its rules: SmolLM's
     (single digits, then GPT-2's byte-level split) or GPT-2's own; "default" otherwise (llama.cpp
     loads it and warns that it may split text differently)."""

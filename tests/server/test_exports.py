@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.utils.gguf_export import _pre_tokenizer
+from providers.utils.gguf_export import llama_cpp_pre
 from tests.support import TINY, Server, distribution, wait_for_job
 
 ROWS = [
@@ -182,6 +182,6 @@ def test_a_byte_level_pre_tokenizer_is_named_as_llama_cpp_knows_it() -> None:
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     digits = {"type": "Digits", "individual_digits": True}
     smollm = {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [digits, byte_level]}}
-    assert _pre_tokenizer(smollm) == "smollm"  # SmolLM2's own tokenizer.json
-    assert _pre_tokenizer({"pre_tokenizer": byte_level}) == "gpt-2"
-    assert _pre_tokenizer({"pre_tokenizer": {"type": "Metaspace"}}) == "default"
+    assert llama_cpp_pre(smollm) == "smollm"  # SmolLM2's own tokenizer.json
+    assert llama_cpp_pre({"pre_tokenizer": byte_level}) == "gpt-2"
+    assert llama_cpp_pre({"pre_tokenizer": {"type": "Metaspace"}}) == "default"

@@ -258,8 +258,9 @@ class PostTrainingJobs(Protocol):
         ...
 
     def job_folders(self, job_uuid: str) -> list[Path]:
-        """The folders on this server a job keeps its files in (its own and its checkpoints');
-        none for a job this provider does not hold here (not a route: `Locations` asks)."""
+        """The folders on this server a job keeps its files in (its own and its checkpoints'; a
+        merge's or export's, and what it made); none for a job this provider does not hold here
+        (not a route: `Locations` asks)."""
         ...
 
 
