@@ -349,10 +349,12 @@ class ExportJobs:
 
     async def _one(self, export_id: str) -> None:
         folder = self.folders / export_id
-        self.db.execute(
-            "UPDATE exports SET status = ?, started_at = ? WHERE export_id = ?",
-            (JobStatus.in_progress.value, int(time.time()), export_id),
+        started = self.db.execute(
+            "UPDATE exports SET status = ?, started_at = ? WHERE export_id = ? AND status = ?",
+            (JobStatus.in_progress.value, int(time.time()), export_id, JobStatus.scheduled.value),
         )
+        if not started:  # cancelled meanwhile
+            return
         env = dict(os.environ)
         if self.config.torch_threads:
             env["OMP_NUM_THREADS"] = str(self.config.torch_threads)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.utils.gguf_export import llama_cpp_pre
+from providers.utils.gguf_export import llama_cpp_pre, write_gguf
 from tests.support import TINY, Server, distribution, wait_for_job
 
 ROWS = [
@@ -130,34 +130,45 @@ def test_the_f16_gguf_reads_back_through_transformers_with_the_same_answers(
         assert greedy(http, "gguf/f16", prompt) == greedy(http, f"ft/{JOB}", prompt)
 
 
-def test_quantized_exports_hold_the_types_asked_for(http: httpx.Client) -> None:
-    import gguf
-
+def test_quantized_exports_hold_the_types_asked_for(http: httpx.Client, tmp_path: Path) -> None:
     checkpoint = http.get(f"/v1/post-training/jobs/{JOB}").json()["checkpoints"][-1]["identifier"]
-    for outtype in ("q8_0", "q4_0", "bf16"):
+    for outtype in ("q8_0", "q4_0"):  # from a job's checkpoint: the adapter merged first
         made = http.post(
             "/v1/post-training/export",
             json={"checkpoint": checkpoint, "outtype": outtype, "export_id": f"gguf-{outtype}"},
         )
         assert made.status_code == 200, made.text
-    expected = {"q8_0": ("Q8_0", "Q8_0"), "q4_0": ("Q4_0", "Q8_0"), "bf16": ("BF16", "BF16")}
-    for outtype, (layers, embedding) in expected.items():
-        reader = gguf.GGUFReader(finished(http, f"gguf-{outtype}")["path"])
-        types = {t.name: t.tensor_type.name for t in reader.tensors}
-        assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_down.weight"] == layers
-        assert types["token_embd.weight"] == embedding
-        assert types["blk.0.attn_norm.weight"] == "F32"
-        assert "output.weight" not in types  # tied to the embedding, as in the model
-        fields = reader.fields
-        assert fields["general.architecture"].contents() == "llama"
-        assert fields["tokenizer.ggml.model"].contents() == "gpt2"
-        # the tiny model's tokenizer, rebuilt by transformers from SmolLM2's GGUF, splits text
-        # as GPT-2's does (SmolLM2's own tokenizer.json is "smollm": digits one by one)
-        assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
-        assert fields["tokenizer.ggml.add_bos_token"].contents() is False
-        assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
-        assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
-        assert len(fields["tokenizer.ggml.merges"].data) > 40000
+    # llama.cpp's quantizer keeps a 4-bit file's embedding (here the output head too) at 8 bits
+    for outtype, layers, embedding in (("q8_0", "Q8_0", "Q8_0"), ("q4_0", "Q4_0", "Q8_0")):
+        job = finished(http, f"gguf-{outtype}")
+        assert job["filename"] == f"{checkpoint.replace('/', '-')}-{outtype}.gguf"
+        holds_types(Path(job["path"]), layers, embedding)
+    # bf16 written in this process, from the merged folder (what the worker does)
+    merged = http.get("/v1/models/merged/merge-ft").json()["weights"]["path"]
+    write_gguf(Path(merged), tmp_path / "tiny-bf16.gguf", "bf16", "tiny")
+    holds_types(tmp_path / "tiny-bf16.gguf", "BF16", "BF16")
+
+
+def holds_types(path: Path, layers: str, embedding: str) -> None:
+    """The file's tensors are of these types (norms f32), with the metadata llama.cpp reads."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == types["blk.1.ffn_down.weight"] == layers
+    assert types["token_embd.weight"] == embedding
+    assert types["blk.0.attn_norm.weight"] == "F32"
+    assert "output.weight" not in types  # tied to the embedding, as in the model
+    fields = reader.fields
+    assert fields["general.architecture"].contents() == "llama"
+    assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    # the tiny model's tokenizer, rebuilt by transformers from SmolLM2's GGUF, splits text as
+    # GPT-2's does (SmolLM2's own tokenizer.json is "smollm": digits one by one)
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2"
+    assert fields["tokenizer.ggml.add_bos_token"].contents() is False
+    assert "<|im_start|>" in fields["tokenizer.chat_template"].contents()
+    assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
+    assert len(fields["tokenizer.ggml.merges"].data) > 40000
 
 
 def test_what_cannot_be_merged_or_exported_is_refused_by_name(http: httpx.Client) -> None:
@@ -185,3 +196,12 @@ def test_a_byte_level_pre_tokenizer_is_named_as_llama_cpp_knows_it() -> None:
     assert llama_cpp_pre(smollm) == "smollm"  # SmolLM2's own tokenizer.json
     assert llama_cpp_pre({"pre_tokenizer": byte_level}) == "gpt-2"
     assert llama_cpp_pre({"pre_tokenizer": {"type": "Metaspace"}}) == "default"
+
+
+def test_an_export_stops_when_cancelled(http: httpx.Client) -> None:
+    made = http.post("/v1/post-training/export", json={"model": TINY, "export_id": "cancelled"})
+    assert made.status_code == 200, made.text
+    cancelled = http.post("/v1/post-training/exports/cancelled/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert http.post("/v1/post-training/exports/cancelled/cancel").status_code == 409
+    assert http.get("/v1/post-training/exports/cancelled/download").status_code == 409
