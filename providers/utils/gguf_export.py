@@ -4,9 +4,9 @@ tokens, the chat template) and its quantizers. What llama.cpp's `convert_hf_to_g
 a Llama-architecture model, in the few lines such a model needs:
 
 - the hyperparameters under `llama.*`;
-- the tokenizer as llama.cpp's `gpt2` (byte-level BPE: tokens, types, merges) or `llama`
-  (SentencePiece, read from `tokenizer.json`'s vocabulary with its scores), with `pre` naming
-  the pre-tokenizer where it is one llama.cpp knows by its rules;
+- the tokenizer as llama.cpp's `gpt2` (byte-level BPE: tokens, types, merges), with `pre`
+  naming the pre-tokenizer where it is one llama.cpp knows by its rules (a SentencePiece
+  tokenizer is refused: its scores are not in `tokenizer.json`);
 - q_proj and k_proj rows permuted to GGML's rotary layout (transformers' GGUF reader undoes it);
 - 1-D tensors (norms) kept in f32, 2-D ones in the asked type; a row whose length is not a
   whole number of quantization blocks falls back to f16; in a 4-bit file the token embedding
@@ -43,8 +43,15 @@ def check_exportable(folder: Path) -> str | None:
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
         return f"GGUF export supports unscaled RoPE only; this model's is {rope.get('rope_type')}"
-    if not (folder / "tokenizer.json").is_file():
-        return f"{folder} has no tokenizer.json (a fast tokenizer's) to read the vocabulary from"
+    try:
+        tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return f"{folder} has no readable tokenizer.json (a fast tokenizer's) to read it from"
+    if tokenizer.get("model", {}).get("type") != "BPE" or not _byte_level(tokenizer):
+        return (
+            "GGUF export supports byte-level BPE tokenizers (GPT-2's kind: SmolLM2's, Qwen's); "
+            "this model's is not one"
+        )
     return None
 
 
@@ -108,18 +115,14 @@ def _hyperparameters(writer: Any, config: dict[str, Any], name: str, outtype: st
 
 
 def _tokenizer(writer: Any, folder: Path, config: dict[str, Any]) -> None:
-    """The vocabulary as llama.cpp reads it, then what gguf's SpecialVocab finds: the merges,
-    the special tokens' ids, whether BOS/EOS are added, and the chat template."""
+    """The vocabulary as llama.cpp's `gpt2` model reads it (a byte-level BPE: its tokens and
+    their types), then what gguf's SpecialVocab finds: the merges, the special tokens' ids,
+    whether BOS/EOS are added, and the chat template."""
     import gguf
 
     spec = json.loads((folder / "tokenizer.json").read_text())
-    model = spec["model"]
     vocab_size = int(config["vocab_size"])
-    by_id = {i: t for t, i in model["vocab"].items()} if model["type"] == "BPE" else {}
-    scores: list[float] = []
-    if model["type"] == "Unigram":  # SentencePiece as tokenizers writes it: [[piece, score]]
-        by_id = {i: piece for i, (piece, _) in enumerate(model["vocab"])}
-        scores = [float(score) for _, score in model["vocab"]]
+    by_id = {i: t for t, i in spec["model"]["vocab"].items()}
     added = {a["id"]: a for a in spec.get("added_tokens", [])}
     tokens, types = [], []
     for i in range(vocab_size):
@@ -132,14 +135,11 @@ def _tokenizer(writer: Any, folder: Path, config: dict[str, Any]) -> None:
             token, kind = f"[PAD{i}]", gguf.TokenType.UNUSED
         tokens.append(token)
         types.append(kind)
-    byte_level = model["type"] == "BPE" and _byte_level(spec)
-    writer.add_tokenizer_model("gpt2" if byte_level else "llama")
-    writer.add_tokenizer_pre(llama_cpp_pre(spec) if byte_level else "default")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(llama_cpp_pre(spec))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    if scores:
-        writer.add_token_scores(scores + [0.0] * (vocab_size - len(scores)))
-    special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=vocab_size)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
     # whether BOS and EOS are added as the tokenizer itself adds them (a reader that is not
     # told assumes its own default, which may differ)
     special.add_special_token |= _adds_bos_eos(folder)
