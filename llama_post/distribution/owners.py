@@ -237,6 +237,8 @@ class Guarded:
                     owners.record(KINDS[param], created)
                     if KINDS[param] == "job":  # the model its final checkpoint is served as
                         owners.record("model", f"ft/{created}")
+                    if KINDS[param] == "export" and getattr(result, "model_id", None):
+                        owners.record("model", result.model_id)  # the model a merge registers
             if listing is not None:
                 field, attr, kind = listing
                 items = [

@@ -113,11 +113,11 @@ def test_the_f16_gguf_reads_back_through_transformers_with_the_same_answers(
 ) -> None:
     made = http.post(
         "/v1/post-training/export",
-        json={"model": f"ft/{JOB}", "outtype": "f16", "export_id": "gguf-f16"},
+        json={"model": "merged/merge-ft", "outtype": "f16", "export_id": "gguf-f16"},
     )
     assert made.status_code == 200, made.text
     job = finished(http, "gguf-f16")
-    assert job["filename"] == f"ft-{JOB}-f16.gguf"
+    assert job["filename"] == "merged-merge-ft-f16.gguf"
     download = http.get("/v1/post-training/exports/gguf-f16/download")
     assert hashlib.sha256(download.content).hexdigest() == job["sha256"]
     assert download.content[:4] == b"GGUF"

@@ -198,7 +198,7 @@ class PostTrainingJobs(Protocol):
         its size in `content-length` (what `POST /v1/models` registers from an archive)."""
         ...
 
-    @creates(export_id="/export_id", model_id="/model_id")
+    @creates(export_id="/export_id")
     @webmethod(route="/v1/post-training/merge", method="POST")
     async def merge_adapter(self, request: MergeRequest) -> ExportJob:
         """Merge a LoRA adapter into its base as a plain Hugging Face folder (a job).
