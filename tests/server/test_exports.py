@@ -1,12 +1,15 @@
 """Merge and export jobs on the tiny model, over one server for the module: a LoRA job's adapter
 merged into its base answers as the adapter served unmerged does, token for token; its GGUF
 export read back through transformers' GGUF reader (the inference provider's `gguf` source)
-answers the same; quantized exports are GGUF files whose tensors have the types asked for."""
+answers the same; quantized exports are GGUF files whose tensors have the types asked for. Keys
+are on: another owner sees none of it."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -27,12 +30,38 @@ PROMPTS = ["Question 1: what is a blorp?", "The blorp", "Once upon a time"]
 JOB = "export-source"
 
 
+def key(server: Server, owner: str) -> str:
+    command = ["keys", "create", "--owner", owner, str(server.config)]
+    made = subprocess.run(
+        [sys.executable, "-m", "llama_post", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
 @pytest.fixture(scope="module")
-def http(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[httpx.Client]:
-    """A server with a finished LoRA job (`ft/export-source`) to merge and export."""
+def served(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> Iterator[dict[str, httpx.Client]]:
+    """A server with alice's finished LoRA job (`ft/export-source`) to merge and export, and a
+    client for alice and one for bob."""
     home = tmp_path_factory.mktemp("exports")
-    server = Server(distribution(home, tiny_model), home).start()
-    client = httpx.Client(base_url=server.url, timeout=60)
+    server = Server(distribution(home, tiny_model) | {"auth": {"enabled": True}}, home)
+    clients = {
+        name: httpx.Client(
+            base_url="http://unused",
+            headers={"Authorization": f"Bearer {key(server, name)}"},
+            timeout=60,
+        )
+        for name in ("alice", "bob")
+    }
+    server.start()
+    for client in clients.values():
+        client.base_url = httpx.URL(server.url)
+    client = clients["alice"]
     try:
         rows = {"type": "rows", "rows": ROWS}
         made = client.post(
@@ -52,10 +81,16 @@ def http(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator
         made = client.post("/v1/post-training/supervised-fine-tune", json=body)
         assert made.status_code == 200, made.text
         assert wait_for_job(client, JOB)["status"] == "completed"
-        yield client
+        yield clients
     finally:
-        client.close()
+        for each in clients.values():
+            each.close()
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(served: dict[str, httpx.Client]) -> httpx.Client:
+    return served["alice"]
 
 
 def finished(http: httpx.Client, export_id: str, timeout: float = 180) -> dict[str, Any]:
@@ -204,3 +239,19 @@ def test_an_export_stops_when_cancelled(http: httpx.Client) -> None:
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert http.post("/v1/post-training/exports/cancelled/cancel").status_code == 409
     assert http.get("/v1/post-training/exports/cancelled/download").status_code == 409
+
+
+def test_another_owner_sees_none_of_it(http: httpx.Client, served: dict[str, httpx.Client]) -> None:
+    bob = served["bob"]
+    merged = http.get("/v1/post-training/exports/merge-ft").json()
+    assert bob.get("/v1/post-training/exports/merge-ft").status_code == 404
+    assert bob.get("/v1/post-training/exports/merge-ft/download").status_code == 404
+    assert bob.post("/v1/post-training/exports/merge-ft/cancel").status_code == 404
+    assert bob.get("/v1/post-training/exports").json()["data"] == []
+    assert bob.get("/v1/models/merged/merge-ft").status_code == 404  # the merged model is hers
+    assert bob.post("/v1/post-training/merge", json={"model": f"ft/{JOB}"}).status_code == 404
+    checkpoint = {"checkpoint": f"{JOB}/step-000004"}
+    assert bob.post("/v1/post-training/export", json=checkpoint).status_code == 404
+    source = {"type": "huggingface", "path": merged["path"]}  # nor is its folder his to serve
+    taken = bob.post("/v1/models", json={"model_id": "bob/merged", "source": source})
+    assert taken.status_code == 404, taken.text
