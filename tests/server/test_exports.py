@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
-import sys
+import shutil
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from providers.utils.gguf_export import llama_cpp_pre, write_gguf
+from tests.server.test_auth import _key
 from tests.support import TINY, Server, distribution, wait_for_job
 
 ROWS = [
@@ -28,18 +28,7 @@ ROWS = [
 ]
 PROMPTS = ["Question 1: what is a blorp?", "The blorp", "Once upon a time"]
 JOB = "export-source"
-
-
-def key(server: Server, owner: str) -> str:
-    command = ["keys", "create", "--owner", owner, str(server.config)]
-    made = subprocess.run(
-        [sys.executable, "-m", "llama_post", *command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +42,7 @@ def served(
     clients = {
         name: httpx.Client(
             base_url="http://unused",
-            headers={"Authorization": f"Bearer {key(server, name)}"},
+            headers={"Authorization": f"Bearer {_key(server.config, name)}"},
             timeout=60,
         )
         for name in ("alice", "bob")
@@ -255,3 +244,32 @@ def test_another_owner_sees_none_of_it(http: httpx.Client, served: dict[str, htt
     source = {"type": "huggingface", "path": merged["path"]}  # nor is its folder his to serve
     taken = bob.post("/v1/models", json={"model_id": "bob/merged", "source": source})
     assert taken.status_code == 404, taken.text
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed (`make test` installs it where it can: as root "
+    "with apt-get)",
+)
+def test_a_browser_downloads_a_gguf_from_a_models_page(http: httpx.Client) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
+        try:
+            context = browser.new_context(
+                accept_downloads=True,
+                extra_http_headers={"Authorization": http.headers["Authorization"]},
+            )
+            page = context.new_page()
+            page.goto(f"{http.base_url}/ui/models/merged/merge-ft")
+            with page.expect_download(timeout=240_000) as started:
+                page.click('button.export[data-outtype="q8_0"]')
+            download = started.value
+            assert download.suggested_filename == "merged-merge-ft-q8_0.gguf"
+            assert Path(download.path()).read_bytes()[:4] == b"GGUF"
+            page.wait_for_selector('#exports[data-state="done"]')
+        finally:
+            browser.close()
