@@ -117,6 +117,12 @@ def test_a_merged_adapter_answers_as_the_adapter_does(http: httpx.Client) -> Non
 
     download = http.get("/v1/post-training/exports/merge-ft/download")
     assert download.status_code == 200
+    # LLM Engine's Model.download of the merged model: a URL that needs no key
+    urls = http.post(
+        "/llm-engine/v1/llm/model-endpoints/download", json={"model_name": "merged/merge-ft"}
+    ).json()["urls"]
+    assert list(urls) == ["merge-ft.tar.gz"]
+    assert httpx.get(urls["merge-ft.tar.gz"]).content == download.content
     assert hashlib.sha256(download.content).hexdigest() == download.headers["x-llama-post-sha256"]
     with tarfile.open(fileobj=io.BytesIO(download.content)) as tar:
         names = {Path(n).name for n in tar.getnames()}
@@ -228,6 +234,7 @@ def test_an_export_stops_when_cancelled(http: httpx.Client) -> None:
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert http.post("/v1/post-training/exports/cancelled/cancel").status_code == 409
     assert http.get("/v1/post-training/exports/cancelled/download").status_code == 409
+    assert http.post("/v1/post-training/exports/cancelled/download-url").status_code == 409
 
 
 def test_another_owner_sees_none_of_it(http: httpx.Client, served: dict[str, httpx.Client]) -> None:
@@ -236,6 +243,7 @@ def test_another_owner_sees_none_of_it(http: httpx.Client, served: dict[str, htt
     assert bob.get("/v1/post-training/exports/merge-ft").status_code == 404
     assert bob.get("/v1/post-training/exports/merge-ft/download").status_code == 404
     assert bob.post("/v1/post-training/exports/merge-ft/cancel").status_code == 404
+    assert bob.post("/v1/post-training/exports/merge-ft/download-url").status_code == 404
     assert bob.get("/v1/post-training/exports").json()["data"] == []
     assert bob.get("/v1/models/merged/merge-ft").status_code == 404  # the merged model is hers
     assert bob.post("/v1/post-training/merge", json={"model": f"ft/{JOB}"}).status_code == 404

@@ -333,6 +333,17 @@ class PostTraining(PostTrainingJobs, Protocol):
         """A URL that downloads the checkpoint's archive with no credentials, for an hour."""
         ...
 
+    @webmethod(route="/v1/post-training/exports/{export_id}/download-url", method="POST")
+    async def export_download_url(self, export_id: ExportId) -> ArchiveUrl:
+        """A URL that downloads what a completed merge or export made, with no credentials, for
+        an hour (409 until it has completed)."""
+        ...
+
+    @webmethod(route="/v1/post-training/export-downloads/{token}", method="GET")
+    async def download_export(self, token: Token) -> FileContent:
+        """What an export's download URL names (the token in the path is its credential)."""
+        ...
+
     @webmethod(route="/v1/post-training/checkpoint-archives/{token}", method="GET")
     async def download_checkpoint_archive(self, token: Token) -> FileContent:
         """The archive an archive URL names (the token in the path is its credential)."""

@@ -338,11 +338,10 @@ function exportButtons() {
         job = await (await api(`/v1/post-training/exports/${job.export_id}`)).json();
       }
       if (job.status !== "completed") throw new Error(job.error || job.status);
-      const file = await (await api(`/v1/post-training/exports/${job.export_id}/download`)).blob();
-      const link = element("a", { href: URL.createObjectURL(file), download: job.filename });
-      document.body.append(link);
-      link.click();
-      link.remove();
+      // a signed URL, so the browser saves the file as it streams (no copy held in the page)
+      const path = `/v1/post-training/exports/${job.export_id}/download-url`;
+      const answer = await (await api(path, { method: "POST" })).json();
+      window.location.assign(answer.url);
       button.textContent = label;
       root.dataset.state = "done";
     } catch (error) {
