@@ -20,7 +20,7 @@ COMPILE := $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) --python-ve
 	--python-platform x86_64-manylinux_2_28
 
 .PHONY: setup run test test-fast test-slow test-latest lint lock openapi clean engines \
-	engine-vllm engine-torchtune engine-ray vllm browser
+	engine-vllm engine-torchtune engine-ray engine-llamacpp vllm browser
 
 # Heavy engines that conflict with .venv live in environments of their own, built from their
 # hashed locks (requirements/engines/*.txt) into a cache outside the clone, named after the lock's
@@ -32,6 +32,8 @@ TORCHTUNE_LOCK := requirements/engines/torchtune.txt
 TORCHTUNE_ENV = $(ENGINES)/torchtune-$(shell sha256sum $(TORCHTUNE_LOCK) | cut -c1-12)
 RAY_LOCK := requirements/engines/ray.txt
 RAY_ENV = $(ENGINES)/ray-$(shell sha256sum $(RAY_LOCK) | cut -c1-12)
+LLAMACPP_LOCK := requirements/engines/llamacpp.txt
+LLAMACPP_ENV = $(ENGINES)/llamacpp-$(shell sha256sum $(LLAMACPP_LOCK) | cut -c1-12)
 
 # Builds the environment $(2) from the hashed lock $(1) unless it is there: staged in a
 # folder of its own and renamed into place, so a cut-off build is never taken for a done one.
@@ -91,7 +93,7 @@ test-slow: setup engines
 
 # The slow lane's engines, built (or found in their cache) before pytest starts: a build takes
 # longer than pytest-timeout gives one test.
-engines: engine-vllm engine-torchtune engine-ray
+engines: engine-vllm engine-torchtune engine-ray engine-llamacpp
 
 # Debian's Chromium for the web page's browser test (tests/server/test_ui.py), installed where
 # this user can (root with apt-get); elsewhere that one test is skipped and says why.
@@ -116,6 +118,7 @@ lock: | $(UV)
 	  --no-emit-package torchvision --no-emit-package torchaudio --no-emit-package torchcodec
 	$(COMPILE) requirements/engines/torchtune.in -c requirements/constraints.txt -o $(TORCHTUNE_LOCK)
 	$(COMPILE) requirements/engines/ray.in -o $(RAY_LOCK)
+	$(COMPILE) requirements/engines/llamacpp.in -o $(LLAMACPP_LOCK)
 	for pins in tests/compat/pins/*.in; do \
 	  version=$$(sed -n 's/^# python \([0-9.]*\)$$/\1/p' $$pins); \
 	  $(UV) pip compile --quiet --generate-hashes --python-version $${version:-3.12} \
@@ -148,6 +151,13 @@ engine-torchtune: | $(UV)
 # our server never imports: it talks to Ray's Jobs REST API over HTTP.
 engine-ray: | $(UV)
 	$(call engine_env,$(RAY_LOCK),$(RAY_ENV))
+
+# llama.cpp's Python binding (llama-cpp-python, built from its sdist: a CPU build of llama.cpp,
+# portable rather than tuned to this CPU), which loads the GGUF files exports write (the slow
+# test, tests/slow/test_llama_cpp.py).
+engine-llamacpp: export CMAKE_ARGS = -DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
+engine-llamacpp: | $(UV)
+	$(call engine_env,$(LLAMACPP_LOCK),$(LLAMACPP_ENV))
 
 # vLLM serving the bundled SmolLM2 on 127.0.0.1:8000 (distributions/vllm.yaml talks to it).
 vllm: setup engine-vllm

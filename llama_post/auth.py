@@ -35,11 +35,12 @@ COOKIE = "llama_post_key"
 UI_HEADER = "x-llama-post-ui"
 QUERY_KEYS = {"api_key", "apikey", "key", "token", "access_token", "x-api-key"}
 # API routes served without a key: health and version (for load balancers and probes), and the
-# URLs that carry their own expiring, signed token (checkpoint archives and files)
+# URLs that carry their own expiring, signed token (checkpoint archives and files, exports)
 OPEN_ROUTES = ("/v1/health", "/v1/version", "/api/v1/healthz")
 CAPABILITY_ROUTES = (
     "/v1/post-training/checkpoint-archives/",
     "/v1/post-training/checkpoint-files/",
+    "/v1/post-training/export-downloads/",
 )
 # what a scoped key (made by the server for a training job's worker) may call, by scope
 SCOPES = {"inference": ("/v1/chat/completions", "/v1/completions")}

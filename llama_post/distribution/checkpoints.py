@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS expiry (
 """
 ARCHIVE_ROUTE = "/v1/post-training/checkpoint-archives/"
 FILE_ROUTE = "/v1/post-training/checkpoint-files/"
+EXPORT_ROUTE = "/v1/post-training/export-downloads/"
 ARCHIVE_SECONDS = 3600
 SWEEP_SECONDS = 5.0
 # The server's own address as the current request reached it, for the URLs it hands out.
@@ -166,6 +167,24 @@ class Checkpoints:
         await self._find(job_uuid, checkpoint_id, check_owner=False)
         archive: FileContent = await self.raw.checkpoint_archive(job_uuid, checkpoint_id)
         return archive
+
+    async def export_download_url(self, export_id: str) -> ArchiveUrl:
+        """A signed URL for what a merge or export made (the caller's, as `get_export` says)."""
+        made = await self.jobs.get_export(export_id)
+        if made.status != JobStatus.completed:
+            raise ConflictError(
+                f"export {export_id!r} is {made.status.value}: its download exists once it has "
+                "completed",
+                param="export_id",
+            )
+        expires = int(time.time()) + ARCHIVE_SECONDS
+        token = self._token([export_id, expires])  # two fields: no checkpoint's token
+        return ArchiveUrl(url=f"{BASE_URL.get()}{EXPORT_ROUTE}{token}", expires_at=expires)
+
+    async def download_export(self, token: str) -> FileContent:
+        export_id, _ = self._untoken(token, 2)
+        made: FileContent = await self.raw.export_download(export_id)
+        return made
 
     async def file_urls(self, job_uuid: str, checkpoint_id: str) -> tuple[dict[str, str], int]:
         """A URL for each file of a checkpoint, each carrying its own token."""

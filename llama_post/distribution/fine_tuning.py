@@ -118,6 +118,9 @@ class OpenAIFineTuning:
         self.datasets = datasets
         self.graders = graders  # the grader routes (`distribution/graders.py`)
 
+    def __getattr__(self, name: str) -> Any:  # the rest of the jobs' routes: merge, export
+        return getattr(self.__dict__["jobs"], name)
+
     # -- graders: served by the stack, not a provider -------------------------------------------
 
     async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse:

@@ -341,10 +341,14 @@ class LLMEngineService:
     async def engine_download_model(self, request: ModelDownloadRequest) -> ModelDownloadResponse:
         model: Model = await self.models.get_model(request.model_name)
         job, checkpoint = model.metadata.get("job_uuid"), model.metadata.get("checkpoint")
+        merged = model.metadata.get("export_id")
+        if isinstance(merged, str):  # an adapter merged into its base: the whole model
+            made = await self.post_training.export_download_url(merged)
+            return ModelDownloadResponse(urls={f"{merged}.tar.gz": made.url})
         if not isinstance(job, str) or not isinstance(checkpoint, str):
             raise NotFoundError(  # as for a name that serves nothing: the spec cannot tell
-                f"model_name: no fine-tuned model {model.id!r}; only those (ft/<job>) can be "
-                "downloaded",
+                f"model_name: no fine-tuned or merged model {model.id!r}; only those (ft/<job>, "
+                "a merge's) can be downloaded",
                 param="model_name",
             )
         archive = await self.post_training.checkpoint_archive_url(job, checkpoint)

@@ -4,11 +4,11 @@ A request may name a folder or file on this server (a model's `source.path`, vLL
 a job's `checkpoint_dir`, a tracker's `log_dir`). Wherever that path is resolved (`..` and
 symlinks, `storage.resolve_path`), the resolved path is handed to `Locations.usable` before it is
 used: a path that lies in a folder of another owner's job (its folder and its checkpoints', as its
-post-training provider reports them, `job_folders`), of another owner's training session (its
-saved states, `session_folders`) or of another owner's imported model is not
-the caller's to read or write, whatever route named it. Each route then answers as for a path
-that names nothing (404), or with a 400 that names nothing of the other owner's. An admin key,
-and an in-process call (no key), may use any path, as they see every id.
+post-training provider reports them, `job_folders`; a merge's or export's likewise), of another
+owner's training session (its saved states, `session_folders`) or of another owner's imported
+model is not the caller's to read or write, whatever route named it. Each route then answers as
+for a path that names nothing (404), or with a 400 that names nothing of the other owner's. An
+admin key, and an in-process call (no key), may use any path, as they see every id.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class Locations:
     def _others(self) -> Iterator[Path]:
         for job_uuid in self.owners.others("job"):
             yield from self._job_folders(job_uuid)
+        for export_id in self.owners.others("export"):  # a merge's or export's, as a job's
+            yield from self._job_folders(export_id)
         for model_id in self.owners.others("model"):
             yield self.imports_dir / model_id
         for session_id in self.owners.others("session"):

@@ -56,6 +56,7 @@ KINDS = {
     "fine_tuning_job_id": "job",
     "training_run_id": "job",
     "batch_id": "batch",
+    "export_id": "export",
     # a training session, and what lives in it: `<session>:train:<n>`, its saved states
     # (`<session>:train:<n>/state/<name>`), its samplers and futures: owned as the session
     "session_id": "session",
@@ -73,6 +74,8 @@ BODY: dict[str, list[tuple[str, Callable[[Any], str | None]]]] = {
     for name in ("chat_completion", "completion", "batch_chat_completion", "batch_completion")
 }
 BODY["register_model"] = [("model", lambda r: getattr(r.source, "base_model", None))]
+for name in ("merge_adapter", "export_model"):  # what a merge or export reads
+    BODY[name] = [("model", lambda r: r.model), ("checkpoint", lambda r: r.checkpoint)]
 BODY["load_lora_adapter"] = [("model", lambda r: r.base_model)]
 BODY["unload_lora_adapter"] = [("model", lambda r: r.lora_name)]
 BODY["create_training_model"] = [("session", lambda r: r.from_state)]
@@ -113,6 +116,7 @@ LISTS = {
     "list_models": ("data", "id", "model"),
     "list_jobs": ("data", "job_uuid", "job"),
     "list_sessions": ("data", "session_id", "session"),
+    "list_exports": ("data", "export_id", "export"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
 # are cut from what the caller may see, never filtered after the implementation has cut them
@@ -270,7 +274,8 @@ class Guarded:
             request = bound.get("request")
             if request is not None:
                 for kind, read in body:
-                    owners.check(kind, read(request), "model")
+                    field = "checkpoint" if kind == "checkpoint" else "model"
+                    owners.check(kind, read(request), field)
             if change is not None:
                 param, changed = change
                 owners.check_change("model", changed(bound), param)
@@ -283,6 +288,8 @@ class Guarded:
                     owners.record(KINDS[param], created)
                     if KINDS[param] == "job":  # the model its final checkpoint is served as
                         owners.record("model", f"ft/{created}")
+                    if KINDS[param] == "export" and getattr(result, "model_id", None):
+                        owners.record("model", result.model_id)  # the model a merge registers
             if listing is not None:
                 field, attr, kind = listing
                 items = [

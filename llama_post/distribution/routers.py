@@ -31,10 +31,14 @@ from llama_post.apis.files import (
     UploadFileRequest,
 )
 from llama_post.apis.post_training import (
+    ExportJob,
+    ExportRequest,
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
+    ListExportsResponse,
     ListPostTrainingJobsResponse,
+    MergeRequest,
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobs,
@@ -258,6 +262,37 @@ class PostTrainingRouter:
 
     async def stream_job_events(self, job_uuid: str) -> AsyncIterator[JobEvent]:
         return await (await self._for(job_uuid)).stream_job_events(job_uuid)
+
+    # -- merge and export jobs: on the provider holding the checkpoint's job, else as named --
+
+    async def _exports(self, request: MergeRequest | ExportRequest) -> PostTrainingJobs:
+        if request.checkpoint is not None and request.provider_id is None:
+            return await self._for(request.checkpoint.split("/")[0])
+        return self._named(request.provider_id)
+
+    async def _export_for(self, export_id: str) -> PostTrainingJobs:
+        return await _owner(
+            self.providers, lambda p: p.get_export(export_id), f"export {export_id!r}", "export_id"
+        )
+
+    async def merge_adapter(self, request: MergeRequest) -> ExportJob:
+        return await (await self._exports(request)).merge_adapter(request)
+
+    async def export_model(self, request: ExportRequest) -> ExportJob:
+        return await (await self._exports(request)).export_model(request)
+
+    async def list_exports(self) -> ListExportsResponse:
+        found = [e for p in self.providers.values() for e in (await p.list_exports()).data]
+        return ListExportsResponse(data=found)
+
+    async def get_export(self, export_id: str) -> ExportJob:
+        return await (await self._export_for(export_id)).get_export(export_id)
+
+    async def cancel_export(self, export_id: str) -> ExportJob:
+        return await (await self._export_for(export_id)).cancel_export(export_id)
+
+    async def export_download(self, export_id: str) -> FileContent:
+        return await (await self._export_for(export_id)).export_download(export_id)
 
 
 ROUTERS: dict[Api, Callable[[dict[str, Any]], Any]] = {

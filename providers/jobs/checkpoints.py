@@ -71,6 +71,11 @@ class JobCheckpoints:
             )
         return found[checkpoint_id]
 
+    def folder(self, job_uuid: str, checkpoint_id: str) -> Path:
+        """A checkpoint's folder: a 404 for a job or checkpoint that is not there."""
+        self.store.existing(job_uuid)
+        return self._named(job_uuid, checkpoint_id)
+
     async def archive(self, job_uuid: str, checkpoint_id: str) -> FileContent:
         """The checkpoint as a tar, written once beside it with its digest (`archives.packed`)."""
         self.store.existing(job_uuid)

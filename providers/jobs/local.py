@@ -7,7 +7,8 @@ API's job methods, composed of parts with one job each, and handed a `Trainer`:
 - `launch.py`       starting a worker by the provider's launcher (local, torchrun, Ray);
 - `supervision.py`  the queue, the watchdog, failure reasons, retries, cancel, restarts;
 - `tracking.py`     feeding the experiment trackers from `metrics.jsonl`;
-- `checkpoints.py`  listing, archiving, removing and publishing checkpoints.
+- `checkpoints.py`  listing, archiving, removing and publishing checkpoints;
+- `exports.py`      merge and export jobs (a merged folder, a GGUF file), in a queue of their own.
 
 What is a trainer's own (`trainer.py`): the methods it runs, its refusals, `prepare`
 (finish a checked request into its worker's folder; in seconds, so a bad request never reaches a
@@ -29,13 +30,17 @@ from llama_post import telemetry
 from llama_post.apis.datasets import Datasets
 from llama_post.apis.models import Models
 from llama_post.apis.post_training import (
+    ExportJob,
+    ExportRequest,
     JobAttempt,
     JobEvent,
     JobLogsResponse,
     JobMetricsResponse,
     JobProgress,
     JobStatus,
+    ListExportsResponse,
     ListPostTrainingJobsResponse,
+    MergeRequest,
     PostTrainingJob,
     PostTrainingJobArtifactsResponse,
     PostTrainingJobStatusResponse,
@@ -55,6 +60,7 @@ from providers.jobs.checkpoints import JobCheckpoints
 from providers.jobs.checks import CreationChecks
 from providers.jobs.config import LocalJobsConfig
 from providers.jobs.estimates import Estimates
+from providers.jobs.exports import ExportJobs
 from providers.jobs.folder import Prepared, read_jsonl
 from providers.jobs.launch import Launch
 from providers.jobs.store import REQUEST, TERMINAL, JobStore
@@ -89,6 +95,7 @@ class LocalJobs:
         self.supervisor = Supervisor(
             config, provider_id, self.store, self.launch, trainer, self.tracking, self.checkpoints
         )
+        self.exports = ExportJobs(config, models, provider_id, self.store, self.checkpoints)
         telemetry.watch(self)
 
     async def started(self) -> None:
@@ -96,11 +103,13 @@ class LocalJobs:
         running when the server stopped, then run the queue. A job that ends at once publishes
         `ft/<job>` over its base, which must be loaded by then."""
         await self.supervisor.start()
+        self.exports.start()
 
     async def shutdown(self) -> None:
         """Stop workers without failing their jobs: they resume at the next start."""
         telemetry.forget(self)
         await self.supervisor.shutdown()
+        await self.exports.shutdown()
         self.store.close()
 
     def count_by_state(self) -> dict[str, int]:
@@ -128,6 +137,8 @@ class LocalJobs:
         self.checks.inference_access = self.supervisor.inference_access = access
 
     def job_folders(self, job_uuid: str) -> list[Path]:
+        if self.exports.holds(job_uuid):
+            return self.exports.folders_of(job_uuid)
         if self.store.row(job_uuid) is None:
             return []
         return [self.store.folder(job_uuid).path, self.store.checkpoint_dir(job_uuid)]
@@ -140,7 +151,7 @@ class LocalJobs:
 
     async def _create(self, request: TrainingRequest) -> PostTrainingJob:
         job_uuid = request.job_uuid or f"{request.method}-{secrets.token_hex(8)}"
-        if self.store.row(job_uuid) is not None:
+        if self.store.row(job_uuid) is not None or self.exports.holds(job_uuid):
             raise ConflictError(f"job {job_uuid!r} already exists", param="job_uuid")
         prepared = await self.prepare(request, job_uuid)
         await self.launch.check(prepared)
@@ -272,3 +283,23 @@ class LocalJobs:
 
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         await self.checkpoints.remove(job_uuid, checkpoint_id, reason)
+
+    # -- merge and export jobs (`exports.py`) --------------------------------------------------
+
+    async def merge_adapter(self, request: MergeRequest) -> ExportJob:
+        return await self.exports.merge(request)
+
+    async def export_model(self, request: ExportRequest) -> ExportJob:
+        return await self.exports.export(request)
+
+    async def list_exports(self) -> ListExportsResponse:
+        return self.exports.list()
+
+    async def get_export(self, export_id: str) -> ExportJob:
+        return self.exports.get(export_id)
+
+    async def cancel_export(self, export_id: str) -> ExportJob:
+        return await self.exports.cancel(export_id)
+
+    async def export_download(self, export_id: str) -> FileContent:
+        return await self.exports.download(export_id)

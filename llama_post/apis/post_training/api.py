@@ -7,6 +7,13 @@ from typing import Annotated, Protocol
 from pydantic import Field
 
 from llama_post.apis.post_training.access import InferenceAccess
+from llama_post.apis.post_training.exports import (
+    ExportId,
+    ExportJob,
+    ExportRequest,
+    ListExportsResponse,
+    MergeRequest,
+)
 from llama_post.apis.post_training.graders import (
     GraderRunRequest,
     GraderRunResponse,
@@ -198,6 +205,49 @@ class PostTrainingJobs(Protocol):
         its size in `content-length` (what `POST /v1/models` registers from an archive)."""
         ...
 
+    @creates(export_id="/export_id")
+    @webmethod(route="/v1/post-training/merge", method="POST")
+    async def merge_adapter(self, request: MergeRequest) -> ExportJob:
+        """Merge a LoRA adapter into its base as a plain Hugging Face folder (a job).
+
+        The adapter is a model (`ft/<job>`, any adapter) or a job's checkpoint; the merged
+        folder is registered as `model_id` once the job completes, and downloads as a tar.gz.
+        """
+        ...
+
+    @creates(export_id="/export_id")
+    @webmethod(route="/v1/post-training/export", method="POST")
+    async def export_model(self, request: ExportRequest) -> ExportJob:
+        """Write a model as one GGUF file, unquantized or quantized (a job).
+
+        A base model, an adapter (merged into its base first) or a job's checkpoint; the file
+        carries the tokenizer and chat template llama.cpp reads. Download it once it completes.
+        """
+        ...
+
+    @webmethod(route="/v1/post-training/exports", method="GET")
+    async def list_exports(self) -> ListExportsResponse:
+        """Merge and export jobs, oldest first."""
+        ...
+
+    @webmethod(route="/v1/post-training/exports/{export_id}", method="GET")
+    async def get_export(self, export_id: ExportId) -> ExportJob:
+        """A merge or export job: its status and what it made."""
+        ...
+
+    @webmethod(route="/v1/post-training/exports/{export_id}/cancel", method="POST")
+    async def cancel_export(self, export_id: ExportId) -> ExportJob:
+        """Stop a merge or export job; 409 once it has ended."""
+        ...
+
+    @webmethod(route="/v1/post-training/exports/{export_id}/download", method="GET")
+    async def export_download(self, export_id: ExportId) -> FileContent:
+        """What a completed merge or export made: the GGUF file, or the merged folder as a tar.gz.
+
+        Its sha256 is in `x-llama-post-sha256`, its size in `content-length`.
+        """
+        ...
+
     async def remove_checkpoint(self, job_uuid: str, checkpoint_id: str, reason: str) -> None:
         """Delete one of a finished job's checkpoints (not a route: the stack's `Checkpoints`
         serves deleting, with what else must go). `reason` goes to the job's events."""
@@ -220,8 +270,9 @@ class PostTrainingJobs(Protocol):
         ...
 
     def job_folders(self, job_uuid: str) -> list[Path]:
-        """The folders on this server a job keeps its files in (its own and its checkpoints');
-        none for a job this provider does not hold here (not a route: `Locations` asks)."""
+        """The folders on this server a job keeps its files in (its own and its checkpoints'; a
+        merge's or export's, and what it made); none for a job this provider does not hold here
+        (not a route: `Locations` asks)."""
         ...
 
 
@@ -292,6 +343,17 @@ class PostTraining(PostTrainingJobs, Protocol):
         self, job_uuid: JobUuid, checkpoint_id: CheckpointId
     ) -> ArchiveUrl:
         """A URL that downloads the checkpoint's archive with no credentials, for an hour."""
+        ...
+
+    @webmethod(route="/v1/post-training/exports/{export_id}/download-url", method="POST")
+    async def export_download_url(self, export_id: ExportId) -> ArchiveUrl:
+        """A URL that downloads what a completed merge or export made, with no credentials, for
+        an hour (409 until it has completed)."""
+        ...
+
+    @webmethod(route="/v1/post-training/export-downloads/{token}", method="GET")
+    async def download_export(self, token: Token) -> FileContent:
+        """What an export's download URL names (the token in the path is its credential)."""
         ...
 
     @webmethod(route="/v1/post-training/checkpoint-archives/{token}", method="GET")

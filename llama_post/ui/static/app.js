@@ -1,5 +1,5 @@
 // llama-post's pages: the jobs table refreshing, a job's curves and log following its event
-// stream, checkpoint downloads, and a chat box. Every request goes to this server's JSON API,
+// stream, checkpoint downloads, a chat box, and a model's merged or GGUF download. Every request goes to this server's JSON API,
 // with the header that lets the API take the login cookie.
 "use strict";
 
@@ -332,9 +332,50 @@ function chatBox() {
   });
 }
 
+// -- a model's downloads: a merge or export job, followed to its end, then its file ------------
+
+function exportButtons() {
+  const root = document.getElementById("exports");
+  root.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.export");
+    if (!button || button.disabled) return;
+    const label = button.textContent;
+    button.disabled = true;
+    try {
+      const merge = button.dataset.kind === "merge";
+      const body = merge ? { model: root.dataset.model } : { model: root.dataset.model, outtype: button.dataset.outtype };
+      let job = await (
+        await api(merge ? "/v1/post-training/merge" : "/v1/post-training/export", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+        })
+      ).json();
+      while (job.status === "scheduled" || job.status === "in_progress") {
+        button.textContent = `${label}: ${job.status.replace("_", " ")}`;
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        job = await (await api(`/v1/post-training/exports/${job.export_id}`)).json();
+      }
+      if (job.status !== "completed") throw new Error(job.error || job.status);
+      // a signed URL, so the browser saves the file as it streams (no copy held in the page)
+      const path = `/v1/post-training/exports/${job.export_id}/download-url`;
+      const answer = await (await api(path, { method: "POST" })).json();
+      window.location.assign(answer.url);
+      button.textContent = label;
+      root.dataset.state = "done";
+    } catch (error) {
+      button.textContent = `${label}: ${error.message}`;
+      root.dataset.state = "failed";
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page;
   if (page === "jobs") jobsPage();
   if (page === "job") jobPage();
   if (page === "model" && document.getElementById("chat")) chatBox();
+  if (page === "model" && document.getElementById("exports")) exportButtons();
 });
