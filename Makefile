@@ -156,6 +156,7 @@ engine-ray: | $(UV)
 # portable rather than tuned to this CPU), which loads the GGUF files exports write (the slow
 # test, tests/slow/test_llama_cpp.py).
 engine-llamacpp: export CMAKE_ARGS = -DGGML_NATIVE=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
+engine-llamacpp: export CMAKE_BUILD_PARALLEL_LEVEL = $(shell nproc)
 engine-llamacpp: | $(UV)
 	$(call engine_env,$(LLAMACPP_LOCK),$(LLAMACPP_ENV))
 
