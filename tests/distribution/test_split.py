@@ -30,7 +30,7 @@ from tests.tiny import build_tiny_adapter, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
-    {"prompt": f"Question {i}: what is a blorp?", "completion": "A small fish."} for i in range(8)
+    {"prompt": f"Question {i}: what is a blorp?", "completion": "A small fish."} for i in range(16)
 ]
 
 
@@ -95,7 +95,9 @@ def start_job(front: str, epochs: int = 1) -> str:
         "model": TINY,
         "training_config": {
             "n_epochs": epochs,
-            "max_steps_per_epoch": 2 if epochs == 1 else 4,
+            # a two-epoch job runs long enough (32 steps) to be cancelled or cut off while it runs,
+            # also when its forked worker starts at once
+            "max_steps_per_epoch": 2 if epochs == 1 else 16,
             "data_config": {"dataset_id": dataset_id, "batch_size": 1},
             "seed": 0,
         },
