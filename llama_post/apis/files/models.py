@@ -4,7 +4,7 @@ import json
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from llama_post.schema import MultipartRequest, StrictModel, Upload
 
@@ -42,6 +42,17 @@ class UploadFileRequest(MultipartRequest):
     file: Upload
     purpose: FilePurpose
     expires_after: ExpiresAfter | None = None
+
+    @field_validator("expires_after", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        """A form part holds the field as JSON text, `null` included (no expiry)."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("expires_after: send an object, or its JSON text") from None
+        return value
 
 
 class FileObject(BaseModel):
