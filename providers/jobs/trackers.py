@@ -145,6 +145,9 @@ def _placed(run: TrackerRun) -> bool:
 class Tracker(Protocol):
     def log(self, rows: list[StepMetrics]) -> None: ...
 
+    def held(self) -> int:
+        """The last step the run already holds (0: none, or it cannot be read back)."""
+
     def end(self, status: JobStatus | None) -> None:
         """Close the run with the job's final status; None: the server stops, the job goes on
         at its next start."""
@@ -189,7 +192,21 @@ class TensorBoard:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter  # type: ignore[import-untyped]
 
         assert run.log_dir is not None
+        self.log_dir = Path(run.log_dir)
         self.writer = EventFileWriter(run.log_dir)  # a new events file per server run
+
+    def held(self) -> int:
+        from tensorboard.backend.event_processing.event_file_loader import (  # type: ignore[import-untyped]
+            EventFileLoader,
+        )
+
+        last = 0
+        for path in self.log_dir.glob("events.out.tfevents.*"):
+            # a file cut short by a kill ends at its last whole event
+            for event in EventFileLoader(str(path)).Load():
+                if event.HasField("summary"):
+                    last = max(last, int(event.step))
+        return last
 
     def log(self, rows: list[StepMetrics]) -> None:
         from tensorboard.compat.proto.event_pb2 import Event  # type: ignore[import-untyped]
@@ -229,6 +246,13 @@ class MLflow:
                 run.run_id, params=[Param(k, v) for k, v in _params(request).items()]
             )
         self.run_id = run.run_id
+
+    def held(self) -> int:
+        keys = self.client.get_run(self.run_id).data.metrics
+        if not keys:
+            return 0
+        key = "loss" if "loss" in keys else next(iter(keys))
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=0)
 
     def log(self, rows: list[StepMetrics]) -> None:
         from mlflow.entities import Metric
@@ -273,6 +297,11 @@ class Wandb:
         run.run_id = self.run.id
         run.run_dir = str(self.run.settings.sync_dir)
         run.url = self.run.url if online else None
+
+    def held(self) -> int:
+        # online, a resumed run drops steps before its own (W&B's rule); an offline run of
+        # the same id starts empty, so what a killed server sent unrecorded is sent again
+        return 0
 
     def log(self, rows: list[StepMetrics]) -> None:
         for row in rows:
@@ -332,17 +361,17 @@ class Forwarder:
         rows = [StepMetrics.model_validate(m) for m in read_jsonl(self.folder.metrics)]
         for i in range(len(self.configs)):
             run = self.runs[i]
-            sent = run.last_step if run else 0
-            new = [row for row in rows if row.step > sent]
-            if not new:
+            if not any(row.step > (run.last_step if run else 0) for row in rows):
                 continue
 
-            def send(i: int = i, new: list[StepMetrics] = new) -> None:
-                tracker = self.open.get(i) or self._open(i)
-                tracker.log(new)
+            def send(i: int = i) -> None:
+                tracker = self.open.get(i) or self._open(i)  # opening may find steps it holds
                 run = self.runs[i]
                 assert run is not None
-                run.last_step = max(row.step for row in new)
+                new = [row for row in rows if row.step > run.last_step]
+                if new:
+                    tracker.log(new)
+                    run.last_step = max(row.step for row in new)
 
             self._attempt(i, send)
         self._save()
@@ -350,6 +379,7 @@ class Forwarder:
     def _open(self, i: int) -> Tracker:
         config = self.configs[i]
         run = self.runs[i]
+        placed = run is not None
         if run is None:
             run = self.runs[i] = _where(config, self.roots, self.folder.path)
         tracker: Tracker
@@ -359,6 +389,9 @@ class Forwarder:
             tracker = MLflow(config, run, self.request)
         else:
             tracker = Wandb(config, run, self.request, self.folder.path)
+        if placed:
+            # a server killed after sending steps and before recording it: the run holds them
+            run.last_step = max(run.last_step, tracker.held())
         self.open[i] = tracker
         self._save()  # the run's id, before anything is sent to it
         return tracker

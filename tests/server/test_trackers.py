@@ -46,8 +46,10 @@ def _no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this process's MlflowClient
 
 
-def _start(home: Path, tiny_model: Path) -> Server:
-    server = Server(distribution(home, tiny_model, **WATCHED), home, env=_offline(home)).start()
+def _start(home: Path, tiny_model: Path, env: dict[str, str] | None = None) -> Server:
+    server = Server(
+        distribution(home, tiny_model, **WATCHED), home, env=_offline(home) | (env or {})
+    ).start()
     made = httpx.post(
         f"{server.url}/v1/datasets",
         json={
@@ -255,19 +257,26 @@ def test_a_restarted_server_sends_no_step_twice(tmp_path: Path, tiny_model: Path
         {"type": "tensorboard", "log_dir": "boards/restarted"},
         {"type": "mlflow", "tracking_uri": (tmp_path / "checkpoints" / "mlruns").as_uri()},
     ]
-    server = _start(tmp_path, tiny_model)
+    # the first server's worker wedges at step 20 (its last checkpoint: step 18), so the kill
+    # lands mid-job however fast the steps go
+    server = _start(tmp_path, tiny_model, {"LLAMA_POST_TEST_FAULT": "stall@20"})
     made = httpx.post(
         f"{server.url}/v1/post-training/supervised-fine-tune",
-        json=_job("restarted", trackers, n_epochs=3, save_every=3),
+        json=_job("restarted", trackers, n_epochs=3, save_every=3)
+        | {"supervision": {"stall_seconds": 600}},
     )
     assert made.status_code == 200, made.text
-    # killed after the trackers have steps the resumed attempt computes again
     first = wait_for_job(
         server,
         "restarted",
-        lambda s: min(t["last_step"] for t in s["trackers"] or [{"last_step": 0}]) >= 4,
+        lambda s: min(t["last_step"] for t in s["trackers"] or [{"last_step": 0}]) >= 19,
     )
     server.stop(signal.SIGKILL)
+    # killed after sending steps 14-19 and before recording it: the runs hold them already
+    runs = tmp_path / "post-training" / "jobs" / "restarted" / "trackers.json"
+    saved = json.loads(runs.read_text())
+    assert [run["last_step"] for run in saved] == [19, 19]
+    runs.write_text(json.dumps([run | {"last_step": 13} for run in saved]))
 
     again = _start(tmp_path, tiny_model)
     try:
