@@ -274,7 +274,8 @@ class InspectImpl:
     async def list_providers(self) -> ListProvidersResponse:
         """Every provider and its config; the server's folders in it only for an admin key (or
         an in-process call), as another owner's things lie in them."""
-        return ListProvidersResponse(data=[await self._info(p) for p in self.stack.providers])
+        infos = await asyncio.gather(*(self._info(p) for p in self.stack.providers))
+        return ListProvidersResponse(data=list(infos))
 
     async def inspect_provider(self, provider_id: str) -> ProviderInfo:
         for p in self.stack.providers:
@@ -334,8 +335,8 @@ def _hiding_folders(method: Any, owners: Owners) -> Any:
     `/v1/inspect/providers` hides them. Providers and jobs, which call the registry itself, read
     them whole."""
 
-    def shown(model: Model) -> Model:
-        if owners.made_by_caller("model", model.id):
+    def shown(model: Model, made: bool) -> Model:
+        if made:
             return model
         update: dict[str, Any] = {}
         if getattr(model.source, "path", None) is not None:
@@ -349,9 +350,10 @@ def _hiding_folders(method: Any, owners: Owners) -> Any:
     async def hiding(*args: Any, **kwargs: Any) -> Any:
         result = await method(*args, **kwargs)
         if isinstance(result, Model):
-            return shown(result)
+            return shown(result, owners.made_by_caller("model", result.id))
         if isinstance(result, ListModelsResponse):
-            return result.model_copy(update={"data": [shown(m) for m in result.data]})
+            made = owners.made_by_caller_of("model", [m.id for m in result.data])
+            return result.model_copy(update={"data": [shown(m, m.id in made) for m in result.data]})
         return result
 
     return hiding
