@@ -168,13 +168,16 @@ def _preload(modules: list[str] | tuple[str, ...]) -> None:
             importlib.import_module(name)
 
 
-def _run_worker(request: dict[str, Any], channel: int) -> None:
-    """In the forked child: become `python -m module args...` and exit as it would."""
+def _run_worker(request: dict[str, Any], channel: int, parent: int) -> None:
+    """In the forked child of `parent`: become `python -m module args...` and exit as it
+    would."""
     code = 1
     try:
         os.close(channel)
         os.setsid()
         _die_with_parent()
+        if os.getppid() != parent:  # it died before the signal was set: none would come
+            os._exit(1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         sys.stdout.flush()
@@ -225,6 +228,7 @@ def main() -> None:
     # the replies go on a duplicate of stdout; what the libraries print goes to stderr
     channel = os.dup(1)
     os.dup2(2, 1)
+    server = os.getpid()
     _preload(sys.argv[1:])
     loaded: set[str] = set()
     pending = b""
@@ -249,7 +253,7 @@ def main() -> None:
                     os.write(channel, json.dumps({"error": str(exc)}).encode() + b"\n")
                     continue
                 if pid == 0:
-                    _run_worker(request, channel)
+                    _run_worker(request, channel, server)
                 os.write(channel, json.dumps({"pid": pid}).encode() + b"\n")
         while True:
             try:
