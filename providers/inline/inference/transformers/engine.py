@@ -2,14 +2,15 @@
 
 One thread owns the model. Each turn it admits waiting sequences (prefilled together, left-padded),
 then decodes one token for every active sequence in a single forward pass. The batch's KV cache is
-right-aligned: shorter sequences are padded on the left and masked, so a sequence can join or
-leave between any two steps. A LoRA adapter is chosen per sequence (PEFT's mixed-adapter batches),
-so requests for the base and for several adapters share the same forward pass. A constrained
-sequence (`Guide`) masks its own row of the step's logits before choosing; the other rows are
-untouched, so constrained and free requests share the batch too. Whatever fails in one row (its
-sampling, its grammar, its text) ends that sequence alone: it leaves the batch between two steps
-like one that finished, and its neighbours decode on as if it had never been there. Only a failed
-forward pass fails the whole batch.
+right-aligned: shorter sequences are padded on the left and masked, so a sequence can join or leave
+between any two steps. A LoRA adapter is chosen per sequence (PEFT's mixed-adapter batches), so
+requests for the base and for several adapters share the same forward pass; a step whose rows all
+want the base, or all the same adapter, runs without PEFT's routing (`adapters.Routing`). A
+constrained sequence (`Guide`) masks its own row of the step's logits before choosing; the other
+rows are untouched, so constrained and free requests share the batch too. Whatever fails in one row
+(its sampling, its grammar, its text) ends that sequence alone: it leaves the batch between two
+steps like one that finished, and its neighbours decode on as if it had never been there. Only a
+failed forward pass fails the whole batch.
 
 The asyncio side talks to the thread through `generate()`, an async iterator of `Event`s.
 """
@@ -33,12 +34,12 @@ from transformers import DynamicCache
 
 from llama_post import telemetry
 from llama_post.errors import GenerationError, LlamaPostError
+from providers.inline.inference.transformers.adapters import Routing
 from providers.inline.inference.transformers.guided import Guide
 from providers.inline.inference.transformers.sampling import Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = tokenizer.eos_token_id or 0
         self.adapters: set[str] = set()  # names loaded into the (then PEFT-wrapped) model
+        self.routing = Routing()  # how a step runs the adapters its rows want
         self.cache_arg = cache_argument(model)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._active: list[Sequence] = []
@@ -206,6 +208,7 @@ class Engine:
             while True:
                 with self._cond:
                     while not (self._stopping or self._waiting or self._active or self._controls):
+                        self.routing.release()  # idle: the model as it was loaded
                         self._cond.wait()
                     if self._stopping:
                         break
@@ -215,6 +218,8 @@ class Engine:
                     admitted = [
                         self._waiting.popleft() for _ in range(min(room, len(self._waiting)))
                     ]
+                if controls:  # they may change the adapters: the model as it was loaded
+                    self.routing.forget()
                 for fn, future in controls:
                     try:
                         future.set_result(fn())
@@ -274,7 +279,7 @@ class Engine:
         **extra: Any,
     ) -> torch.Tensor:
         if self.adapters:
-            extra["adapter_names"] = [s.adapter or BASE for s in seqs]
+            extra |= self.routing.route(self.model, [s.adapter for s in seqs])
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
