@@ -341,7 +341,8 @@ class TransformersInference:
             )
         guides = await self._guides(request, target)
         scoring = request.logprobs if request.echo else None
-        streams, echoes = [], []
+        streams = []
+        echoes: list[str] | None = [] if request.echo else None  # what each choice starts with
         for ids, text in self._prompts(target, request.prompt):
             params = self._params(
                 request, target, len(ids), request.max_tokens, request.logprobs, scoring
@@ -352,11 +353,12 @@ class TransformersInference:
             streams.append(
                 target.base.engine.generate(ids, params, target.adapter, target.model_id, guides())
             )
-            echoes.append(target.base.tokenizer.decode(ids) if text is None else text)
+            if echoes is not None:
+                echoes.append(target.base.tokenizer.decode(ids) if text is None else text)
         if request.stream:
-            return self._completion_chunks(request, streams, echoes if request.echo else None)
+            return self._completion_chunks(request, streams, echoes)
         results = list(await asyncio.gather(*(collect(s) for s in streams)))
-        return completion(request, results, echoes if request.echo else None)
+        return completion(request, results, echoes)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
         target = self._target(request.model)
