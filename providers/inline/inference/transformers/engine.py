@@ -42,6 +42,9 @@ from providers.inline.inference.transformers.sampling import Sampler, SamplingPa
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+# Prompts scored in one prefill keep the logits of every position: padded tokens x vocabulary
+# floats (4096 x SmolLM2's 49152 are 0.8 GB in fp32); more are prefilled in several.
+SCORING_TOKENS = 4096
 
 
 @dataclass
@@ -230,8 +233,8 @@ class Engine:
                     admitted = [s for s in admitted if not s.cancelled]
                     scoring = [s for s in admitted if s.params.prompt_logprobs is not None]
                     plain = [s for s in admitted if s.params.prompt_logprobs is None]
-                    if scoring:  # apart: only they need the logits of every position
-                        self._prefill(scoring, every_position=True)
+                    for group in _scoring_groups(scoring):  # apart: they keep every logit
+                        self._prefill(group, every_position=True)
                     if plain:
                         self._prefill(plain)
                     if self._active:
@@ -420,6 +423,19 @@ def cache_argument(model: Any) -> str:
     architectures not yet moved over still take `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _scoring_groups(seqs: list[Sequence]) -> list[list[Sequence]]:
+    """`seqs` in prefill groups of at most SCORING_TOKENS padded tokens (a longer prompt alone)."""
+    groups: list[list[Sequence]] = []
+    longest = 0
+    for seq in seqs:
+        longest = max(longest, len(seq.prompt))
+        if not groups or (len(groups[-1]) + 1) * longest > SCORING_TOKENS:
+            groups.append([])
+            longest = len(seq.prompt)
+        groups[-1].append(seq)
+    return groups
 
 
 def _layers(cache: DynamicCache) -> list[Any]:
