@@ -1,7 +1,8 @@
 """EleutherAI's lm-eval, pinned, in its own environment: the tasks of a folder (their YAML and
 data files; no hub download) run on the served model through `local-completions` and on lm-eval's
 own `hf` model over the same weights. The last line printed is the JSON report: each run's
-metrics per task and its generations, in the tasks' row order.
+metrics per task, its log-likelihoods of the choices and its generations, in the tasks' rows'
+order.
 
     python lm_eval_flow.py URL MODEL_ID WEIGHTS_FOLDER TASKS_FOLDER
 """
@@ -46,7 +47,9 @@ def main(url: str, model_id: str, weights: str, tasks: str) -> dict[str, Any]:
             log_samples=True,
             bootstrap_iters=0,
         )
-        samples = sorted(results["samples"]["blorp_answer"], key=lambda s: s["doc_id"])
+        samples = {
+            task: sorted(results["samples"][task], key=lambda s: s["doc_id"]) for task in TASKS
+        }
         report[name] = {
             "metrics": {
                 task: {
@@ -56,7 +59,12 @@ def main(url: str, model_id: str, weights: str, tasks: str) -> dict[str, Any]:
                 }
                 for task in TASKS
             },
-            "generations": [s["filtered_resps"][0] for s in samples],
+            # each choice's log-likelihood after its question, as lm-eval read it
+            "loglikelihoods": [
+                [float(choice[0]) for choice in s["filtered_resps"]]
+                for s in samples["blorp_choice"]
+            ],
+            "generations": [s["filtered_resps"][0] for s in samples["blorp_answer"]],
         }
     return report
 

@@ -2,7 +2,8 @@
 multiple-choice task and a generation task (tests/compat/lm_eval_tasks: YAML and JSON Lines, no
 hub download) on the served tiny model through `local-completions` (its log-likelihoods are our
 completions' `echo` + `logprobs`), and on the same weights with its own `hf` model: the metrics
-agree within a point, and every generation is the same text.
+agree within a point, each choice's log-likelihood within 1e-3, and every generation is the same
+text.
 
 Slow lane: the environment holds torch, transformers and lm-eval's own dependencies (built once
 per lock into the clients' cache, minutes the first time)."""
@@ -63,3 +64,7 @@ def test_lm_eval_scores_the_served_model_as_its_own_hf_model(
             assert served[task][metric] == pytest.approx(value, abs=0.01), (task, metric, seen)
     assert own["blorp_answer"]["exact_match"] == pytest.approx(expected_match)
     assert seen["served"]["generations"] == seen["hf"]["generations"]
+    for served_row, own_row in zip(
+        seen["served"]["loglikelihoods"], seen["hf"]["loglikelihoods"], strict=True
+    ):
+        assert served_row == pytest.approx(own_row, abs=1e-3)
