@@ -122,7 +122,7 @@ lock: | $(UV)
 	for pins in tests/compat/pins/*.in; do \
 	  version=$$(sed -n 's/^# python \([0-9.]*\)$$/\1/p' $$pins); \
 	  $(UV) pip compile --quiet --generate-hashes --python-version $${version:-3.12} \
-	    --python-platform x86_64-manylinux_2_28 $$pins -o $${pins%.in}.txt || exit 1; \
+	    --python-platform x86_64-manylinux_2_28 $(FIND_LINKS) $$pins -o $${pins%.in}.txt || exit 1; \
 	done
 
 # The newest releases pyproject.toml allows, in an environment of their own (.venv-latest), and

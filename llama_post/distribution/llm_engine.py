@@ -420,7 +420,9 @@ async def _stream(
                 if logprobs and choice.logprobs is not None and choice.logprobs.tokens:
                     token = TokenOutput(
                         token="".join(choice.logprobs.tokens),
-                        log_prob=math.fsum(choice.logprobs.token_logprobs),
+                        log_prob=math.fsum(
+                            p for p in choice.logprobs.token_logprobs if p is not None
+                        ),
                     )
                 count += len(choice.logprobs.tokens) if choice.logprobs else 1
                 held = CompletionStreamResponse(

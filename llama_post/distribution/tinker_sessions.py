@@ -346,7 +346,9 @@ class TinkerSessions:
             for completion in done:
                 assert isinstance(completion, Completion)
                 choice = completion.choices[0]
-                logprobs = choice.logprobs.token_logprobs if choice.logprobs else None
+                logprobs = None
+                if choice.logprobs:  # not echoed: every token has its logprob
+                    logprobs = [p for p in choice.logprobs.token_logprobs if p is not None]
                 sequences.append(
                     (choice.finish_reason or "length", choice.token_ids or [], logprobs)
                 )

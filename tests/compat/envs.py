@@ -23,6 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PINS = Path(__file__).parent / "pins"
 UV = ROOT / ".tools" / "bin" / "uv"
+# Where this machine kind keeps the CPU build of torch that a lock may name (lm-eval's `hf` model
+# needs torch); the Makefile reads the same folder for .venv and the engines.
+WHEELS = [Path("/opt/wheels")]
 
 
 def cache_root() -> Path:
@@ -66,6 +69,7 @@ def client_python(name: str, interpreter: str = sys.executable) -> Path:
             "--python",
             staging / "bin" / "python",
             "--require-hashes",
+            *[f"--find-links={folder}" for folder in WHEELS if folder.is_dir()],
             "--link-mode",
             "copy",
             "--compile-bytecode",  # each flow is a process of its own: no import compiles again

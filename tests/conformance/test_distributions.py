@@ -66,6 +66,7 @@ class Context:
 class Target:
     http: httpx.Client
     capabilities: set[str]
+    model: Path  # the tiny model every upstream serves
     lacks: dict[str, str] = field(default_factory=dict)  # capability -> why this upstream lacks it
 
 
@@ -178,7 +179,7 @@ def target(
         }
         server = stack.enter_context(_started(Server(raw, _mkdir(home / "front"), env)))
         http = stack.enter_context(httpx.Client(base_url=server.url, timeout=120))
-        yield Target(http, set(raw.get("capabilities", [])) - set(lacks), lacks)
+        yield Target(http, set(raw.get("capabilities", [])) - set(lacks), model, lacks)
 
 
 # -- the suite ---------------------------------------------------------------------------------
@@ -253,6 +254,25 @@ def test_logprobs(target: Target) -> None:
     body = {"model": TINY, "prompt": "A blorp is", "max_tokens": 3, "temperature": 0}
     logprobs = target.http.post("/v1/completions", json={**body, "logprobs": 2}).json()
     assert len(logprobs["choices"][0]["logprobs"]["token_logprobs"]) == 3
+
+
+def test_prompt_scoring(target: Target, tokenizer: Any) -> None:
+    """lm-eval's log-likelihood request (echo, logprobs, token ids) with `max_tokens` 0: each
+    prompt token's logprob as transformers computes it in this process, on every upstream."""
+    _require(target, "logprobs")
+    ids = tokenizer("A blorp is a small blue fish", add_special_tokens=False)["input_ids"]
+    body = {"model": TINY, "prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 0}
+    answer = target.http.post("/v1/completions", json={**body, "temperature": 0})
+    assert answer.status_code == 200, answer.text
+    choice = answer.json()["choices"][0]
+    assert choice["text"] == tokenizer.decode(ids)
+    logprobs = choice["logprobs"]
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    chosen, best = _prompt_logprobs(target.model, ids)
+    assert logprobs["token_logprobs"][1:] == pytest.approx(chosen, abs=1e-4)
+    assert [max(top.values()) for top in logprobs["top_logprobs"][1:]] == pytest.approx(
+        best, abs=1e-4
+    )
 
 
 def test_structured_outputs(target: Target) -> None:
@@ -390,6 +410,19 @@ def _greedy(base: str, adapter: str, tokens: int) -> str:
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=tokens, do_sample=False)  # type: ignore[no-untyped-call]
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def _prompt_logprobs(model_dir: Path, ids: list[int]) -> tuple[list[float], list[float]]:
+    """Each token's logprob after the first, and the likeliest's there, under transformers."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        raw = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+    chosen = raw.gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+    return chosen.tolist(), raw.max(dim=-1).values.tolist()
 
 
 def _finished(http: httpx.Client, job_uuid: str, timeout: float = 180) -> dict[str, Any]:

@@ -32,6 +32,20 @@ from tests.support import free_port
 
 MODEL = "org/served"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+# vLLM's answer to `echo` with `logprobs` and `max_tokens: 0`: the prompt, its first token unscored
+SCORED = {
+    "id": "cmpl-1", "object": "text_completion", "created": 1,
+    "choices": [{
+        "index": 0, "text": "a b c", "finish_reason": "length", "stop_reason": None,
+        "logprobs": {
+            "tokens": ["a", " b", " c"], "token_logprobs": [None, -1.5, -0.25],
+            "top_logprobs": [None, {" b": -1.5, " x": -2.0}, {" c": -0.25, " y": -3.0}],
+            "text_offset": [0, 1, 3],
+        },
+        "prompt_logprobs": [None, {"7": {"logprob": -1.5}}, {"8": {"logprob": -0.25}}],
+    }],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}  # fmt: skip
 
 
 @dataclass
@@ -88,6 +102,8 @@ class Upstream:
                     return self._send(400, {"error": {"message": message, "param": "messages"}})
                 if body["model"] not in (MODEL, *upstream.adapters):
                     return self._send(404, {"error": {"message": "The model does not exist."}})
+                if self.path == "/v1/completions":
+                    return self._send(200, {**SCORED, "model": body["model"]})
                 self._send(200, {
                     "id": "chatcmpl-1", "object": "chat.completion", "created": 1,
                     "model": body["model"],
@@ -283,3 +299,18 @@ def test_constraints_reach_the_upstream_in_vllms_shape(tmp_path: Path, upstream:
         assert upstream.calls[-1][1]["response_format"] == response_format
         client.inference.chat_completion({**CHAT, "structured_outputs": {"grammar": "start: /a/"}})
         assert upstream.calls[-1][1]["structured_outputs"] == {"grammar": "start: /a/"}
+
+
+def test_prompt_scoring_is_passed_through_as_vllm_answers_it(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """lm-eval's log-likelihood requests (echo, logprobs, max_tokens 0, token-id batches) reach
+    vLLM as sent, and its answer, the first prompt token's null logprob included, comes back."""
+    with library(config(tmp_path, upstream.url)) as client:
+        asked = {"prompt": [[5, 7, 8]], "echo": True, "logprobs": 1, "max_tokens": 0}
+        answer = client.inference.completion({"model": MODEL, "temperature": 0, **asked})
+        path, sent = upstream.calls[-1]
+        assert path == "/v1/completions" and {k: sent[k] for k in asked} == asked
+        logprobs = answer.choices[0].logprobs
+        assert logprobs.model_dump() == SCORED["choices"][0]["logprobs"]  # type: ignore[index]
+        assert answer.choices[0].text == "a b c" and answer.model == MODEL

@@ -120,10 +120,25 @@ TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: Text | Annotated[list[Text], Field(min_length=1)] | TokenIds = Field(
-        description="A text, several, or one prompt as token ids (as OpenAI's and vLLM's)."
+    prompt: (
+        Text
+        | Annotated[list[Text], Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    ) = Field(
+        description="A text, several, one prompt as token ids, or several (as OpenAI's and vLLM's)."
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=0,
+        description="Defaults to what fits the context. 0 (with `echo`) scores the prompt only.",
     )
     logprobs: int | None = Field(None, ge=0, le=20, description="Alternatives per token.")
+    echo: bool = Field(
+        False,
+        description="Give the prompt back before the completion; with `logprobs`, its tokens' "
+        "logprobs too, the first null (OpenAI's legacy completions, vLLM's).",
+    )
     return_token_ids: bool = Field(False, description="Each choice's `token_ids` (as vLLM's).")
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, max_length=64, description="Tokens that end the output, kept in it (as vLLM's)."
@@ -199,9 +214,11 @@ class ChatCompletionChunk(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape. With `echo`, the prompt's first token has no logprob (null)."""
+
     tokens: list[str] = []
-    token_logprobs: list[float] = []
-    top_logprobs: list[dict[str, float]] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
     text_offset: list[int] = []
 
 

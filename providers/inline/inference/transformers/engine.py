@@ -7,10 +7,13 @@ between any two steps. A LoRA adapter is chosen per sequence (PEFT's mixed-adapt
 requests for the base and for several adapters share the same forward pass; a step whose rows all
 want the base, or all the same adapter, runs without PEFT's routing (`adapters.Routing`). A
 constrained sequence (`Guide`) masks its own row of the step's logits before choosing; the other
-rows are untouched, so constrained and free requests share the batch too. Whatever fails in one row
-(its sampling, its grammar, its text) ends that sequence alone: it leaves the batch between two
-steps like one that finished, and its neighbours decode on as if it had never been there. Only a
-failed forward pass fails the whole batch.
+rows are untouched, so constrained and free requests share the batch too. A request that scores its
+prompt (`prompt_logprobs`: lm-eval's log-likelihoods) is prefilled with its neighbours that score
+too, keeping the logits of every position rather than the last, so its prompt's logprobs come from
+that one forward pass; with `max_tokens` 0 it leaves the batch there, having generated nothing.
+Whatever fails in one row (its sampling, its grammar, its text) ends that sequence alone: it leaves
+the batch between two steps like one that finished, and its neighbours decode on as if it had never
+been there. Only a failed forward pass fails the whole batch.
 
 The asyncio side talks to the thread through `generate()`, an async iterator of `Event`s.
 """
@@ -40,6 +43,9 @@ from providers.inline.inference.transformers.sampling import Sampler, SamplingPa
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Prompts scored in one prefill keep the logits of every position: padded tokens x vocabulary
+# floats (4096 x SmolLM2's 49152 are 0.8 GB in fp32); more are prefilled in several.
+SCORING_TOKENS = 4096
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Event:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    prompt: list[TokenInfo] | None = None  # the prompt's tokens scored, in the first event
 
 
 class Detokenizer:
@@ -108,6 +115,7 @@ class Sequence:
     sink: Callable[[Event | BaseException], object]
     model: str  # the model asked for (an adapter's id, or the base's): the metrics' label
     guide: Guide | None = None  # the request's constraint, if it has one
+    scored: list[TokenInfo] | None = None  # its prompt's logprobs, until the first event has them
     queued_at: float = field(default_factory=time.monotonic)
     generated: list[int] = field(default_factory=list)
     finished: bool = False
@@ -228,8 +236,12 @@ class Engine:
                 try:
                     self._drop_done()
                     admitted = [s for s in admitted if not s.cancelled]
-                    if admitted:
-                        self._prefill(admitted)
+                    scoring = [s for s in admitted if s.params.prompt_logprobs is not None]
+                    plain = [s for s in admitted if s.params.prompt_logprobs is None]
+                    for group in _scoring_groups(scoring):  # apart: they keep every logit
+                        self._prefill(group, every_position=True)
+                    if plain:
+                        self._prefill(plain)
                     if self._active:
                         self._decode()
                 except Exception as exc:  # a failed forward fails its batch, not the server
@@ -239,7 +251,7 @@ class Engine:
                             seq.sink(exc)
                     self._active, self._cache, self._mask = [], None, None
 
-    def _prefill(self, new: list[Sequence]) -> None:
+    def _prefill(self, new: list[Sequence], every_position: bool = False) -> None:
         longest = max(len(s.prompt) for s in new)
         ids = torch.tensor(
             [[self.pad_id] * (longest - len(s.prompt)) + s.prompt for s in new], device=self.device
@@ -249,12 +261,13 @@ class Engine:
         )
         cache = DynamicCache(config=self.model.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(ids, mask, positions, cache, new, logits_to_keep=1)
+        keep = 0 if every_position else 1  # 0: transformers keeps the logits of every position
+        logits = self._forward(ids, mask, positions, cache, new, logits_to_keep=keep)
         telemetry.BATCH_SIZE.labels(self.name, "prefill").observe(len(new))
         self._join(cache, mask)
         self._active.extend(new)
-        for seq, row in zip(new, logits[:, -1, :], strict=True):
-            self._advance(seq, row)
+        for seq, rows in zip(new, logits, strict=True):
+            self._advance(seq, rows[-1], rows if every_position else None)
         self._drop_done()
 
     def _decode(self) -> None:
@@ -290,11 +303,41 @@ class Engine:
         )
         return out.logits  # type: ignore[no-any-return]
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
+    def _advance(
+        self, seq: Sequence, logits: torch.Tensor, prompt_logits: torch.Tensor | None = None
+    ) -> None:
         try:
+            if prompt_logits is not None:
+                seq.scored = self._score_prompt(seq, prompt_logits)
+            if seq.params.max_tokens == 0:  # the prompt scored: nothing to generate
+                seq.finished = True
+                seq.sink(Event("", [], "length", len(seq.prompt), 0, prompt=seq.scored))
+                return
             self._step(seq, logits)
         except Exception as exc:  # fails its own request, not the batch
             self._end_alone(seq, exc)
+
+    def _score_prompt(self, seq: Sequence, logits: torch.Tensor) -> list[TokenInfo]:
+        """Each prompt token's logprob given the tokens before it (the first has none), and the
+        `prompt_logprobs` likeliest there, from this row's prefill logits: the prompt is its last
+        columns (left padding), and the logits at one position are the next token's."""
+        k, prompt, decode = seq.params.prompt_logprobs or 0, seq.prompt, self.tokenizer.decode
+        scored = [TokenInfo(prompt[0], decode([prompt[0]]), None, [])]
+        if len(prompt) == 1:
+            return scored
+        raw = torch.log_softmax(logits[-len(prompt) : -1].float(), dim=-1)
+        following = torch.tensor(prompt[1:], device=raw.device)
+        chosen = raw.gather(1, following[:, None])[:, 0].tolist()
+        tops: list[list[tuple[str, float]]] = [[] for _ in chosen]
+        if k:
+            values, ids = raw.topk(k, dim=-1)
+            tops = [
+                [(decode([t]), v) for t, v in zip(row_ids, row_values, strict=True)]
+                for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
+            ]
+        for token, logprob, top in zip(prompt[1:], chosen, tops, strict=True):
+            scored.append(TokenInfo(token, decode([token]), logprob, top))
+        return scored
 
     def _end_alone(self, seq: Sequence, exc: Exception) -> None:
         seq.finished = True  # leaves the batch at the next `_drop_done`
@@ -340,7 +383,8 @@ class Engine:
             info.text = decode([choice.token])
             info.top = [(decode([t]), lp) for t, lp in choice.top]
         seq.finished = finish is not None
-        seq.sink(Event(text, [info], finish, len(seq.prompt), len(seq.generated)))
+        scored, seq.scored = seq.scored, None  # sent once, with the first token
+        seq.sink(Event(text, [info], finish, len(seq.prompt), len(seq.generated), scored))
 
     def _join(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Add freshly prefilled rows to the batch, right-aligning both sides."""
@@ -384,6 +428,19 @@ def cache_argument(model: Any) -> str:
     architectures not yet moved over still take `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _scoring_groups(seqs: list[Sequence]) -> list[list[Sequence]]:
+    """`seqs` in prefill groups of at most SCORING_TOKENS padded tokens (a longer prompt alone)."""
+    groups: list[list[Sequence]] = []
+    longest = 0
+    for seq in seqs:
+        longest = max(longest, len(seq.prompt))
+        if not groups or (len(groups[-1]) + 1) * longest > SCORING_TOKENS:
+            groups.append([])
+            longest = len(seq.prompt)
+        groups[-1].append(seq)
+    return groups
 
 
 def _layers(cache: DynamicCache) -> list[Any]:

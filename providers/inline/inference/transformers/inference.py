@@ -27,14 +27,9 @@ from llama_post.apis.inference import (
     ChatCompletionRequest,
     ChatDelta,
     ChatMessage,
-    ChoiceLogprobs,
     Completion,
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     SamplingFields,
-    TokenLogprob,
-    TopLogprob,
     Usage,
 )
 from llama_post.apis.inference.models import AssistantMessage
@@ -52,6 +47,15 @@ from providers.inline.inference.transformers.config import TransformersInference
 from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
 from providers.inline.inference.transformers.guided import Grammars, Guide, constraint_of
 from providers.inline.inference.transformers.loading import load_base, source_path
+from providers.inline.inference.transformers.responses import (
+    Echo,
+    chat_logprobs,
+    collect,
+    completion,
+    completion_choice,
+    merge,
+    usage_of,
+)
 from providers.inline.inference.transformers.sampling import SamplingParams
 from providers.utils.gguf import converted_gguf
 from providers.utils.huggingface import recommended_sampling
@@ -268,8 +272,9 @@ class TransformersInference:
     async def _chat_result(
         self, request: SamplingFields, events: AsyncIterator[Event]
     ) -> ChatCompletion:
-        text, tokens, last = await _collect(events)
-        logprobs = _chat_logprobs(tokens) if tokens and tokens[0].logprob is not None else None
+        got = await collect(events)
+        text, tokens, last = got.text, got.tokens, got.last
+        logprobs = chat_logprobs(tokens) if tokens and tokens[0].logprob is not None else None
         return ChatCompletion(
             id=f"chatcmpl-{secrets.token_hex(12)}",
             created=int(time.time()),
@@ -282,7 +287,7 @@ class TransformersInference:
                     logprobs=logprobs,
                 )
             ],
-            usage=_usage(last),
+            usage=usage_of(last),
         )
 
     async def _chat_chunks(
@@ -309,7 +314,7 @@ class TransformersInference:
             pending += event.tokens
             if not event.text and event.finish_reason is None:
                 continue
-            logprobs = _chat_logprobs(pending) if request.logprobs else None
+            logprobs = chat_logprobs(pending) if request.logprobs else None
             pending = []
             yield chunk(
                 ChatChunkChoice(
@@ -320,7 +325,7 @@ class TransformersInference:
                 )
             )
         if last is not None and request.stream_options and request.stream_options.include_usage:
-            yield chunk(None, _usage(last))
+            yield chunk(None, usage_of(last))
 
     # -- completions ---------------------------------------------------------------------------
 
@@ -328,20 +333,32 @@ class TransformersInference:
         self, request: CompletionRequest
     ) -> Completion | AsyncIterator[Completion]:
         target = self._target(request.model)
+        if request.max_tokens == 0 and not request.echo:
+            raise InvalidRequestError(
+                "max_tokens: 0 generates nothing; it scores the prompt, with `echo: true` (and "
+                "`logprobs` for its tokens' logprobs)",
+                param="max_tokens",
+            )
         guides = await self._guides(request, target)
+        scoring = request.logprobs if request.echo else None
         streams = []
-        for ids in self._prompts(target, request.prompt):
-            params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
+        echoes: list[str] | None = [] if request.echo else None  # what each choice starts with
+        for ids, text in self._prompts(target, request.prompt):
+            params = self._params(
+                request, target, len(ids), request.max_tokens, request.logprobs, scoring
+            )
             if request.stop_token_ids:
                 stops = params.eos_ids | frozenset(request.stop_token_ids)
                 params = dataclasses.replace(params, eos_ids=stops)
             streams.append(
                 target.base.engine.generate(ids, params, target.adapter, target.model_id, guides())
             )
+            if echoes is not None:
+                echoes.append(target.base.tokenizer.decode(ids) if text is None else text)
         if request.stream:
-            return self._completion_chunks(request, streams)
-        results = await asyncio.gather(*(_collect(s) for s in streams))
-        return _completion(request, [(i, *r) for i, r in enumerate(results)])
+            return self._completion_chunks(request, streams, echoes)
+        results = list(await asyncio.gather(*(collect(s) for s in streams)))
+        return completion(request, results, echoes)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
         target = self._target(request.model)
@@ -352,33 +369,35 @@ class TransformersInference:
             params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
             engine = target.base.engine
             jobs.append(
-                _collect(engine.generate(ids, params, target.adapter, target.model_id, guides()))
+                collect(engine.generate(ids, params, target.adapter, target.model_id, guides()))
             )
         results = await asyncio.gather(*jobs)
-        return BatchCompletionResponse(data=[_completion(request, [(0, *r)]) for r in results])
+        return BatchCompletionResponse(data=[completion(request, [r]) for r in results])
 
     async def _completion_chunks(
-        self, request: CompletionRequest, streams: list[AsyncIterator[Event]]
+        self,
+        request: CompletionRequest,
+        streams: list[AsyncIterator[Event]],
+        echoes: list[str] | None,
     ) -> AsyncIterator[Completion]:
         chunk_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
-        want_logprobs = request.logprobs is not None
-        async for index, event in _merge(streams):
-            if not event.text and event.finish_reason is None:
+        echoed: set[int] = set()
+        async for index, event in merge(streams):
+            echo = None
+            if echoes is not None and index not in echoed:  # its first chunk starts with it
+                echoed.add(index)
+                echo = Echo(echoes[index], event.prompt or [])
+            elif not event.text and event.finish_reason is None:
                 continue
-            logprobs = _completion_logprobs(event.tokens, 0) if want_logprobs else None
-            yield Completion(
-                id=chunk_id,
-                created=created,
-                model=request.model,
-                choices=[
-                    CompletionChoice(
-                        index=index,
-                        text=event.text,
-                        logprobs=logprobs,
-                        finish_reason=event.finish_reason,
-                    )
-                ],
+            choice = completion_choice(
+                index,
+                event.text,
+                event.tokens,
+                event.finish_reason,
+                echo,
+                request.logprobs is not None,
             )
+            yield Completion(id=chunk_id, created=created, model=request.model, choices=[choice])
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -417,23 +436,26 @@ class TransformersInference:
         )
         return self._encode(target, text, field)
 
-    def _prompts(self, target: Target, prompt: str | list[str] | list[int]) -> list[list[int]]:
-        """A completion's prompts as token ids: one text, several, or one given as ids."""
-        if isinstance(prompt, str):
-            return [self._encode(target, prompt, "prompt")]
-        if all(isinstance(p, int) for p in prompt):
-            vocab = target.base.engine.vocab
-            if any(p >= vocab for p in prompt):  # type: ignore[operator]
+    def _prompts(
+        self, target: Target, prompt: str | list[str] | list[int] | list[list[int]]
+    ) -> list[tuple[list[int], str | None]]:
+        """A completion's prompts as token ids, each with its text where it was given as one:
+        one text, several, one given as ids, or several (lm-eval sends its batches so)."""
+        one = isinstance(prompt, str) or isinstance(prompt[0], int)
+        items: list[Any] = [prompt] if one else list(prompt)
+        vocab = target.base.engine.vocab
+        prompts: list[tuple[list[int], str | None]] = []
+        for i, item in enumerate(items):
+            field = f"prompt[{i}]" if len(items) > 1 else "prompt"
+            if isinstance(item, str):
+                prompts.append((self._encode(target, item, field), item))
+            elif any(p >= vocab for p in item):
                 raise InvalidRequestError(
-                    f"prompt: a token id is not in the model's vocabulary of {vocab}",
-                    param="prompt",
+                    f"{field}: a token id is not in the model's vocabulary of {vocab}", param=field
                 )
-            return [list(prompt)]  # type: ignore[arg-type]
-        many = len(prompt) > 1
-        return [
-            self._encode(target, str(text), f"prompt[{i}]" if many else "prompt")
-            for i, text in enumerate(prompt)
-        ]
+            else:
+                prompts.append((list(item), None))
+        return prompts
 
     def _encode(self, target: Target, text: str, field: str) -> list[int]:
         ids: list[int] = target.base.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -448,12 +470,14 @@ class TransformersInference:
         prompt_tokens: int,
         max_tokens: int | None,
         logprobs: int | None,
+        prompt_logprobs: int | None = None,
     ) -> SamplingParams:
         context = target.base.info.context_length
-        if prompt_tokens >= context:
+        if prompt_tokens > context or (prompt_tokens == context and max_tokens != 0):
+            left = "" if max_tokens == 0 else ", and at least one must be left to generate"
             raise InvalidRequestError(
                 f"the prompt is {prompt_tokens} tokens; {target.model_id}'s context is {context} "
-                "tokens, and at least one must be left to generate",
+                f"tokens{left}",
                 param="messages" if isinstance(request, ChatCompletionRequest) else "prompt",
             )
         if max_tokens is not None and prompt_tokens + max_tokens > context:
@@ -465,7 +489,7 @@ class TransformersInference:
                 param=field,
             )
         return SamplingParams(
-            max_tokens=max_tokens or context - prompt_tokens,
+            max_tokens=context - prompt_tokens if max_tokens is None else max_tokens,
             temperature=1.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             top_k=request.top_k,
@@ -474,109 +498,10 @@ class TransformersInference:
             frequency_penalty=request.frequency_penalty,
             repetition_penalty=request.repetition_penalty or 1.0,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             stop=tuple(request.stop_sequences()),
             eos_ids=frozenset() if request.ignore_eos else target.base.eos_ids,
         )
-
-
-async def _collect(events: AsyncIterator[Event]) -> tuple[str, list[TokenInfo], Event]:
-    text, tokens, last = [], [], None
-    async for event in events:
-        text.append(event.text)
-        tokens += event.tokens
-        last = event
-    assert last is not None
-    return "".join(text), tokens, last
-
-
-async def _merge(streams: list[AsyncIterator[Event]]) -> AsyncIterator[tuple[int, Event]]:
-    queue: asyncio.Queue[tuple[int, Event | BaseException | None]] = asyncio.Queue()
-
-    async def pump(index: int, stream: AsyncIterator[Event]) -> None:
-        try:
-            async for event in stream:
-                await queue.put((index, event))
-        except Exception as exc:
-            await queue.put((index, exc))
-        await queue.put((index, None))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        running = len(tasks)
-        while running:
-            index, item = await queue.get()
-            if item is None:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield index, item
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-def _usage(last: Event) -> Usage:
-    return Usage(
-        prompt_tokens=last.prompt_tokens,
-        completion_tokens=last.completion_tokens,
-        total_tokens=last.prompt_tokens + last.completion_tokens,
-    )
-
-
-def _chat_logprobs(tokens: list[TokenInfo]) -> ChoiceLogprobs:
-    return ChoiceLogprobs(
-        content=[
-            TokenLogprob(
-                token=t.text,
-                logprob=t.logprob or 0.0,
-                bytes=list(t.text.encode()),
-                top_logprobs=[
-                    TopLogprob(token=s, logprob=lp, bytes=list(s.encode())) for s, lp in t.top
-                ],
-            )
-            for t in tokens
-        ]
-    )
-
-
-def _completion_logprobs(tokens: list[TokenInfo], offset: int) -> CompletionLogprobs:
-    out = CompletionLogprobs()
-    for t in tokens:
-        out.tokens.append(t.text)
-        out.token_logprobs.append(t.logprob or 0.0)
-        out.top_logprobs.append(dict(t.top))
-        out.text_offset.append(offset)
-        offset += len(t.text)
-    return out
-
-
-def _completion(
-    request: SamplingFields, results: list[tuple[int, str, list[TokenInfo], Event]]
-) -> Completion:
-    want = getattr(request, "logprobs", None) is not None
-    ids = getattr(request, "return_token_ids", False)
-    choices = [
-        CompletionChoice(
-            index=i,
-            text=text,
-            finish_reason=last.finish_reason,
-            logprobs=_completion_logprobs(tokens, 0) if want else None,
-            token_ids=[t.id for t in tokens] if ids else None,
-        )
-        for i, text, tokens, last in results
-    ]
-    prompt = sum(r[3].prompt_tokens for r in results)
-    completion = sum(r[3].completion_tokens for r in results)
-    return Completion(
-        id=f"cmpl-{secrets.token_hex(12)}",
-        created=int(time.time()),
-        model=request.model,
-        choices=choices,
-        usage=Usage(
-            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-        ),
-    )
 
 
 def _as_list(value: Any) -> list[Any]:

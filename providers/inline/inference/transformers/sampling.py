@@ -20,7 +20,7 @@ GREEDY_BELOW = 1e-5
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_tokens: int
+    max_tokens: int  # 0: score the prompt only (`prompt_logprobs`), generate nothing
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None
@@ -29,6 +29,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logprobs: int | None = None  # None: none; k: the chosen token's and k alternatives
+    prompt_logprobs: int | None = None  # the same for each prompt token after the first
     stop: tuple[str, ...] = ()
     eos_ids: frozenset[int] = field(default_factory=frozenset)
 
