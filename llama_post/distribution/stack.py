@@ -25,6 +25,7 @@ from llama_post.auth import PRINCIPAL
 from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
+from llama_post.distribution.evaluations import EvaluationService
 from llama_post.distribution.fine_tuning import OpenAIFineTuning
 from llama_post.distribution.graders import GraderService
 from llama_post.distribution.llm_engine import LLMEngineService
@@ -63,6 +64,7 @@ class Stack:
         self.owners: Owners | None = None
         self.checkpoints: Checkpoints | None = None
         self.batches: BatchService | None = None
+        self.evaluations: Joined | None = None
         self.worker_access: WorkerAccess | None = None
         self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
 
@@ -93,6 +95,7 @@ class Stack:
         built: list[ProviderInstance] = []
         checkpoints: Checkpoints | None = None
         batches: BatchService | None = None
+        evaluations: Joined | None = None
         # what providers receive and routes call: checked against the caller's ownership
         impls: dict[Api, Any] = {Api.models: guard(Api.models, models)}
         try:
@@ -145,8 +148,27 @@ class Stack:
                 )
                 impls[Api.batches] = guard(Api.batches, batches)
                 batches.start()
+            if Api.datasets in impls and Api.inference in impls:  # evaluations, over any
+                graders = GraderService(
+                    run.graders.settings(), impls[Api.models], lambda: impls.get(Api.inference)
+                )
+                native = EvaluationService(
+                    impls[Api.datasets],
+                    impls[Api.models],
+                    impls[Api.inference],
+                    graders,
+                    run.storage_dir,
+                )
+                guarded = guard(Api.evaluations, native)
+                evaluations = Joined(
+                    guarded,
+                )
+                impls[Api.evaluations] = guard(Api.evaluations, evaluations)
+                native.start()
             engine = _llm_engine(impls)
         except BaseException:
+            if evaluations is not None:
+                await evaluations.shutdown()
             if batches is not None:
                 await batches.shutdown()
             if checkpoints is not None:
@@ -159,6 +181,7 @@ class Stack:
             impls[Api.llm_engine] = engine
         stack = cls(run, built, impls)
         stack.owners, stack.checkpoints, stack.batches = owners, checkpoints, batches
+        stack.evaluations = evaluations
         stack.worker_access = worker_access
         if engine is not None:
             engine.dispatcher = stack  # for the batch service, whichever serves /v1/batches
@@ -173,6 +196,8 @@ class Stack:
         return method
 
     async def shutdown(self) -> None:
+        if self.evaluations is not None:
+            await self.evaluations.shutdown()
         if self.batches is not None:
             await self.batches.shutdown()
         if self.checkpoints is not None:
@@ -181,6 +206,20 @@ class Stack:
         await self.impls[Api.models].shutdown()
         if self.owners is not None:
             self.owners.close()
+
+
+class Joined:
+    """One API served by several objects (the native service and the foreign families written
+    over it): each method is the first part's that has it."""
+
+    def __init__(self, *parts: Any) -> None:
+        self._parts = parts
+
+    def __getattr__(self, name: str) -> Any:
+        for part in self.__dict__["_parts"]:
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(name)
 
 
 def _llm_engine(impls: dict[Api, Any]) -> LLMEngineService | None:
