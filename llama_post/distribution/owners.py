@@ -59,6 +59,8 @@ KINDS = {
     "export_id": "export",
     "benchmark_id": "benchmark",
     "evaluation_id": "evaluation",
+    "eval_id": "eval",
+    "run_id": "eval_run",
     # a training session, and what lives in it: `<session>:train:<n>`, its saved states
     # (`<session>:train:<n>/state/<name>`), its samplers and futures: owned as the session
     "session_id": "session",
@@ -125,10 +127,11 @@ LISTS = {
     "list_exports": ("data", "export_id", "export"),
     "list_benchmarks": ("data", "benchmark_id", "benchmark"),
     "list_evaluations": ("data", "evaluation_id", "evaluation"),
+    "list_evals": ("data", "id", "eval"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
 # are cut from what the caller may see, never filtered after the implementation has cut them
-PAGED = {"list_files"}
+PAGED = {"list_files", "list_evals"}
 
 
 def tinker_run(path: str | None) -> str | None:

@@ -31,6 +31,7 @@ from llama_post.distribution.graders import GraderService
 from llama_post.distribution.llm_engine import LLMEngineService
 from llama_post.distribution.locations import Locations
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
+from llama_post.distribution.openai_evals import OpenAIEvals
 from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
@@ -161,6 +162,9 @@ class Stack:
                 )
                 guarded = guard(Api.evaluations, native)
                 evaluations = Joined(
+                    OpenAIEvals(
+                        guarded, impls[Api.datasets], impls.get(Api.files), run.storage_dir
+                    ),
                     guarded,
                 )
                 impls[Api.evaluations] = guard(Api.evaluations, evaluations)

@@ -94,4 +94,6 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
         "POST /v1/models",
         "POST /v1/evaluation/benchmarks",
         "POST /v1/evaluation/jobs",
+        "POST /v1/evals",
+        "POST /v1/evals/{eval_id}/runs",
     }, done.stdout[-5000:]

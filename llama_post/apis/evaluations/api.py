@@ -17,7 +17,26 @@ from llama_post.apis.evaluations.models import (
     ListEvaluationsResponse,
     RegisterBenchmarkRequest,
 )
-from llama_post.schema import creates, webmethod
+from llama_post.apis.evaluations.openai_evals import (
+    CreateEvalRequest,
+    CreateEvalRunRequest,
+    DeleteEvalResponse,
+    DeleteEvalRunResponse,
+    Eval,
+    EvalId,
+    EvalRun,
+    ListEvalRunsRequest,
+    ListEvalRunsResponse,
+    ListEvalsRequest,
+    ListEvalsResponse,
+    ListOutputItemsRequest,
+    ListOutputItemsResponse,
+    OutputItem,
+    OutputItemId,
+    RunId,
+    UpdateEvalRequest,
+)
+from llama_post.schema import OPENAI_EVALS, creates, webmethod
 
 
 class EvaluationJobs(Protocol):
@@ -80,4 +99,80 @@ class EvaluationJobs(Protocol):
 
 
 class Evaluations(EvaluationJobs, Protocol):
-    """The routes of evaluations: the native ones."""
+    """The native routes, with OpenAI's Evals API and Llama Stack's eval family written over
+    them (the stack's `OpenAIEvals` and `LlamaStackEval`)."""
+
+    @creates(eval_id="/id")
+    @webmethod(route="/v1/evals", method="POST", compat=OPENAI_EVALS)
+    async def create_eval(self, request: CreateEvalRequest) -> Eval:
+        """Create an eval: the schema of its rows and its testing criteria (graders)."""
+        ...
+
+    @webmethod(route="/v1/evals", method="GET", compat=OPENAI_EVALS)
+    async def list_evals(self, request: ListEvalsRequest) -> ListEvalsResponse:
+        """List evals; page with `after`."""
+        ...
+
+    @webmethod(route="/v1/evals/{eval_id}", method="GET", compat=OPENAI_EVALS)
+    async def get_eval(self, eval_id: EvalId) -> Eval:
+        """Get an eval."""
+        ...
+
+    @webmethod(route="/v1/evals/{eval_id}", method="POST", compat=OPENAI_EVALS)
+    async def update_eval(self, eval_id: EvalId, request: UpdateEvalRequest) -> Eval:
+        """Rename an eval or replace its metadata."""
+        ...
+
+    @webmethod(route="/v1/evals/{eval_id}", method="DELETE", compat=OPENAI_EVALS)
+    async def delete_eval(self, eval_id: EvalId) -> DeleteEvalResponse:
+        """Delete an eval; its runs' native jobs and results stay."""
+        ...
+
+    @creates(run_id="/id", eval_id="/eval_id")
+    @webmethod(route="/v1/evals/{eval_id}/runs", method="POST", compat=OPENAI_EVALS)
+    async def create_eval_run(self, eval_id: EvalId, request: CreateEvalRunRequest) -> EvalRun:
+        """Run a model over rows and grade them with the eval's criteria (a native job)."""
+        ...
+
+    @webmethod(route="/v1/evals/{eval_id}/runs", method="GET", compat=OPENAI_EVALS)
+    async def list_eval_runs(
+        self, eval_id: EvalId, request: ListEvalRunsRequest
+    ) -> ListEvalRunsResponse:
+        """List an eval's runs; page with `after`."""
+        ...
+
+    @webmethod(route="/v1/evals/{eval_id}/runs/{run_id}", method="GET", compat=OPENAI_EVALS)
+    async def get_eval_run(self, eval_id: EvalId, run_id: RunId) -> EvalRun:
+        """Get a run: its status, result counts and per-criterion results."""
+        ...
+
+    @webmethod(route="/v1/evals/{eval_id}/runs/{run_id}", method="POST", compat=OPENAI_EVALS)
+    @webmethod(route="/v1/evals/{eval_id}/runs/{run_id}/cancel", method="POST", compat=OPENAI_EVALS)
+    async def cancel_eval_run(self, eval_id: EvalId, run_id: RunId) -> EvalRun:
+        """Cancel a run (the SDK's `runs.cancel`)."""
+        ...
+
+    @webmethod(route="/v1/evals/{eval_id}/runs/{run_id}", method="DELETE", compat=OPENAI_EVALS)
+    async def delete_eval_run(self, eval_id: EvalId, run_id: RunId) -> DeleteEvalRunResponse:
+        """Forget a run (a running one is cancelled first)."""
+        ...
+
+    @webmethod(
+        route="/v1/evals/{eval_id}/runs/{run_id}/output_items", method="GET", compat=OPENAI_EVALS
+    )
+    async def list_eval_run_output_items(
+        self, eval_id: EvalId, run_id: RunId, request: ListOutputItemsRequest
+    ) -> ListOutputItemsResponse:
+        """Each graded row: its item, the model's answer and each criterion's result."""
+        ...
+
+    @webmethod(
+        route="/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}",
+        method="GET",
+        compat=OPENAI_EVALS,
+    )
+    async def get_eval_run_output_item(
+        self, eval_id: EvalId, run_id: RunId, output_item_id: OutputItemId
+    ) -> OutputItem:
+        """One graded row."""
+        ...
