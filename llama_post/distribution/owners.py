@@ -61,6 +61,7 @@ KINDS = {
     "evaluation_id": "evaluation",
     "eval_id": "eval",
     "run_id": "eval_run",
+    "job_id": "evaluation",  # Llama Stack's name for an evaluation job
     # a training session, and what lives in it: `<session>:train:<n>`, its saved states
     # (`<session>:train:<n>/state/<name>`), its samplers and futures: owned as the session
     "session_id": "session",
@@ -128,6 +129,7 @@ LISTS = {
     "list_benchmarks": ("data", "benchmark_id", "benchmark"),
     "list_evaluations": ("data", "evaluation_id", "evaluation"),
     "list_evals": ("data", "id", "eval"),
+    "list_eval_benchmarks": ("data", "identifier", "benchmark"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
 # are cut from what the caller may see, never filtered after the implementation has cut them

@@ -28,6 +28,7 @@ from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run
 from llama_post.distribution.evaluations import EvaluationService
 from llama_post.distribution.fine_tuning import OpenAIFineTuning
 from llama_post.distribution.graders import GraderService
+from llama_post.distribution.llama_stack_eval import LlamaStackEval
 from llama_post.distribution.llm_engine import LLMEngineService
 from llama_post.distribution.locations import Locations
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
@@ -165,6 +166,7 @@ class Stack:
                     OpenAIEvals(
                         guarded, impls[Api.datasets], impls.get(Api.files), run.storage_dir
                     ),
+                    LlamaStackEval(guarded, graders),
                     guarded,
                 )
                 impls[Api.evaluations] = guard(Api.evaluations, evaluations)

@@ -18,3 +18,9 @@ def test_llama_stack_client_runs_the_whole_workflow(server: Server, release: str
     assert seen["llama_stack_client"] == release
     assert seen["chunks"] >= 2
     assert len(seen["dpo_jobs"]) == 2  # dialog and instruct
+
+
+def test_llama_stack_client_runs_the_eval_family(server: Server) -> None:
+    python = client_python("llama-stack-client-0.2.23", python312())
+    seen = json.loads(run_flow(python, "llama_stack_eval_flow.py", server.url, TINY))
+    assert seen["llama_stack_client"] == "0.2.23" and seen["accuracy"] == 0.5

@@ -2,6 +2,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from llama_post.apis.evaluations.llama_stack import (
+    EvaluateResponse,
+    ListScoringFunctionsResponse,
+    LlamaStackBenchmark,
+    LlamaStackJob,
+    LlamaStackListBenchmarksResponse,
+    LlamaStackRegisterBenchmarkRequest,
+    RunEvalRequest,
+    ScoreRequest,
+    ScoreResponse,
+    ScoringFn,
+)
 from llama_post.apis.evaluations.models import (
     Benchmark,
     BenchmarkId,
@@ -36,7 +48,7 @@ from llama_post.apis.evaluations.openai_evals import (
     RunId,
     UpdateEvalRequest,
 )
-from llama_post.schema import OPENAI_EVALS, creates, webmethod
+from llama_post.schema import OPENAI_EVALS, V0_2, creates, webmethod
 
 
 class EvaluationJobs(Protocol):
@@ -175,4 +187,70 @@ class Evaluations(EvaluationJobs, Protocol):
         self, eval_id: EvalId, run_id: RunId, output_item_id: OutputItemId
     ) -> OutputItem:
         """One graded row."""
+        ...
+
+    # -- Llama Stack's eval family (llama-stack-client 0.2) --------------------------------------
+
+    @creates(benchmark_id="/identifier")
+    @webmethod(route="/v1/eval/benchmarks", method="POST", compat=V0_2)
+    async def register_eval_benchmark(
+        self, request: LlamaStackRegisterBenchmarkRequest
+    ) -> LlamaStackBenchmark:
+        """Register a dataset and scoring functions as a benchmark (a native one)."""
+        ...
+
+    @webmethod(route="/v1/eval/benchmarks", method="GET", compat=V0_2)
+    async def list_eval_benchmarks(self) -> LlamaStackListBenchmarksResponse:
+        """List benchmarks, in Llama Stack's shape."""
+        ...
+
+    @webmethod(route="/v1/eval/benchmarks/{benchmark_id}", method="GET", compat=V0_2)
+    async def get_eval_benchmark(self, benchmark_id: BenchmarkId) -> LlamaStackBenchmark:
+        """Get a benchmark, in Llama Stack's shape."""
+        ...
+
+    @creates(evaluation_id="/job_id")
+    @webmethod(route="/v1/eval/benchmarks/{benchmark_id}/jobs", method="POST", compat=V0_2)
+    async def run_eval(self, benchmark_id: BenchmarkId, request: RunEvalRequest) -> LlamaStackJob:
+        """Run a model over a benchmark (a native evaluation job)."""
+        ...
+
+    @webmethod(route="/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}", method="GET", compat=V0_2)
+    async def eval_job_status(
+        self, benchmark_id: BenchmarkId, job_id: EvaluationId
+    ) -> LlamaStackJob:
+        """A job's status."""
+        ...
+
+    @webmethod(
+        route="/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}", method="DELETE", compat=V0_2
+    )
+    async def eval_job_cancel(
+        self, benchmark_id: BenchmarkId, job_id: EvaluationId
+    ) -> LlamaStackJob:
+        """Cancel a job."""
+        ...
+
+    @webmethod(
+        route="/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}/result", method="GET", compat=V0_2
+    )
+    async def eval_job_result(
+        self, benchmark_id: BenchmarkId, job_id: EvaluationId
+    ) -> EvaluateResponse:
+        """A job's generations and, per scoring function, its score rows and aggregates."""
+        ...
+
+    @webmethod(route="/v1/scoring/score", method="POST", compat=V0_2)
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        """Score rows that hold their `generated_answer`, with no model run."""
+        ...
+
+    @webmethod(route="/v1/scoring-functions", method="GET", compat=V0_2)
+    async def list_scoring_functions(self) -> ListScoringFunctionsResponse:
+        """The scoring functions served: `basic::equality`, `basic::subset_of`."""
+        ...
+
+    @webmethod(route="/v1/scoring-functions/{scoring_fn_id}", method="GET", compat=V0_2)
+    async def get_scoring_function(self, scoring_fn_id: str) -> ScoringFn:
+        """One scoring function."""
         ...
