@@ -1,4 +1,5 @@
-"""An evaluation job's folder, how a row becomes a chat, and the metrics of graded rows.
+"""An evaluation job's folder, how a row becomes a chat, the metrics of graded rows, and how a
+job's checkpoint becomes a model to evaluate.
 
 The folder holds `rows.jsonl` (the benchmark's rows, snapshotted at creation), `results.jsonl`
 (one record a graded row, each written by one append, so a kill leaves it whole or absent) and
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from llama_post.apis.evaluations import InputMessage, MetricSummary
-from llama_post.errors import ErrorDetail, InvalidRequestError
+from llama_post.apis.models import AdapterSource, HuggingFaceSource, RegisterModelRequest
+from llama_post.errors import ErrorDetail, InvalidRequestError, NotFoundError
 from llama_post.graders.templates import GradingError, compile_template, render
 
 Z95 = 1.959963984540054
@@ -204,3 +206,39 @@ def _wilson(passed: int, n: int) -> tuple[float, float]:
     centre = (p + Z95**2 / (2 * n)) / denominator
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# -- a checkpoint as a model ------------------------------------------------------------------
+
+
+async def serve_checkpoint(post_training: Any, models: Any, checkpoint: str) -> str:
+    """The model id a job's checkpoint is served as: its own (`ft/<job>` for the final one), or
+    `ckpt/<job>/<checkpoint>`, registered now (an adapter over the job's base, or a full
+    model) through the caller's guarded APIs, so it is the caller's."""
+    if post_training is None:
+        raise InvalidRequestError("checkpoint: no post-training is served here", param="checkpoint")
+    job_uuid, checkpoint_id = checkpoint.split("/", 1)
+    try:
+        found = await post_training.get_checkpoint(job_uuid, checkpoint_id)
+        status = await post_training.get_job_status(job_uuid)
+    except NotFoundError:
+        raise NotFoundError(
+            f"checkpoint: no checkpoint {checkpoint!r}", param="checkpoint"
+        ) from None
+    if found.model_id is not None:
+        return str(found.model_id)
+    model_id = f"ckpt/{job_uuid}/{checkpoint_id}"
+    try:
+        await models.get_model(model_id)
+        return model_id
+    except NotFoundError:
+        pass
+    source: AdapterSource | HuggingFaceSource = (
+        AdapterSource(type="adapter", path=found.path, base_model=status.model)
+        if status.algorithm == "LoRA"
+        else HuggingFaceSource(type="huggingface", path=found.path)
+    )
+    metadata: dict[str, Any] = {"job_uuid": job_uuid, "checkpoint": checkpoint_id}
+    request = RegisterModelRequest(model_id=model_id, source=source, metadata=metadata)
+    await models.register_model(request)
+    return model_id

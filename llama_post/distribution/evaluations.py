@@ -23,6 +23,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,12 @@ from llama_post.apis.evaluations import (
 from llama_post.apis.evaluations.models import EVALUATION_ID_PATTERN
 from llama_post.apis.inference.models import ChatCompletion, ChatCompletionRequest
 from llama_post.auth import PRINCIPAL, Principal
-from llama_post.distribution.evaluation_rows import EvaluationFolder, Prompts, summarize
+from llama_post.distribution.evaluation_rows import (
+    EvaluationFolder,
+    Prompts,
+    serve_checkpoint,
+    summarize,
+)
 from llama_post.distribution.graders import GraderService
 from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
 from llama_post.graders import GraderRunner, Sample
@@ -93,9 +99,16 @@ class EvaluationService:
     implementations; `graders` builds graders as the caller."""
 
     def __init__(
-        self, datasets: Any, models: Any, inference: Any, graders: GraderService, storage: Path
+        self,
+        datasets: Any,
+        models: Any,
+        inference: Any,
+        graders: GraderService,
+        storage: Path,
+        post_training: Callable[[], Any] = lambda: None,
     ) -> None:
         self.datasets = datasets
+        self.post_training = post_training  # looked up when needed: it may not be served
         self.models = models
         self.inference = inference
         self.graders = graders
@@ -206,6 +219,15 @@ class EvaluationService:
                 f"benchmark_id: no benchmark {request.benchmark_id!r}", param="benchmark_id"
             )
         spec = RegisterBenchmarkRequest.model_validate_json(row["spec"])
+        if (request.model is None) == (request.checkpoint is None):
+            raise InvalidRequestError(
+                "model: name a served model, or a job's checkpoint as `checkpoint` "
+                "(`<job_uuid>/<checkpoint_id>`), not both",
+                param="model",
+            )
+        if request.checkpoint is not None:
+            model = await serve_checkpoint(self.post_training(), self.models, request.checkpoint)
+            request = request.model_copy(update={"model": model})
         try:
             await self.models.get_model(request.model)
         except NotFoundError:

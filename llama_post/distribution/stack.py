@@ -160,6 +160,7 @@ class Stack:
                     impls[Api.inference],
                     graders,
                     run.storage_dir,
+                    lambda: impls.get(Api.post_training),
                 )
                 guarded = guard(Api.evaluations, native)
                 evaluations = Joined(

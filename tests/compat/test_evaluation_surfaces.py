@@ -54,6 +54,7 @@ def _fine_tune(http: httpx.Client) -> str:
             "n_epochs": 3,
             "data_config": {"dataset_id": dataset_id, "batch_size": 4},
             "optimizer_config": {"lr": 1e-2, "num_warmup_steps": 1},
+            "save_every": 4,
         },
         "algorithm_config": {"type": "LoRA", "rank": 8, "alpha": 16, "apply_lora_to_mlp": True},
     }
@@ -67,11 +68,15 @@ def _fine_tune(http: httpx.Client) -> str:
         assert time.monotonic() < deadline, status
         time.sleep(0.3)
     assert status["status"] == "completed", status
-    return f"ft/{job_uuid}"
+    return job_uuid
 
 
-def _native(http: httpx.Client, benchmark_id: str, model: str) -> float:
-    body = {"benchmark_id": benchmark_id, "model": model, "sampling": {"max_tokens": 8}}
+def _native(http: httpx.Client, benchmark_id: str, model: str, **chosen: str) -> float:
+    body = {
+        "benchmark_id": benchmark_id,
+        "sampling": {"max_tokens": 8},
+        **(chosen or {"model": model}),
+    }
     job = _ok(http.post("/v1/evaluation/jobs", json=body))
     deadline = time.monotonic() + 120
     while (job := _ok(http.get(f"/v1/evaluation/jobs/{job['evaluation_id']}")))["status"] not in (
@@ -112,7 +117,8 @@ def _openai(server: Server, model: str) -> float:
 def test_three_surfaces_agree_and_fine_tuning_raised_the_score(server: Server) -> None:
     python = client_python("llama-stack-client-0.2.23", python312())
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        tuned = _fine_tune(http)
+        job_uuid = _fine_tune(http)
+        tuned = f"ft/{job_uuid}"
         dataset_id = f"held-{uuid.uuid4().hex[:8]}"
         rows = {"type": "rows", "rows": HELD_OUT}
         body = {"dataset_id": dataset_id, "purpose": "eval/question-answer", "source": rows}
@@ -130,6 +136,20 @@ def test_three_surfaces_agree_and_fine_tuning_raised_the_score(server: Server) -
                 "llama_stack": llama["basic::subset_of"],
                 "openai": _openai(server, model),
             }
+        # a checkpoint along the way, served as a model of its own for the evaluation
+        checkpoints = _ok(http.get(f"/v1/post-training/jobs/{job_uuid}"))["checkpoints"]
+        first = min(checkpoints, key=lambda c: c["step"])
+        assert first["model_id"] is None and len(checkpoints) > 1, checkpoints
+        midway = _native(http, benchmark_id, "", checkpoint=first["identifier"])
+        model = _ok(http.get(f"/v1/models/ckpt/{first['identifier']}"))
+        assert model["kind"] == "adapter" and model["base_model"] == TINY
+        both = {"benchmark_id": benchmark_id, "model": TINY, "checkpoint": first["identifier"]}
+        refused = http.post("/v1/evaluation/jobs", json=both)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+        nothing = {"benchmark_id": benchmark_id, "checkpoint": f"{job_uuid}/step-999999"}
+        refused = http.post("/v1/evaluation/jobs", json=nothing)
+        assert refused.status_code == 404 and refused.json()["error"]["param"] == "checkpoint"
+    assert 0 <= midway <= 1
     for model, seen in scores.items():
         assert len(set(seen.values())) == 1, (model, scores)  # the three agree
     assert scores[tuned]["native"] > scores[TINY]["native"], scores

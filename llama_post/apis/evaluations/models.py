@@ -88,8 +88,18 @@ class EvaluationSampling(StrictModel):
 
 class CreateEvaluationRequest(StrictModel):
     benchmark_id: BenchmarkId
-    model: str = Field(
-        min_length=1, max_length=256, description="A base, `ft/<job>`, or any served model."
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="A base, `ft/<job>`, or any served model; or name a `checkpoint`.",
+    )
+    checkpoint: str | None = Field(
+        None,
+        pattern=r"^[^/]+/[^/]+$",
+        description="`<job_uuid>/<checkpoint_id>`: a job's checkpoint, served as the model "
+        "`ckpt/<job_uuid>/<checkpoint_id>` (registered on first use; a job's final checkpoint "
+        "is its `ft/<job_uuid>`).",
     )
     sampling: EvaluationSampling = EvaluationSampling()
     system_message: str | None = Field(
