@@ -58,6 +58,7 @@ from llama_post.distribution.evaluation_rows import (
     summarize,
 )
 from llama_post.distribution.graders import GraderService
+from llama_post.distribution.training_evaluations import SCHEMA as TRAINING_SCHEMA
 from llama_post.errors import ConflictError, InvalidRequestError, LlamaPostError, NotFoundError
 from llama_post.graders import GraderRunner, Sample
 from llama_post.graders.templates import GradingError
@@ -66,7 +67,8 @@ from llama_post.storage import Database, check_id
 log = logging.getLogger(__name__)
 EVALUATION_ID = re.compile(EVALUATION_ID_PATTERN)
 GRADE_AT_ONCE = 64  # answers graded in one call per grader
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS benchmarks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     benchmark_id TEXT UNIQUE NOT NULL,
@@ -92,6 +94,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
     summary TEXT
 );
 """
+    + TRAINING_SCHEMA
+)
 
 
 class EvaluationService:
@@ -116,6 +120,7 @@ class EvaluationService:
         self.db = Database(storage / "evaluations.db", SCHEMA)
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._work: dict[str, asyncio.Task[None]] = {}
+        self._watch: Any = None
 
     def start(self) -> None:
         """Resume every job a previous server left unfinished."""
@@ -124,7 +129,14 @@ class EvaluationService:
         ):
             self._run(row["evaluation_id"])
 
+    def watch_training(self, watch: Any) -> None:
+        """Run `watch` (the evaluations post-training jobs name) while the service runs."""
+        self._watch = watch
+        watch.start()
+
     async def shutdown(self) -> None:
+        if self._watch is not None:
+            await self._watch.shutdown()
         runners = list(self._runners.values())
         for task in runners:
             task.cancel()
@@ -269,7 +281,10 @@ class EvaluationService:
         if request.benchmark_id is not None:
             sql, params = f"{sql} WHERE benchmark_id = ?", (request.benchmark_id,)
         ids = [r["evaluation_id"] for r in self.db.all(f"{sql} ORDER BY seq DESC", params)]
-        return ListEvaluationsResponse(data=[await self.get_evaluation(i) for i in ids])
+        jobs = [await self.get_evaluation(i) for i in ids]
+        if request.job_uuid is not None:
+            jobs = [j for j in jobs if j.request.metadata.get("job_uuid") == request.job_uuid]
+        return ListEvaluationsResponse(data=jobs)
 
     async def get_evaluation(self, evaluation_id: str) -> EvaluationJob:
         row = self._row(evaluation_id)

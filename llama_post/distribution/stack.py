@@ -38,6 +38,7 @@ from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
 from llama_post.distribution.tinker_sessions import TinkerSessions
+from llama_post.distribution.training_evaluations import TrainingWatch
 from llama_post.distribution.worker_access import WorkerAccess
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError, NotFoundError
 from llama_post.routes import Route, all_routes, api_version
@@ -172,6 +173,9 @@ class Stack:
                 )
                 impls[Api.evaluations] = guard(Api.evaluations, evaluations)
                 native.start()
+                native.watch_training(
+                    TrainingWatch(guarded, lambda: impls.get(Api.post_training), owners, native.db)
+                )
             engine = _llm_engine(impls)
         except BaseException:
             if evaluations is not None:

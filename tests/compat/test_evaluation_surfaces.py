@@ -2,7 +2,8 @@
 the base and the result are evaluated on held-out questions through the native API,
 llama-stack-client 0.2's eval API (its own environment) and the openai SDK's `client.evals`.
 The three grade the same answers the same way, so they agree on every score; the fine-tuned
-model scores higher."""
+model scores higher. The job names the benchmark, so the server evaluates each of its
+checkpoints as well, and a checkpoint can be named for an evaluation of its own."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _ok(response: httpx.Response) -> Any:
     return response.json()
 
 
-def _fine_tune(http: httpx.Client) -> str:
+def _fine_tune(http: httpx.Client, benchmark_id: str) -> str:
     dataset_id = f"word-{uuid.uuid4().hex[:8]}"
     rows = {"type": "rows", "rows": TRAIN}
     _ok(
@@ -57,6 +58,8 @@ def _fine_tune(http: httpx.Client) -> str:
             "save_every": 4,
         },
         "algorithm_config": {"type": "LoRA", "rank": 8, "alpha": 16, "apply_lora_to_mlp": True},
+        # the server evaluates each checkpoint as it is saved, and the result at the end
+        "evaluations": {"benchmarks": [benchmark_id], "max_tokens": 8},
     }
     _ok(http.post("/v1/post-training/supervised-fine-tune", json=body))
     deadline = time.monotonic() + 180
@@ -91,6 +94,20 @@ def _native(http: httpx.Client, benchmark_id: str, model: str, **chosen: str) ->
     return mean
 
 
+def _along_the_way(http: httpx.Client, job_uuid: str) -> dict[str, float]:
+    """The evaluations the job's `evaluations` started, once done: each target's mean."""
+    deadline = time.monotonic() + 120
+    while True:
+        made = _ok(http.get("/v1/evaluation/jobs", params={"job_uuid": job_uuid}))["data"]
+        if len(made) == 3 and all(j["status"] == "completed" for j in made):
+            return {
+                j["request"]["metadata"]["target"]: j["metrics"]["basic::subset_of"]["mean"]
+                for j in made
+            }
+        assert time.monotonic() < deadline, made
+        time.sleep(0.2)
+
+
 def _openai(server: Server, model: str) -> float:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     made = client.evals.create(
@@ -117,8 +134,6 @@ def _openai(server: Server, model: str) -> float:
 def test_three_surfaces_agree_and_fine_tuning_raised_the_score(server: Server) -> None:
     python = client_python("llama-stack-client-0.2.23", python312())
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        job_uuid = _fine_tune(http)
-        tuned = f"ft/{job_uuid}"
         dataset_id = f"held-{uuid.uuid4().hex[:8]}"
         rows = {"type": "rows", "rows": HELD_OUT}
         body = {"dataset_id": dataset_id, "purpose": "eval/question-answer", "source": rows}
@@ -126,6 +141,8 @@ def test_three_surfaces_agree_and_fine_tuning_raised_the_score(server: Server) -
         benchmark_id = f"held-{uuid.uuid4().hex[:8]}"
         bench = {"benchmark_id": benchmark_id, "dataset_id": dataset_id, "graders": [CONTAINS]}
         _ok(http.post("/v1/evaluation/benchmarks", json=bench))
+        job_uuid = _fine_tune(http, benchmark_id)
+        tuned = f"ft/{job_uuid}"
         scores: dict[str, dict[str, float]] = {}
         for model in (TINY, tuned):
             llama = json.loads(
@@ -149,7 +166,12 @@ def test_three_surfaces_agree_and_fine_tuning_raised_the_score(server: Server) -
         nothing = {"benchmark_id": benchmark_id, "checkpoint": f"{job_uuid}/step-999999"}
         refused = http.post("/v1/evaluation/jobs", json=nothing)
         assert refused.status_code == 404 and refused.json()["error"]["param"] == "checkpoint"
+        along = _along_the_way(http, job_uuid)
     assert 0 <= midway <= 1
+    # one evaluation per checkpoint (steps 4, 8, 12: the last is the fine-tuned model's)
+    assert sorted(along) == [f"{job_uuid}/step-{s:06d}" for s in (4, 8, 12)], along
+    assert along[f"{job_uuid}/step-000004"] == midway
+    assert along[f"{job_uuid}/step-000012"] == scores[tuned]["native"]
     for model, seen in scores.items():
         assert len(set(seen.values())) == 1, (model, scores)  # the three agree
     assert scores[tuned]["native"] > scores[TINY]["native"], scores

@@ -152,6 +152,9 @@ class EvaluationJob(BaseModel):
 
 class ListEvaluationsRequest(StrictModel):
     benchmark_id: str | None = None
+    job_uuid: str | None = Field(
+        None, description="Those a post-training job's `evaluations` started."
+    )
 
 
 class ListEvaluationsResponse(BaseModel):
