@@ -167,6 +167,8 @@ def test_three_surfaces_agree_and_fine_tuning_raised_the_score(server: Server) -
         refused = http.post("/v1/evaluation/jobs", json=nothing)
         assert refused.status_code == 404 and refused.json()["error"]["param"] == "checkpoint"
         along = _along_the_way(http, job_uuid)
+        page = http.get(f"/ui/jobs/{job_uuid}")  # the job's page lists them by checkpoint
+        assert page.status_code == 200 and page.text.count("data-evaluation=") == 3, page.text
     assert 0 <= midway <= 1
     # one evaluation per checkpoint (steps 4, 8, 12: the last is the fine-tuned model's)
     assert sorted(along) == [f"{job_uuid}/step-{s:06d}" for s in (4, 8, 12)], along
