@@ -1,6 +1,7 @@
-"""Llama Stack's eval family as a llama-stack-client 0.2 user writes it, against llama-post:
+"""Llama Stack's eval family as a llama-stack-client user writes it, against llama-post:
 benchmarks over an `eval/question-answer` dataset, scoring functions, `scoring.score`, and an
-eval job's status and result.
+eval job's status and result. 0.2 calls `client.benchmarks` and `client.eval`; 0.7 calls
+`client.alpha.benchmarks` and `client.alpha.eval` (under `/v1alpha`) and `client.beta.datasets`.
 
     python tests/compat/llama_stack_eval_flow.py http://127.0.0.1:PORT tiny/llama
     python tests/compat/llama_stack_eval_flow.py URL MODEL BENCHMARK   # one job's accuracy
@@ -22,9 +23,14 @@ from llama_stack_client import LlamaStackClient
 FUNCTIONS = ["basic::equality", "basic::subset_of"]
 
 
+def new(client: LlamaStackClient) -> bool:
+    return tuple(int(p) for p in llama_stack_client.__version__.split(".")[:2]) >= (0, 7)
+
+
 def evaluate(client: LlamaStackClient, benchmark_id: str, model: str, **extra: Any) -> Any:
     """Run `model` over the benchmark greedily; the job's result once it is done."""
-    job = client.eval.run_eval(
+    evals: Any = client.alpha.eval if new(client) else client.eval
+    job = evals.run_eval(
         benchmark_id,
         benchmark_config={
             "eval_candidate": {
@@ -37,14 +43,14 @@ def evaluate(client: LlamaStackClient, benchmark_id: str, model: str, **extra: A
         },
     )
     deadline = time.monotonic() + 120
-    while (status := client.eval.jobs.status(job.job_id, benchmark_id=benchmark_id)).status in (
+    while (status := evals.jobs.status(job.job_id, benchmark_id=benchmark_id)).status in (
         "scheduled",
         "in_progress",
     ):
         assert time.monotonic() < deadline, status
         time.sleep(0.1)
     assert status.status == "completed", status
-    return job.job_id, client.eval.jobs.retrieve(job.job_id, benchmark_id=benchmark_id)
+    return job.job_id, evals.jobs.retrieve(job.job_id, benchmark_id=benchmark_id)
 
 
 def flow(client: LlamaStackClient, model: str) -> dict[str, Any]:
@@ -79,16 +85,18 @@ def flow(client: LlamaStackClient, model: str) -> dict[str, Any]:
         {"input_query": q, "expected_answer": alone[i] if i < 2 else "zebra-zebra"}
         for i, q in enumerate(questions)
     ]
-    client.datasets.register(
+    datasets: Any = client.beta.datasets if new(client) else client.datasets
+    benchmarks: Any = client.alpha.benchmarks if new(client) else client.benchmarks
+    datasets.register(
         purpose="eval/question-answer", source={"type": "rows", "rows": rows}, dataset_id=dataset_id
     )
     benchmark_id = f"lsb-{uuid.uuid4().hex[:8]}"
-    client.benchmarks.register(
+    benchmarks.register(
         benchmark_id=benchmark_id, dataset_id=dataset_id, scoring_functions=FUNCTIONS
     )
-    found = client.benchmarks.retrieve(benchmark_id)
+    found = benchmarks.retrieve(benchmark_id)
     assert found.dataset_id == dataset_id and found.scoring_functions == FUNCTIONS
-    assert benchmark_id in [b.identifier for b in client.benchmarks.list()]
+    assert benchmark_id in [b.identifier for b in benchmarks.list()]
 
     job_id, result = evaluate(client, benchmark_id, model)
     assert [g["generated_answer"] for g in result.generations] == alone

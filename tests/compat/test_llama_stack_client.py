@@ -20,7 +20,8 @@ def test_llama_stack_client_runs_the_whole_workflow(server: Server, release: str
     assert len(seen["dpo_jobs"]) == 2  # dialog and instruct
 
 
-def test_llama_stack_client_runs_the_eval_family(server: Server) -> None:
-    python = client_python("llama-stack-client-0.2.23", python312())
+@pytest.mark.parametrize("release", ["0.2.23", "0.7.0"])
+def test_llama_stack_client_runs_the_eval_family(server: Server, release: str) -> None:
+    python = client_python(f"llama-stack-client-{release}", python312())
     seen = json.loads(run_flow(python, "llama_stack_eval_flow.py", server.url, TINY))
-    assert seen["llama_stack_client"] == "0.2.23" and seen["accuracy"] == 0.5
+    assert seen["llama_stack_client"] == release and seen["accuracy"] == 0.5

@@ -98,5 +98,7 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
         "POST /v1/evals/{eval_id}/runs",
         "POST /v1/eval/benchmarks",
         "POST /v1/eval/benchmarks/{benchmark_id}/jobs",
+        "POST /v1alpha/eval/benchmarks",
+        "POST /v1alpha/eval/benchmarks/{benchmark_id}/jobs",
         "POST /v1/scoring/score",
     }, done.stdout[-5000:]

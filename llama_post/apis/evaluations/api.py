@@ -48,7 +48,7 @@ from llama_post.apis.evaluations.openai_evals import (
     RunId,
     UpdateEvalRequest,
 )
-from llama_post.schema import OPENAI_EVALS, V0_2, creates, webmethod
+from llama_post.schema import OPENAI_EVALS, V0_2, V0_7, creates, webmethod
 
 
 class EvaluationJobs(Protocol):
@@ -189,10 +189,11 @@ class Evaluations(EvaluationJobs, Protocol):
         """One graded row."""
         ...
 
-    # -- Llama Stack's eval family (llama-stack-client 0.2) --------------------------------------
+    # -- Llama Stack's eval family (llama-stack-client 0.2; 0.7's under /v1alpha) ---------
 
     @creates(benchmark_id="/identifier")
     @webmethod(route="/v1/eval/benchmarks", method="POST", compat=V0_2)
+    @webmethod(route="/v1alpha/eval/benchmarks", method="POST", compat=V0_7)
     async def register_eval_benchmark(
         self, request: LlamaStackRegisterBenchmarkRequest
     ) -> LlamaStackBenchmark:
@@ -200,22 +201,28 @@ class Evaluations(EvaluationJobs, Protocol):
         ...
 
     @webmethod(route="/v1/eval/benchmarks", method="GET", compat=V0_2)
+    @webmethod(route="/v1alpha/eval/benchmarks", method="GET", compat=V0_7)
     async def list_eval_benchmarks(self) -> LlamaStackListBenchmarksResponse:
         """List benchmarks, in Llama Stack's shape."""
         ...
 
     @webmethod(route="/v1/eval/benchmarks/{benchmark_id}", method="GET", compat=V0_2)
+    @webmethod(route="/v1alpha/eval/benchmarks/{benchmark_id}", method="GET", compat=V0_7)
     async def get_eval_benchmark(self, benchmark_id: BenchmarkId) -> LlamaStackBenchmark:
         """Get a benchmark, in Llama Stack's shape."""
         ...
 
     @creates(evaluation_id="/job_id")
     @webmethod(route="/v1/eval/benchmarks/{benchmark_id}/jobs", method="POST", compat=V0_2)
+    @webmethod(route="/v1alpha/eval/benchmarks/{benchmark_id}/jobs", method="POST", compat=V0_7)
     async def run_eval(self, benchmark_id: BenchmarkId, request: RunEvalRequest) -> LlamaStackJob:
         """Run a model over a benchmark (a native evaluation job)."""
         ...
 
     @webmethod(route="/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}", method="GET", compat=V0_2)
+    @webmethod(
+        route="/v1alpha/eval/benchmarks/{benchmark_id}/jobs/{job_id}", method="GET", compat=V0_7
+    )
     async def eval_job_status(
         self, benchmark_id: BenchmarkId, job_id: EvaluationId
     ) -> LlamaStackJob:
@@ -225,6 +232,9 @@ class Evaluations(EvaluationJobs, Protocol):
     @webmethod(
         route="/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}", method="DELETE", compat=V0_2
     )
+    @webmethod(
+        route="/v1alpha/eval/benchmarks/{benchmark_id}/jobs/{job_id}", method="DELETE", compat=V0_7
+    )
     async def eval_job_cancel(
         self, benchmark_id: BenchmarkId, job_id: EvaluationId
     ) -> LlamaStackJob:
@@ -233,6 +243,11 @@ class Evaluations(EvaluationJobs, Protocol):
 
     @webmethod(
         route="/v1/eval/benchmarks/{benchmark_id}/jobs/{job_id}/result", method="GET", compat=V0_2
+    )
+    @webmethod(
+        route="/v1alpha/eval/benchmarks/{benchmark_id}/jobs/{job_id}/result",
+        method="GET",
+        compat=V0_7,
     )
     async def eval_job_result(
         self, benchmark_id: BenchmarkId, job_id: EvaluationId

@@ -1,5 +1,6 @@
-"""Llama Stack's eval family (`/v1/eval/benchmarks...`, `/v1/scoring/score`,
-`/v1/scoring-functions`) in llama-stack-client 0.2's shapes, served over the native API.
+"""Llama Stack's eval family (`/v1/eval/benchmarks...`, under `/v1alpha` for 0.7,
+`/v1/scoring/score`, `/v1/scoring-functions`) in llama-stack-client's shapes (0.2 and 0.7 send
+the same bodies), served over the native API.
 
 A benchmark's scoring functions are graders of the answer (`sample.output_text`) against the
 row's `expected_answer`: `basic::equality` (equal strings) and `basic::subset_of` (the expected
@@ -77,7 +78,7 @@ class SystemMessage(BaseModel):
 
 
 class ModelCandidate(StrictModel):
-    type: Literal["model"]
+    type: Literal["model"] = Field("model", description="0.7's client may leave it out.")
     model: str = Field(min_length=1, max_length=256)
     sampling_params: LlamaStackSampling = LlamaStackSampling()
     system_message: SystemMessage | None = None
@@ -92,7 +93,7 @@ class AgentCandidate(BaseModel):
 
 
 class BenchmarkConfig(StrictModel):
-    eval_candidate: Annotated[ModelCandidate | AgentCandidate, Field(discriminator="type")]
+    eval_candidate: ModelCandidate | AgentCandidate
     scoring_params: dict[str, dict[str, Any]] = {}
     num_examples: int | None = Field(None, ge=1)
 
