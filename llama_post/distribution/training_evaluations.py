@@ -82,7 +82,11 @@ class TrainingWatch:
         for job in (await post_training.list_jobs()).data:
             if job.job_uuid in done:
                 continue
-            status = await post_training.get_job_status(job.job_uuid)
+            try:
+                status = await post_training.get_job_status(job.job_uuid)
+            except LlamaPostError as e:  # its server unreachable now: read again next time
+                log.debug("job %s: %s", job.job_uuid, e.message)
+                continue
             wanted = status.request.evaluations if status.request is not None else None
             if wanted is not None:
                 for target, chosen in _targets(status, wanted).items():
