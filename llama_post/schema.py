@@ -27,6 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # The foreign client families a route may be declared for (`@webmethod(compat=...)`).
 OPENAI_FINE_TUNING = "openai-fine-tuning"  # the openai SDK's `client.fine_tuning.jobs`
+OPENAI_EVALS = "openai-evals"  # the openai SDK's `client.evals`: evals, runs, output items
 V0_2 = "llama-stack-v0.2"  # llama-stack-client 0.2.x: ids in the query or body, /v1/openai/v1
 V0_7 = "llama-stack-v0.7"  # llama-stack-client 0.7.0: /v1alpha post-training, /v1beta datasets
 VLLM = "vllm"  # vLLM's own routes beside its OpenAI ones: hot-loading LoRA adapters

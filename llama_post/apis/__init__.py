@@ -4,6 +4,7 @@ from enum import StrEnum
 
 from llama_post.apis.batches import Batches
 from llama_post.apis.datasets import Datasets
+from llama_post.apis.evaluations import Evaluations
 from llama_post.apis.files import Files
 from llama_post.apis.inference import Inference
 from llama_post.apis.inspect import Inspect
@@ -23,6 +24,7 @@ class Api(StrEnum):
     batches = "batches"
     llm_engine = "llm_engine"
     training_sessions = "training_sessions"
+    evaluations = "evaluations"
 
 
 PROTOCOLS: dict[Api, type] = {
@@ -35,7 +37,8 @@ PROTOCOLS: dict[Api, type] = {
     Api.batches: Batches,
     Api.llm_engine: LLMEngine,
     Api.training_sessions: TrainingSessions,
+    Api.evaluations: Evaluations,
 }
 
 # APIs the stack implements itself; run.yaml names providers only for the others.
-BUILTIN_APIS = frozenset({Api.inspect, Api.models, Api.batches, Api.llm_engine})
+BUILTIN_APIS = frozenset({Api.inspect, Api.models, Api.batches, Api.llm_engine, Api.evaluations})

@@ -10,6 +10,7 @@ and called through the guarded Inference API from that thread, on the server's e
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,27 +46,32 @@ class GraderService:
         self.inference = inference
 
     async def validate_grader(self, request: GraderValidateRequest) -> GraderValidateResponse:
-        await self._runner(request.grader)
+        await self.runner(request.grader)
         return GraderValidateResponse(grader=request.grader)
 
     async def run_grader(self, request: GraderRunRequest) -> GraderRunResponse:
-        runner = await self._runner(request.grader)
+        runner = await self.runner(request.grader)
         sample = Sample.of(request.model_sample)
         started = time.perf_counter()
         result = await asyncio.to_thread(runner.grade, request.item or {}, sample)
         return _response(request.grader, result, time.perf_counter() - started)
 
-    async def _runner(self, grader: Grader) -> GraderRunner:
-        for where, scoring in _score_models(grader):
+    async def runner(self, grader: Grader, where: str = "grader") -> GraderRunner:
+        """`grader`, checked (as the caller: its scoring model must be one it may use), with
+        a scorer calling the Inference API back on this loop. `where` is its place in the
+        request, which errors name."""
+        for at, scoring in _score_models(grader, where):
             try:
                 await self.models.get_model(scoring.model)
             except NotFoundError as e:
                 raise InvalidRequestError(
-                    f"{where}.model: no model {scoring.model!r} is served here (GET /v1/models)",
-                    param=f"{where}.model",
+                    f"{at}.model: no model {scoring.model!r} is served here (GET /v1/models)",
+                    param=f"{at}.model",
                 ) from e
         scorer = self._scorer(asyncio.get_running_loop())
-        return await asyncio.to_thread(GraderRunner, grader, self.settings, scorer)
+        return await asyncio.to_thread(
+            functools.partial(GraderRunner, grader, self.settings, scorer, where=where)
+        )
 
     def _scorer(self, loop: asyncio.AbstractEventLoop) -> ModelScorer | None:
         inference = self.inference()
@@ -88,13 +94,13 @@ async def _chat(inference: Inference, request: ChatCompletionRequest) -> str:
     return answer.choices[0].message.content
 
 
-def _score_models(grader: Grader) -> Iterator[tuple[str, ScoreModelGrader]]:
+def _score_models(grader: Grader, where: str) -> Iterator[tuple[str, ScoreModelGrader]]:
     if isinstance(grader, ScoreModelGrader):
-        yield "grader", grader
+        yield where, grader
     if isinstance(grader, MultiGrader):
         for name, sub in grader.graders.items():
             if isinstance(sub, ScoreModelGrader):
-                yield f"grader.graders.{name}", sub
+                yield f"{where}.graders.{name}", sub
 
 
 # OpenAI's flags by what failed (`GradeResult.error_kind`)

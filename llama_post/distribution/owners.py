@@ -57,6 +57,11 @@ KINDS = {
     "training_run_id": "job",
     "batch_id": "batch",
     "export_id": "export",
+    "benchmark_id": "benchmark",
+    "evaluation_id": "evaluation",
+    "eval_id": "eval",
+    "run_id": "eval_run",
+    "job_id": "evaluation",  # Llama Stack's name for an evaluation job
     # a training session, and what lives in it: `<session>:train:<n>`, its saved states
     # (`<session>:train:<n>/state/<name>`), its samplers and futures: owned as the session
     "session_id": "session",
@@ -77,6 +82,8 @@ BODY["register_model"] = [("model", lambda r: getattr(r.source, "base_model", No
 for name in ("merge_adapter", "export_model"):  # what a merge or export reads
     BODY[name] = [("model", lambda r: r.model), ("checkpoint", lambda r: r.checkpoint)]
 BODY["load_lora_adapter"] = [("model", lambda r: r.base_model)]
+BODY["register_benchmark"] = [("dataset", lambda r: r.dataset_id)]
+BODY["create_evaluation"] = [("benchmark", lambda r: r.benchmark_id), ("model", lambda r: r.model)]
 BODY["unload_lora_adapter"] = [("model", lambda r: r.lora_name)]
 BODY["create_training_model"] = [("session", lambda r: r.from_state)]
 BODY["load_state"] = [("session", lambda r: r.from_state)]
@@ -98,6 +105,8 @@ BODY["tinker_load_weights"] = [
 BODY["tinker_create_sampling_session"].append(("session", lambda r: tinker_run(r.model_path)))
 BODY["tinker_retrieve_future"] = [("session", lambda r: r.request_id)]
 BODY["tinker_sample"] = [("session", lambda r: r.sampling_session_id)]
+# the request field a body's id of each kind is read from (else `model`)
+FIELDS = {"checkpoint": "checkpoint", "dataset": "dataset_id", "benchmark": "benchmark_id"}
 # methods that change the model an id names, by the parameter or body field naming it; a published
 # model is readable by every key, and changed by its owner alone
 CHANGES: dict[str, tuple[str, Callable[[Any], str | None]]] = {
@@ -117,10 +126,14 @@ LISTS = {
     "list_jobs": ("data", "job_uuid", "job"),
     "list_sessions": ("data", "session_id", "session"),
     "list_exports": ("data", "export_id", "export"),
+    "list_benchmarks": ("data", "benchmark_id", "benchmark"),
+    "list_evaluations": ("data", "evaluation_id", "evaluation"),
+    "list_evals": ("data", "id", "eval"),
+    "list_eval_benchmarks": ("data", "identifier", "benchmark"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages
 # are cut from what the caller may see, never filtered after the implementation has cut them
-PAGED = {"list_files"}
+PAGED = {"list_files", "list_evals"}
 
 
 def tinker_run(path: str | None) -> str | None:
@@ -284,7 +297,7 @@ class Guarded:
             request = bound.get("request")
             if request is not None:
                 for kind, read in body:
-                    field = "checkpoint" if kind == "checkpoint" else "model"
+                    field = FIELDS.get(kind, "model")
                     owners.check(kind, read(request), field)
             if change is not None:
                 param, changed = change

@@ -25,16 +25,20 @@ from llama_post.auth import PRINCIPAL
 from llama_post.distribution.batches import BatchService
 from llama_post.distribution.checkpoints import Checkpoints
 from llama_post.distribution.config import ResolvedProvider, RunConfig, load_run_config
+from llama_post.distribution.evaluations import EvaluationService
 from llama_post.distribution.fine_tuning import OpenAIFineTuning
 from llama_post.distribution.graders import GraderService
+from llama_post.distribution.llama_stack_eval import LlamaStackEval
 from llama_post.distribution.llm_engine import LLMEngineService
 from llama_post.distribution.locations import Locations
 from llama_post.distribution.models import InferenceRouter, ModelRegistry
+from llama_post.distribution.openai_evals import OpenAIEvals
 from llama_post.distribution.owners import Guarded, Owners
 from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
 from llama_post.distribution.tinker_sessions import TinkerSessions
+from llama_post.distribution.training_evaluations import TrainingWatch
 from llama_post.distribution.worker_access import WorkerAccess
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError, NotFoundError
 from llama_post.routes import Route, all_routes, api_version
@@ -63,6 +67,7 @@ class Stack:
         self.owners: Owners | None = None
         self.checkpoints: Checkpoints | None = None
         self.batches: BatchService | None = None
+        self.evaluations: Joined | None = None
         self.worker_access: WorkerAccess | None = None
         self.routes: list[Route] = [r for r in all_routes() if Api(r.api) in self.impls]
 
@@ -93,6 +98,7 @@ class Stack:
         built: list[ProviderInstance] = []
         checkpoints: Checkpoints | None = None
         batches: BatchService | None = None
+        evaluations: Joined | None = None
         # what providers receive and routes call: checked against the caller's ownership
         impls: dict[Api, Any] = {Api.models: guard(Api.models, models)}
         try:
@@ -145,8 +151,35 @@ class Stack:
                 )
                 impls[Api.batches] = guard(Api.batches, batches)
                 batches.start()
+            if Api.datasets in impls and Api.inference in impls:  # evaluations, over any
+                graders = GraderService(
+                    run.graders.settings(), impls[Api.models], lambda: impls.get(Api.inference)
+                )
+                native = EvaluationService(
+                    impls[Api.datasets],
+                    impls[Api.models],
+                    impls[Api.inference],
+                    graders,
+                    run.storage_dir,
+                    lambda: impls.get(Api.post_training),
+                )
+                guarded = guard(Api.evaluations, native)
+                evaluations = Joined(
+                    OpenAIEvals(
+                        guarded, impls[Api.datasets], impls.get(Api.files), run.storage_dir
+                    ),
+                    LlamaStackEval(guarded, graders),
+                    guarded,
+                )
+                impls[Api.evaluations] = guard(Api.evaluations, evaluations)
+                native.start()
+                native.watch_training(
+                    TrainingWatch(guarded, lambda: impls.get(Api.post_training), owners, native.db)
+                )
             engine = _llm_engine(impls)
         except BaseException:
+            if evaluations is not None:
+                await evaluations.shutdown()
             if batches is not None:
                 await batches.shutdown()
             if checkpoints is not None:
@@ -159,6 +192,7 @@ class Stack:
             impls[Api.llm_engine] = engine
         stack = cls(run, built, impls)
         stack.owners, stack.checkpoints, stack.batches = owners, checkpoints, batches
+        stack.evaluations = evaluations
         stack.worker_access = worker_access
         if engine is not None:
             engine.dispatcher = stack  # for the batch service, whichever serves /v1/batches
@@ -173,6 +207,8 @@ class Stack:
         return method
 
     async def shutdown(self) -> None:
+        if self.evaluations is not None:
+            await self.evaluations.shutdown()
         if self.batches is not None:
             await self.batches.shutdown()
         if self.checkpoints is not None:
@@ -181,6 +217,20 @@ class Stack:
         await self.impls[Api.models].shutdown()
         if self.owners is not None:
             self.owners.close()
+
+
+class Joined:
+    """One API served by several objects (the native service and the foreign families written
+    over it): each method is the first part's that has it."""
+
+    def __init__(self, *parts: Any) -> None:
+        self._parts = parts
+
+    def __getattr__(self, name: str) -> Any:
+        for part in self.__dict__["_parts"]:
+            if hasattr(part, name):
+                return getattr(part, name)
+        raise AttributeError(name)
 
 
 def _llm_engine(impls: dict[Api, Any]) -> LLMEngineService | None:

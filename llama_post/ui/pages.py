@@ -130,6 +130,10 @@ class Pages:
         job_uuid = request.path_params["job_uuid"]
         status = await self.api("post_training").get_job_status(job_uuid)
         logs = await self.api("post_training").get_job_logs(job_uuid)
+        evaluations = []
+        if "evaluations" in self.apis:  # those the job's `evaluations` started, by step
+            listed = await self.api("evaluations").list_evaluations(job_uuid=job_uuid)
+            evaluations = sorted(listed.data, key=lambda e: e.request.metadata.get("target", ""))
         return self.render(
             request,
             "job.html",
@@ -137,6 +141,7 @@ class Pages:
             status=status,
             request_json=_json(status.request),
             log_lines=logs.lines[-300:],
+            evaluations=evaluations,
         )
 
     # -- models ----------------------------------------------------------------------------

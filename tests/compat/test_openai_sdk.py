@@ -8,7 +8,7 @@ import json
 
 import openai
 
-from tests.compat import openai_flow
+from tests.compat import openai_evals_flow, openai_flow
 from tests.compat.envs import client_python, run_flow
 from tests.support import TINY, Server
 
@@ -29,3 +29,11 @@ def test_an_sdk_before_2_30_runs_it_too(server: Server) -> None:
     assert seen["openai"] == "2.29.0"
     assert seen["supervised"]["job"].startswith("ftjob-blorp-")
     assert seen["graders"]["reward"] == 0.4
+
+
+def test_the_evals_api_through_both_sdks(server: Server) -> None:
+    seen = openai_evals_flow.main(server.url, TINY)
+    assert seen["passed"] == 2 and seen["per_criteria"] == {"exact": [2, 2], "close": [2, 2]}
+    python = client_python("openai-2.29")
+    old = json.loads(run_flow(python, "openai_evals_flow.py", server.url, TINY))
+    assert old["openai"] == "2.29.0" and old["passed"] == 2

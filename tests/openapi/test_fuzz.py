@@ -75,6 +75,10 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
     # the field, which OpenAPI cannot state (a reinforcement job's grader too). A model
     # registered from an archive needs a file that is a checkpoint's tar, or a URL under the
     # distribution's `archive_url_prefixes` (none by default): a 400 naming the source.
+    # Evaluations: a benchmark's rows must each become a chat and its graders build (OpenAI's
+    # evals and Llama Stack's the same); an OpenAI run's items must fit the eval's item schema;
+    # logs, stored completions, agents and judge parameters are not served (400s naming them);
+    # a row scored by Llama Stack's `scoring.score` must hold its `generated_answer`.
     assert set(report["warnings"]["validation_mismatch"]) <= {
         "POST /v1/post-training/graders/run",
         "POST /v1/post-training/graders/validate",
@@ -88,4 +92,13 @@ def test_no_generated_request_gets_a_server_error(tmp_path: Path, tiny_model: Pa
         "POST /llm-engine/v1/llm/completions-sync",
         "POST /llm-engine/v1/llm/completions-stream",
         "POST /v1/models",
+        "POST /v1/evaluation/benchmarks",
+        "POST /v1/evaluation/jobs",
+        "POST /v1/evals",
+        "POST /v1/evals/{eval_id}/runs",
+        "POST /v1/eval/benchmarks",
+        "POST /v1/eval/benchmarks/{benchmark_id}/jobs",
+        "POST /v1alpha/eval/benchmarks",
+        "POST /v1alpha/eval/benchmarks/{benchmark_id}/jobs",
+        "POST /v1/scoring/score",
     }, done.stdout[-5000:]

@@ -12,6 +12,7 @@ from llama_post.apis.post_training.configs import (
     TensorBoardTracker,
     TrackerConfig,
     TrainingConfig,
+    TrainingEvaluations,
     WandbTracker,
 )
 from llama_post.apis.post_training.exports import (
@@ -104,6 +105,7 @@ __all__ = [
     "TrackerRun",
     "TrainingConfig",
     "TrainingEstimate",
+    "TrainingEvaluations",
     "TrainingMetrics",
     "TrainingRequest",
     "WandbTracker",

@@ -252,3 +252,17 @@ class SupervisionConfig(ConfigModel):
         "step), or skip that optimizer step (at most max_skipped_steps times, then stop).",
     )
     max_skipped_steps: int = Field(3, ge=0, le=10000)
+
+
+class TrainingEvaluations(ConfigModel):
+    """Benchmarks (`/v1/evaluation/benchmarks`) the server runs on the job's checkpoints as they
+    are saved and on its fine-tuned model at the end, as the job's owner: evaluation jobs listed
+    with `GET /v1/evaluation/jobs?job_uuid=...`. llama-post's own (Llama Stack has none)."""
+
+    benchmarks: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]] = Field(
+        min_length=1, max_length=8
+    )
+    every_checkpoint: bool = Field(True, description="Each checkpoint as it is saved.")
+    at_end: bool = Field(True, description="The fine-tuned model once the job completes.")
+    max_rows: int | None = Field(None, ge=1, description="The first rows of each benchmark.")
+    max_tokens: int = Field(64, ge=1, le=8192)

@@ -22,6 +22,7 @@ from llama_post.apis.post_training.configs import (
     OptimizerConfig,
     SupervisionConfig,
     TrainingConfig,
+    TrainingEvaluations,
 )
 from llama_post.apis.post_training.configs import Phase as Phase  # re-exported: their old home
 from llama_post.apis.post_training.configs import StallSeconds as StallSeconds
@@ -50,6 +51,9 @@ class JobRequest(ConfigModel):
         json_schema_extra={"maxProperties": 0},
     )
     logger_config: LoggerConfig | None = None
+    evaluations: TrainingEvaluations | None = Field(
+        None, description="Benchmarks run on its checkpoints and at its end."
+    )
     supervision: SupervisionConfig = Field(
         default_factory=SupervisionConfig,
         description="Stall watchdog, automatic retries and the non-finite guard.",
