@@ -8,7 +8,11 @@ writing its log beside its saved states:
     <storage_dir>/sessions/<session_id>/<index>/<state|sampler>/<name>/   a PEFT folder
 
 A session not heard from for `session_timeout_seconds` is finished (its workers stopped).
-Saved states outlive sessions and restarts: a new model may start from any of the caller's."""
+Saved states outlive sessions and restarts: a new model may start from any of the caller's.
+
+Each worker beats the job machinery's heartbeat (`heartbeat.json` in its folder, `folder.py`);
+the watchdog kills one whose heartbeat is older than `stall_seconds` (stopped, or wedged), and
+its model's call in flight, and every call after, fails naming why."""
 
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ from llama_post.errors import (
     RateLimitError,
 )
 from providers.jobs.config import LocalSessionsConfig
+from providers.jobs.folder import read_heartbeat
 from providers.jobs.launch import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,9 @@ class Worker:
     name: str
     proc: asyncio.subprocess.Process
     log_path: Path
+    heartbeat: Path
+    started_at: float = field(default_factory=time.time)
+    stalled: str | None = None  # why the watchdog killed it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def call(self, op: str, **command: Any) -> Any:
@@ -90,6 +98,11 @@ class Worker:
                     line = await stdout.readline()
             if not line:
                 code = await self.proc.wait()
+                if self.stalled is not None:
+                    raise WorkerGone(
+                        f"the worker of training model {self.name} was killed: {self.stalled}; "
+                        "create the model again, from its last saved state"
+                    )
                 raise WorkerGone(
                     f"the worker of training model {self.name} has died (exit code {code}); "
                     f"create the model again, from its last saved state. The end of its log: "
@@ -101,6 +114,22 @@ class Worker:
                     raise InvalidRequestError(reply["error"])
                 raise LlamaPostError(f"training model {self.name}: {reply['error']}")
             return reply["result"]
+
+    def watch(self, now: float, limit: float) -> None:
+        """Kill the worker if its last heartbeat (or, before any, its start) is older than
+        `limit`."""
+        if self.proc.returncode is not None or self.stalled is not None:
+            return
+        beat = read_heartbeat(self.heartbeat) or {"time": self.started_at, "phase": "loading"}
+        quiet = now - max(float(beat["time"]), self.started_at)
+        if quiet > limit:
+            self.stalled = (
+                f"it stalled in {beat.get('phase')}: no heartbeat for {quiet:.0f} s (the limit, "
+                f"the provider's stall_seconds, is {limit:g} s)"
+            )
+            log.warning("training model %s: %s", self.name, self.stalled)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()  # a stopped or wedged process ignores SIGTERM
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -126,13 +155,16 @@ class LocalSessions:
         self.live: dict[str, Live] = {}
         self.creating: set[str] = set()
         self.reaper: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.reaper = asyncio.get_running_loop().create_task(self._reap())
+        self.watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def shutdown(self) -> None:
-        if self.reaper is not None:
-            self.reaper.cancel()
+        for task in (self.reaper, self.watchdog):
+            if task is not None:
+                task.cancel()
         for live in list(self.live.values()):
             if live.worker is not None:
                 await live.worker.stop()
@@ -202,6 +234,14 @@ class LocalSessions:
                 if session.status == "active" and session.last_heartbeat_at < deadline:
                     log.info("training session %s timed out", session.session_id)
                     await self.finish_session(session.session_id, FinishSessionRequest())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.watch_interval_seconds)
+            now = time.time()
+            for live in list(self.live.values()):
+                if live.worker is not None:
+                    live.worker.watch(now, self.config.stall_seconds)
 
     # -- training models -----------------------------------------------------------------------
 
@@ -429,6 +469,7 @@ class LocalSessions:
                 sys.executable,
                 "-m",
                 WORKER,
+                str(folder / "heartbeat.json"),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
@@ -437,7 +478,7 @@ class LocalSessions:
                 env=env,
                 limit=1 << 30,  # one answer is one line, however many datums it holds
             )
-        return Worker(model_id, proc, log_path)
+        return Worker(model_id, proc, log_path, folder / "heartbeat.json")
 
 
 def _checked(index: int, datum: dict[str, Any], loss: str) -> dict[str, Any]:
