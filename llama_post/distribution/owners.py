@@ -116,6 +116,7 @@ LISTS = {
     "list_models": ("data", "id", "model"),
     "list_jobs": ("data", "job_uuid", "job"),
     "list_sessions": ("data", "session_id", "session"),
+    "list_states": ("data", "training_model_id", "session"),
     "list_exports": ("data", "export_id", "export"),
 }
 # lists a caller pages through (`after`, `limit`; `has_more`, `first_id`, `last_id`): their pages

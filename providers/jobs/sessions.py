@@ -25,6 +25,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from llama_post.apis.training_sessions import (
     OptimStepRequest,
     OptimStepResult,
     SavedState,
+    SavedStateList,
     SaveStateRequest,
     TrainingModel,
     TrainingSession,
@@ -366,6 +368,7 @@ class LocalSessions:
             path=str(target),
             base_model=live.record.base_model,
             created_at=int(time.time()),
+            size_bytes=sum(f.stat().st_size for f in target.rglob("*") if f.is_file()),
         )
         meta = {**saved.model_dump(), "lora": live.record.lora.model_dump()}
         (target / "state.json").write_text(json.dumps(meta))
@@ -390,9 +393,20 @@ class LocalSessions:
 
     async def get_state(self, training_model_id: str, kind: str, name: str) -> SavedState:
         folder = self._state_folder(f"{training_model_id}/{kind}/{name}", "name")
-        meta = json.loads((folder / "state.json").read_text())
-        meta.pop("lora")
-        return SavedState.model_validate(meta)
+        return _state(folder / "state.json")
+
+    async def list_model_states(self, training_model_id: str) -> SavedStateList:
+        found = MODEL.fullmatch(training_model_id)
+        folder = self.root / found.group(1) / found.group(2) if found else None
+        if folder is None or not (folder / "model.json").is_file():
+            raise NotFoundError(
+                f"no training model {training_model_id!r}", param="training_model_id"
+            )
+        return SavedStateList(data=[_state(f) for f in _by_age(folder.glob("*/*/state.json"))])
+
+    async def list_states(self) -> SavedStateList:
+        found = _by_age(self.root.glob("ts-*/*/*/*/state.json"))
+        return SavedStateList(data=[_state(f) for f in reversed(found)])
 
     def session_folders(self, session_id: str) -> list[Path]:
         """Where a session's states lie (another owner may not name a path in it)."""
@@ -496,6 +510,17 @@ def _checked(index: int, datum: dict[str, Any], loss: str) -> dict[str, Any]:
                 param=f"data[{index}].{name}",
             )
     return datum
+
+
+def _state(path: Path) -> SavedState:
+    """A saved state, from its `state.json` (which also holds its adapter settings)."""
+    return SavedState.model_validate_json(path.read_text())
+
+
+def _by_age(paths: Iterable[Path]) -> list[Path]:
+    """Oldest first: by when each was written, to the nanosecond (a state's `created_at` is in
+    seconds)."""
+    return sorted(paths, key=lambda p: p.stat().st_mtime_ns)
 
 
 def _tail(path: Path, size: int = 2000) -> str:

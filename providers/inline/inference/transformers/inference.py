@@ -27,14 +27,11 @@ from llama_post.apis.inference import (
     ChatCompletionRequest,
     ChatDelta,
     ChatMessage,
-    ChoiceLogprobs,
     Completion,
     CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
+    PromptLogprob,
     SamplingFields,
-    TokenLogprob,
-    TopLogprob,
     Usage,
 )
 from llama_post.apis.inference.models import AssistantMessage
@@ -48,6 +45,7 @@ from llama_post.apis.models import (
     RegisterModelRequest,
 )
 from llama_post.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
+from providers.inline.inference.transformers import answers
 from providers.inline.inference.transformers.config import TransformersInferenceConfig
 from providers.inline.inference.transformers.engine import Engine, Event, TokenInfo
 from providers.inline.inference.transformers.guided import Grammars, Guide, constraint_of
@@ -269,7 +267,9 @@ class TransformersInference:
         self, request: SamplingFields, events: AsyncIterator[Event]
     ) -> ChatCompletion:
         text, tokens, last = await _collect(events)
-        logprobs = _chat_logprobs(tokens) if tokens and tokens[0].logprob is not None else None
+        logprobs = (
+            answers.chat_logprobs(tokens) if tokens and tokens[0].logprob is not None else None
+        )
         return ChatCompletion(
             id=f"chatcmpl-{secrets.token_hex(12)}",
             created=int(time.time()),
@@ -282,7 +282,7 @@ class TransformersInference:
                     logprobs=logprobs,
                 )
             ],
-            usage=_usage(last),
+            usage=answers.usage(last),
         )
 
     async def _chat_chunks(
@@ -309,7 +309,7 @@ class TransformersInference:
             pending += event.tokens
             if not event.text and event.finish_reason is None:
                 continue
-            logprobs = _chat_logprobs(pending) if request.logprobs else None
+            logprobs = answers.chat_logprobs(pending) if request.logprobs else None
             pending = []
             yield chunk(
                 ChatChunkChoice(
@@ -320,7 +320,7 @@ class TransformersInference:
                 )
             )
         if last is not None and request.stream_options and request.stream_options.include_usage:
-            yield chunk(None, _usage(last))
+            yield chunk(None, answers.usage(last))
 
     # -- completions ---------------------------------------------------------------------------
 
@@ -328,9 +328,13 @@ class TransformersInference:
         self, request: CompletionRequest
     ) -> Completion | AsyncIterator[Completion]:
         target = self._target(request.model)
+        if request.stream and request.prompt_logprobs is not None:
+            raise InvalidRequestError(
+                "prompt_logprobs: not with stream; ask without streaming", param="prompt_logprobs"
+            )
         guides = await self._guides(request, target)
-        streams = []
-        for ids in self._prompts(target, request.prompt):
+        streams, prompts = [], self._prompts(target, request.prompt)
+        for ids in prompts:
             params = self._params(request, target, len(ids), request.max_tokens, request.logprobs)
             if request.stop_token_ids:
                 stops = params.eos_ids | frozenset(request.stop_token_ids)
@@ -341,7 +345,20 @@ class TransformersInference:
         if request.stream:
             return self._completion_chunks(request, streams)
         results = await asyncio.gather(*(_collect(s) for s in streams))
-        return _completion(request, [(i, *r) for i, r in enumerate(results)])
+        made = answers.completion(request, [(i, *r) for i, r in enumerate(results)])
+        if request.prompt_logprobs is not None:
+            for choice, ids in zip(made.choices, prompts, strict=True):
+                choice.prompt_logprobs = await self._prompt_logprobs(
+                    target, ids, request.prompt_logprobs
+                )
+        return made
+
+    async def _prompt_logprobs(
+        self, target: Target, ids: list[int], k: int
+    ) -> list[dict[str, PromptLogprob] | None]:
+        engine = target.base.engine
+        found = await engine.call(lambda: engine.prompt_logprobs(ids, target.adapter, k))
+        return answers.prompt_logprobs(found, target.base.tokenizer.decode)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
         target = self._target(request.model)
@@ -355,7 +372,9 @@ class TransformersInference:
                 _collect(engine.generate(ids, params, target.adapter, target.model_id, guides()))
             )
         results = await asyncio.gather(*jobs)
-        return BatchCompletionResponse(data=[_completion(request, [(0, *r)]) for r in results])
+        return BatchCompletionResponse(
+            data=[answers.completion(request, [(0, *r)]) for r in results]
+        )
 
     async def _completion_chunks(
         self, request: CompletionRequest, streams: list[AsyncIterator[Event]]
@@ -365,7 +384,10 @@ class TransformersInference:
         async for index, event in _merge(streams):
             if not event.text and event.finish_reason is None:
                 continue
-            logprobs = _completion_logprobs(event.tokens, 0) if want_logprobs else None
+            as_ids = request.return_tokens_as_token_ids
+            logprobs = (
+                answers.completion_logprobs(event.tokens, 0, as_ids) if want_logprobs else None
+            )
             yield Completion(
                 id=chunk_id,
                 created=created,
@@ -514,69 +536,6 @@ async def _merge(streams: list[AsyncIterator[Event]]) -> AsyncIterator[tuple[int
     finally:
         for task in tasks:
             task.cancel()
-
-
-def _usage(last: Event) -> Usage:
-    return Usage(
-        prompt_tokens=last.prompt_tokens,
-        completion_tokens=last.completion_tokens,
-        total_tokens=last.prompt_tokens + last.completion_tokens,
-    )
-
-
-def _chat_logprobs(tokens: list[TokenInfo]) -> ChoiceLogprobs:
-    return ChoiceLogprobs(
-        content=[
-            TokenLogprob(
-                token=t.text,
-                logprob=t.logprob or 0.0,
-                bytes=list(t.text.encode()),
-                top_logprobs=[
-                    TopLogprob(token=s, logprob=lp, bytes=list(s.encode())) for s, lp in t.top
-                ],
-            )
-            for t in tokens
-        ]
-    )
-
-
-def _completion_logprobs(tokens: list[TokenInfo], offset: int) -> CompletionLogprobs:
-    out = CompletionLogprobs()
-    for t in tokens:
-        out.tokens.append(t.text)
-        out.token_logprobs.append(t.logprob or 0.0)
-        out.top_logprobs.append(dict(t.top))
-        out.text_offset.append(offset)
-        offset += len(t.text)
-    return out
-
-
-def _completion(
-    request: SamplingFields, results: list[tuple[int, str, list[TokenInfo], Event]]
-) -> Completion:
-    want = getattr(request, "logprobs", None) is not None
-    ids = getattr(request, "return_token_ids", False)
-    choices = [
-        CompletionChoice(
-            index=i,
-            text=text,
-            finish_reason=last.finish_reason,
-            logprobs=_completion_logprobs(tokens, 0) if want else None,
-            token_ids=[t.id for t in tokens] if ids else None,
-        )
-        for i, text, tokens, last in results
-    ]
-    prompt = sum(r[3].prompt_tokens for r in results)
-    completion = sum(r[3].completion_tokens for r in results)
-    return Completion(
-        id=f"cmpl-{secrets.token_hex(12)}",
-        created=int(time.time()),
-        model=request.model,
-        choices=choices,
-        usage=Usage(
-            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-        ),
-    )
 
 
 def _as_list(value: Any) -> list[Any]:
