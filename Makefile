@@ -121,8 +121,9 @@ lock: | $(UV)
 	$(COMPILE) requirements/engines/llamacpp.in -o $(LLAMACPP_LOCK)
 	for pins in tests/compat/pins/*.in; do \
 	  version=$$(sed -n 's/^# python \([0-9.]*\)$$/\1/p' $$pins); \
-	  $(UV) pip compile --quiet --generate-hashes --python-version $${version:-3.12} \
-	    --python-platform x86_64-manylinux_2_28 $(FIND_LINKS) $$pins -o $${pins%.in}.txt || exit 1; \
+	  case $$pins in *.nodeps.in) deps=--no-deps;; *) deps="-c requirements/constraints.txt";; esac; \
+	  $(UV) pip compile --quiet --generate-hashes $(FIND_LINKS) $$deps --python-version $${version:-3.12} \
+	    --python-platform x86_64-manylinux_2_28 $$pins -o $${pins%.in}.txt || exit 1; \
 	done
 
 # The newest releases pyproject.toml allows, in an environment of their own (.venv-latest), and

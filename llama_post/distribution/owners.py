@@ -125,6 +125,7 @@ LISTS = {
     "list_models": ("data", "id", "model"),
     "list_jobs": ("data", "job_uuid", "job"),
     "list_sessions": ("data", "session_id", "session"),
+    "list_states": ("data", "training_model_id", "session"),
     "list_exports": ("data", "export_id", "export"),
     "list_benchmarks": ("data", "benchmark_id", "benchmark"),
     "list_evaluations": ("data", "evaluation_id", "evaluation"),

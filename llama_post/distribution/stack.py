@@ -97,6 +97,7 @@ class Stack:
 
         built: list[ProviderInstance] = []
         checkpoints: Checkpoints | None = None
+        sessions: Any = None
         batches: BatchService | None = None
         evaluations: Joined | None = None
         # what providers receive and routes call: checked against the caller's ownership
@@ -137,8 +138,11 @@ class Stack:
                 if api == Api.training_sessions:  # Tinker's training calls, over any provider
                     if hasattr(one, "session_folders"):  # a local provider's
                         locations.sessions.append(one)
+                    sessions = one
                     one = TinkerSessions(one, impls[Api.models], lambda: impls.get(Api.inference))
                 impls[api] = guard(api, one)
+            if isinstance(checkpoints, TinkerCheckpointsService):  # saved states: Tinker's
+                checkpoints.sessions = sessions  # checkpoints too
             models.imports.files = impls.get(Api.files)  # archives uploaded through Files
             await models.restore(run.models)
             for provider in built:  # what a provider does once every model is loaded

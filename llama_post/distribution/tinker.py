@@ -1,10 +1,12 @@
 """Tinker's RestClient surface (`/api/v1`), over llama-post's jobs and their checkpoints: a job
 is a training run, its checkpoints are Tinker's checkpoints, and every owner rule is the one
-`Checkpoints` and the route guards apply to the native routes."""
+`Checkpoints` and the route guards apply to the native routes. A training session's model is a
+run too, its saved states (`weights`, `sampler_weights`) its checkpoints, owned as its session."""
 
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 from llama_post.apis.post_training import Checkpoint, LoraFinetuningConfig
@@ -34,11 +36,18 @@ from llama_post.apis.post_training.tinker import (
     TinkerWeightsInfo,
     TinkerWeightsInfoRequest,
 )
+from llama_post.apis.training_sessions import InteractiveTraining, SavedState
 from llama_post.distribution.checkpoints import Checkpoints
+from llama_post.errors import NotFoundError
+
+SESSION_RUN = re.compile(r"ts-[0-9a-f]{16}:train:[0-9]{1,6}")
+PAGE = 1000  # the most checkpoints the native list gives at once
 
 
 class TinkerCheckpointsService(Checkpoints):
     """`Checkpoints` with Tinker's names for runs and checkpoints beside the native ones."""
+
+    sessions: InteractiveTraining | None = None  # set by the stack, where sessions are served
 
     # -- the handshake -------------------------------------------------------------------------
 
@@ -102,18 +111,40 @@ class TinkerCheckpointsService(Checkpoints):
     # -- checkpoints ---------------------------------------------------------------------------
 
     async def tinker_list_run_checkpoints(self, training_run_id: str) -> TinkerCheckpoints:
+        if SESSION_RUN.fullmatch(training_run_id):
+            if self.sessions is None or not self.owners.owns("session", training_run_id):
+                missing = f"no training run {training_run_id!r}"
+                raise NotFoundError(missing, param="training_run_id")
+            states = (await self.sessions.list_model_states(training_run_id)).data
+            return TinkerCheckpoints(checkpoints=[_saved(s) for s in states])
         found = (await self.list_job_checkpoints(training_run_id)).data
         return TinkerCheckpoints(checkpoints=[_tinker(c) for c in found])
 
     async def tinker_list_user_checkpoints(
         self, request: TinkerCheckpointPageRequest
     ) -> TinkerCheckpoints:
-        page = await self.list_checkpoints(
-            ListCheckpointsRequest(limit=request.limit, offset=request.offset)
-        )
+        """The jobs' checkpoints and the sessions' saved states of the caller, newest first."""
+        states = [] if self.sessions is None else (await self.sessions.list_states()).data
+        states = [s for s in states if self.owners.owns("session", s.training_model_id)]
+        if not states:  # the native list pages the jobs' checkpoints itself
+            page = await self.list_checkpoints(
+                ListCheckpointsRequest(limit=request.limit, offset=request.offset)
+            )
+            return TinkerCheckpoints(
+                checkpoints=[_tinker(c) for c in page.data],
+                cursor=TinkerCursor(offset=page.offset, limit=page.limit, total_count=page.total),
+            )
+        found = [_saved(s) for s in states]
+        while True:
+            jobs = len(found) - len(states)
+            page = await self.list_checkpoints(ListCheckpointsRequest(limit=PAGE, offset=jobs))
+            found += [_tinker(c) for c in page.data]
+            if not page.data or jobs + len(page.data) >= page.total:
+                break
+        found.sort(key=lambda c: c.time, reverse=True)
         return TinkerCheckpoints(
-            checkpoints=[_tinker(c) for c in page.data],
-            cursor=TinkerCursor(offset=page.offset, limit=page.limit, total_count=page.total),
+            checkpoints=found[request.offset : request.offset + request.limit],
+            cursor=TinkerCursor(offset=request.offset, limit=request.limit, total_count=len(found)),
         )
 
     async def tinker_delete_checkpoint(
@@ -193,6 +224,17 @@ def _tinker(found: Checkpoint) -> TinkerCheckpoint:
         size_bytes=found.size_bytes,
         public=found.public,
         expires_at=_time(found.expires_at) if found.expires_at else None,
+    )
+
+
+def _saved(state: SavedState) -> TinkerCheckpoint:
+    kind = "weights" if state.kind == "state" else "sampler_weights"
+    return TinkerCheckpoint(
+        checkpoint_id=f"{kind}/{state.name}",
+        checkpoint_type="training" if state.kind == "state" else "sampler",
+        time=_time(state.created_at),
+        tinker_path=f"tinker://{state.training_model_id}/{kind}/{state.name}",
+        size_bytes=state.size_bytes,
     )
 
 

@@ -15,13 +15,14 @@ import functools
 import itertools
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from llama_post.apis.inference import Completion, CompletionRequest, Inference
+from llama_post.apis.inference import Completion, CompletionRequest, Inference, PromptLogprob
 from llama_post.apis.models import AdapterSource, Models, RegisterModelRequest
 from llama_post.apis.training_sessions import (
     AdamParams,
@@ -63,6 +64,7 @@ from llama_post.apis.training_sessions.tinker import (
 )
 from llama_post.apis.training_sessions.tinker_wire import (
     PROTOBUF,
+    Topk,
     encode_forward_backward_output,
     encode_sample_response,
 )
@@ -305,58 +307,72 @@ class TinkerSessions:
         self.served[sampler_id] = served
 
     async def tinker_sample(self, request: TinkerSample) -> TinkerFuture:
+        """`num_samples` completions of the prompt; the first also gives the prompt's
+        log-probabilities when asked (`compute_logprobs`), and each its top-k when asked."""
         sampler_id = request.sampling_session_id
         if sampler_id not in self.served:
             raise NotFoundError(f"no sampler {sampler_id!r}", param="sampling_session_id")
-        if request.prompt_logprobs or request.topk_prompt_logprobs:
-            raise InvalidRequestError(
-                "prompt_logprobs: the prompt's log-probabilities are not served yet",
-                param="prompt_logprobs",
-            )
+        for name in ("target_prompt_logprobs", "prompt_alt_tokens_k"):
+            if getattr(request, name):
+                raise InvalidRequestError(f"{name}: not served here; leave it out", param=name)
         inference = self.inference()
         if inference is None:
             raise InvalidRequestError("this server serves no inference to sample with")
-        params = request.sampling_params
-        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
-        texts = [s for s in stop if isinstance(s, str)]
-        ids = [s for s in stop if isinstance(s, int)]
+        prompt = [t for chunk in request.prompt.chunks for t in chunk.tokens]
+        topk, wants_prompt = request.topk_sample_logprobs, bool(request.prompt_logprobs)
+        wants_prompt = wants_prompt or request.topk_prompt_logprobs > 0
         asks = [
-            _native(
-                CompletionRequest,
-                "sampling_params",
-                model=self.served[sampler_id],
-                prompt=[t for chunk in request.prompt.chunks for t in chunk.tokens],
-                max_tokens=params.max_tokens,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k if params.top_k > 0 else None,
-                seed=None if params.seed is None else params.seed + i,  # samples differ
-                stop=texts or None,
-                stop_token_ids=ids or None,
-                ignore_eos=params.stop == [],  # Tinker's: [] disables every stop, EOS too
-                logprobs=0,
-                return_token_ids=True,
-            )
+            self._ask(request, prompt, i, wants_prompt and i == 0)
             for i in range(request.num_samples)
         ]
 
         async def run() -> Answer:
             done = await asyncio.gather(*(inference.completion(a) for a in asks))
-            sequences: list[tuple[str, list[int], list[float] | None]] = []
-            for completion in done:
-                assert isinstance(completion, Completion)
-                choice = completion.choices[0]
-                logprobs = None
-                if choice.logprobs:  # not echoed: every token has its logprob
-                    logprobs = [p for p in choice.logprobs.token_logprobs if p is not None]
-                sequences.append(
-                    (choice.finish_reason or "length", choice.token_ids or [], logprobs)
+            choices = [c.choices[0] for c in done if isinstance(c, Completion)]
+            sequences = [
+                (
+                    c.finish_reason or "length",
+                    c.token_ids or [],
+                    # not echoed: every sampled token has its logprob
+                    [p for p in c.logprobs.token_logprobs if p is not None] if c.logprobs else None,
+                    _topk_sampled(c.logprobs.top_logprobs) if c.logprobs and topk else None,
                 )
-            return encode_sample_response(sequences), PROTOBUF
+                for c in choices
+            ]
+            if not wants_prompt:
+                return encode_sample_response(sequences), PROTOBUF
+            lps, top = _prompt(prompt, choices[0].prompt_logprobs or [], request)
+            return encode_sample_response(sequences, lps, top), PROTOBUF
 
         future = self._submit(_owner(sampler_id), sampler_id, None, run)
         ids_of = [f"{future.request_id}:{i}" for i in range(request.num_samples)]
         return future.model_copy(update={"model_id": None, "sample_sequence_ids": ids_of})
+
+    def _ask(
+        self, request: TinkerSample, prompt: list[int], i: int, with_prompt: bool
+    ) -> CompletionRequest:
+        params = request.sampling_params
+        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+        texts = [s for s in stop if isinstance(s, str)]
+        ids = [s for s in stop if isinstance(s, int)]
+        return _native(
+            CompletionRequest,
+            "sampling_params",
+            model=self.served[request.sampling_session_id],
+            prompt=prompt,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else None,
+            seed=None if params.seed is None else params.seed + i,  # samples differ
+            stop=texts or None,
+            stop_token_ids=ids or None,
+            ignore_eos=params.stop == [],  # Tinker's: [] disables every stop, EOS too
+            logprobs=request.topk_sample_logprobs,
+            return_token_ids=True,
+            return_tokens_as_token_ids=request.topk_sample_logprobs > 0,
+            prompt_logprobs=request.topk_prompt_logprobs if with_prompt else None,
+        )
 
     # -- futures -------------------------------------------------------------------------------
 
@@ -421,6 +437,39 @@ class TinkerSessions:
                 async with turns.changed:
                     turns.next = max(turns.next, seq_id + 1)
                     turns.changed.notify_all()
+
+
+def _topk_sampled(top: list[dict[str, float] | None]) -> Topk:
+    """Each sampled position's alternatives (`token_id:<id>` keys), likeliest first."""
+    return [
+        sorted(((int(t.removeprefix("token_id:")), lp) for t, lp in at.items()), key=_second)
+        for at in top
+        if at is not None  # not echoed: every sampled position has its alternatives
+    ]
+
+
+def _prompt(
+    prompt: list[int], found: list[dict[str, PromptLogprob] | None], request: TinkerSample
+) -> tuple[list[float], Topk | None]:
+    """The prompt's log-probabilities (NaN where there are none: its first token, and before
+    the last `prompt_logprobs_last_n`), and each position's top-k, as Tinker gives them."""
+    first = len(prompt) - (request.prompt_logprobs_last_n or len(prompt))
+    logprobs: list[float] = []
+    top: Topk = []
+    k = request.topk_prompt_logprobs
+    for position, (token, at) in enumerate(zip(prompt, found, strict=True)):
+        if at is None or position < first:
+            logprobs.append(math.nan)
+            top.append(None)
+            continue
+        logprobs.append(at[str(token)].logprob)
+        ranked = sorted((e.rank, int(i), e.logprob) for i, e in at.items() if e.rank <= k)
+        top.append([(i, lp) for _, i, lp in ranked][:k])
+    return logprobs, top if k else None
+
+
+def _second(pair: tuple[int, float]) -> float:
+    return -pair[1]
 
 
 def _forward_backward(request: TinkerForwardBackward) -> ForwardBackwardRequest:

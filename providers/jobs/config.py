@@ -86,3 +86,12 @@ class LocalSessionsConfig(StrictModel):
         ge=5,
         description="A session not heard from (a heartbeat or a call) for this long is finished.",
     )
+    stall_seconds: float = Field(
+        120.0,
+        ge=2,
+        description="A worker whose heartbeat (written every second, busy or idle) is older "
+        "than this is wedged: it is killed, and its model's calls fail saying so.",
+    )
+    watch_interval_seconds: float = Field(
+        2.0, gt=0, le=60, description="How often the watchdog reads the workers' heartbeats."
+    )

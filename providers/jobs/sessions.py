@@ -8,7 +8,11 @@ writing its log beside its saved states:
     <storage_dir>/sessions/<session_id>/<index>/<state|sampler>/<name>/   a PEFT folder
 
 A session not heard from for `session_timeout_seconds` is finished (its workers stopped).
-Saved states outlive sessions and restarts: a new model may start from any of the caller's."""
+Saved states outlive sessions and restarts: a new model may start from any of the caller's.
+
+Each worker beats the job machinery's heartbeat (`heartbeat.json` in its folder, `folder.py`);
+the watchdog kills one whose heartbeat is older than `stall_seconds` (stopped, or wedged), and
+its model's call in flight, and every call after, fails naming why."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,7 @@ from llama_post.apis.training_sessions import (
     OptimStepRequest,
     OptimStepResult,
     SavedState,
+    SavedStateList,
     SaveStateRequest,
     TrainingModel,
     TrainingSession,
@@ -50,6 +56,7 @@ from llama_post.errors import (
     RateLimitError,
 )
 from providers.jobs.config import LocalSessionsConfig
+from providers.jobs.folder import read_heartbeat
 from providers.jobs.launch import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,9 @@ class Worker:
     name: str
     proc: asyncio.subprocess.Process
     log_path: Path
+    heartbeat: Path
+    started_at: float = field(default_factory=time.time)
+    stalled: str | None = None  # why the watchdog killed it
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def call(self, op: str, **command: Any) -> Any:
@@ -90,6 +100,11 @@ class Worker:
                     line = await stdout.readline()
             if not line:
                 code = await self.proc.wait()
+                if self.stalled is not None:
+                    raise WorkerGone(
+                        f"the worker of training model {self.name} was killed: {self.stalled}; "
+                        "create the model again, from its last saved state"
+                    )
                 raise WorkerGone(
                     f"the worker of training model {self.name} has died (exit code {code}); "
                     f"create the model again, from its last saved state. The end of its log: "
@@ -101,6 +116,22 @@ class Worker:
                     raise InvalidRequestError(reply["error"])
                 raise LlamaPostError(f"training model {self.name}: {reply['error']}")
             return reply["result"]
+
+    def watch(self, now: float, limit: float) -> None:
+        """Kill the worker if its last heartbeat (or, before any, its start) is older than
+        `limit`."""
+        if self.proc.returncode is not None or self.stalled is not None:
+            return
+        beat = read_heartbeat(self.heartbeat) or {"time": self.started_at, "phase": "loading"}
+        quiet = now - max(float(beat["time"]), self.started_at)
+        if quiet > limit:
+            self.stalled = (
+                f"it stalled in {beat.get('phase')}: no heartbeat for {quiet:.0f} s (the limit, "
+                f"the provider's stall_seconds, is {limit:g} s)"
+            )
+            log.warning("training model %s: %s", self.name, self.stalled)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()  # a stopped or wedged process ignores SIGTERM
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -126,13 +157,16 @@ class LocalSessions:
         self.live: dict[str, Live] = {}
         self.creating: set[str] = set()
         self.reaper: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.reaper = asyncio.get_running_loop().create_task(self._reap())
+        self.watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def shutdown(self) -> None:
-        if self.reaper is not None:
-            self.reaper.cancel()
+        for task in (self.reaper, self.watchdog):
+            if task is not None:
+                task.cancel()
         for live in list(self.live.values()):
             if live.worker is not None:
                 await live.worker.stop()
@@ -202,6 +236,14 @@ class LocalSessions:
                 if session.status == "active" and session.last_heartbeat_at < deadline:
                     log.info("training session %s timed out", session.session_id)
                     await self.finish_session(session.session_id, FinishSessionRequest())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.watch_interval_seconds)
+            now = time.time()
+            for live in list(self.live.values()):
+                if live.worker is not None:
+                    live.worker.watch(now, self.config.stall_seconds)
 
     # -- training models -----------------------------------------------------------------------
 
@@ -326,6 +368,7 @@ class LocalSessions:
             path=str(target),
             base_model=live.record.base_model,
             created_at=int(time.time()),
+            size_bytes=sum(f.stat().st_size for f in target.rglob("*") if f.is_file()),
         )
         meta = {**saved.model_dump(), "lora": live.record.lora.model_dump()}
         (target / "state.json").write_text(json.dumps(meta))
@@ -350,9 +393,20 @@ class LocalSessions:
 
     async def get_state(self, training_model_id: str, kind: str, name: str) -> SavedState:
         folder = self._state_folder(f"{training_model_id}/{kind}/{name}", "name")
-        meta = json.loads((folder / "state.json").read_text())
-        meta.pop("lora")
-        return SavedState.model_validate(meta)
+        return _state(folder / "state.json")
+
+    async def list_model_states(self, training_model_id: str) -> SavedStateList:
+        found = MODEL.fullmatch(training_model_id)
+        folder = self.root / found.group(1) / found.group(2) if found else None
+        if folder is None or not (folder / "model.json").is_file():
+            raise NotFoundError(
+                f"no training model {training_model_id!r}", param="training_model_id"
+            )
+        return SavedStateList(data=[_state(f) for f in _by_age(folder.glob("*/*/state.json"))])
+
+    async def list_states(self) -> SavedStateList:
+        found = _by_age(self.root.glob("ts-*/*/*/*/state.json"))
+        return SavedStateList(data=[_state(f) for f in reversed(found)])
 
     def session_folders(self, session_id: str) -> list[Path]:
         """Where a session's states lie (another owner may not name a path in it)."""
@@ -429,6 +483,7 @@ class LocalSessions:
                 sys.executable,
                 "-m",
                 WORKER,
+                str(folder / "heartbeat.json"),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
@@ -437,7 +492,7 @@ class LocalSessions:
                 env=env,
                 limit=1 << 30,  # one answer is one line, however many datums it holds
             )
-        return Worker(model_id, proc, log_path)
+        return Worker(model_id, proc, log_path, folder / "heartbeat.json")
 
 
 def _checked(index: int, datum: dict[str, Any], loss: str) -> dict[str, Any]:
@@ -455,6 +510,17 @@ def _checked(index: int, datum: dict[str, Any], loss: str) -> dict[str, Any]:
                 param=f"data[{index}].{name}",
             )
     return datum
+
+
+def _state(path: Path) -> SavedState:
+    """A saved state, from its `state.json` (which also holds its adapter settings)."""
+    return SavedState.model_validate_json(path.read_text())
+
+
+def _by_age(paths: Iterable[Path]) -> list[Path]:
+    """Oldest first: by when each was written, to the nanosecond (a state's `created_at` is in
+    seconds)."""
+    return sorted(paths, key=lambda p: p.stat().st_mtime_ns)
 
 
 def _tail(path: Path, size: int = 2000) -> str:

@@ -5,8 +5,11 @@ writes, with the interpreter the release needs, into a cache outside the clone (
 engines' environments: `$LLAMA_POST_CLIENTS`, else `~/.cache/llama-post/clients`), in a folder
 named after the lock's hash and the interpreter's version: every clone and CI run reuses it while
 the lock is unchanged. uv (the Makefile's, in `.tools/`) syncs it to the lock exactly, hashes
-checked; pip's `--require-hashes` refuses a complete lock whose packages declare extras (tinker's
-`httpx[http2]`) once a newer release of the extra's package exists.
+checked, with `pins/<name>.nodeps.txt` beside it where there is one (packages installed without
+their requirements, as the Makefile's `requirements/nodeps.txt`) and this machine's local wheels
+(`/opt/wheels`: torch's CPU build). pip's `--require-hashes` refuses a complete lock whose
+packages declare extras (tinker's `httpx[http2]`) once a newer release of the extra's package
+exists.
 """
 
 from __future__ import annotations
@@ -35,14 +38,15 @@ def cache_root() -> Path:
 
 def client_python(name: str, interpreter: str = sys.executable) -> Path:
     """The Python of the environment `name`, its pins installed (built once, then reused)."""
-    pins = PINS / f"{name}.txt"
+    pins = [PINS / f"{name}.txt"]
+    pins += [p for p in [PINS / f"{name}.nodeps.txt"] if p.is_file()]
     version = subprocess.run(
         [interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    digest = hashlib.sha256(pins.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in pins)).hexdigest()[:12]
     folder = cache_root() / f"{name}-py{version}-{digest}"
     python = folder / "bin" / "python"
     if (folder / ".installed").is_file() and python.is_file():
@@ -73,7 +77,7 @@ def client_python(name: str, interpreter: str = sys.executable) -> Path:
             "--link-mode",
             "copy",
             "--compile-bytecode",  # each flow is a process of its own: no import compiles again
-            pins,
+            *pins,
         ],
         check=True,
     )
@@ -97,13 +101,21 @@ def python312() -> str:
     pytest.skip("no CPython 3.12 on this machine (pyenv install 3.12 provides one)")
 
 
-def run_flow(python: Path, script: str, *args: str, timeout: float = 240) -> str:
-    """Run a flow script of this folder; its last line of output is its JSON report."""
+def run_flow(
+    python: Path,
+    script: str,
+    *args: str,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+) -> str:
+    """Run a flow script of this folder (with `env` added to the environment); its last line
+    of output is its JSON report."""
     done = subprocess.run(
         [python, str(Path(__file__).parent / script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return done.stdout.strip().splitlines()[-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
         session = model.split(":", 1)[0]
         stolen = home / "training-sessions" / "sessions" / session / "0" / "sampler" / "s1"
         assert (stolen / "adapter_model.safetensors").is_file()
+        seen["sampler_folder"] = str(stolen)
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": alice}, timeout=60) as http:
+            # the owner registers its sampler weights as a model of its own, and samples it
+            made = http.post(
+                "/v1/models",
+                json={
+                    "model_id": "ft/alice-s1",
+                    "source": {"type": "adapter", "path": str(stolen), "base_model": TINY},
+                },
+            )
+            said = http.post(
+                "/v1/completions",
+                json={"model": "ft/alice-s1", "prompt": "Hello", "max_tokens": 3},
+            )
+            seen["registered"] = [made.status_code, said.status_code]
         with httpx.Client(base_url=server.url, headers={"X-API-Key": bob}, timeout=60) as http:
             seen["bob"] = [
                 http.post("/api/v1/get_info", json={"model_id": model}).status_code,
@@ -59,6 +75,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
                     json={"session_id": session, "model_seq_id": 5, "base_model": TINY},
                 ).status_code,
                 http.get(f"/v1/training-models/{model}/states/sampler/s1").status_code,
+                http.get(f"/v1/training-models/{model}/states").status_code,
+                http.get("/v1/models/ft/alice-s1").status_code,
                 # nor the folder of the owner's sampler weights, named by its path
                 http.post(
                     "/v1/models",
@@ -132,7 +150,58 @@ def test_sampling_from_saved_sampler_weights(trained: dict[str, Any]) -> None:
     assert len(trained["quick"]) == 4  # stop=[]: no end of sequence stops it
 
 
+def test_prompt_and_top_logprobs_are_transformers(
+    trained: dict[str, Any], tiny_model: Path
+) -> None:
+    """compute_logprobs and the top-k logprobs of a sample, against the sampler weights (s1)
+    run by transformers and peft in this process."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base: Any = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with warnings.catch_warnings():  # peft's note on the tied output head it adapts
+        warnings.simplefilter("ignore", UserWarning)
+        model = PeftModel.from_pretrained(base, trained["sampler_folder"]).eval()
+
+    def logps(tokens: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(model(torch.tensor([tokens])).logits[0].float(), -1)
+
+    scored_row = trained["rows"][1]
+    scored = logps(scored_row)
+    assert trained["scored"][0] is None and len(trained["scored"]) == len(scored_row)
+    expected = [float(scored[i, t]) for i, t in enumerate(scored_row[1:])]
+    assert max(abs(a - b) for a, b in zip(trained["scored"][1:], expected, strict=True)) < 1e-4
+
+    topped = trained["topped"]
+    prompt = trained["rows"][0][:5]
+    full = logps(prompt + topped["tokens"])
+    assert topped["prompt"][0] is None and topped["prompt_topk"][0] is None
+    for i in range(1, len(prompt)):
+        assert abs(topped["prompt"][i] - float(full[i - 1, prompt[i]])) < 1e-4
+        values, ids = full[i - 1].topk(3)
+        assert [t for t, _ in topped["prompt_topk"][i]] == ids.tolist()
+        given = [lp for _, lp in topped["prompt_topk"][i]]
+        assert max(abs(a - b) for a, b in zip(given, values.tolist(), strict=True)) < 1e-4
+    for j, token in enumerate(topped["tokens"]):  # greedy: each is the likeliest
+        at = full[len(prompt) - 1 + j]
+        values, ids = at.topk(3)
+        assert token == ids[0] and abs(topped["logprobs"][j] - float(at[token])) < 1e-4
+        assert [t for t, _ in topped["topk"][j]] == ids.tolist()
+
+
 def test_another_owner_is_refused_the_session(trained: dict[str, Any]) -> None:
     for refusal in trained["refused"].values():
         assert "404" in refusal or "NotFound" in refusal, trained["refused"]
-    assert trained["bob"] == [404] * 8, trained["bob"]
+    assert trained["bob"] == [404] * 10, trained["bob"]
+    assert trained["theirs_listed"] == [], trained["theirs_listed"]
+
+
+def test_saved_states_are_checkpoints_and_models(trained: dict[str, Any]) -> None:
+    run = trained["model_id"]
+    assert trained["listed"][:2] == [trained["state"], trained["sampler_path"]], trained["listed"]
+    assert trained["listed"][2].startswith(f"tinker://{run}/sampler_weights/seq-")
+    assert trained["state"] == f"tinker://{run}/weights/mid"
+    # across the caller's runs, newest first: the states of the model made from "mid" too
+    assert set(trained["listed"]) <= set(trained["mine"]), trained["mine"]
+    assert trained["registered"] == [200, 200], trained["registered"]

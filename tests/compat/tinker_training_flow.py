@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from typing import Any
 
 import tinker
@@ -92,14 +93,31 @@ def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
     prompt = types.ModelInput.from_ints(rows[0][:5])
     params = types.SamplingParams(max_tokens=6, temperature=1.0, seed=7)
     sampled = sampler.sample(prompt, num_samples=2, sampling_params=params).result()
+    # the prompt's log-probabilities, and the top 3 at each prompt and sampled position
+    scored = sampler.compute_logprobs(types.ModelInput.from_ints(rows[1])).result()
+    greedy_top = types.SamplingParams(max_tokens=2, temperature=0.0, stop=[])
+    topped = sampler.sample(
+        prompt,
+        num_samples=1,
+        sampling_params=greedy_top,
+        include_prompt_logprobs=True,
+        topk_prompt_logprobs=3,
+        topk_sample_logprobs=3,
+    ).result()
     quick = client.save_weights_and_get_sampling_client().result()  # as RL loops do
     greedy = types.SamplingParams(max_tokens=4, temperature=0.0, stop=[])
     quickly = quick.sample(prompt, num_samples=1, sampling_params=greedy).result()
 
-    other = tinker.ServiceClient(base_url=url, api_key=other_key)
+    # the saved states are the model's checkpoints, to the RestClient too
+    rest, other = rest_client(service), tinker.ServiceClient(base_url=url, api_key=other_key)
+    listed = [c.tinker_path for c in rest.list_checkpoints(info.model_id).result().checkpoints]
+    mine = [c.tinker_path for c in rest.list_user_checkpoints().result().checkpoints]
+    other_rest = rest_client(other)
+    theirs_listed = other_rest.list_user_checkpoints().result().checkpoints
     theirs = {
         "state": refused(lambda: other.create_training_client_from_state(state).result()),
         "sampler": refused(lambda: other.create_sampling_client(model_path=sampler_path).result()),
+        "checkpoints": refused(lambda: other_rest.list_checkpoints(info.model_id).result()),
     }
     service.close("success", detail="the flow is done").result()
     return {
@@ -126,9 +144,27 @@ def main(url: str, key: str, other_key: str, base_model: str) -> dict[str, Any]:
             for s in sampled.sequences
         ],
         "quick": [int(t) for t in quickly.sequences[0].tokens],
+        "scored": scored,
+        "topped": {
+            "prompt": topped.prompt_logprobs,
+            "prompt_topk": topped.topk_prompt_logprobs,
+            "tokens": [int(t) for t in topped.sequences[0].tokens],
+            "logprobs": topped.sequences[0].logprobs,
+            "topk": topped.sequences[0].topk_logprobs,
+        },
         "refused": theirs,
         "state": state,
+        "sampler_path": sampler_path,
+        "listed": listed,
+        "mine": mine,
+        "theirs_listed": [c.tinker_path for c in theirs_listed],
     }
+
+
+def rest_client(service: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # create_rest_client is deprecated
+        return service.create_rest_client()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`LocalSessions` (inline::peft's interactive training) over a small in-memory Models: what a
-caller gets wrong is a 400 naming the field, a worker that dies is reported on the next call,
-and saved states outlive the provider (a restart)."""
+caller gets wrong is a 400 naming the field, a worker that dies (or wedges, and is killed by the
+watchdog) is reported on the next call, and saved states outlive the provider (a restart)."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ class OneModel:
         return self.model
 
 
-def sessions(folder: Path, tiny_model: Path) -> LocalSessions:
-    config = LocalSessionsConfig(storage_dir=folder, device="cpu", torch_threads=1)
+def sessions(folder: Path, tiny_model: Path, **settings: float) -> LocalSessions:
+    config = LocalSessionsConfig(storage_dir=folder, device="cpu", torch_threads=1, **settings)
     return LocalSessions(config, OneModel(tiny_model))  # type: ignore[arg-type]
 
 
@@ -115,7 +115,7 @@ async def _story(tmp_path: Path, tiny_model: Path) -> None:
         await first.shutdown()
 
     # a restarted provider: the session is finished, its state starts a model elsewhere
-    second = sessions(tmp_path, tiny_model)
+    second = sessions(tmp_path, tiny_model, stall_seconds=3, watch_interval_seconds=0.2)
     try:
         assert (await second.get_session(session)).status == "finished"
         with pytest.raises(ConflictError, match="finished"):
@@ -144,5 +144,19 @@ async def _story(tmp_path: Path, tiny_model: Path) -> None:
             resumed.training_model_id, ForwardBackwardRequest(data=DATA, forward_only=True)
         )
         assert again_after.loss == after.loss
+
+        # the worker wedges (stopped): the watchdog kills it, and this call and the next say why
+        second.start()
+        worker = second.live[resumed.training_model_id].worker
+        assert worker is not None
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        for _ in range(2):
+            with pytest.raises(
+                LlamaPostError, match=r"was killed: it stalled in \w+: no heartbeat for"
+            ):
+                await second.forward_backward(
+                    resumed.training_model_id, ForwardBackwardRequest(data=DATA)
+                )
+        assert worker.proc.returncode == -signal.SIGKILL
     finally:
         await second.shutdown()

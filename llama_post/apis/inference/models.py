@@ -143,6 +143,16 @@ class CompletionRequest(SamplingFields):
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, max_length=64, description="Tokens that end the output, kept in it (as vLLM's)."
     )
+    prompt_logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=20,
+        description="Each prompt token's log-probability, with this many alternatives (as "
+        "vLLM's): a choice's `prompt_logprobs`, keyed by token id. Not with `stream`.",
+    )
+    return_tokens_as_token_ids: bool = Field(
+        False, description="`logprobs` names tokens as `token_id:<id>` (as vLLM's)."
+    )
 
 
 class Usage(BaseModel):
@@ -222,12 +232,23 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int] = []
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int = Field(description="1: the likeliest token there.")
+    decoded_token: str
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason | None = None
     logprobs: CompletionLogprobs | None = None
     token_ids: list[int] | None = Field(None, description="With `return_token_ids`.")
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        None,
+        description="With `prompt_logprobs`: at each prompt position (none at the first), the "
+        "prompt's token and the likeliest others, by token id.",
+    )
 
 
 class Completion(BaseModel):

@@ -67,6 +67,7 @@ from llama_post.apis.post_training.tinker import (
     TinkerHealth,
     TinkerHello,
     TinkerPageRequest,
+    TinkerRunId,
     TinkerScopeRequest,
     TinkerTrainingRun,
     TinkerTrainingRuns,
@@ -485,8 +486,8 @@ class PostTraining(PostTrainingJobs, Protocol):
     @webmethod(
         route="/api/v1/training_runs/{training_run_id}/checkpoints", method="GET", compat=TINKER
     )
-    async def tinker_list_run_checkpoints(self, training_run_id: JobUuid) -> TinkerCheckpoints:
-        """A run's checkpoints."""
+    async def tinker_list_run_checkpoints(self, training_run_id: TinkerRunId) -> TinkerCheckpoints:
+        """A run's checkpoints: a job's, or a training model's saved states."""
         ...
 
     @webmethod(route="/api/v1/checkpoints", method="GET", compat=TINKER)

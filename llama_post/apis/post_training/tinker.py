@@ -6,7 +6,7 @@ downloading its files, `external_weights`; its Tinker path is `tinker://<run>/<k
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,14 @@ from llama_post.schema import StrictModel
 
 KIND_OF_TYPE = {"training": "weights", "sampler": "sampler_weights"}
 TinkerKind = Literal["weights", "sampler_weights", "external_weights"]
+TinkerRunId = Annotated[
+    str,
+    Field(
+        pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,63}|ts-[0-9a-f]{16}:train:[0-9]{1,6})$",
+        examples=["sft-0123456789abcdef", "ts-0123456789abcdef:train:0"],
+        description="A job, or a training session's model (its saved states are its checkpoints).",
+    ),
+]
 
 
 class TinkerClientConfig(BaseModel):

@@ -12,6 +12,7 @@ from llama_post.apis.training_sessions.models import (
     OptimStepRequest,
     OptimStepResult,
     SavedState,
+    SavedStateList,
     SaveStateRequest,
     SessionId,
     StateKindName,
@@ -134,6 +135,16 @@ class InteractiveTraining(Protocol):
         self, training_model_id: TrainingModelId, request: LoadStateRequest
     ) -> TrainingModel:
         """Load a saved state's adapter (and optimizer) into a training model."""
+        ...
+
+    @webmethod(route="/v1/training-models/{training_model_id}/states", method="GET")
+    async def list_model_states(self, training_model_id: TrainingModelId) -> SavedStateList:
+        """A training model's saved states, oldest first, also once its session has ended."""
+        ...
+
+    @webmethod(route="/v1/training-states", method="GET")
+    async def list_states(self) -> SavedStateList:
+        """The caller's saved states, of all their sessions, newest first."""
         ...
 
     @webmethod(route="/v1/training-models/{training_model_id}/states/{kind}/{name}", method="GET")

@@ -179,3 +179,8 @@ class SavedState(BaseModel):
     path: str = Field(description="The PEFT folder on this server.")
     base_model: str
     created_at: int
+    size_bytes: int | None = Field(None, description="Its files' sizes, summed.")
+
+
+class SavedStateList(BaseModel):
+    data: list[SavedState]

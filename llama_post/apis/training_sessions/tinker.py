@@ -212,4 +212,10 @@ class TinkerSample(TinkerRequest):
     prompt: TinkerModelInput
     sampling_params: TinkerSamplingParams
     prompt_logprobs: bool | None = None
-    topk_prompt_logprobs: int = 0
+    topk_prompt_logprobs: int = Field(0, ge=0, le=20)
+    topk_sample_logprobs: int = Field(0, ge=0, le=20)
+    prompt_logprobs_last_n: int | None = Field(None, ge=1)
+    target_prompt_logprobs: dict[str, Any] | None = Field(
+        None, description="Refused: not served here."
+    )
+    prompt_alt_tokens_k: int = Field(0, description="Refused (but 0): not served here.")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
@@ -76,6 +77,8 @@ _DESCRIPTOR = (
 _FORMATS = {1: "f", 2: "q", 3: "i"}  # DTYPE_FLOAT32, DTYPE_INT64, DTYPE_INT32: little-endian
 _NAMES = {1: "float32", 2: "int64", 3: "int64"}
 STOP_REASONS = {"stop": 0, "length": 1}
+MASK_LOGPROB = -99999.0  # the SDK's filler of a top-k row (`tinker/types/topk_logprobs.py`)
+Topk = list[list[tuple[int, float]] | None]  # at each position, its likeliest (token, logprob)
 
 
 @cache
@@ -155,20 +158,41 @@ def encode_forward_backward_output(
 
 
 def encode_sample_response(
-    sequences: list[tuple[str, list[int], list[float] | None]],
+    sequences: Sequence[tuple[str, list[int], list[float] | None, Topk | None]],
     prompt_logprobs: list[float] | None = None,
+    topk_prompt: Topk | None = None,
 ) -> bytes:
-    """Sampled sequences (stop reason, tokens, their log-probabilities), and the prompt's."""
+    """Sampled sequences (stop reason, tokens, their log-probabilities, each position's top-k
+    `(token, logprob)`), and the prompt's log-probabilities (NaN where there are none) and
+    top-k."""
     message = _message("SampleResponse")()
-    for reason, tokens, logprobs in sequences:
+    for reason, tokens, logprobs, topk in sequences:
         sequence = message.sequences.add()
         sequence.stop_reason = STOP_REASONS[reason]
         sequence.tokens = _pack("i", tokens)
         if logprobs is not None:
             sequence.logprobs = _pack("f", logprobs)
+        if topk is not None:
+            _topk(sequence.topk_sampled_logprobs, topk)
     if prompt_logprobs is not None:
         message.prompt_logprobs = _pack("f", prompt_logprobs)
+    if topk_prompt is not None:
+        _topk(message.topk_prompt_logprobs, topk_prompt)
     return bytes(message.SerializeToString())
+
+
+def _topk(message: Any, rows: Topk) -> None:
+    """A `TopkLogprobs`: `(length, k)` int32 ids and float32 logprobs, a missing row or entry
+    filled with the SDK's sentinel (token 0, `MASK_LOGPROB`)."""
+    k = max((len(r) for r in rows if r), default=0)
+    ids: list[int] = []
+    logprobs: list[float] = []
+    for row in rows:
+        padded = [*(row or []), *[(0, MASK_LOGPROB)] * (k - len(row or []))]
+        ids += [t for t, _ in padded]
+        logprobs += [lp for _, lp in padded]
+    message.length, message.k = len(rows), k
+    message.token_ids, message.logprobs = _pack("i", ids), _pack("f", logprobs)
 
 
 def _unpack(kind: str, data: bytes) -> list[Any]:

@@ -54,6 +54,7 @@ class TokenInfo:
     text: str
     logprob: float | None
     top: list[tuple[str, float]]
+    top_ids: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -193,6 +194,28 @@ class Engine:
             self._controls.append((fn, future))
             self._cond.notify()
         return await asyncio.wrap_future(future)
+
+    def prompt_logprobs(
+        self, prompt: list[int], adapter: str | None, k: int
+    ) -> list[dict[int, tuple[float, int]] | None]:
+        """At each prompt position after the first: its token's log-probability given those
+        before it, and the `k` likeliest tokens', by id, each with its rank. Run by `call`."""
+        ids = torch.tensor([prompt], device=self.device)
+        extra = self.routing.route(self.model, [adapter]) if self.adapters else {}
+        try:
+            logits = self.model(input_ids=ids, use_cache=False, **extra).logits[0, :-1]
+        finally:
+            self.routing.release()
+        logps = torch.log_softmax(logits.float(), dim=-1)
+        found: list[dict[int, tuple[float, int]] | None] = [None]
+        for row, token in zip(logps, prompt[1:], strict=True):
+            entry = {token: (float(row[token]), int((row > row[token]).sum()) + 1)}
+            if k:
+                values, top = row.topk(k)
+                for rank, (i, v) in enumerate(zip(top.tolist(), values.tolist(), strict=True)):
+                    entry.setdefault(i, (v, rank + 1))
+            found.append(entry)
+        return found
 
     def busy_with(self, adapter: str) -> int:
         with self._cond:
@@ -382,6 +405,7 @@ class Engine:
             decode = self.tokenizer.decode
             info.text = decode([choice.token])
             info.top = [(decode([t]), lp) for t, lp in choice.top]
+            info.top_ids = list(choice.top)
         seq.finished = finish is not None
         scored, seq.scored = seq.scored, None  # sent once, with the first token
         seq.sink(Event(text, [info], finish, len(seq.prompt), len(seq.generated), scored))

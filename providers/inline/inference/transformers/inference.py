@@ -29,6 +29,7 @@ from llama_post.apis.inference import (
     ChatMessage,
     Completion,
     CompletionRequest,
+    PromptLogprob,
     SamplingFields,
     Usage,
 )
@@ -54,6 +55,7 @@ from providers.inline.inference.transformers.responses import (
     completion,
     completion_choice,
     merge,
+    prompt_logprobs,
     usage_of,
 )
 from providers.inline.inference.transformers.sampling import SamplingParams
@@ -333,6 +335,10 @@ class TransformersInference:
         self, request: CompletionRequest
     ) -> Completion | AsyncIterator[Completion]:
         target = self._target(request.model)
+        if request.stream and request.prompt_logprobs is not None:
+            raise InvalidRequestError(
+                "prompt_logprobs: not with stream; ask without streaming", param="prompt_logprobs"
+            )
         if request.max_tokens == 0 and not request.echo:
             raise InvalidRequestError(
                 "max_tokens: 0 generates nothing; it scores the prompt, with `echo: true` (and "
@@ -341,9 +347,9 @@ class TransformersInference:
             )
         guides = await self._guides(request, target)
         scoring = request.logprobs if request.echo else None
-        streams = []
+        streams, prompts = [], self._prompts(target, request.prompt)
         echoes: list[str] | None = [] if request.echo else None  # what each choice starts with
-        for ids, text in self._prompts(target, request.prompt):
+        for ids, text in prompts:
             params = self._params(
                 request, target, len(ids), request.max_tokens, request.logprobs, scoring
             )
@@ -358,7 +364,20 @@ class TransformersInference:
         if request.stream:
             return self._completion_chunks(request, streams, echoes)
         results = list(await asyncio.gather(*(collect(s) for s in streams)))
-        return completion(request, results, echoes)
+        made = completion(request, results, echoes)
+        if request.prompt_logprobs is not None:  # vLLM's: each position's token and top k
+            for choice, (ids, _) in zip(made.choices, prompts, strict=True):
+                choice.prompt_logprobs = await self._prompt_logprobs(
+                    target, ids, request.prompt_logprobs
+                )
+        return made
+
+    async def _prompt_logprobs(
+        self, target: Target, ids: list[int], k: int
+    ) -> list[dict[str, PromptLogprob] | None]:
+        engine = target.base.engine
+        found = await engine.call(lambda: engine.prompt_logprobs(ids, target.adapter, k))
+        return prompt_logprobs(found, target.base.tokenizer.decode)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> BatchCompletionResponse:
         target = self._target(request.model)
@@ -396,6 +415,7 @@ class TransformersInference:
                 event.finish_reason,
                 echo,
                 request.logprobs is not None,
+                as_ids=request.return_tokens_as_token_ids,
             )
             yield Completion(id=chunk_id, created=created, model=request.model, choices=[choice])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from llama_post.apis.inference import (
@@ -14,6 +14,7 @@ from llama_post.apis.inference import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
+    PromptLogprob,
     SamplingFields,
     TokenLogprob,
     TopLogprob,
@@ -102,13 +103,17 @@ def chat_logprobs(tokens: list[TokenInfo]) -> ChoiceLogprobs:
     )
 
 
-def completion_logprobs(tokens: list[TokenInfo], offset: int = 0) -> CompletionLogprobs:
-    """OpenAI's legacy shape; a token without a logprob (an echoed prompt's first) has null."""
+def completion_logprobs(
+    tokens: list[TokenInfo], offset: int = 0, as_ids: bool = False
+) -> CompletionLogprobs:
+    """OpenAI's legacy shape; a token without a logprob (an echoed prompt's first) has null.
+    `as_ids`: tokens named `token_id:<id>` (vLLM's `return_tokens_as_token_ids`)."""
     out = CompletionLogprobs()
     for t in tokens:
-        out.tokens.append(t.text)
+        out.tokens.append(f"token_id:{t.id}" if as_ids else t.text)
         out.token_logprobs.append(t.logprob)
-        out.top_logprobs.append(None if t.logprob is None else dict(t.top))
+        top = [(f"token_id:{i}", lp) for i, lp in t.top_ids] if as_ids else t.top
+        out.top_logprobs.append(None if t.logprob is None else dict(top))
         out.text_offset.append(offset)
         offset += len(t.text)
     return out
@@ -122,6 +127,7 @@ def completion_choice(
     echo: Echo | None,
     logprobs: bool,
     token_ids: bool = False,
+    as_ids: bool = False,
 ) -> CompletionChoice:
     """One choice (or a streamed chunk of it), its echo before it."""
     ids = [t.id for t in tokens] if token_ids else None
@@ -131,7 +137,7 @@ def completion_choice(
         index=index,
         text=text,
         finish_reason=finish_reason,
-        logprobs=completion_logprobs(tokens) if logprobs else None,
+        logprobs=completion_logprobs(tokens, 0, as_ids) if logprobs else None,
         token_ids=ids,
     )
 
@@ -151,6 +157,7 @@ def completion(
             None if echoes is None else Echo(echoes[i], got.prompt),
             want,
             getattr(request, "return_token_ids", False),
+            getattr(request, "return_tokens_as_token_ids", False),
         )
         for i, got in enumerate(results)
     ]
@@ -165,3 +172,18 @@ def completion(
             prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated
         ),
     )
+
+
+def prompt_logprobs(
+    found: list[dict[int, tuple[float, int]] | None], decode: Callable[[list[int]], str]
+) -> list[dict[str, PromptLogprob] | None]:
+    """The engine's prompt logprobs (`Engine.prompt_logprobs`), as vLLM gives them."""
+    return [
+        None
+        if at is None
+        else {
+            str(i): PromptLogprob(logprob=lp, rank=rank, decoded_token=decode([i]))
+            for i, (lp, rank) in at.items()
+        }
+        for at in found
+    ]

@@ -3,7 +3,11 @@ with a LoRA adapter and AdamW, driven one command at a time: a JSON line in on s
 line out on the stdout it was started with (whatever else prints goes to its log).
 
 Losses are sums over tokens, so gradients of several `forward_backward` calls add up exactly
-as one call over all their data would; `optim_step` applies and clears them."""
+as one call over all their data would; `optim_step` applies and clears them.
+
+A thread writes the job machinery's heartbeat (`providers/jobs/folder.py`) every second, naming
+the command running (or `idle`), to the file named on the command line: a worker that stops
+beating (stopped, or wedged holding the interpreter) is killed by the server's watchdog."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from typing import Any
 import torch
 
 from providers.inline.post_training.peft.training import decoder_states, head_logps
+from providers.jobs.folder import Heartbeat
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -157,12 +163,23 @@ def _loss(
     return -torch.minimum(ratio * advantages, clipped * advantages)
 
 
+def beat(heartbeat: Heartbeat, doing: list[str]) -> None:
+    while True:
+        heartbeat(doing[0])
+        threading.Event().wait(heartbeat.every / 2)
+
+
 def main() -> None:
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # prints go to the log, never into the answers
+    doing = ["idle"]
+    if len(sys.argv) > 1:
+        heartbeat = Heartbeat(Path(sys.argv[1]))
+        threading.Thread(target=beat, args=(heartbeat, doing), daemon=True).start()
     model: TrainingModel | None = None
     for line in sys.stdin:
         command = json.loads(line)
+        doing[0] = command["op"]
         try:
             if command["op"] == "init":
                 model = TrainingModel(command)
@@ -173,6 +190,7 @@ def main() -> None:
         except Exception as exc:
             traceback.print_exc()
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "category": "server"}
+        doing[0] = "idle"
         answers.write(json.dumps(reply) + "\n")
 
 
