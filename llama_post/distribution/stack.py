@@ -38,7 +38,7 @@ from llama_post.distribution.routers import ROUTERS
 from llama_post.distribution.spec import Registry, installed_registry
 from llama_post.distribution.tinker import TinkerCheckpointsService
 from llama_post.distribution.tinker_sessions import TinkerSessions
-from llama_post.distribution.training_evaluations import TrainingWatch
+from llama_post.distribution.training_evaluations import NamedBenchmarks, TrainingWatch
 from llama_post.distribution.worker_access import WorkerAccess
 from llama_post.errors import ConfigError, ErrorDetail, LlamaPostError, NotFoundError
 from llama_post.routes import Route, all_routes, api_version
@@ -100,6 +100,7 @@ class Stack:
         sessions: Any = None
         batches: BatchService | None = None
         evaluations: Joined | None = None
+        post_training: Any = None  # the stack's post-training API, before its guard
         # what providers receive and routes call: checked against the caller's ownership
         impls: dict[Api, Any] = {Api.models: guard(Api.models, models)}
         try:
@@ -134,7 +135,7 @@ class Stack:
                         fine_tuning, one, impls[Api.models], owners, run.storage_dir
                     )
                     checkpoints.start()
-                    one = checkpoints
+                    one = post_training = checkpoints
                 if api == Api.training_sessions:  # Tinker's training calls, over any provider
                     if hasattr(one, "session_folders"):  # a local provider's
                         locations.sessions.append(one)
@@ -176,6 +177,9 @@ class Stack:
                     guarded,
                 )
                 impls[Api.evaluations] = guard(Api.evaluations, evaluations)
+                if post_training is not None:  # a job's benchmarks read as it is created
+                    named = NamedBenchmarks(post_training, guarded)
+                    impls[Api.post_training] = guard(Api.post_training, named)
                 native.start()
                 native.watch_training(
                     TrainingWatch(guarded, lambda: impls.get(Api.post_training), owners, native.db)

@@ -4,8 +4,9 @@ checkpoint (`every_checkpoint`) and for the fine-tuned model once the job comple
 one per benchmark, as the job's owner, through the guarded Evaluations API (so the evaluations
 are the owner's, over what the owner may use). Each start is recorded in the stack's
 `evaluations.db`, so a restarted server starts none twice; a start that is refused (a benchmark
-deleted or never registered) is recorded with its error and logged. The evaluations carry the
-job in their metadata: `GET /v1/evaluation/jobs?job_uuid=...` lists them.
+deleted since) is recorded with its error and logged; `NamedBenchmarks` refuses a job, as it is
+created, that names one missing or not its caller's. The evaluations carry the job in their
+metadata: `GET /v1/evaluation/jobs?job_uuid=...` lists them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from llama_post.apis.evaluations import CreateEvaluationRequest
 from llama_post.apis.post_training import JobStatus, TrainingEvaluations
 from llama_post.auth import PRINCIPAL, Principal
 from llama_post.distribution.owners import Owners
-from llama_post.errors import LlamaPostError
+from llama_post.errors import InvalidRequestError, LlamaPostError, NotFoundError
 from llama_post.storage import Database
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,44 @@ CREATE TABLE IF NOT EXISTS training_evaluations (
 CREATE TABLE IF NOT EXISTS watched_jobs (job_uuid TEXT PRIMARY KEY);
 """
 ENDED = {JobStatus.completed, JobStatus.failed, JobStatus.cancelled}
+
+
+class NamedBenchmarks:
+    """The post-training API with each creation's `evaluations.benchmarks` read first, as its
+    caller, through the guarded Evaluations API: one missing or not the caller's is a 400 naming
+    `evaluations.benchmarks[i]`, before anything starts."""
+
+    def __init__(self, jobs: Any, evaluations: Any) -> None:
+        self.jobs = jobs
+        self.evaluations = evaluations
+
+    def __getattr__(self, name: str) -> Any:  # every other route, as it was
+        return getattr(self.__dict__["jobs"], name)
+
+    async def supervised_fine_tune(self, request: Any) -> Any:
+        await self._check(request)
+        return await self.jobs.supervised_fine_tune(request)
+
+    async def preference_optimize(self, request: Any) -> Any:
+        await self._check(request)
+        return await self.jobs.preference_optimize(request)
+
+    async def reinforce(self, request: Any) -> Any:
+        await self._check(request)
+        return await self.jobs.reinforce(request)
+
+    async def _check(self, request: Any) -> None:
+        wanted = request.evaluations
+        for i, benchmark_id in enumerate(wanted.benchmarks if wanted is not None else []):
+            try:
+                await self.evaluations.get_benchmark(benchmark_id)
+            except NotFoundError:
+                field = f"evaluations.benchmarks[{i}]"
+                raise InvalidRequestError(
+                    f"{field}: no benchmark {benchmark_id!r} (`POST /v1/evaluation/benchmarks` "
+                    "registers one)",
+                    param=field,
+                ) from None
 
 
 class TrainingWatch:

@@ -142,6 +142,7 @@ class Pages:
             request_json=_json(status.request),
             log_lines=logs.lines[-300:],
             evaluations=evaluations,
+            evaluation_chart=_evaluation_chart(status, evaluations),
         )
 
     # -- models ----------------------------------------------------------------------------
@@ -282,6 +283,26 @@ def _job_row(status: Any) -> dict[str, Any]:
         "error": status.error,
         "terminal": status.status.value in TERMINAL,
     }
+
+
+def _evaluation_chart(status: Any, evaluations: list[Any]) -> dict[str, Any]:
+    """The job's evaluations as chart series beside its loss: each benchmark's grader mean at
+    the step of the checkpoint it scored (the fine-tuned model's at the job's last step), only
+    those with every row graded: `{"series": [...], "points": {step: {series: mean}}}`."""
+    steps = {c.identifier: c.step for c in status.checkpoints}
+    steps[f"{status.job_uuid}/end"] = status.progress.step
+    series: list[str] = []
+    points: dict[int, dict[str, float]] = {}
+    for e in evaluations:
+        step = steps.get(e.request.metadata.get("target", ""))
+        if step is None or e.status != "completed":
+            continue
+        for grader, metric in e.metrics.items():
+            name = f"{e.benchmark_id} {grader}"
+            if name not in series:
+                series.append(name)
+            points.setdefault(step, {})[name] = metric.mean
+    return {"series": series, "points": points}
 
 
 def _json(model: BaseModel | None) -> Any:

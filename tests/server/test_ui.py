@@ -5,10 +5,13 @@ with the fine-tuned model. Screenshots go to `test-artifacts/ui/` (or `$LLAMA_PO
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
 import tarfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +50,24 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
         },
     )
     assert made.status_code == 200, made.text
+    # a benchmark the job runs on each checkpoint: its means are charted beside the loss
+    questions = [{"input_query": f"What colour is blorp {i}?", "answer": "blue"} for i in range(2)]
+    source = {"type": "rows", "rows": questions}
+    made = alice.post(
+        "/v1/datasets",
+        json={"dataset_id": "blorp-qa", "purpose": "eval/question-answer", "source": source},
+    )
+    assert made.status_code == 200, made.text
+    says = {
+        "type": "string_check",
+        "name": "says",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "operation": "ilike",
+    }
+    bench = {"benchmark_id": "blorp-bench", "dataset_id": "blorp-qa", "graders": [says]}
+    made = alice.post("/v1/evaluation/benchmarks", json=bench)
+    assert made.status_code == 200, made.text
     started = alice.post(
         "/v1/post-training/supervised-fine-tune",
         json={
@@ -59,6 +80,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
                 "save_every": 4,
             },
             "algorithm_config": {"type": "LoRA", "rank": 4, "alpha": 8},
+            "evaluations": {"benchmarks": ["blorp-bench"], "max_tokens": 4},
         },
     )
     assert started.status_code == 200, started.text
@@ -116,11 +138,28 @@ def _login_needed(server: Server, key: str, anonymous: httpx.Client) -> None:
 def test_pages_show_what_their_owner_sees(served: dict[str, Any]) -> None:
     server, keys = served["server"], served["keys"]
     wait_for_job(served["alice"], "ui-job")
+    means = _evaluated(served["alice"], "ui-job", 2)  # at steps 4 and 8 (the fine-tuned model's)
     with _logged_in(server, keys["alice"]) as alice, _logged_in(server, keys["bob"]) as bob:
-        _owner_sees(alice, bob)
+        _owner_sees(alice, bob, means)
 
 
-def _owner_sees(alice: httpx.Client, bob: httpx.Client) -> None:
+def _evaluated(http: httpx.Client, job_uuid: str, count: int) -> dict[int, float]:
+    """The job's evaluations once `count` have completed: each one's mean by checkpoint step."""
+    deadline = time.monotonic() + 120
+    while True:
+        made = http.get("/v1/evaluation/jobs", params={"job_uuid": job_uuid}).json()["data"]
+        if len(made) == count and all(e["status"] == "completed" for e in made):
+            return {
+                int(e["request"]["metadata"]["target"].rsplit("-", 1)[1]): e["metrics"]["says"][
+                    "mean"
+                ]
+                for e in made
+            }
+        assert time.monotonic() < deadline, made
+        time.sleep(0.2)
+
+
+def _owner_sees(alice: httpx.Client, bob: httpx.Client, means: dict[int, float]) -> None:
     jobs = alice.get("/ui")
     assert jobs.status_code == 200
     assert "default-src 'self'; script-src 'self'" in jobs.headers["content-security-policy"]
@@ -130,6 +169,15 @@ def _owner_sees(alice: httpx.Client, bob: httpx.Client) -> None:
     assert job.status_code == 200
     assert "ft/ui-job" in job.text and "step-000008" in job.text
     assert "computing in" in job.text  # the log's tail
+    # each checkpoint's benchmark mean, a point at its step on the chart beside the loss
+    chart = re.search(
+        r'id="chart-evaluations" data-labels="([^"]*)"\s+data-fixed="([^"]*)"', job.text
+    )
+    assert chart is not None, job.text
+    assert json.loads(html.unescape(chart[1])) == ["blorp-bench says"]
+    assert json.loads(html.unescape(chart[2])) == {
+        str(step): {"blorp-bench says": mean} for step, mean in means.items()
+    }
     model = alice.get("/ui/models/ft/ui-job")
     assert model.status_code == 200 and 'data-model="ft/ui-job"' in model.text
     rows = alice.get("/ui/datasets/blorps")
@@ -251,6 +299,13 @@ def test_a_browser_follows_a_job_and_chats_with_its_model(
             archive = downloading.value.path()
             with tarfile.open(archive, "r:gz") as tar:
                 assert any(n.endswith("adapter_config.json") for n in tar.getnames())
+
+            # the benchmark's mean at each checkpoint of ui-job, drawn beside its loss
+            wait_for_job(alice, "ui-job")
+            _evaluated(alice, "ui-job", 2)
+            page.goto(f"{server.url}/ui/jobs/ui-job")
+            page.wait_for_selector('#chart-evaluations[data-points="2"] canvas', timeout=60_000)
+            page.wait_for_selector(f'#chart-loss[data-points="{STEPS}"]', timeout=60_000)
 
             page.goto(f"{server.url}/ui")
             page.wait_for_selector('tr[data-job="ui-watched"]')

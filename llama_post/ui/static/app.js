@@ -108,7 +108,13 @@ function jobsPage() {
 class Chart {
   constructor(holder) {
     this.holder = holder;
-    this.series = holder.dataset.series.split(",");
+    // a chart of values the page was rendered with (the job's evaluations, by step) names its
+    // series in JSON (a benchmark's name and its grader's); the others, the metrics' names
+    this.series = holder.dataset.labels
+      ? JSON.parse(holder.dataset.labels)
+      : holder.dataset.series.split(",");
+    this.fixed = holder.dataset.fixed ? JSON.parse(holder.dataset.fixed) : {};
+    this.dots = holder.dataset.fixed !== undefined;
     this.plot = null;
   }
 
@@ -148,7 +154,7 @@ class Chart {
           stroke: COLORS[i % COLORS.length],
           width: 1.5,
           spanGaps: true,
-          points: { show: name.startsWith("validation") },
+          points: { show: this.dots || name.startsWith("validation") },
           value: (_, value) => number(value),
         })),
       ],
@@ -164,6 +170,15 @@ function jobPage() {
   const log = document.getElementById("log");
   const points = new Map();
   let pending = false;
+  // the charts' values known when the page was rendered, by step, drawn with the stream's
+  const addFixed = () => {
+    for (const chart of charts) {
+      for (const [step, values] of Object.entries(chart.fixed)) {
+        points.set(Number(step), { ...(points.get(Number(step)) || {}), ...values });
+      }
+    }
+  };
+  addFixed();
 
   const redraw = () => {
     pending = false;
@@ -260,6 +275,7 @@ function jobPage() {
       const response = await api(`/v1/post-training/jobs/${jobUuid}/events`);
       log.textContent = "";
       points.clear();
+      addFixed();
       for await (const event of events(response)) {
         if (event.error) throw new Error(event.error.message);
         if (event.type === "log") onLog(event.log);
