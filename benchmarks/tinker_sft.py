@@ -169,6 +169,7 @@ def _native(url: str, python: Path, tmp: Path, args: Any) -> float:
                 },
                 "optimizer_config": {"lr": LR},
                 "efficiency_config": {"enable_activation_checkpointing": False},
+                "dtype": "fp32",  # as a session's worker computes
             },
             "algorithm_config": {
                 "type": "LoRA",

@@ -82,7 +82,8 @@ class TrainingModel:
         with torch.set_grad_enabled(not command["forward_only"]):
             hidden = decoder_states(self.model, {"input_ids": ids, "attention_mask": mask})
             keep = mask.bool()
-            logps = head_logps(self.model, hidden[keep], targets[keep])
+            live = None if command["forward_only"] else _live(loss, data, self.device)
+            logps = _logps(self.model, hidden[keep], targets[keep], live)
             elementwise = _loss(loss, logps, data, command.get("config") or {}, self.device)
             total = elementwise.sum()
             if not command["forward_only"]:
@@ -137,6 +138,30 @@ class TrainingModel:
             self.optimizer.load_state_dict(state)
             self.steps = json.loads((folder / "training_state.json").read_text())["steps"]
         return {"steps": self.steps}
+
+
+def _live(name: str, data: list[dict[str, Any]], device: str) -> torch.Tensor:
+    """The positions whose loss has a gradient: a weight (cross_entropy) or an advantage
+    (importance_sampling, ppo) other than 0; the others' losses are 0 whatever their logprob."""
+    field = "weights" if name == "cross_entropy" else "advantages"
+    values = [v for d in data for v in d[field]]
+    return torch.tensor(values, dtype=torch.float32, device=device) != 0
+
+
+def _logps(
+    model: Any, states: torch.Tensor, labels: torch.Tensor, live: torch.Tensor | None
+) -> torch.Tensor:
+    """Each position's logprob; the output head's backward runs only where `live` (a prompt's
+    positions, weighted 0, are scored without one)."""
+    if live is None or bool(live.all()):
+        return head_logps(model, states, labels)
+    alive, dead = live.nonzero().squeeze(1), (~live).nonzero().squeeze(1)
+    with torch.no_grad():
+        scored = head_logps(model, states[dead].detach(), labels[dead])
+    trained = head_logps(model, states[alive], labels[alive])
+    order = torch.cat([alive, dead])
+    values = torch.cat([trained, scored])
+    return torch.empty_like(values).scatter(0, order, values)
 
 
 def _loss(
