@@ -463,8 +463,9 @@ def _prompt(
             top.append(None)
             continue
         logprobs.append(at[str(token)].logprob)
-        ranked = sorted((e.rank, int(i), e.logprob) for i, e in at.items() if e.rank <= k)
-        top.append([(i, lp) for _, i, lp in ranked][:k])
+        # likeliest first; the prompt's own token, listed beside the top k, falls off if below
+        ranked = sorted(((int(i), e.logprob) for i, e in at.items()), key=_second)
+        top.append(ranked[:k])
     return logprobs, top if k else None
 
 

@@ -234,8 +234,12 @@ class CompletionLogprobs(BaseModel):
 
 class PromptLogprob(BaseModel):
     logprob: float
-    rank: int = Field(description="1: the likeliest token there.")
-    decoded_token: str
+    rank: int | None = Field(
+        None, description="1: the likeliest token there (an upstream may leave it out)."
+    )
+    decoded_token: str | None = Field(
+        None, description="The token's text (null where the upstream does not detokenize)."
+    )
 
 
 class CompletionChoice(BaseModel):

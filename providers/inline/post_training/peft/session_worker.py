@@ -25,6 +25,7 @@ import torch
 
 from providers.inline.post_training.peft.training import decoder_states, head_logps
 from providers.jobs.folder import Heartbeat
+from providers.training.data import first_fit
 
 ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -63,10 +64,6 @@ class TrainingModel:
     def forward_backward(self, command: dict[str, Any]) -> dict[str, Any]:
         data, loss = command["data"], command["loss"]
         lengths = [len(d["input_tokens"]) for d in data]
-        width = max(lengths)
-        ids = torch.zeros(len(data), width, dtype=torch.long)
-        targets = torch.zeros(len(data), width, dtype=torch.long)
-        mask = torch.zeros(len(data), width, dtype=torch.long)
         for i, datum in enumerate(data):
             for field in ("input_tokens", "target_tokens"):
                 too_big = [t for t in datum[field] if t >= self.vocab]
@@ -75,18 +72,20 @@ class TrainingModel:
                         f"data[{i}].{field}: token {too_big[0]} is not in the model's "
                         f"vocabulary of {self.vocab}"
                     )
-            ids[i, : lengths[i]] = torch.tensor(datum["input_tokens"])
-            targets[i, : lengths[i]] = torch.tensor(datum["target_tokens"])
-            mask[i, : lengths[i]] = 1
-        ids, targets, mask = ids.to(self.device), targets.to(self.device), mask.to(self.device)
+        ids, targets, positions, index = _packed(data, lengths)
+        ids, targets, positions = (t.to(self.device) for t in (ids, targets, positions))
+        index = index.to(self.device)
         with torch.set_grad_enabled(not command["forward_only"]):
-            hidden = decoder_states(self.model, {"input_ids": ids, "attention_mask": mask})
-            keep = mask.bool()
+            # rows packed as the native trainer packs them; position_ids restarting at each
+            # datum make transformers' mask block-diagonal: no token sees another datum's
+            hidden = decoder_states(self.model, {"input_ids": ids, "position_ids": positions})
+            states = hidden.reshape(-1, hidden.shape[-1])[index]
+            labels = targets.reshape(-1)[index]
             live = None if command["forward_only"] else _live(loss, data, self.device)
-            logps = _logps(self.model, hidden[keep], targets[keep], live)
+            logps = _logps(self.model, states, labels, live)
             elementwise = _loss(loss, logps, data, command.get("config") or {}, self.device)
             total = elementwise.sum()
-            if not command["forward_only"]:
+            if total.requires_grad:  # not where every weight is 0: nothing to add then
                 torch.autograd.backward(total)
         logps_out = torch.split(logps.detach().cpu(), lengths)
         losses_out = torch.split(elementwise.detach().cpu(), lengths)
@@ -138,6 +137,33 @@ class TrainingModel:
             self.optimizer.load_state_dict(state)
             self.steps = json.loads((folder / "training_state.json").read_text())["steps"]
         return {"steps": self.steps}
+
+
+def _packed(
+    data: list[dict[str, Any]], lengths: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The data in as few rows as fit the longest (first fit, longest first: `first_fit`, as
+    the native trainer packs a batch): input ids, targets and positions (restarting at each
+    datum; padding continues its row's last), and where each datum's tokens lie in the rows
+    flattened, datum after datum."""
+    width = max(lengths)
+    rows = first_fit(list(range(len(data))), lambda i: lengths[i], width)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    targets = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    starts = [0] * len(data)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            n = lengths[i]
+            ids[r, at : at + n] = torch.tensor(data[i]["input_tokens"])
+            targets[r, at : at + n] = torch.tensor(data[i]["target_tokens"])
+            positions[r, at : at + n] = torch.arange(n)
+            starts[i] = r * width + at
+            at += n
+        positions[r, at:] = torch.arange(n, n + width - at)
+    index = torch.cat([torch.arange(starts[i], starts[i] + lengths[i]) for i in range(len(data))])
+    return ids, targets, positions, index
 
 
 def _live(name: str, data: list[dict[str, Any]], device: str) -> torch.Tensor:
