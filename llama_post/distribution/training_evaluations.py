@@ -21,7 +21,7 @@ from llama_post.apis.evaluations import CreateEvaluationRequest
 from llama_post.apis.post_training import JobStatus, TrainingEvaluations
 from llama_post.auth import PRINCIPAL, Principal
 from llama_post.distribution.owners import Owners
-from llama_post.errors import InvalidRequestError, LlamaPostError, NotFoundError
+from llama_post.errors import LlamaPostError, NotFoundError
 from llama_post.storage import Database
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ class NamedBenchmarks:
                 await self.evaluations.get_benchmark(benchmark_id)
             except NotFoundError:
                 field = f"evaluations.benchmarks[{i}]"
-                raise InvalidRequestError(
+                # a 404 naming the field, as for a job's unknown dataset
+                raise NotFoundError(
                     f"{field}: no benchmark {benchmark_id!r} (`POST /v1/evaluation/benchmarks` "
                     "registers one)",
                     param=field,

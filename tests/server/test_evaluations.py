@@ -202,7 +202,7 @@ def test_bad_input_is_refused_naming_the_field_or_row(http: httpx.Client) -> Non
     # a post-training job naming a benchmark that does not exist is refused as it is created
     tune = _tuning("eval-good", ["bad", "nothing"])
     error = refused(
-        "/v1/post-training/supervised-fine-tune", tune, 400, "evaluations.benchmarks[1]"
+        "/v1/post-training/supervised-fine-tune", tune, 404, "evaluations.benchmarks[1]"
     )
     assert "'nothing'" in error["message"], error
     assert http.get("/v1/post-training/jobs/named-nothing").status_code == 404  # never made
@@ -260,7 +260,7 @@ def test_owners_and_a_killed_server_resuming_its_job(tmp_path: Path, tiny_model:
         assert as_bob.get("/v1/evaluation/benchmarks/mine").status_code == 404
         # nor name it in a post-training job of his: refused as though it did not exist
         tune = as_bob.post("/v1/post-training/supervised-fine-tune", json=_tuning("x", ["mine"]))
-        assert tune.status_code == 400, tune.text
+        assert tune.status_code == 404, tune.text
         assert tune.json()["error"]["param"] == "evaluations.benchmarks[0]"
         assert _ok(as_bob.get("/v1/evaluation/benchmarks"))["data"] == []
         body = {
