@@ -431,3 +431,15 @@ class LibraryDriver:
             except LlamaPostError as exc:
                 return Result(exc.status, {"error": json.loads(exc.to_body().model_dump_json())})
         return Result(200, json.loads(result.model_dump_json()))
+
+
+def create_key(config: Path, owner: str) -> str:
+    """A new API key of `owner`, made as an operator makes one: `llama-post keys create`."""
+    made = subprocess.run(
+        [sys.executable, "-m", "llama_post", "keys", "create", "--owner", owner, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return made.stdout.strip()

@@ -6,31 +6,18 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from tests.compat.envs import client_python, run_flow
-from tests.support import TINY, Server, distribution
-
-
-def _key(config: Path, owner: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "llama_post", "keys", "create", "--owner", owner, str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return made.stdout.strip()
+from tests.support import TINY, Server, create_key, distribution
 
 
 def test_the_llm_engine_client_fine_tunes_and_completes(tmp_path: Path, tiny_model: Path) -> None:
     python = client_python("scale-llm-engine-0.0.0b45")
     server = Server(distribution(tmp_path, tiny_model) | {"auth": {"enabled": True}}, tmp_path)
-    key = _key(server.config, "alice")
+    key = create_key(server.config, "alice")
     server.start(timeout=60)
     try:
         seen = json.loads(run_flow(python, "llm_engine_flow.py", server.url, key, TINY))
@@ -46,7 +33,7 @@ def test_errors_are_llm_engine_details_and_basic_auth_is_a_key(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     server = Server(distribution(tmp_path, tiny_model) | {"auth": {"enabled": True}}, tmp_path)
-    key = _key(server.config, "alice")
+    key = create_key(server.config, "alice")
     server.start(timeout=60)
     basic = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
     try:

@@ -9,15 +9,13 @@ given that renderer's chat template, so that the recipe picks a renderer matchin
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.compat.envs import client_python, run_flow
-from tests.support import Server, distribution
+from tests.support import Server, create_key, distribution
 from tests.tiny import build_tiny_model
 
 MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -26,17 +24,6 @@ CHATML = (
     "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-def _key(config: Path, owner: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "llama_post", "keys", "create", "--owner", owner, str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return made.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def cookbook(
     source = {"type": "huggingface", "path": str(weights)}
     config["models"].append({"model_id": MODEL, "source": source})
     server = Server(config, home)
-    key = _key(server.config, "alice")
+    key = create_key(server.config, "alice")
     server.start(timeout=60)
     work = home / "work"
     work.mkdir()

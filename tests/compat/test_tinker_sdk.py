@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,20 +12,9 @@ import httpx
 import pytest
 
 from tests.compat.envs import client_python, run_flow
-from tests.support import TINY, Server, distribution
+from tests.support import TINY, Server, create_key, distribution
 
 ROWS = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)]
-
-
-def _key(config: Path, owner: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "llama_post", "keys", "create", "--owner", owner, str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return made.stdout.strip()
 
 
 def test_the_tinker_rest_client_drives_runs_and_checkpoints(
@@ -35,7 +22,7 @@ def test_the_tinker_rest_client_drives_runs_and_checkpoints(
 ) -> None:
     python = client_python("tinker-0.38")
     server = Server(distribution(tmp_path, tiny_model) | {"auth": {"enabled": True}}, tmp_path)
-    alice, bob = _key(server.config, "alice"), _key(server.config, "bob")
+    alice, bob = create_key(server.config, "alice"), create_key(server.config, "bob")
     server.start(timeout=60)
     try:
         http = httpx.Client(base_url=server.url, headers={"X-API-Key": alice}, timeout=60)
@@ -86,7 +73,7 @@ def test_the_tinker_rest_client_drives_runs_and_checkpoints(
 @pytest.mark.parametrize("key", ["sk-not-ours", "tml-" + "0" * 60])
 def test_the_tinker_handshake_refuses_a_bad_key(tmp_path: Path, tiny_model: Path, key: str) -> None:
     server = Server(distribution(tmp_path, tiny_model) | {"auth": {"enabled": True}}, tmp_path)
-    _key(server.config, "alice")
+    create_key(server.config, "alice")
     server.start(timeout=60)
     try:
         answer = httpx.post(

@@ -5,8 +5,6 @@ transformers' own, and another owner's key against the owner's session."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,18 +14,7 @@ import pytest
 import torch
 
 from tests.compat.envs import client_python, run_flow
-from tests.support import TINY, Server, distribution
-
-
-def _key(config: Path, owner: str) -> str:
-    made = subprocess.run(
-        [sys.executable, "-m", "llama_post", "keys", "create", "--owner", owner, str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return made.stdout.strip()
+from tests.support import TINY, Server, create_key, distribution
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +23,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[
     python = client_python("tinker-0.38")
     home = tmp_path_factory.mktemp("tinker-training")
     server = Server(distribution(home, tiny_model) | {"auth": {"enabled": True}}, home)
-    alice, bob = _key(server.config, "alice"), _key(server.config, "bob")
+    alice, bob = create_key(server.config, "alice"), create_key(server.config, "bob")
     server.start(timeout=60)
     try:
         seen: dict[str, Any] = json.loads(
